@@ -1,0 +1,56 @@
+"""The exception hierarchy of hfexport.
+
+Every error hfexport raises on purpose derives from :class:`HFExportError`, and also from the builtin that
+matches its nature, so callers may catch either (``except ValueError`` keeps working for bad input).
+Messages name the value received, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConversionError",
+    "ExportWorkerError",
+    "HFExportError",
+    "HubError",
+    "HubSetupError",
+    "OutputExistsError",
+    "UnsafeCheckpointError",
+    "VerificationError",
+]
+
+
+class HFExportError(Exception):
+    """Base class of every error raised by hfexport."""
+
+
+class CheckpointError(HFExportError, ValueError):
+    """A checkpoint file or state dict cannot be read or is not a supported model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint would need arbitrary code to be unpickled; hfexport refuses to run it."""
+
+
+class ConversionError(HFExportError, ValueError):
+    """The weights cannot be converted as asked (bad option, missing fact, non-finite values, ...)."""
+
+
+class OutputExistsError(HFExportError, FileExistsError):
+    """The output path is occupied (a non-empty directory without ``force``, or a file)."""
+
+
+class VerificationError(HFExportError, RuntimeError):
+    """A written directory does not hold what was meant to be written."""
+
+
+class ExportWorkerError(HFExportError, RuntimeError):
+    """A background export failed; raised from the next call on the exporter (the cause is chained)."""
+
+
+class HubError(HFExportError, RuntimeError):
+    """A push to the Hugging Face Hub failed."""
+
+
+class HubSetupError(HubError):
+    """The Hub repository cannot be used (bad token, forbidden repository, ...); raised before training."""
