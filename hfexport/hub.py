@@ -1,0 +1,648 @@
+"""Pushes of exported versions to the Hugging Face Hub.
+
+Each version directory (``step_000500/``) becomes one commit on a branch of a model repository, tagged with
+the directory name, so that ``from_pretrained(repo_id, revision="step_000500")`` loads exactly that version.
+Files that did not change since the previous version (a tokenizer, a model card) are not sent again: the Hub
+reports their remote ids and the client skips them. The revision mirrors the directory: files of an earlier
+version that the new one lacks are deleted in the same commit (``.gitattributes`` excepted).
+
+Pushes are retried with exponential backoff on the failures that pass (connection errors, timeouts, HTTP 5xx
+and 429, honouring ``Retry-After``); other HTTP errors fail at once. :class:`HubPusher` runs them on one
+background thread so that training never waits for the network, and never dies because of it unless asked to.
+
+Example:
+    ```python
+    pusher = HubPusher(HubOptions("me/gpt2-run", private=True))
+    pusher.setup()  # fails fast on a bad token or a forbidden repository
+    pusher.submit(Path("hf_exports/step_000500"), step=500)
+    ...
+    pusher.close()  # waits for the final push
+    ```
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from .errors import HubError, HubSetupError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+__all__ = ["HubOptions", "HubPusher", "PushFailure", "PushResult", "push_version", "resolve_push_dir"]
+
+logger = logging.getLogger(__name__)
+
+# Hub repository names: letters, digits, "-", "_", "."; no "--" or ".."; at most 96 characters.
+_REPO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+_STEP_DIR = re.compile(r"step_(\d+)")
+# A Retry-After longer than this is shortened: the push is retried later rather than parked for hours.
+MAX_RETRY_AFTER_S = 600.0
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Where and how versions are pushed.
+
+    Args:
+        repo_id: ``"namespace/name"`` of the model repository (created if missing).
+        token: A Hugging Face token with write access. ``None`` uses ``HF_TOKEN`` or the token saved by
+            ``hf auth login``, as ``huggingface_hub`` resolves it. It is never logged nor shown in ``repr``.
+        private: Create the repository private (the default). An existing repository keeps its visibility.
+        revision: The branch every version is committed to (created from ``main`` if missing).
+        tag_versions: Tag each version's commit with its directory name (``step_000500``).
+        on_push_error: ``"warn"`` logs a failed push and goes on; ``"raise"`` raises it from the next
+            :meth:`HubPusher.check` / :meth:`HubPusher.close`.
+        max_retries: How many times a failed push is retried (so at most ``max_retries + 1`` attempts).
+        backoff_base_s: The first retry delay; it doubles on each retry, with jitter.
+        backoff_max_s: The longest retry delay (a ``Retry-After`` from the Hub may ask for more).
+
+    Raises:
+        ValueError: An option is invalid (the message says which and why).
+    """
+
+    repo_id: str
+    token: str | None = field(default=None, repr=False)
+    private: bool = True
+    revision: str = "main"
+    tag_versions: bool = True
+    on_push_error: Literal["warn", "raise"] = "warn"
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        parts = self.repo_id.split("/") if isinstance(self.repo_id, str) else []
+        if (
+            len(parts) != 2
+            or not all(_REPO_NAME.fullmatch(p) for p in parts)
+            or any(".." in p or "--" in p for p in parts)
+        ):
+            raise ValueError(
+                f"Invalid value for repo_id={self.repo_id!r}. Must look like 'namespace/name' (letters, "
+                "digits, '-', '_' and '.', no '--' or '..', at most 96 characters each), e.g. 'me/gpt2'."
+            )
+        if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
+            raise ValueError(
+                "Invalid token: must be a non-empty string, or None to use HF_TOKEN / `hf auth login`."
+            )
+        if (
+            not isinstance(self.revision, str)
+            or not self.revision.strip()
+            or self.revision.startswith("refs/")
+        ):
+            raise ValueError(
+                f"Invalid value for revision={self.revision!r}. Must be a branch name, e.g. 'main'."
+            )
+        if self.on_push_error not in ("warn", "raise"):
+            raise ValueError(
+                f"Invalid value for on_push_error={self.on_push_error!r}. Must be 'warn' or 'raise'."
+            )
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"Invalid value for max_retries={self.max_retries!r}. Must be an int >= 0.")
+        if not self.backoff_base_s >= 0:
+            raise ValueError(f"Invalid value for backoff_base_s={self.backoff_base_s!r}. Must be >= 0.")
+        if not self.backoff_max_s >= self.backoff_base_s:
+            raise ValueError(
+                f"Invalid value for backoff_max_s={self.backoff_max_s!r}. Must be >= backoff_base_s "
+                f"({self.backoff_base_s})."
+            )
+
+
+@dataclass
+class PushResult:
+    """One version pushed: its commit on the Hub, its tag, how many attempts and how long it took."""
+
+    version_dir: Path
+    step: int | None
+    commit_oid: str | None
+    tag: str | None
+    attempts: int
+    seconds: float
+
+
+@dataclass
+class PushFailure:
+    """One version that could not be pushed, with the error (a :class:`~hfexport.errors.HubError`)."""
+
+    version_dir: Path
+    step: int | None
+    error: BaseException
+
+
+# ------------------------------------------------------------------------------------------- retry policy
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Network-level errors worth retrying, for whichever HTTP stack this huggingface_hub version uses."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, json.JSONDecodeError]
+    for module, names in (
+        ("httpx2", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
+        ("httpx", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += [getattr(mod, name) for name in names if hasattr(mod, name)]
+    return tuple(errors)
+
+
+def _http_status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _retry_after_s(error: BaseException) -> float | None:
+    """The ``Retry-After`` of an HTTP error, in seconds (a number or an HTTP date), if any."""
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _is_transient(error: BaseException) -> bool:
+    status = _http_status(error)
+    if status is not None:
+        return status >= 500 or status in (408, 429)
+    return isinstance(error, _transient_errors())
+
+
+def _retry_delay(error: BaseException, retry: int, options: HubOptions) -> float:
+    """Exponential backoff with jitter for retry number ``retry`` (1-based), at least the ``Retry-After``."""
+    delay = min(options.backoff_max_s, options.backoff_base_s * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
+    retry_after = _retry_after_s(error) if _http_status(error) in (429, 503) else None
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+    return delay
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _with_retries(what: str, options: HubOptions, fn, *, error_cls: type[HubError] = HubError):
+    """Run ``fn()`` under the retry policy of ``options``: ``(result, attempts)``, or raise ``error_cls``."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn(), attempt
+        except Exception as error:
+            if not _is_transient(error):
+                raise error_cls(
+                    f"{what} failed: {_describe(error)} (not retried: the error is permanent)."
+                ) from error
+            if attempt > options.max_retries:
+                raise error_cls(
+                    f"{what} failed after {attempt} attempt(s): {_describe(error)}. The Hub or the network "
+                    "may be down; the version is still on disk and can be pushed later with `hfexport push`."
+                ) from error
+            delay = _retry_delay(error, attempt, options)
+            logger.warning(
+                "%s failed (attempt %d of %d): %s; retrying in %.1f s",
+                what,
+                attempt,
+                options.max_retries + 1,
+                _describe(error),
+                delay,
+            )
+            time.sleep(delay)
+
+
+# ------------------------------------------------------------------------------------------ one push
+def _make_api(options: HubOptions) -> HfApi:
+    from huggingface_hub import HfApi
+
+    return HfApi(token=options.token, library_name="hfexport")
+
+
+def resolve_push_dir(path: str | Path) -> Path:
+    """The version directory to push for ``path``.
+
+    Args:
+        path: A version directory (``hf_exports/step_000500``), or an export root holding a ``latest``
+            entry (a symlink to the newest version, or a text file holding its directory name), or that entry.
+
+    Returns:
+        The version directory, resolved (so its name is the version's, never ``latest``).
+
+    Raises:
+        HubError: ``path`` is neither a version directory nor an export root with a valid ``latest``.
+    """
+    path = Path(path)
+    latest = path / "latest" if path.is_dir() else path
+    if latest.name == "latest" and (latest.is_symlink() or latest.exists()):
+        if latest.is_symlink() or latest.is_dir():
+            target = latest.resolve()
+        else:
+            target = latest.parent / latest.read_text(encoding="utf-8").strip()
+        if not target.is_dir() or target.name in ("", "latest"):
+            raise HubError(
+                f"{latest} points at {target}, which is not a version directory. Pass a version directory "
+                "such as hf_exports/step_000500 instead."
+            )
+        return target.resolve()
+    if path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.safetensors"))):
+        return path.resolve()
+    if not path.exists():
+        raise HubError(f"Nothing to push at {path}: the path does not exist.")
+    raise HubError(
+        f"Nothing to push at {path}: expected a version directory (holding config.json and *.safetensors) "
+        "or an export root holding `latest`, e.g. hf_exports/step_000500 or hf_exports."
+    )
+
+
+def _step_of(version_dir: Path) -> int | None:
+    m = _STEP_DIR.fullmatch(version_dir.name)
+    return int(m.group(1)) if m else None
+
+
+def _set_tag(api: HfApi, options: HubOptions, tag: str, oid: str, message: str) -> None:
+    """Point ``tag`` at ``oid``; an existing tag pointing elsewhere is moved, with a warning."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api.create_tag(options.repo_id, tag=tag, revision=oid, tag_message=message)
+        return
+    except HfHubHTTPError as error:
+        if _http_status(error) != 409:
+            raise
+    refs = api.list_repo_refs(options.repo_id)
+    current = next((t.target_commit for t in refs.tags if t.name == tag), None)
+    if current == oid:
+        return  # a retry after the tag was created, or the same version pushed again
+    logger.warning("Tag %r of %s pointed at %s; moving it to %s.", tag, options.repo_id, current, oid)
+    api.delete_tag(options.repo_id, tag=tag)
+    api.create_tag(options.repo_id, tag=tag, revision=oid, tag_message=message)
+
+
+def push_version(
+    version_dir: str | Path,
+    options: HubOptions,
+    *,
+    step: int | None = None,
+    tag: str | None = None,
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+    progress: bool = False,
+) -> PushResult:
+    """Push one version directory as one commit on ``options.revision``, then tag it. Synchronous.
+
+    The repository (and the branch) must exist: call :meth:`HubPusher.setup` first.
+
+    Args:
+        version_dir: The version directory to push (complete, in its final place).
+        options: Where and how to push.
+        step: The training step (the commit title says it). ``None``: read from a ``step_000500`` name if any.
+        tag: The tag to set on the commit. ``None``: the directory name when ``options.tag_versions``.
+        commit_message: The commit title; default ``"Export step {step}"`` or ``"Export {directory name}"``.
+        api: An ``HfApi`` to use (default: one built from ``options.token``).
+        progress: Log each file and its size before uploading.
+
+    Returns:
+        What was pushed: the commit id, the tag, the number of attempts and the time taken.
+
+    Raises:
+        HubError: The push failed for good (a permanent error, or retries exhausted); the cause is chained.
+
+    Example:
+        ```python
+        result = push_version("hf_exports/step_000500", HubOptions("me/gpt2-run"), step=500)
+        print(result.commit_oid, result.tag)
+        ```
+    """
+    version_dir = Path(version_dir)
+    if not version_dir.is_dir():
+        raise HubError(f"Cannot push {version_dir}: it is not a directory (was it rotated away?).")
+    step = _step_of(version_dir) if step is None else step
+    if tag is None and options.tag_versions:
+        tag = version_dir.name
+    title = commit_message or (f"Export step {step}" if step is not None else f"Export {version_dir.name}")
+    description = f"Pushed by hfexport from the version directory `{version_dir.name}`."
+    api = api if api is not None else _make_api(options)
+    if progress:
+        for f in sorted(p for p in version_dir.rglob("*") if p.is_file()):
+            logger.info("  %s (%.1f MB)", f.relative_to(version_dir), f.stat().st_size / 1e6)
+
+    def attempt() -> str:
+        info = api.upload_folder(
+            repo_id=options.repo_id,
+            folder_path=version_dir,
+            revision=options.revision,
+            commit_message=title,
+            commit_description=description,
+            delete_patterns=["*"],  # the revision mirrors the directory: drop files the new version lacks
+        )
+        if tag:
+            _set_tag(api, options, tag, info.oid, title)
+        return info.oid
+
+    started = time.monotonic()
+    what = f"Pushing {version_dir.name} to {options.repo_id}@{options.revision}"
+    oid, attempts = _with_retries(what, options, attempt)
+    seconds = time.monotonic() - started
+    logger.info(
+        "Pushed %s to %s@%s: commit %s%s (%.1f s, %d attempt(s)).",
+        version_dir.name,
+        options.repo_id,
+        options.revision,
+        oid[:10] if oid else None,
+        f", tag {tag}" if tag else "",
+        seconds,
+        attempts,
+    )
+    return PushResult(version_dir, step, oid, tag, attempts, seconds)
+
+
+# ------------------------------------------------------------------------------------- background pusher
+@dataclass(order=True)
+class _Job:
+    step: int
+    final: bool
+    version_dir: Path = field(compare=False)
+
+
+class HubPusher:
+    """Pushes versions in the background, one at a time, in step order.
+
+    :meth:`submit` only queues (it never waits for the network). When pushes fall behind, intermediate
+    versions still waiting are coalesced: only the newest one, plus any final one, is pushed. A failed push is
+    logged and recorded in :attr:`failures`; with ``on_push_error="raise"`` it is raised by :meth:`check` and
+    :meth:`close`.
+
+    Args:
+        options: Where and how to push.
+        api: An ``HfApi`` to use (default: one built from ``options.token``).
+
+    Example:
+        ```python
+        pusher = HubPusher(HubOptions("me/gpt2-run"))
+        pusher.setup()
+        pusher.submit(Path("hf_exports/step_000500"), step=500)
+        pusher.submit(Path("hf_exports/step_001000"), step=1000, final=True)
+        pusher.close()
+        ```
+    """
+
+    def __init__(self, options: HubOptions, *, api: HfApi | None = None) -> None:
+        self.options = options
+        self._api = api
+        self._cond = threading.Condition()
+        self._setup_lock = threading.Lock()
+        self._setup_done = False
+        self._queue: list[_Job] = []
+        self._in_flight: _Job | None = None
+        self._failures: list[PushFailure] = []
+        self._results: list[PushResult] = []
+        self._checked = 0  # failures already raised by check()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def api(self) -> HfApi:
+        if self._api is None:
+            self._api = _make_api(self.options)
+        return self._api
+
+    # -------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Check the token and create the repository (and branch) if needed. Idempotent; fails fast.
+
+        Raises:
+            HubSetupError: The token is missing or rejected, the repository cannot be created or written to,
+                or the Hub cannot be reached (after the configured retries).
+        """
+        with self._setup_lock:
+            if self._setup_done:
+                return
+            self._setup()
+            self._setup_done = True
+
+    def _setup(self) -> None:
+        from huggingface_hub.errors import LocalTokenNotFoundError
+
+        opts, api = self.options, self.api
+        endpoint = getattr(api, "endpoint", "the Hub")
+        try:
+            user, _ = _with_retries(
+                f"Checking the Hub token at {endpoint}",
+                opts,
+                lambda: api.whoami()["name"],
+                error_cls=HubSetupError,
+            )
+        except LocalTokenNotFoundError as error:
+            raise HubSetupError(
+                f"No Hugging Face token found for pushing to {opts.repo_id}: set HF_TOKEN, run "
+                "`hf auth login`, or pass hub_token=..."
+            ) from error
+        except HubSetupError as error:
+            if _http_status(error.__cause__) == 401:
+                raise HubSetupError(
+                    f"The Hub rejected the token (401 Unauthorized at {endpoint}) while preparing to push "
+                    f"to {opts.repo_id}: set HF_TOKEN or pass hub_token=... with a valid token that has "
+                    "write access."
+                ) from error.__cause__
+            raise
+
+        def create() -> None:
+            api.create_repo(opts.repo_id, private=opts.private, exist_ok=True)
+            if opts.revision != "main":
+                api.create_branch(opts.repo_id, branch=opts.revision, exist_ok=True)
+
+        try:
+            _with_retries(f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError)
+        except HubSetupError as error:
+            if _http_status(error.__cause__) in (401, 403):
+                raise HubSetupError(
+                    f"The Hub refused to create or write to {opts.repo_id} for user {user!r} "
+                    f"({_http_status(error.__cause__)} Forbidden). Push to a repository under your namespace "
+                    f"('{user}/...') or an organization you can write to, with a token that has write access."
+                ) from error.__cause__
+            raise
+        info = api.repo_info(opts.repo_id)
+        if opts.private and info.private is False:
+            logger.warning(
+                "%s already exists and is public: the pushed versions will be public.", opts.repo_id
+            )
+        logger.info("Hub repository %s@%s ready (user %s).", opts.repo_id, opts.revision, user)
+
+    # ------------------------------------------------------------------------------------ queueing
+    def submit(self, version_dir: Path, *, step: int, final: bool = False) -> None:
+        """Queue a push of a complete version directory and return at once.
+
+        Args:
+            version_dir: The version directory, in its final place (it must stay there until pushed:
+                see :meth:`is_pending`).
+            step: Its training step (pushes happen in step order).
+            final: The last version of the run: never coalesced away.
+
+        Raises:
+            HubError: The pusher is closed.
+        """
+        job = _Job(step, final, Path(version_dir).absolute())
+        with self._cond:
+            if self._closed:
+                raise HubError(f"Cannot submit {job.version_dir.name}: the Hub pusher is closed.")
+            self._queue = [j for j in self._queue if j.version_dir != job.version_dir]
+            self._queue.append(job)
+            self._queue.sort()
+            self._coalesce()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="hfexport-hub-push", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _coalesce(self) -> None:
+        """Keep only the newest intermediate version among those waiting (finals always stay)."""
+        intermediate = [j for j in self._queue if not j.final]
+        for job in intermediate[:-1]:
+            logger.info(
+                "Skipping the Hub push of %s: a newer version (%s) is waiting and pushes are behind.",
+                job.version_dir.name,
+                intermediate[-1].version_dir.name,
+            )
+            self._queue.remove(job)
+
+    def is_pending(self, version_dir: Path) -> bool:
+        """Whether ``version_dir`` is queued or being pushed (so it must not be deleted yet)."""
+        path = Path(version_dir).absolute()
+        with self._cond:
+            return any(j.version_dir == path for j in self._active())
+
+    def pending(self) -> list[tuple[int, Path]]:
+        """``(step, version_dir)`` of the versions not pushed yet: queued, being pushed, or failed."""
+        with self._cond:
+            jobs = {j.version_dir: j.step for j in self._active()}
+            for f in self._failures:
+                if f.version_dir not in jobs and not any(
+                    r.version_dir == f.version_dir for r in self._results
+                ):
+                    jobs[f.version_dir] = f.step if f.step is not None else -1
+        return sorted((step, path) for path, step in jobs.items())
+
+    def _active(self) -> list[_Job]:
+        return ([self._in_flight] if self._in_flight else []) + self._queue
+
+    @property
+    def failures(self) -> list[PushFailure]:
+        """The pushes that failed, in order, each with its :class:`~hfexport.errors.HubError`."""
+        with self._cond:
+            return list(self._failures)
+
+    @property
+    def results(self) -> list[PushResult]:
+        """The pushes that succeeded, in order."""
+        with self._cond:
+            return list(self._results)
+
+    # -------------------------------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                job = self._in_flight = self._queue.pop(0)
+            result: PushResult | None = None
+            failure: PushFailure | None = None
+            try:
+                self.setup()
+                result = push_version(job.version_dir, self.options, step=job.step, api=self.api)
+            except Exception as error:
+                if not isinstance(error, HubError):
+                    error = HubError(f"Pushing {job.version_dir.name} failed: {_describe(error)}")
+                    error.__cause__ = error.__context__
+                failure = PushFailure(job.version_dir, job.step, error)
+                logger.warning(
+                    "Hub push of %s failed%s: %s",
+                    job.version_dir.name,
+                    "" if self.options.on_push_error == "raise" else " (training goes on)",
+                    error,
+                )
+            with self._cond:
+                if result is not None:
+                    self._results.append(result)
+                    self._failures = [f for f in self._failures if f.version_dir != job.version_dir]
+                    self._checked = min(self._checked, len(self._failures))
+                if failure is not None:
+                    self._failures.append(failure)
+                self._in_flight = None
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------------------ surfacing, end
+    def check(self) -> None:
+        """Raise the first failure not raised yet, when ``on_push_error="raise"``; otherwise do nothing.
+
+        Raises:
+            HubError: A push failed (the cause is chained).
+        """
+        with self._cond:
+            if self.options.on_push_error != "raise" or self._checked >= len(self._failures):
+                return
+            failure = self._failures[self._checked]
+            self._checked += 1
+        raise HubError(f"Hub push of {failure.version_dir.name} failed: {failure.error}") from failure.error
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every queued push is done (or ``timeout`` seconds have passed; then log a warning)."""
+        with self._cond:
+            count = len(self._active())
+            if count == 0:
+                return
+            logger.info("Waiting for %d pending Hub push(es) to %s...", count, self.options.repo_id)
+            if not self._cond.wait_for(lambda: not self._active(), timeout):
+                logger.warning(
+                    "Still %d Hub push(es) pending after %.1f s: %s",
+                    len(self._active()),
+                    timeout,
+                    ", ".join(j.version_dir.name for j in self._active()),
+                )
+
+    def close(self) -> None:
+        """Wait for the pending pushes, stop the worker and log a summary. Idempotent.
+
+        Raises:
+            HubError: With ``on_push_error="raise"``, when any push failed (the first failure is chained).
+        """
+        self.wait()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        failures = self.failures
+        if failures:
+            logger.warning(
+                "%d Hub push(es) to %s failed: %s. The versions are still on disk: `hfexport push` them.",
+                len(failures),
+                self.options.repo_id,
+                "; ".join(f"{f.version_dir.name}: {f.error}" for f in failures),
+            )
+            if self.options.on_push_error == "raise":
+                raise HubError(
+                    f"{len(failures)} Hub push(es) to {self.options.repo_id} failed, the first: "
+                    f"{failures[0].version_dir.name}: {failures[0].error}"
+                ) from failures[0].error
+        elif self._results:
+            logger.info("All %d Hub push(es) to %s succeeded.", len(self._results), self.options.repo_id)
