@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import importlib
 import json
 import logging
@@ -343,14 +344,21 @@ def push_version(
         for f in sorted(p for p in version_dir.rglob("*") if p.is_file()):
             logger.info("  %s (%.1f MB)", f.relative_to(version_dir), f.stat().st_size / 1e6)
 
+    local = {p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file()}
+
     def attempt() -> str:
+        # A cheap request the client does not retry by itself: when the Hub is down, this attempt fails in
+        # milliseconds and our own backoff decides what next. It also lists the files now on the revision.
+        remote = api.repo_info(options.repo_id, revision=options.revision).siblings or []
+        # The revision mirrors the directory: files of the previous version that this one lacks are deleted.
+        stale = sorted({s.rfilename for s in remote} - local - {".gitattributes"})
         info = api.upload_folder(
             repo_id=options.repo_id,
             folder_path=version_dir,
             revision=options.revision,
             commit_message=title,
             commit_description=description,
-            delete_patterns=["*"],  # the revision mirrors the directory: drop files the new version lacks
+            delete_patterns=[glob.escape(name) for name in stale] or None,
         )
         if tag:
             _set_tag(api, options, tag, info.oid, title)
@@ -449,12 +457,12 @@ class HubPusher:
                 lambda: api.whoami()["name"],
                 error_cls=HubSetupError,
             )
-        except LocalTokenNotFoundError as error:
-            raise HubSetupError(
-                f"No Hugging Face token found for pushing to {opts.repo_id}: set HF_TOKEN, run "
-                "`hf auth login`, or pass hub_token=..."
-            ) from error
         except HubSetupError as error:
+            if isinstance(error.__cause__, LocalTokenNotFoundError):
+                raise HubSetupError(
+                    f"No Hugging Face token found for pushing to {opts.repo_id}: set HF_TOKEN, run "
+                    "`hf auth login`, or pass hub_token=..."
+                ) from error.__cause__
             if _http_status(error.__cause__) == 401:
                 raise HubSetupError(
                     f"The Hub rejected the token (401 Unauthorized at {endpoint}) while preparing to push "
@@ -463,13 +471,14 @@ class HubPusher:
                 ) from error.__cause__
             raise
 
-        def create() -> None:
+        def create() -> bool | None:
             api.create_repo(opts.repo_id, private=opts.private, exist_ok=True)
             if opts.revision != "main":
                 api.create_branch(opts.repo_id, branch=opts.revision, exist_ok=True)
+            return api.repo_info(opts.repo_id).private
 
         try:
-            _with_retries(f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError)
+            private, _ = _with_retries(f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError)
         except HubSetupError as error:
             if _http_status(error.__cause__) in (401, 403):
                 raise HubSetupError(
@@ -478,8 +487,7 @@ class HubPusher:
                     f"('{user}/...') or an organization you can write to, with a token that has write access."
                 ) from error.__cause__
             raise
-        info = api.repo_info(opts.repo_id)
-        if opts.private and info.private is False:
+        if opts.private and private is False:
             logger.warning(
                 "%s already exists and is public: the pushed versions will be public.", opts.repo_id
             )
@@ -568,10 +576,11 @@ class HubPusher:
             try:
                 self.setup()
                 result = push_version(job.version_dir, self.options, step=job.step, api=self.api)
-            except Exception as error:
-                if not isinstance(error, HubError):
-                    error = HubError(f"Pushing {job.version_dir.name} failed: {_describe(error)}")
-                    error.__cause__ = error.__context__
+            except Exception as exc:
+                error = exc
+                if not isinstance(exc, HubError):
+                    error = HubError(f"Pushing {job.version_dir.name} failed: {_describe(exc)}")
+                    error.__cause__ = exc
                 failure = PushFailure(job.version_dir, job.step, error)
                 logger.warning(
                     "Hub push of %s failed%s: %s",

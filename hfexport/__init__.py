@@ -1,0 +1,49 @@
+"""hfexport: GPT-2-style models → verified Hugging Face directories, during training and from the CLI.
+
+Public API::
+
+    from hfexport import convert_checkpoint, export_hf, HFExporter
+    from hfexport.lightning import HFExportCallback
+"""
+
+from __future__ import annotations
+
+import logging
+
+__version__ = "0.1.0"
+
+from .convert import convert_checkpoint, plan_conversion, resolve_dtype, write_export
+from .errors import (
+    CheckpointError,
+    ConversionError,
+    ExportWorkerError,
+    HFExportError,
+    HubError,
+    HubSetupError,
+    OutputExistsError,
+    UnsafeCheckpointError,
+    VerificationError,
+)
+from .sources import load_checkpoint
+from .verify import verify_directory
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "CheckpointError",
+    "ConversionError",
+    "ExportWorkerError",
+    "HFExportError",
+    "HubError",
+    "HubSetupError",
+    "OutputExistsError",
+    "UnsafeCheckpointError",
+    "VerificationError",
+    "__version__",
+    "convert_checkpoint",
+    "load_checkpoint",
+    "plan_conversion",
+    "resolve_dtype",
+    "verify_directory",
+    "write_export",
+]

@@ -1,0 +1,68 @@
+"""The registry of source architectures.
+
+A source family is one module exposing a class that satisfies :class:`~hfexport.architectures.base.Architecture`;
+:func:`register` adds it and :func:`detect` picks the first that recognizes a state dict's keys.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import CheckpointError
+from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan
+from .gpt2 import ACTIVATIONS, GPT2
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ACTIVATIONS",
+    "Architecture",
+    "ConversionPlan",
+    "ModelFacts",
+    "TensorPlan",
+    "detect",
+    "get",
+    "register",
+    "registered",
+]
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register(architecture: Architecture) -> Architecture:
+    """Add a source family to the registry (by its ``name``) and return it."""
+    _REGISTRY[architecture.name] = architecture
+    return architecture
+
+
+def registered() -> list[str]:
+    """Names of the registered source families."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Architecture:
+    """The registered family called ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise CheckpointError(f"Unknown architecture {name!r}. Registered: {registered()}.") from None
+
+
+def detect(keys: set[str]) -> Architecture:
+    """The registered family whose ``detect`` accepts these (prefix-stripped) keys.
+
+    Raises:
+        CheckpointError: when none does; the message shows a few keys to help tell what the file holds.
+    """
+    for architecture in _REGISTRY.values():
+        if architecture.detect(keys):
+            return architecture
+    sample = ", ".join(sorted(keys)[:6]) + (" ..." if len(keys) > 6 else "")
+    raise CheckpointError(
+        f"Not a supported model: none of the known architectures ({', '.join(registered())}) matches a state "
+        f"dict with {len(keys)} tensors ({sample or 'no tensors'}). hfexport converts nanoGPT-style GPT-2 "
+        "checkpoints (transformer.wte.weight, transformer.h.N.attn.c_attn.weight, ...)."
+    )
+
+
+register(GPT2())

@@ -1,0 +1,156 @@
+"""What a source architecture provides, and the plan it returns.
+
+An architecture turns a training state dict (prefixes already stripped) plus the facts its shapes do not
+carry into a :class:`ConversionPlan`: the list of output tensors, each a recipe over a source tensor
+(rename, transpose, keep the first rows, or zeros), and the Hugging Face ``config.json``. Plans are lazy:
+nothing is copied until :meth:`TensorPlan.materialize` is called, so the writer can stream one tensor at a
+time (peak memory of one tensor) and the exporter can snapshot everything at once (training goes on).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Architecture", "ConversionPlan", "ModelFacts", "TensorPlan"]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Facts about a model that its tensor shapes do not carry.
+
+    Every field may be ``None`` (unknown); an architecture says which ones it needs and the error names the
+    option that provides a missing one.
+    """
+
+    n_head: int | None = None
+    bias: bool | None = None
+    dropout: float | None = None
+    layer_norm_epsilon: float | None = None
+    block_size: int | None = None
+    vocab_size: int | None = None
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> ModelFacts:
+        """Read facts from a config dict (nanoGPT ``model_args``, a dataclass's ``vars``), ignoring the rest."""
+        if not mapping:
+            return cls()
+        aliases = {
+            "n_head": ("n_head", "num_attention_heads", "n_heads", "num_heads"),
+            "bias": ("bias",),
+            "dropout": ("dropout",),
+            "layer_norm_epsilon": ("layer_norm_epsilon", "layer_norm_eps", "eps"),
+            "block_size": ("block_size", "n_positions", "n_ctx", "context_length", "max_seq_len"),
+            "vocab_size": ("vocab_size",),
+        }
+        values: dict[str, Any] = {}
+        for name, keys in aliases.items():
+            for key in keys:
+                if key in mapping and mapping[key] is not None:
+                    value = mapping[key]
+                    if isinstance(value, torch.Tensor):
+                        value = value.item()
+                    values[name] = value
+                    break
+        return cls(**values)
+
+    def merged(self, override: ModelFacts) -> ModelFacts:
+        """These facts with every non-``None`` field of ``override`` taking precedence."""
+        merged = {k: v for k, v in vars(self).items()}
+        merged.update({k: v for k, v in vars(override).items() if v is not None})
+        return ModelFacts(**merged)
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor: how to make it from a source tensor.
+
+    Attributes:
+        name: The Hugging Face parameter name.
+        source: The source tensor (may live on any device, may be an mmap'd view); ``None`` means zeros.
+        shape: The output shape.
+        transpose: Whether the 2-D source is transposed (nn.Linear ``(out, in)`` → Conv1D ``(in, out)``).
+        rows: Keep only the first ``rows`` rows of the source (vocabulary trimming), or ``None``.
+    """
+
+    name: str
+    source: torch.Tensor | None
+    shape: tuple[int, ...]
+    transpose: bool = False
+    rows: int | None = None
+
+    def materialize(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Return the output tensor in ``dtype``, contiguous and owning its memory, on ``device``.
+
+        The cast happens once, on the source's device (on GPU the cast halves what crosses to the host).
+        """
+        if self.source is None:
+            return torch.zeros(self.shape, dtype=dtype, device=device)
+        tensor = self.source.detach()
+        if self.rows is not None:
+            tensor = tensor[: self.rows]
+        if self.transpose:
+            tensor = tensor.t()
+        # One pass: cast (if needed) and lay out contiguously into fresh memory. ``clone`` makes sure the
+        # result never aliases the live parameter or its tied twin (safetensors refuses shared storage).
+        out = tensor.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+        if out.device != torch.device(device):
+            out = out.to(device)
+        return out
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class ConversionPlan:
+    """Everything needed to write a Hugging Face directory, before any tensor is materialized."""
+
+    architecture: str
+    tensors: list[TensorPlan]
+    config: dict[str, Any]
+    generation_config: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[TensorPlan]:
+        return iter(self.tensors)
+
+    def source_tensors(self) -> list[torch.Tensor]:
+        """The distinct source tensors the plan reads (for finiteness and range checks)."""
+        seen: dict[int, torch.Tensor] = {}
+        for plan in self.tensors:
+            if plan.source is not None:
+                seen.setdefault(id(plan.source), plan.source)
+        return list(seen.values())
+
+
+class Architecture(Protocol):
+    """A source model family (e.g. nanoGPT-style GPT-2). Register instances with ``register``."""
+
+    name: str
+
+    def detect(self, keys: set[str]) -> bool:
+        """Whether a prefix-stripped state dict with these keys belongs to this family."""
+        ...
+
+    def plan(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        facts: ModelFacts,
+        *,
+        activation: str,
+        vocab_size: int | None,
+        untie_embeddings: bool,
+    ) -> ConversionPlan:
+        """Build the conversion plan; raise ``ConversionError`` naming what is missing and how to provide it."""
+        ...

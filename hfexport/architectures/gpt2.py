@@ -1,0 +1,237 @@
+"""nanoGPT-style GPT-2 → Hugging Face ``GPT2LMHeadModel``.
+
+Covers nanoGPT, build-nanogpt, the ``nano-gpt`` package and llm.c ports: they share nanoGPT's parameter
+names. The key map is data (below); the four ``nn.Linear`` weights that Hugging Face stores as ``Conv1D``
+``(in, out)`` are listed once in :data:`TRANSPOSED`, decided by name and never by shape (``attn.c_proj`` is
+square: forgetting its transpose raises nothing and silently ruins the logits).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..errors import ConversionError
+from .base import ConversionPlan, ModelFacts, TensorPlan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ACTIVATIONS", "GPT2", "TRANSPOSED"]
+
+#: GELU variants and the trainers that use each (the checkpoint does not record which one was used).
+ACTIVATIONS: dict[str, str] = {
+    "gelu": "exact erf GELU: nanoGPT since May 2023 (nn.GELU())",
+    "gelu_new": "tanh formula: nanoGPT before May 2023, llm.c",
+    "gelu_pytorch_tanh": "nn.GELU(approximate='tanh'): build-nanogpt, the nano-gpt package",
+}
+
+#: Per-layer parameters: nanoGPT name suffix → HF name suffix (identical here; kept as data for other families).
+LAYER_KEYS: dict[str, str] = {
+    "ln_1.weight": "ln_1.weight",
+    "ln_1.bias": "ln_1.bias",
+    "attn.c_attn.weight": "attn.c_attn.weight",
+    "attn.c_attn.bias": "attn.c_attn.bias",
+    "attn.c_proj.weight": "attn.c_proj.weight",
+    "attn.c_proj.bias": "attn.c_proj.bias",
+    "ln_2.weight": "ln_2.weight",
+    "ln_2.bias": "ln_2.bias",
+    "mlp.c_fc.weight": "mlp.c_fc.weight",
+    "mlp.c_fc.bias": "mlp.c_fc.bias",
+    "mlp.c_proj.weight": "mlp.c_proj.weight",
+    "mlp.c_proj.bias": "mlp.c_proj.bias",
+}
+
+#: nn.Linear stores (out, in); HF GPT-2 uses Conv1D, which stores (in, out).
+TRANSPOSED: tuple[str, ...] = (
+    "attn.c_attn.weight",
+    "attn.c_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+)
+
+#: Buffers that are not parameters: nanoGPT's causal mask on old torch, HF's own mask buffers.
+IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
+
+_LAYER = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
+
+
+class GPT2:
+    """The nanoGPT-style GPT-2 family."""
+
+    name = "gpt2"
+
+    def detect(self, keys: set[str]) -> bool:
+        return (
+            "transformer.wte.weight" in keys
+            and "transformer.wpe.weight" in keys
+            and any(k.endswith("attn.c_attn.weight") for k in keys)
+        )
+
+    def plan(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        facts: ModelFacts,
+        *,
+        activation: str,
+        vocab_size: int | None,
+        untie_embeddings: bool,
+    ) -> ConversionPlan:
+        if activation not in ACTIVATIONS:
+            raise ConversionError(
+                f"Unknown activation {activation!r}. Expected one of {sorted(ACTIVATIONS)}: "
+                + "; ".join(f"{k} = {v}" for k, v in ACTIVATIONS.items())
+            )
+        sd = {k: v for k, v in state_dict.items() if not IGNORED.search(k)}
+        wte = _require(sd, "transformer.wte.weight")
+        wpe = _require(sd, "transformer.wpe.weight")
+        trained_vocab, n_embd = wte.shape
+        n_positions = wpe.shape[0]
+
+        layers = sorted({int(m.group(1)) for k in sd if (m := _LAYER.match(k))})
+        n_layer = len(layers)
+        if layers != list(range(n_layer)):
+            raise ConversionError(
+                f"Layer indices are not contiguous: found {layers}; the checkpoint is incomplete."
+            )
+        if n_layer == 0:
+            raise ConversionError("No transformer layers (transformer.h.N.*) found in the state dict.")
+
+        n_head = facts.n_head
+        if n_head is None:
+            raise ConversionError(
+                "The checkpoint does not say how many attention heads the model has (n_head): its shapes "
+                f"cannot tell. Pass it: --n_head N (CLI) or config={{'n_head': N}} (n_embd is {n_embd})."
+            )
+        if n_embd % n_head:
+            raise ConversionError(
+                f"n_head={n_head} does not divide n_embd={n_embd}; pass the right --n_head."
+            )
+
+        out_vocab = trained_vocab
+        if vocab_size is not None:
+            if vocab_size > trained_vocab:
+                raise ConversionError(
+                    f"--vocab_size {vocab_size} is larger than the trained embedding ({trained_vocab} rows). "
+                    "Only trimming is supported: pass a value <= "
+                    f"{trained_vocab}, or leave it out to keep the vocabulary as trained."
+                )
+            if vocab_size < 1:
+                raise ConversionError(f"Invalid vocab_size={vocab_size}. Must be >= 1.")
+            out_vocab = vocab_size
+
+        # bias=False models have no LayerNorm/Linear biases; HF GPT-2 always has them: write zeros.
+        has_bias = "transformer.ln_f.bias" in sd
+        if facts.bias is not None and facts.bias != has_bias:
+            logger.warning(
+                "The checkpoint's config says bias=%s but its tensors say bias=%s; trusting the tensors.",
+                facts.bias,
+                has_bias,
+            )
+
+        tensors: list[TensorPlan] = [
+            TensorPlan(
+                "transformer.wte.weight", wte, (out_vocab, n_embd), rows=_rows(out_vocab, trained_vocab)
+            ),
+            TensorPlan("transformer.wpe.weight", wpe, tuple(wpe.shape)),
+        ]
+        for i in layers:
+            prefix = f"transformer.h.{i}."
+            for src_suffix, hf_suffix in LAYER_KEYS.items():
+                key = prefix + src_suffix
+                if src_suffix.endswith(".bias") and not has_bias:
+                    if key in sd:
+                        raise ConversionError(f"{key} is present but transformer.ln_f.bias is not.")
+                    weight = _require(sd, key[: -len("bias")] + "weight")
+                    out_dim = weight.shape[0]  # nn.Linear (out, in) / LayerNorm (C,)
+                    tensors.append(TensorPlan(prefix + hf_suffix, None, (out_dim,)))
+                    continue
+                tensor = _require(sd, key)
+                transpose = src_suffix in TRANSPOSED
+                shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
+                tensors.append(TensorPlan(prefix + hf_suffix, tensor, shape, transpose=transpose))
+        ln_f = _require(sd, "transformer.ln_f.weight")
+        tensors.append(TensorPlan("transformer.ln_f.weight", ln_f, tuple(ln_f.shape)))
+        if has_bias:
+            tensors.append(TensorPlan("transformer.ln_f.bias", sd["transformer.ln_f.bias"], (n_embd,)))
+        else:
+            tensors.append(TensorPlan("transformer.ln_f.bias", None, (n_embd,)))
+
+        tied = True
+        head = sd.get("lm_head.weight")
+        if head is not None and not _same_storage(head, wte) and not torch.equal(head, wte):
+            # A model trained with an untied head: its head must be written, or transformers ties wte to it.
+            tied = False
+        if untie_embeddings or not tied:
+            source = head if head is not None else wte
+            tensors.append(
+                TensorPlan(
+                    "lm_head.weight", source, (out_vocab, n_embd), rows=_rows(out_vocab, source.shape[0])
+                )
+            )
+            tied = False
+
+        known = {t.name for t in tensors} | {"lm_head.weight"}
+        unexpected = sorted(k for k in sd if k not in known)
+        if unexpected:
+            shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+            raise ConversionError(
+                f"The state dict has {len(unexpected)} tensor(s) a GPT-2 does not have: {shown}. "
+                "It is not a nanoGPT-style GPT-2 (or carries an unknown prefix)."
+            )
+
+        dropout = float(facts.dropout) if facts.dropout is not None else 0.0
+        eos = 50256 if out_vocab > 50256 else None
+        config: dict[str, Any] = {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": out_vocab,
+            "n_positions": n_positions,
+            "n_ctx": n_positions,
+            "n_embd": n_embd,
+            "n_layer": n_layer,
+            "n_head": n_head,
+            "n_inner": None,
+            "activation_function": activation,
+            "layer_norm_epsilon": facts.layer_norm_epsilon if facts.layer_norm_epsilon is not None else 1e-5,
+            "resid_pdrop": dropout,
+            "embd_pdrop": dropout,
+            "attn_pdrop": dropout,
+            "initializer_range": 0.02,
+            "scale_attn_weights": True,
+            "use_cache": True,
+            "tie_word_embeddings": tied,
+            "bos_token_id": eos,
+            "eos_token_id": eos,
+        }
+        generation_config = {"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {}
+        notes = []
+        if out_vocab != trained_vocab:
+            notes.append(f"vocabulary trimmed from {trained_vocab} to {out_vocab} rows")
+        if not has_bias:
+            notes.append("bias=False model: zero biases written")
+        return ConversionPlan("gpt2", tensors, config, generation_config, notes)
+
+
+def _rows(out_vocab: int, trained: int) -> int | None:
+    return out_vocab if out_vocab != trained else None
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.shape == b.shape
+    except (RuntimeError, NotImplementedError):  # meta / DTensor without local storage
+        return a is b
+
+
+def _require(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    try:
+        return sd[key]
+    except KeyError:
+        raise ConversionError(
+            f"Missing tensor {key!r}: the checkpoint is incomplete or not a nanoGPT-style GPT-2 "
+            f"({len(sd)} tensors found)."
+        ) from None

@@ -1,0 +1,270 @@
+"""The ``hfexport`` command line: ``convert``, ``verify``, ``list`` and ``push``.
+
+Bad input prints one line, ``error: ...`` naming the problem and the fix, and exits with status 2 (``--debug``
+shows the traceback). Unexpected failures exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .architectures import ACTIVATIONS
+from .convert import DTYPES
+from .errors import HFExportError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_parser", "main"]
+
+EXIT_BAD_INPUT = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("--quiet", "-q", action="store_true", help="only print errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``hfexport`` command."""
+    parser = argparse.ArgumentParser(
+        prog="hfexport",
+        description="Export nanoGPT-style GPT-2 checkpoints to verified Hugging Face directories.",
+    )
+    parser.add_argument("--version", action="version", version=f"hfexport {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("convert", help="convert a checkpoint file into a Hugging Face directory")
+    c.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="a .pt/.ckpt file, a directory of them, or dir/step_N"
+    )
+    c.add_argument("--output_dir", "--output-dir", required=True, help="directory to create")
+    c.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=list(DTYPES),
+        help="dtype of the written weights (default: bfloat16)",
+    )
+    c.add_argument("--model_name", "--model-name", default=None, help="model name for the model card")
+    c.add_argument(
+        "--vocab_size",
+        "--vocab-size",
+        type=_positive_int,
+        default=None,
+        help="keep the first N vocabulary rows (e.g. 50257 of 50304)",
+    )
+    c.add_argument(
+        "--activation",
+        choices=list(ACTIVATIONS),
+        default=None,
+        help="GELU the model was trained with: gelu (current nanoGPT, default), gelu_new (old nanoGPT, llm.c), "
+        "gelu_pytorch_tanh (build-nanogpt, nano-gpt package; picked automatically for those layouts)",
+    )
+    c.add_argument(
+        "--n_head",
+        "--n-head",
+        type=_positive_int,
+        default=None,
+        help="attention heads, when the checkpoint does not record them",
+    )
+    c.add_argument(
+        "--untie_embeddings",
+        "--untie-embeddings",
+        action="store_true",
+        help="also write an independent lm_head.weight",
+    )
+    c.add_argument("--tokenizer", default=None, help="tokenizer directory or file to copy into the output")
+    c.add_argument(
+        "--max_shard_size",
+        "--max-shard-size",
+        default="5GB",
+        help="shard the weights past this size (default: 5GB)",
+    )
+    c.add_argument("--force", action="store_true", help="replace a non-empty --output_dir (atomically)")
+    c.add_argument(
+        "--allow_nonfinite",
+        "--allow-nonfinite",
+        action="store_true",
+        help="write NaN/inf weights instead of refusing",
+    )
+    c.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    _add_common(c)
+
+    v = sub.add_parser("verify", help="check a Hugging Face directory (and its logits against a checkpoint)")
+    v.add_argument(
+        "directory", metavar="DIR", help="a model directory, or an export root (checks its latest)"
+    )
+    v.add_argument(
+        "--checkpoint", default=None, help="source checkpoint: compare logits through transformers"
+    )
+    v.add_argument(
+        "--activation",
+        choices=list(ACTIVATIONS),
+        default=None,
+        help="GELU of the source (default: the directory's)",
+    )
+    v.add_argument(
+        "--n_head", "--n-head", type=_positive_int, default=None, help="attention heads of the source"
+    )
+    _add_common(v)
+
+    ls = sub.add_parser("list", help="list the versions of an export root")
+    ls.add_argument("root", metavar="ROOT", help="an export root (holding step_XXXXXX/ and latest)")
+    _add_common(ls)
+
+    push = sub.add_parser("push", help="push a version directory (or an export root's latest) to the Hub")
+    push.add_argument(
+        "directory", metavar="DIR", help="a version directory, or an export root (pushes its latest)"
+    )
+    push.add_argument(
+        "--repo_id", "--repo-id", required=True, help="namespace/name of the Hub model repository"
+    )
+    vis = push.add_mutually_exclusive_group()
+    vis.add_argument(
+        "--private",
+        dest="private",
+        action="store_true",
+        default=True,
+        help="create the repo private (default)",
+    )
+    vis.add_argument("--public", dest="private", action="store_false", help="create the repo public")
+    push.add_argument("--revision", default="main", help="branch to commit to (default: main)")
+    push.add_argument(
+        "--tag", default=None, help="tag for the commit (default: the version directory's name)"
+    )
+    push.add_argument(
+        "--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` cache)"
+    )
+    push.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    _add_common(push)
+    return parser
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_checkpoint
+
+    out = convert_checkpoint(
+        args.checkpoint,
+        args.output_dir,
+        dtype=args.dtype,
+        activation=args.activation,
+        vocab_size=args.vocab_size,
+        n_head=args.n_head,
+        untie_embeddings=args.untie_embeddings,
+        model_name=args.model_name,
+        tokenizer=args.tokenizer,
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        allow_nonfinite=args.allow_nonfinite,
+        progress=False if args.no_progress else None,
+    )
+    if not args.quiet:
+        print(f"wrote {out} ({args.dtype}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .verify import verify_directory
+
+    report = verify_directory(
+        args.directory, checkpoint=args.checkpoint, activation=args.activation, n_head=args.n_head
+    )
+    if not args.quiet:
+        print(f"{report.path}: {report.tensors} tensors, {report.files_checked} checksums checked")
+        if report.max_logit_diff is not None:
+            print(f"max |logit diff| against {args.checkpoint}: {report.max_logit_diff:.3g}")
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if report.ok and not args.quiet:
+        print("ok")
+    return 0 if report.ok else 1
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .versions import list_versions, read_latest
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise HFExportError(f"{args.root!r} is not a directory; pass an export root such as hf_exports.")
+    latest = read_latest(root)
+    versions = list_versions(root)
+    for version in versions:
+        size = sum(f.stat().st_size for f in version.path.iterdir() if f.is_file())
+        mark = "  <- latest" if version.name == latest else ""
+        print(f"{version.name}  step {version.step:>8}  {size / 1e6:9.1f} MB{mark}")
+    if not versions:
+        print("no versions")
+    return 0
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .hub import HubOptions, push_version, resolve_push_dir
+
+    directory = resolve_push_dir(args.directory)
+    options = HubOptions(repo_id=args.repo_id, token=args.token, private=args.private, revision=args.revision)
+    result = push_version(directory, options, tag=args.tag, progress=not args.no_progress, setup=True)
+    if not args.quiet:
+        print(
+            f"pushed {directory} to {args.repo_id}@{args.revision} (commit {result.commit_oid}, tag {result.tag})"
+        )
+    return 0
+
+
+_COMMANDS = {"convert": _run_convert, "verify": _run_verify, "list": _run_list, "push": _run_push}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hfexport`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        for noisy in ("httpx", "urllib3", "filelock"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    except (
+        HFExportError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        PermissionError,
+        ImportError,
+    ) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # unexpected: still one line, but a different status
+        if args.debug:
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The conversion engine shared by every entry point: state dict → plan → verified directory.
+
+``hfexport convert`` (a checkpoint file), ``export_hf``/``HFExporter`` (a live model) and the Lightning
+callback differ only in where the state dict comes from and when; all of them go through
+:func:`plan_conversion`, :func:`output_tensors` and :func:`write_export` here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import architectures
+from .architectures import ConversionPlan, ModelFacts, TensorPlan
+from .card import render_model_card
+from .errors import ConversionError
+from .sources import load_checkpoint
+from .writer import OutputTensor, WriteResult, write_hf_directory
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DTYPES",
+    "convert_checkpoint",
+    "output_tensors",
+    "plan_conversion",
+    "resolve_dtype",
+    "write_export",
+]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16", "float": "float32"}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"bfloat16"`` / ``"bf16"`` / ``torch.bfloat16`` → ``torch.bfloat16`` (float32, float16 likewise).
+
+    Raises:
+        ConversionError: any other value.
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str):
+        name = dtype.removeprefix("torch.").lower()
+        name = _ALIASES.get(name, name)
+        if name in DTYPES:
+            return DTYPES[name]
+    raise ConversionError(f"Invalid dtype {dtype!r}. Expected one of {list(DTYPES)} (default: bfloat16).")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def plan_conversion(
+    state_dict: Mapping[str, torch.Tensor],
+    facts: ModelFacts | None = None,
+    *,
+    activation: str = "gelu",
+    vocab_size: int | None = None,
+    untie_embeddings: bool = False,
+    architecture: str | None = None,
+) -> ConversionPlan:
+    """Turn a prefix-free training state dict into a lazy conversion plan (HF names + ``config.json``).
+
+    Args:
+        state_dict: Training names → tensors (any device, any dtype).
+        facts: What shapes do not tell (``n_head``, dropout, ...).
+        activation: ``gelu`` (current nanoGPT), ``gelu_new`` (old nanoGPT, llm.c) or ``gelu_pytorch_tanh``
+            (build-nanogpt).
+        vocab_size: Keep only the first N embedding rows (e.g. 50304 → 50257).
+        untie_embeddings: Write an independent ``lm_head.weight``.
+        architecture: A registered family name; detected from the keys when ``None``.
+
+    Raises:
+        CheckpointError: the state dict is not a supported model.
+        ConversionError: a fact is missing or an option is invalid (the message names the fix).
+    """
+    arch = architectures.get(architecture) if architecture else architectures.detect(set(state_dict))
+    return arch.plan(
+        state_dict,
+        facts or ModelFacts(),
+        activation=activation,
+        vocab_size=vocab_size,
+        untie_embeddings=untie_embeddings,
+    )
+
+
+def output_tensors(
+    plan: ConversionPlan,
+    dtype: torch.dtype,
+    *,
+    allow_nonfinite: bool = False,
+    snapshot: bool = False,
+) -> list[OutputTensor]:
+    """The plan's tensors in ``dtype``, checked for NaN/inf as each is produced.
+
+    Args:
+        plan: The conversion plan.
+        dtype: The target dtype; each source is cast exactly once.
+        allow_nonfinite: Write NaN/inf values instead of refusing them.
+        snapshot: Materialize every tensor now, on CPU (the weights of *this* moment, even if training goes
+            on), instead of lazily when written.
+    """
+    outputs = []
+    for tp in plan.tensors:
+        if snapshot:
+            tensor = tp.materialize(dtype)
+            if tensor.device.type != "cpu":
+                tensor = tensor.to("cpu", non_blocking=False)
+
+            def get(tensor: torch.Tensor = tensor, tp: TensorPlan = tp) -> torch.Tensor:
+                return _checked(tp, tensor, dtype, allow_nonfinite)
+
+        else:
+
+            def get(tp: TensorPlan = tp) -> torch.Tensor:
+                tensor = tp.materialize(dtype)
+                return _checked(tp, tensor, dtype, allow_nonfinite)
+
+        outputs.append(OutputTensor(tp.name, dtype, tp.shape, get))
+    return outputs
+
+
+def _checked(tp: TensorPlan, tensor: torch.Tensor, dtype: torch.dtype, allow_nonfinite: bool) -> torch.Tensor:
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if allow_nonfinite or tp.source is None or bool(torch.isfinite(tensor).all()):
+        return tensor
+    source = tp.source
+    if dtype == torch.float16 and bool(torch.isfinite(source).all()):
+        peak = float(source.detach().abs().max())
+        raise ConversionError(
+            f"{tp.name} has values up to {peak:.4g}, beyond float16's range (max 65504): a float16 export "
+            "would hold inf. Use --dtype bfloat16 (same range as float32) or float32."
+        )
+    bad = int((~torch.isfinite(tensor)).sum())
+    raise ConversionError(
+        f"{tp.name} holds {bad} non-finite value(s) (NaN or inf): the model diverged or the checkpoint is "
+        "corrupt. Export an earlier checkpoint, or pass --allow_nonfinite (allow_nonfinite=True) to write it anyway."
+    )
+
+
+def write_export(
+    plan: ConversionPlan,
+    output_dir: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype,
+    tensors: list[OutputTensor] | None = None,
+    card_facts: Mapping[str, Any] | None = None,
+    manifest_facts: Mapping[str, Any] | None = None,
+    tokenizer: Any = None,
+    max_shard_size: int | str = "5GB",
+    force: bool = False,
+    allow_nonfinite: bool = False,
+    progress: bool | None = None,
+) -> WriteResult:
+    """Write a plan as a complete, verified Hugging Face directory (atomically).
+
+    Args:
+        plan: From :func:`plan_conversion`.
+        output_dir: Where to publish the directory.
+        dtype: Target dtype (stated in ``config.json``).
+        tensors: Already prepared output tensors (e.g. a snapshot); made lazily from the plan when ``None``.
+        card_facts: Facts for the model card (step, source, loss, ...).
+        manifest_facts: Facts for ``hfexport.json`` (step, epoch, ...).
+        tokenizer: A tokenizer object or path copied into the directory.
+        max_shard_size: Shard past this size (``"5GB"`` by default).
+        force: Replace a non-empty ``output_dir``.
+        allow_nonfinite: Write NaN/inf instead of refusing.
+        progress: Progress bar (``None``: only on a terminal).
+    """
+    from . import __version__
+
+    if tensors is None:
+        tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
+    config = dict(plan.config)
+    config["dtype"] = dtype_name(dtype)
+    config["torch_dtype"] = dtype_name(dtype)  # transformers < 4.56 reads this name
+    config["transformers_version"] = _transformers_version()
+    generation = dict(plan.generation_config)
+    generation["_from_model_config"] = True
+    n_params = sum(_numel(t.shape) for t in tensors)
+    card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": config.get("activation_function")}
+    card.update(dict(card_facts or {}))
+    files: dict[str, bytes | str] = {
+        "config.json": json.dumps(config, indent=2) + "\n",
+        "generation_config.json": json.dumps(generation, indent=2) + "\n",
+        "README.md": render_model_card(card),
+    }
+    manifest = {
+        "hfexport_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "architecture": plan.architecture,
+        "dtype": dtype_name(dtype),
+        "tensors": len(tensors),
+        "parameters": n_params,
+        "notes": plan.notes,
+    }
+    manifest.update(dict(manifest_facts or {}))
+    return write_hf_directory(
+        output_dir,
+        tensors,
+        files,
+        manifest=manifest,
+        tokenizer=tokenizer,
+        max_shard_size=max_shard_size,
+        force=force,
+        progress=progress,
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _transformers_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("transformers")
+    except Exception:  # not installed: the field is informational
+        return None
+
+
+def convert_checkpoint(
+    path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype = "bfloat16",
+    activation: str | None = None,
+    vocab_size: int | None = None,
+    n_head: int | None = None,
+    untie_embeddings: bool = False,
+    model_name: str | None = None,
+    tokenizer: Any = None,
+    max_shard_size: int | str = "5GB",
+    force: bool = False,
+    allow_nonfinite: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """Convert a nanoGPT-family checkpoint file into a verified Hugging Face directory.
+
+    Args:
+        path: A checkpoint file (nanoGPT, build-nanogpt, nano-gpt package, Lightning ``.ckpt``, a bare state
+            dict), a directory holding checkpoints (the newest is used) or ``dir/step_002000``.
+        output_dir: The directory to create.
+        dtype: ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``.
+        activation: The GELU the model was trained with; ``None`` picks the producer's known one
+            (tanh for build-nanogpt / nano-gpt) and otherwise ``"gelu"`` (current nanoGPT).
+        vocab_size: Keep only the first N vocabulary rows (e.g. 50257 of a padded 50304).
+        n_head: Number of attention heads, when the checkpoint does not record it.
+        untie_embeddings: Also write an independent ``lm_head.weight``.
+        model_name: Name for the model card.
+        tokenizer: A tokenizer directory/file (or object) to copy into the output.
+        max_shard_size: Shard the weights past this size.
+        force: Replace a non-empty ``output_dir`` atomically.
+        allow_nonfinite: Write NaN/inf values instead of refusing.
+        progress: Progress bar; ``None`` shows it on a terminal only.
+
+    Returns:
+        The output directory.
+
+    Example:
+        >>> convert_checkpoint("out/ckpt.pt", "hf_model", dtype="float32")  # doctest: +SKIP
+        PosixPath('hf_model')
+    """
+    from .writer import check_output_path
+
+    torch_dtype = resolve_dtype(dtype)
+    out = Path(output_dir)
+    check_output_path(out.expanduser().absolute(), force=force)  # before the (possibly long) load
+    start = time.perf_counter()
+    ckpt = load_checkpoint(path)
+    facts = ckpt.facts.merged(ModelFacts(n_head=n_head))
+    chosen = activation or ckpt.activation_hint or "gelu"
+    if activation is None and ckpt.activation_hint:
+        logger.info(
+            "Using activation %r, the GELU of %s checkpoints (override with --activation)",
+            chosen,
+            ckpt.layout,
+        )
+    plan = plan_conversion(
+        ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
+    )
+    card = {"model_name": model_name, "step": ckpt.step, "source": f"{ckpt.path.name} ({ckpt.layout})"}
+    card.update(ckpt.extra)
+    manifest = {"step": ckpt.step, "source": str(ckpt.path), "layout": ckpt.layout}
+    result = write_export(
+        plan,
+        out,
+        dtype=torch_dtype,
+        card_facts=card,
+        manifest_facts=manifest,
+        tokenizer=tokenizer,
+        max_shard_size=max_shard_size,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        progress=progress,
+    )
+    logger.info("Converted %s → %s in %.2fs", ckpt.path, result.path, time.perf_counter() - start)
+    return out

@@ -1,0 +1,125 @@
+"""Streaming safetensors writer and a byte-level reader for verification.
+
+``safetensors.torch.save_file`` needs every tensor in memory at once; hfexport writes a plan one tensor at a
+time instead (the header only needs names, dtypes and shapes, which are known up front), so converting a
+checkpoint costs one tensor of extra memory, not the whole model. The format written is the standard one
+(8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then the raw bytes) and is
+read back by ``safetensors.safe_open`` during verification.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DTYPE_NAMES", "TensorRecord", "read_header", "tensor_bytes", "write_safetensors"]
+
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+@dataclass
+class TensorRecord:
+    """What was written for one tensor: enough to verify it later without holding it."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+    crc32: int = 0
+    file: str = ""
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A zero-copy byte view of a contiguous CPU tensor."""
+    if tensor.numel() == 0:
+        return memoryview(b"")
+    flat = tensor.reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+
+
+def _header(records: list[TensorRecord], metadata: dict[str, str]) -> bytes:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for rec in records:
+        header[rec.name] = {
+            "dtype": DTYPE_NAMES[rec.dtype],
+            "shape": list(rec.shape),
+            "data_offsets": [offset, offset + rec.nbytes],
+        }
+        offset += rec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(len(raw) + 8) % 8)  # the data section starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write_safetensors(
+    fh: BinaryIO,
+    records: list[TensorRecord],
+    tensors: Iterable[torch.Tensor],
+    *,
+    metadata: dict[str, str] | None = None,
+    on_bytes: Callable[[memoryview], None] | None = None,
+) -> None:
+    """Write a safetensors file whose tensors arrive one at a time.
+
+    Args:
+        fh: A binary file opened for writing.
+        records: Name, dtype and shape of each tensor, in the order ``tensors`` yields them. Their ``crc32``
+            is filled in as the bytes are written.
+        tensors: The tensors (contiguous, CPU), produced lazily so only one needs to be alive.
+        metadata: The header's ``__metadata__``; ``{"format": "pt"}`` by default.
+        on_bytes: Called with every chunk written (e.g. a progress bar or a hash).
+    """
+    head = _header(records, metadata or {"format": "pt"})
+    fh.write(head)
+    if on_bytes:
+        on_bytes(memoryview(head))
+    count = 0
+    for rec, tensor in zip(records, tensors, strict=True):
+        count += 1
+        if tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
+            raise ValueError(
+                f"Tensor {rec.name!r} is {tensor.dtype} {tuple(tensor.shape)}, the header says {rec.dtype} {rec.shape}"
+            )
+        data = tensor_bytes(tensor)
+        fh.write(data)
+        rec.crc32 = zlib.crc32(data)
+        if on_bytes:
+            on_bytes(data)
+        del data, tensor
+    if count != len(records):
+        raise ValueError(f"{len(records)} tensors announced, {count} written")
+
+
+def read_header(fh: BinaryIO) -> tuple[dict[str, Any], int]:
+    """Read a safetensors header; returns ``(header, data_start)``. Raises ``ValueError`` when malformed."""
+    raw = fh.read(8)
+    if len(raw) != 8:
+        raise ValueError("file shorter than a safetensors header")
+    (size,) = struct.unpack("<Q", raw)
+    if size > 100_000_000:
+        raise ValueError(f"header length {size} is implausible")
+    body = fh.read(size)
+    if len(body) != size:
+        raise ValueError("truncated header")
+    return json.loads(body), 8 + size

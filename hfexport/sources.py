@@ -1,0 +1,324 @@
+"""Where the weights come from: checkpoint files and live models → a prefix-free state dict + facts.
+
+Files are read with ``torch.load(weights_only=True, mmap=True)`` always: nothing in the file is executed, and
+tensors stay on disk until they are touched, so a checkpoint is never held twice in RAM. A config object
+pickled as a plain class (build-nanogpt's ``GPTConfig`` dataclass) is read through an inert stand-in class
+that only receives its fields; any other global (a function, ``os.system``, ...) is refused.
+
+Live models are unwrapped from DDP (``module.``), ``torch.compile`` (``_orig_mod.``) and LightningModules
+(``pl_module.model``), and FSDP2 (``fully_shard``) parameters are gathered with every rank taking part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.serialization
+
+from .architectures import ModelFacts
+from .errors import CheckpointError, UnsafeCheckpointError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LoadedCheckpoint",
+    "load_checkpoint",
+    "model_facts",
+    "resolve_checkpoint_path",
+    "strip_prefixes",
+    "unwrap_model",
+]
+
+#: Prefixes that wrappers add to parameter names, in any combination and order.
+WRAPPER_PREFIXES: tuple[str, ...] = ("_orig_mod.", "module.")
+CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt", ".bin")
+#: Globals that may be stood in for: plain config holders (read as attribute bags, never executed).
+_CONFIG_GLOBAL = re.compile(r"(Config|Args|ModelArgs|Hyperparameters|HParams)$")
+_DICT_GLOBAL = re.compile(r"(AttributeDict|OrderedDict|DictConfig)$")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's weights (prefixes stripped) and what else it says about the model.
+
+    Attributes:
+        path: The file read.
+        layout: Which producer's layout was recognized (``"nanogpt"``, ``"build-nanogpt"``, ``"nano-gpt"``,
+            ``"lightning"``, ``"state_dict"``).
+        state_dict: Tensor name → tensor (mmap'd when the file format allows).
+        facts: Model facts read from the checkpoint's config, when it has one.
+        step: The training step when recorded.
+        activation_hint: The GELU the producer is known to use, when the layout tells.
+        extra: Other scalar facts (e.g. ``val_loss``) for the model card.
+    """
+
+    path: Path
+    layout: str
+    state_dict: dict[str, torch.Tensor]
+    facts: ModelFacts = field(default_factory=ModelFacts)
+    step: int | None = None
+    activation_hint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """Resolve a checkpoint argument to a file.
+
+    A file is returned as is. A directory means its newest checkpoint: ``latest.pt``, else ``ckpt.pt``, else
+    the newest ``*.pt``/``*.ckpt`` by modification time. ``dir/step_002000`` (no such file) resolves to the
+    file in ``dir`` whose name starts with ``step_002000``.
+
+    Raises:
+        CheckpointError: nothing matching exists.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for name in ("latest.pt", "ckpt.pt", "last.ckpt"):
+            if (p / name).is_file():
+                return p / name
+        candidates = [c for c in p.iterdir() if c.is_file() and c.suffix in CHECKPOINT_SUFFIXES]
+        if not candidates:
+            raise CheckpointError(
+                f"No checkpoint in directory {str(p)!r}: expected latest.pt, ckpt.pt or a *.pt/*.ckpt file."
+            )
+        return max(candidates, key=lambda c: (c.stat().st_mtime, c.name))
+    parent = p.parent
+    if parent.is_dir():
+        matches = sorted(c for c in parent.iterdir() if c.is_file() and c.stem == p.name)
+        matches = matches or sorted(
+            c
+            for c in parent.iterdir()
+            if c.is_file() and c.name.startswith(p.name) and c.suffix in CHECKPOINT_SUFFIXES
+        )
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise CheckpointError(f"{str(p)!r} matches several files: {[m.name for m in matches]}; name one.")
+    raise CheckpointError(f"Checkpoint not found: {str(p)!r} does not exist.")
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
+    """Load a checkpoint safely and find the model's weights and facts in it.
+
+    Args:
+        path: A checkpoint file, or a directory / step name (see :func:`resolve_checkpoint_path`).
+
+    Returns:
+        The recognized layout, state dict (prefixes stripped) and facts.
+
+    Raises:
+        UnsafeCheckpointError: the file would need arbitrary code to load.
+        CheckpointError: the file is empty, truncated, not a checkpoint, or holds no state dict.
+    """
+    file = resolve_checkpoint_path(path)
+    obj = _safe_load(file)
+    layout, sd, config, step, extra = _find_weights(obj, file)
+    sd = strip_prefixes(sd)
+    facts = ModelFacts.from_mapping(config)
+    hint = "gelu_pytorch_tanh" if layout in ("build-nanogpt", "nano-gpt") else None
+    logger.info("Read %s (%s layout, %d tensors%s)", file, layout, len(sd), f", step {step}" if step else "")
+    return LoadedCheckpoint(file, layout, sd, facts, step, hint, extra)
+
+
+class _ConfigStandIn:
+    """Receives the fields of a pickled config object. Defines nothing that could run."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class _DictStandIn(dict):
+    """Receives a pickled dict subclass (Lightning's AttributeDict, ...) as a plain dict."""
+
+
+def _safe_load(file: Path) -> Any:
+    size = file.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{str(file)!r} is empty (0 bytes): the file was not written completely.")
+    stand_ins: list[Any] = []
+    is_zip = zipfile.is_zipfile(file)
+    if is_zip:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
+        except Exception as exc:  # truncated zip, corrupt pickle
+            raise CheckpointError(
+                f"{str(file)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}). "
+                "It may be truncated or corrupted; re-save or re-copy it."
+            ) from exc
+        refused = [g for g in unsafe if not (_CONFIG_GLOBAL.search(g) or _DICT_GLOBAL.search(g))]
+        if refused:
+            raise UnsafeCheckpointError(
+                f"{str(file)!r} refers to {', '.join(refused)}, which loading would have to import and run; "
+                "hfexport only loads plain tensors and config data (torch.load weights_only=True), so nothing "
+                "in this file was executed. If you trust the file, re-save the weights alone: "
+                "torch.save(model.state_dict(), 'weights.pt')."
+            )
+        for name in unsafe:
+            stand_ins.append((_DictStandIn if _DICT_GLOBAL.search(name) else _ConfigStandIn, name))
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as exc:
+        message = str(exc).split("\n\n")[-1].strip().splitlines()[0] if str(exc) else ""
+        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc) or "not an allowed global" in str(exc):
+            raise UnsafeCheckpointError(
+                f"{str(file)!r} needs arbitrary code to be unpickled ({message}); hfexport refuses to run it "
+                "(torch.load weights_only=True) and nothing was executed. If you trust the file, re-save the "
+                "weights alone: torch.save(model.state_dict(), 'weights.pt')."
+            ) from exc
+        raise CheckpointError(
+            f"{str(file)!r} is not a readable PyTorch checkpoint ({message or exc}). It may be truncated or "
+            "corrupted, or not a checkpoint at all."
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{str(file)!r} is not a readable PyTorch checkpoint ({first}). It may be truncated or corrupted "
+            "(an interrupted save or copy), or not a checkpoint at all."
+        ) from exc
+
+
+def _as_mapping(config: Any) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    if isinstance(config, _ConfigStandIn):
+        return config.as_dict()
+    if isinstance(config, Mapping):
+        return dict(config)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if hasattr(config, "__dict__"):
+        return dict(vars(config))
+    return None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value if isinstance(value, (int, float, str)) else None
+
+
+def _find_weights(
+    obj: Any, file: Path
+) -> tuple[str, dict[str, torch.Tensor], Any, int | None, dict[str, Any]]:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{str(file)!r} holds a {type(obj).__name__}, not a state dict or a checkpoint dict. Save "
+            "model.state_dict() or a dict with a 'model' / 'state_dict' entry."
+        )
+    extra = {
+        k: _scalar(obj.get(k))
+        for k in ("val_loss", "best_val_loss", "loss")
+        if _scalar(obj.get(k)) is not None
+    }
+    if "model" in obj and _is_state_dict(obj["model"]):
+        config = obj.get("model_args")
+        layout = "nanogpt"
+        if config is None:
+            config = obj.get("config")
+            layout = "build-nanogpt" if isinstance(config, _ConfigStandIn) else "nanogpt"
+        step = _scalar(obj.get("iter_num", obj.get("step")))
+        return layout, dict(obj["model"]), _as_mapping(config), step, extra
+    if "model_state_dict" in obj and _is_state_dict(obj["model_state_dict"]):
+        step = _scalar(obj.get("step", obj.get("iter_num")))
+        return "nano-gpt", dict(obj["model_state_dict"]), _as_mapping(obj.get("config")), step, extra
+    if "state_dict" in obj and _is_state_dict(obj["state_dict"]):
+        hparams = _as_mapping(obj.get("hyper_parameters")) or {}
+        config = _as_mapping(hparams.get("config")) or hparams
+        sd = _strip_module_attribute(dict(obj["state_dict"]))
+        return "lightning", sd, config, _scalar(obj.get("global_step")), extra
+    if _is_state_dict(obj):
+        return "state_dict", dict(obj), None, None, extra
+    keys = ", ".join(map(str, list(obj)[:8]))
+    raise CheckpointError(
+        f"No model weights found in {str(file)!r}: expected a state dict, or a dict with 'model', "
+        f"'model_state_dict' or 'state_dict'; found keys: {keys or '(none)'}."
+    )
+
+
+def _strip_module_attribute(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop a LightningModule attribute prefix (``model.``, ``gpt.``, ...) that precedes ``transformer.``."""
+    stripped = strip_prefixes(sd)
+    prefixes = {k.split("transformer.", 1)[0] for k in stripped if "transformer." in k}
+    if len(prefixes) == 1:
+        (prefix,) = prefixes
+        if prefix:
+            return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in stripped.items()}
+    return stripped
+
+
+def strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (``_orig_mod.``, ``module.``, stacked in any order) from every key."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        name = key
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if name.startswith(prefix):
+                    name = name[len(prefix) :]
+                    changed = True
+            # Wrappers can also sit inside an attribute path: "model._orig_mod.transformer..."
+            for prefix in WRAPPER_PREFIXES:
+                marker = "." + prefix
+                if marker in name:
+                    name = name.replace(marker, ".")
+                    changed = True
+        if name in out:
+            raise CheckpointError(f"Two tensors map to {name!r} once prefixes are stripped ({key!r}).")
+        out[name] = value
+    return out
+
+
+def unwrap_model(model: Any) -> torch.nn.Module:
+    """Find the network inside DDP / ``torch.compile`` / LightningModule wrappers.
+
+    A LightningModule with a ``model`` attribute that is an ``nn.Module`` is unwrapped to it; otherwise the
+    module itself is used.
+    """
+    seen = 0
+    while seen < 16:
+        seen += 1
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+            model = model._orig_mod
+            continue
+        if type(model).__name__ in ("DistributedDataParallel", "DataParallel") and hasattr(model, "module"):
+            model = model.module
+            continue
+        if _is_lightning_module(model):
+            inner = getattr(model, "model", None)
+            if isinstance(inner, torch.nn.Module):
+                model = inner
+                continue
+        break
+    if not isinstance(model, torch.nn.Module):
+        raise CheckpointError(f"Expected a torch.nn.Module to export, got {type(model).__name__}.")
+    return model
+
+
+def _is_lightning_module(model: Any) -> bool:
+    return any(cls.__name__ == "LightningModule" for cls in type(model).__mro__)
+
+
+def model_facts(model: torch.nn.Module, config: Any = None) -> ModelFacts:
+    """Facts from an explicit ``config`` (dict, dataclass, object), else from ``model.config``."""
+    explicit = ModelFacts.from_mapping(_as_mapping(config))
+    found = ModelFacts.from_mapping(_as_mapping(getattr(model, "config", None)))
+    return found.merged(explicit)

@@ -1,0 +1,277 @@
+"""Checking any Hugging Face directory: files, shapes, checksums, and optionally logits against a source.
+
+:func:`verify_directory` is what ``hfexport verify DIR`` runs: it reopens every safetensors file (header,
+offsets, file size), checks the index and ``config.json`` against the tensors, and the SHA-256 of every file
+listed in hfexport's manifest. With a source checkpoint it also loads the directory with ``transformers`` and
+reports the largest logit difference against a reference forward pass of the source weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .safetensors_io import read_header
+from .writer import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VerifyReport", "logits_difference", "nanogpt_forward", "verify_directory"]
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify_directory`.
+
+    Attributes:
+        path: The directory checked.
+        tensors: Tensor count.
+        files_checked: Files whose checksum was compared with the manifest.
+        max_logit_diff: Largest |logit difference| against the source (``None`` when not compared).
+        problems: What is wrong; empty when the directory is sound.
+    """
+
+    path: Path
+    tensors: int = 0
+    files_checked: int = 0
+    max_logit_diff: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_directory(
+    path: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    activation: str | None = None,
+    n_head: int | None = None,
+    tolerance: float | None = None,
+) -> VerifyReport:
+    """Verify a Hugging Face model directory.
+
+    Args:
+        path: The directory (or an export root: its ``latest`` is checked).
+        checkpoint: A source checkpoint to compare logits against (needs ``transformers``).
+        activation: The GELU of the source (as for ``convert``) for the reference forward pass.
+        n_head: Attention heads, when the checkpoint does not record them.
+        tolerance: Max allowed logit difference; defaults by the directory's dtype.
+
+    Returns:
+        The report; ``report.ok`` is ``False`` with ``report.problems`` listing every defect.
+    """
+    root = Path(path)
+    if (root / "latest").exists() and not (root / "config.json").exists():
+        from .versions import resolve_latest
+
+        root = resolve_latest(root)
+    report = VerifyReport(root)
+    if not root.is_dir():
+        report.problems.append(f"{root} is not a directory")
+        return report
+    config = _json(root / "config.json", report)
+    shapes = _check_weights(root, report)
+    if config is not None and shapes:
+        _check_config(config, shapes, report)
+    manifest = _json(root / MANIFEST_NAME, report, required=False)
+    if manifest:
+        for name, entry in manifest.get("files", {}).items():
+            file = root / name
+            if not file.is_file():
+                report.problems.append(f"{name} is listed in {MANIFEST_NAME} but missing")
+                continue
+            if file.stat().st_size != entry.get("size"):
+                report.problems.append(
+                    f"{name}: size {file.stat().st_size} != {entry.get('size')} in the manifest"
+                )
+                continue
+            if _sha256(file) != entry.get("sha256"):
+                report.problems.append(
+                    f"{name}: SHA-256 differs from the manifest (the file changed or is corrupt)"
+                )
+            report.files_checked += 1
+    if checkpoint is not None and report.ok:
+        diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)
+        report.max_logit_diff = diff
+        dtype = (config or {}).get("dtype", "float32")
+        limit = tolerance if tolerance is not None else {"float32": 1e-4}.get(dtype, 0.5)
+        if diff > limit:
+            report.problems.append(f"max |logit diff| {diff:.3g} against {checkpoint} exceeds {limit:g}")
+    return report
+
+
+def _json(path: Path, report: VerifyReport, *, required: bool = True) -> dict[str, Any] | None:
+    if not path.is_file():
+        if required:
+            report.problems.append(f"{path.name} is missing")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        report.problems.append(f"{path.name} is not valid JSON ({exc})")
+        return None
+
+
+def _check_weights(root: Path, report: VerifyReport) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    index_path = root / INDEX_FILE
+    if index_path.is_file():
+        index = _json(index_path, report) or {}
+        weight_map: dict[str, str] = index.get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+    elif (root / SINGLE_FILE).is_file():
+        weight_map, files = {}, [SINGLE_FILE]
+    else:
+        report.problems.append(f"no {SINGLE_FILE} or {INDEX_FILE}")
+        return shapes
+    total = 0
+    for name in files:
+        file = root / name
+        if not file.is_file():
+            report.problems.append(f"{name} (named in the index) is missing")
+            continue
+        try:
+            with open(file, "rb") as fh:
+                header, start = read_header(fh)
+        except (ValueError, json.JSONDecodeError) as exc:
+            report.problems.append(f"{name}: not a safetensors file ({exc})")
+            continue
+        if (header.get("__metadata__") or {}).get("format") != "pt":
+            report.problems.append(
+                f"{name}: missing {{'format': 'pt'}} metadata (some transformers releases fail)"
+            )
+        end = 0
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            shapes[key] = entry["shape"]
+            end = max(end, entry["data_offsets"][1])
+            total += entry["data_offsets"][1] - entry["data_offsets"][0]
+            if weight_map and weight_map.get(key) != name:
+                report.problems.append(f"{key} is in {name} but the index says {weight_map.get(key)}")
+        if file.stat().st_size != start + end:
+            report.problems.append(
+                f"{name}: {file.stat().st_size} bytes, its header describes {start + end} (truncated?)"
+            )
+    if weight_map and set(weight_map) != set(shapes):
+        report.problems.append(
+            f"the index and the shards disagree on {len(set(weight_map) ^ set(shapes))} tensor(s)"
+        )
+    report.tensors = len(shapes)
+    return shapes
+
+
+def _check_config(config: dict[str, Any], shapes: dict[str, list[int]], report: VerifyReport) -> None:
+    if config.get("model_type") != "gpt2":
+        return
+    wte = shapes.get("transformer.wte.weight")
+    if wte and wte != [config.get("vocab_size"), config.get("n_embd")]:
+        report.problems.append(
+            f"config.json says vocab_size/n_embd {config.get('vocab_size')}/{config.get('n_embd')}, wte is {wte}"
+        )
+    if not config.get("tie_word_embeddings", True) and "lm_head.weight" not in shapes:
+        report.problems.append(
+            "tie_word_embeddings is false but lm_head.weight is missing: transformers would use a random head"
+        )
+    layers = {k.split(".")[2] for k in shapes if k.startswith("transformer.h.")}
+    if layers and len(layers) != config.get("n_layer"):
+        report.problems.append(
+            f"config.json says n_layer={config.get('n_layer')}, the weights have {len(layers)}"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def logits_difference(
+    directory: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    *,
+    activation: str | None = None,
+    n_head: int | None = None,
+    tokens: int = 16,
+) -> float:
+    """Max |logit difference| between ``transformers`` on ``directory`` and the source checkpoint.
+
+    The reference is an independent forward pass of the *source* weights in their training layout
+    (nanoGPT's equations: ``nn.Linear`` weights, no transposes), so a wrong key map, transpose, tie or GELU in
+    the export shows up as a difference. The export is loaded as written and run in float32.
+
+    Raises:
+        ImportError: ``transformers`` is not installed (``pip install 'hfexport[transformers]'``).
+    """
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as exc:
+        raise ImportError(
+            "Comparing logits needs transformers: pip install 'hfexport[transformers]'"
+        ) from exc
+    from .sources import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    exported = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    cfg = exported.config
+    heads = n_head or ckpt.facts.n_head or cfg.n_head
+    act = activation or cfg.activation_function
+    gen = torch.Generator().manual_seed(0)
+    n = min(tokens, cfg.n_positions)
+    ids = torch.randint(0, cfg.vocab_size, (2, n), generator=gen)
+    with torch.no_grad():
+        a = exported(ids).logits.float()
+        b = nanogpt_forward(ckpt.state_dict, ids, n_head=heads, activation=act, eps=cfg.layer_norm_epsilon)
+    return float((a - b[..., : cfg.vocab_size]).abs().max())
+
+
+def nanogpt_forward(
+    state_dict: dict[str, torch.Tensor],
+    ids: torch.Tensor,
+    *,
+    n_head: int,
+    activation: str = "gelu",
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """nanoGPT's forward pass, written from its equations, over a training-layout state dict (float32)."""
+    import torch.nn.functional as F  # noqa: N812
+
+    sd = {k: v.float() for k, v in state_dict.items()}
+
+    def ln(x: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd.get(name + ".bias"), eps)
+
+    def linear(x: torch.Tensor, name: str) -> torch.Tensor:
+        return F.linear(x, sd[name + ".weight"], sd.get(name + ".bias"))
+
+    def gelu(x: torch.Tensor) -> torch.Tensor:
+        if activation == "gelu":
+            return F.gelu(x)
+        if activation == "gelu_pytorch_tanh":
+            return F.gelu(x, approximate="tanh")
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    b, t = ids.shape
+    x = sd["transformer.wte.weight"][ids] + sd["transformer.wpe.weight"][:t]
+    n_layer = len({k.split(".")[2] for k in sd if k.startswith("transformer.h.")})
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        q, k, v = linear(ln(x, p + "ln_1"), p + "attn.c_attn").split(x.shape[-1], dim=2)
+        q, k, v = (z.view(b, t, n_head, -1).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, -1)
+        x = x + linear(y, p + "attn.c_proj")
+        x = x + linear(gelu(linear(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
+    x = ln(x, "transformer.ln_f")
+    head = sd.get("lm_head.weight", sd["transformer.wte.weight"])
+    return x @ head.t()
