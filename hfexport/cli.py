@@ -49,9 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     c = sub.add_parser("convert", help="convert a checkpoint file into a Hugging Face directory")
-    c.add_argument(
-        "checkpoint", metavar="CHECKPOINT", help="a .pt/.ckpt file, a directory of them, or dir/step_N"
-    )
+    c.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt/.ckpt file, a directory of them, or dir/step_N")
     c.add_argument("--output_dir", "--output-dir", required=True, help="directory to create")
     c.add_argument(
         "--dtype",
@@ -105,21 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(c)
 
     v = sub.add_parser("verify", help="check a Hugging Face directory (and its logits against a checkpoint)")
-    v.add_argument(
-        "directory", metavar="DIR", help="a model directory, or an export root (checks its latest)"
-    )
-    v.add_argument(
-        "--checkpoint", default=None, help="source checkpoint: compare logits through transformers"
-    )
+    v.add_argument("directory", metavar="DIR", help="a model directory, or an export root (checks its latest)")
+    v.add_argument("--checkpoint", default=None, help="source checkpoint: compare logits through transformers")
     v.add_argument(
         "--activation",
         choices=list(ACTIVATIONS),
         default=None,
         help="GELU of the source (default: the directory's)",
     )
-    v.add_argument(
-        "--n_head", "--n-head", type=_positive_int, default=None, help="attention heads of the source"
-    )
+    v.add_argument("--n_head", "--n-head", type=_positive_int, default=None, help="attention heads of the source")
     _add_common(v)
 
     ls = sub.add_parser("list", help="list the versions of an export root")
@@ -127,12 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ls)
 
     push = sub.add_parser("push", help="push a version directory (or an export root's latest) to the Hub")
-    push.add_argument(
-        "directory", metavar="DIR", help="a version directory, or an export root (pushes its latest)"
-    )
-    push.add_argument(
-        "--repo_id", "--repo-id", required=True, help="namespace/name of the Hub model repository"
-    )
+    push.add_argument("directory", metavar="DIR", help="a version directory, or an export root (pushes its latest)")
+    push.add_argument("--repo_id", "--repo-id", required=True, help="namespace/name of the Hub model repository")
     vis = push.add_mutually_exclusive_group()
     vis.add_argument(
         "--private",
@@ -143,12 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vis.add_argument("--public", dest="private", action="store_false", help="create the repo public")
     push.add_argument("--revision", default="main", help="branch to commit to (default: main)")
-    push.add_argument(
-        "--tag", default=None, help="tag for the commit (default: the version directory's name)"
-    )
-    push.add_argument(
-        "--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` cache)"
-    )
+    push.add_argument("--tag", default=None, help="tag for the commit (default: the version directory's name)")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` cache)")
     push.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     _add_common(push)
     return parser
@@ -220,9 +204,7 @@ def _run_push(args: argparse.Namespace) -> int:
     options = HubOptions(repo_id=args.repo_id, token=args.token, private=args.private, revision=args.revision)
     result = push_version(directory, options, tag=args.tag, progress=not args.no_progress, setup=True)
     if not args.quiet:
-        print(
-            f"pushed {directory} to {args.repo_id}@{args.revision} (commit {result.commit_oid}, tag {result.tag})"
-        )
+        print(f"pushed {directory} to {args.repo_id}@{args.revision} (commit {result.commit_oid}, tag {result.tag})")
     return 0
 
 

@@ -94,21 +94,11 @@ class HubOptions:
                 "digits, '-', '_' and '.', no '--' or '..', at most 96 characters each), e.g. 'me/gpt2'."
             )
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
-            raise ValueError(
-                "Invalid token: must be a non-empty string, or None to use HF_TOKEN / `hf auth login`."
-            )
-        if (
-            not isinstance(self.revision, str)
-            or not self.revision.strip()
-            or self.revision.startswith("refs/")
-        ):
-            raise ValueError(
-                f"Invalid value for revision={self.revision!r}. Must be a branch name, e.g. 'main'."
-            )
+            raise ValueError("Invalid token: must be a non-empty string, or None to use HF_TOKEN / `hf auth login`.")
+        if not isinstance(self.revision, str) or not self.revision.strip() or self.revision.startswith("refs/"):
+            raise ValueError(f"Invalid value for revision={self.revision!r}. Must be a branch name, e.g. 'main'.")
         if self.on_push_error not in ("warn", "raise"):
-            raise ValueError(
-                f"Invalid value for on_push_error={self.on_push_error!r}. Must be 'warn' or 'raise'."
-            )
+            raise ValueError(f"Invalid value for on_push_error={self.on_push_error!r}. Must be 'warn' or 'raise'.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
             raise ValueError(f"Invalid value for max_retries={self.max_retries!r}. Must be an int >= 0.")
         if not self.backoff_base_s >= 0:
@@ -209,9 +199,7 @@ def _with_retries(what: str, options: HubOptions, fn, *, error_cls: type[HubErro
             return fn(), attempt
         except Exception as error:
             if not _is_transient(error):
-                raise error_cls(
-                    f"{what} failed: {_describe(error)} (not retried: the error is permanent)."
-                ) from error
+                raise error_cls(f"{what} failed: {_describe(error)} (not retried: the error is permanent).") from error
             if attempt > options.max_retries:
                 raise error_cls(
                     f"{what} failed after {attempt} attempt(s): {_describe(error)}. The Hub or the network "
@@ -488,9 +476,7 @@ class HubPusher:
                 ) from error.__cause__
             raise
         if opts.private and private is False:
-            logger.warning(
-                "%s already exists and is public: the pushed versions will be public.", opts.repo_id
-            )
+            logger.warning("%s already exists and is public: the pushed versions will be public.", opts.repo_id)
         logger.info("Hub repository %s@%s ready (user %s).", opts.repo_id, opts.revision, user)
 
     # ------------------------------------------------------------------------------------ queueing
@@ -541,9 +527,7 @@ class HubPusher:
         with self._cond:
             jobs = {j.version_dir: j.step for j in self._active()}
             for f in self._failures:
-                if f.version_dir not in jobs and not any(
-                    r.version_dir == f.version_dir for r in self._results
-                ):
+                if f.version_dir not in jobs and not any(r.version_dir == f.version_dir for r in self._results):
                     jobs[f.version_dir] = f.step if f.step is not None else -1
         return sorted((step, path) for path, step in jobs.items())
 

@@ -98,9 +98,7 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     if parent.is_dir():
         matches = sorted(c for c in parent.iterdir() if c.is_file() and c.stem == p.name)
         matches = matches or sorted(
-            c
-            for c in parent.iterdir()
-            if c.is_file() and c.name.startswith(p.name) and c.suffix in CHECKPOINT_SUFFIXES
+            c for c in parent.iterdir() if c.is_file() and c.name.startswith(p.name) and c.suffix in CHECKPOINT_SUFFIXES
         )
         if len(matches) == 1:
             return matches[0]
@@ -214,19 +212,13 @@ def _scalar(value: Any) -> Any:
     return value if isinstance(value, (int, float, str)) else None
 
 
-def _find_weights(
-    obj: Any, file: Path
-) -> tuple[str, dict[str, torch.Tensor], Any, int | None, dict[str, Any]]:
+def _find_weights(obj: Any, file: Path) -> tuple[str, dict[str, torch.Tensor], Any, int | None, dict[str, Any]]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{str(file)!r} holds a {type(obj).__name__}, not a state dict or a checkpoint dict. Save "
             "model.state_dict() or a dict with a 'model' / 'state_dict' entry."
         )
-    extra = {
-        k: _scalar(obj.get(k))
-        for k in ("val_loss", "best_val_loss", "loss")
-        if _scalar(obj.get(k)) is not None
-    }
+    extra = {k: _scalar(obj.get(k)) for k in ("val_loss", "best_val_loss", "loss") if _scalar(obj.get(k)) is not None}
     if "model" in obj and _is_state_dict(obj["model"]):
         config = obj.get("model_args")
         layout = "nanogpt"

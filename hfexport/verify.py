@@ -90,14 +90,10 @@ def verify_directory(
                 report.problems.append(f"{name} is listed in {MANIFEST_NAME} but missing")
                 continue
             if file.stat().st_size != entry.get("size"):
-                report.problems.append(
-                    f"{name}: size {file.stat().st_size} != {entry.get('size')} in the manifest"
-                )
+                report.problems.append(f"{name}: size {file.stat().st_size} != {entry.get('size')} in the manifest")
                 continue
             if _sha256(file) != entry.get("sha256"):
-                report.problems.append(
-                    f"{name}: SHA-256 differs from the manifest (the file changed or is corrupt)"
-                )
+                report.problems.append(f"{name}: SHA-256 differs from the manifest (the file changed or is corrupt)")
             report.files_checked += 1
     if checkpoint is not None and report.ok:
         diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)
@@ -146,9 +142,7 @@ def _check_weights(root: Path, report: VerifyReport) -> dict[str, list[int]]:
             report.problems.append(f"{name}: not a safetensors file ({exc})")
             continue
         if (header.get("__metadata__") or {}).get("format") != "pt":
-            report.problems.append(
-                f"{name}: missing {{'format': 'pt'}} metadata (some transformers releases fail)"
-            )
+            report.problems.append(f"{name}: missing {{'format': 'pt'}} metadata (some transformers releases fail)")
         end = 0
         for key, entry in header.items():
             if key == "__metadata__":
@@ -163,9 +157,7 @@ def _check_weights(root: Path, report: VerifyReport) -> dict[str, list[int]]:
                 f"{name}: {file.stat().st_size} bytes, its header describes {start + end} (truncated?)"
             )
     if weight_map and set(weight_map) != set(shapes):
-        report.problems.append(
-            f"the index and the shards disagree on {len(set(weight_map) ^ set(shapes))} tensor(s)"
-        )
+        report.problems.append(f"the index and the shards disagree on {len(set(weight_map) ^ set(shapes))} tensor(s)")
     report.tensors = len(shapes)
     return shapes
 
@@ -184,9 +176,7 @@ def _check_config(config: dict[str, Any], shapes: dict[str, list[int]], report: 
         )
     layers = {k.split(".")[2] for k in shapes if k.startswith("transformer.h.")}
     if layers and len(layers) != config.get("n_layer"):
-        report.problems.append(
-            f"config.json says n_layer={config.get('n_layer')}, the weights have {len(layers)}"
-        )
+        report.problems.append(f"config.json says n_layer={config.get('n_layer')}, the weights have {len(layers)}")
 
 
 def _sha256(path: Path) -> str:
@@ -217,9 +207,7 @@ def logits_difference(
     try:
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
-        raise ImportError(
-            "Comparing logits needs transformers: pip install 'hfexport[transformers]'"
-        ) from exc
+        raise ImportError("Comparing logits needs transformers: pip install 'hfexport[transformers]'") from exc
     from .sources import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)

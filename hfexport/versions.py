@@ -113,9 +113,7 @@ def set_latest(root: str | os.PathLike[str], name: str) -> None:
             os.fsync(fh.fileno())
     link = base / LATEST
     if link.is_dir() and not link.is_symlink():
-        raise HFExportError(
-            f"{str(link)!r} is a real directory; hfexport needs that name for its pointer. Move it."
-        )
+        raise HFExportError(f"{str(link)!r} is a real directory; hfexport needs that name for its pointer. Move it.")
     os.replace(tmp, link)
     _fsync_dir(base)
 

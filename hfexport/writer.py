@@ -122,9 +122,7 @@ def parse_size(value: int | str) -> int:
     try:
         size = int(float(number) * factor)
     except ValueError:
-        raise ValueError(
-            f"Invalid size {value!r}: expected a number of bytes or e.g. '5GB', '500MB'."
-        ) from None
+        raise ValueError(f"Invalid size {value!r}: expected a number of bytes or e.g. '5GB', '500MB'.") from None
     if size <= 0:
         raise ValueError(f"Invalid size {value!r}: must be > 0.")
     return size
@@ -137,9 +135,7 @@ def check_output_path(output_dir: Path, *, force: bool) -> None:
         OutputExistsError: with the fix in the message.
     """
     if output_dir.is_symlink() and not output_dir.is_dir():
-        raise OutputExistsError(
-            f"Output path {str(output_dir)!r} is a dangling symlink; remove it or pick another."
-        )
+        raise OutputExistsError(f"Output path {str(output_dir)!r} is a dangling symlink; remove it or pick another.")
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputExistsError(
             f"Output path {str(output_dir)!r} is a file, not a directory. Choose another --output_dir."
@@ -262,9 +258,7 @@ def _write_all(
 
             seen_header = [False]
 
-            def on_bytes(
-                chunk: memoryview, digest: Any = digest, seen_header: list[bool] = seen_header
-            ) -> None:
+            def on_bytes(chunk: memoryview, digest: Any = digest, seen_header: list[bool] = seen_header) -> None:
                 digest.update(chunk)
                 if seen_header[0]:  # the progress total counts tensor bytes only
                     bar.update(len(chunk))
@@ -342,9 +336,7 @@ def _save_tokenizer(tokenizer: Any, tmp: Path, protected: set[str]) -> None:
         elif src.is_file():
             shutil.copy2(src, staging / src.name)
         else:
-            raise FileNotFoundError(
-                f"Tokenizer path {str(src)!r} does not exist; pass a tokenizer directory or file."
-            )
+            raise FileNotFoundError(f"Tokenizer path {str(src)!r} does not exist; pass a tokenizer directory or file.")
     for item in staging.iterdir():
         if item.name in protected:
             continue
@@ -394,9 +386,7 @@ def _verify(
                                 f"{fname}: {rec.name} has {end - begin} bytes, expected {rec.nbytes}"
                             )
                         if zlib.crc32(view[data_start + begin : data_start + end]) != rec.crc32:
-                            raise VerificationError(
-                                f"{fname}: the bytes of {rec.name} differ from what was written"
-                            )
+                            raise VerificationError(f"{fname}: the bytes of {rec.name} differ from what was written")
                 finally:
                     view.release()
             if size != data_start + sum(r.nbytes for r in recs):

@@ -94,9 +94,7 @@ class GPT2:
         layers = sorted({int(m.group(1)) for k in sd if (m := _LAYER.match(k))})
         n_layer = len(layers)
         if layers != list(range(n_layer)):
-            raise ConversionError(
-                f"Layer indices are not contiguous: found {layers}; the checkpoint is incomplete."
-            )
+            raise ConversionError(f"Layer indices are not contiguous: found {layers}; the checkpoint is incomplete.")
         if n_layer == 0:
             raise ConversionError("No transformer layers (transformer.h.N.*) found in the state dict.")
 
@@ -107,9 +105,7 @@ class GPT2:
                 f"cannot tell. Pass it: --n_head N (CLI) or config={{'n_head': N}} (n_embd is {n_embd})."
             )
         if n_embd % n_head:
-            raise ConversionError(
-                f"n_head={n_head} does not divide n_embd={n_embd}; pass the right --n_head."
-            )
+            raise ConversionError(f"n_head={n_head} does not divide n_embd={n_embd}; pass the right --n_head.")
 
         out_vocab = trained_vocab
         if vocab_size is not None:
@@ -133,9 +129,7 @@ class GPT2:
             )
 
         tensors: list[TensorPlan] = [
-            TensorPlan(
-                "transformer.wte.weight", wte, (out_vocab, n_embd), rows=_rows(out_vocab, trained_vocab)
-            ),
+            TensorPlan("transformer.wte.weight", wte, (out_vocab, n_embd), rows=_rows(out_vocab, trained_vocab)),
             TensorPlan("transformer.wpe.weight", wpe, tuple(wpe.shape)),
         ]
         for i in layers:
@@ -168,9 +162,7 @@ class GPT2:
         if untie_embeddings or not tied:
             source = head if head is not None else wte
             tensors.append(
-                TensorPlan(
-                    "lm_head.weight", source, (out_vocab, n_embd), rows=_rows(out_vocab, source.shape[0])
-                )
+                TensorPlan("lm_head.weight", source, (out_vocab, n_embd), rows=_rows(out_vocab, source.shape[0]))
             )
             tied = False
 
