@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so that `import hub_server` works from any test module
 
-from hub_server import HubServer  # noqa: E402
+from hub_server import HubServer
 
 HUB_TOKEN = "hf_test_token"
 HUB_USER = "tester"

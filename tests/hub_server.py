@@ -169,9 +169,7 @@ class HubServer:
     def requests_to(self, path_regex: str, method: str | None = None) -> list[RecordedRequest]:
         with self.lock:
             return [
-                r
-                for r in self.requests
-                if re.search(path_regex, r.path) and (method is None or r.method == method)
+                r for r in self.requests if re.search(path_regex, r.path) and (method is None or r.method == method)
             ]
 
     def repo(self, repo_id: str, repo_type: str = "model") -> Repo:
@@ -193,9 +191,7 @@ class HubServer:
         self, repo: Repo, parent: str | None, title: str, message: str, author: str, files: dict[str, bytes]
     ) -> Commit:
         self._counter += 1
-        cid = hashlib.sha1(
-            f"{repo.repo_id}:{parent}:{title}:{self._counter}:{time.time_ns()}".encode()
-        ).hexdigest()
+        cid = hashlib.sha1(f"{repo.repo_id}:{parent}:{title}:{self._counter}:{time.time_ns()}".encode()).hexdigest()
         now = time.time()
         date = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
         commit = Commit(cid, parent, title, message, author, date, files)
@@ -206,9 +202,7 @@ class HubServer:
         """Create a repository directly (tests may use it to set up someone else's repo)."""
         with self.lock:
             repo = Repo(repo_type, repo_id, private)
-            first = self._new_commit(
-                repo, None, "initial commit", "", "system", {".gitattributes": b"*.bin lfs\n"}
-            )
+            first = self._new_commit(repo, None, "initial commit", "", "system", {".gitattributes": b"*.bin lfs\n"})
             repo.branches["main"] = first.id
             self.repos[(repo_type, repo_id)] = repo
             return repo
@@ -217,6 +211,7 @@ class HubServer:
 class _Handler(BaseHTTPRequestHandler):
     hub: HubServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
 
     def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr log
         pass
@@ -336,9 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id, repo_type = f"{namespace}/{args['name']}", args.get("type") or "model"
         url = f"{self.hub.url}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
         if namespace != user:
-            raise HubError(
-                403, f"You don't have the rights to create a {repo_type} under the namespace {namespace}"
-            )
+            raise HubError(403, f"You don't have the rights to create a {repo_type} under the namespace {namespace}")
         if (repo_type, repo_id) in self.hub.repos:
             raise HubError(409, "You already created this model repo", body={"url": url})
         private = args.get("private", False) or args.get("visibility") == "private"
@@ -402,10 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and verb == "refs":
 
             def refs(kind: str, items: dict[str, str]) -> list[dict[str, str]]:
-                return [
-                    {"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c}
-                    for n, c in sorted(items.items())
-                ]
+                return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": c} for n, c in sorted(items.items())]
 
             return (
                 200,
@@ -456,9 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
                 prefix = value["path"].rstrip("/") + "/"
                 files = {p: d for p, d in files.items() if not p.startswith(prefix)}
             else:
-                raise HubError(
-                    400, f"unsupported commit operation {key!r} (this test Hub answers 'regular' only)"
-                )
+                raise HubError(400, f"unsupported commit operation {key!r} (this test Hub answers 'regular' only)")
         parent = header.get("parentCommit")
         if parent and not head.id.startswith(parent):
             raise HubError(412, "A commit has happened since. Please refresh and try again.")
@@ -484,9 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
             parts = path[len(prefix) :].split("/")
             for i in range(1, len(parts)):  # every folder on the way
                 folder = prefix + "/".join(parts[:i])
-                entries.setdefault(
-                    folder, {"type": "directory", "path": folder, "oid": git_blob_sha1(folder.encode())}
-                )
+                entries.setdefault(folder, {"type": "directory", "path": folder, "oid": git_blob_sha1(folder.encode())})
             entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
         if prefix and not entries:
             raise HubError(404, f"{sub_path} does not exist", "EntryNotFound")

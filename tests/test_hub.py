@@ -1,0 +1,388 @@
+"""Hub pushes, end to end: the real ``huggingface_hub`` client against the local Hub of ``conftest.py``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from safetensors.torch import save_file
+
+from hfexport.errors import HubError, HubSetupError
+from hfexport.hub import HubOptions, HubPusher, push_version, resolve_push_dir
+
+REPO = "tester/gpt2-run"
+TOKEN = "hf_test_token"
+CARD = "---\nlicense: mit\nlibrary_name: transformers\n---\n# gpt2-run\n\nExported by hfexport.\n"
+
+
+def make_version(root: Path, step: int, *, seed: int | None = None, card: str = CARD) -> Path:
+    """A small version directory as the writer would publish it."""
+    path = root / f"step_{step:06d}"
+    path.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(step if seed is None else seed)
+    save_file({"wte.weight": torch.randn(16, 8, generator=generator)}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 8}))
+    (path / "README.md").write_text(card)
+    return path
+
+
+def fast_options(**kwargs) -> HubOptions:
+    """Options with retry delays small enough for tests."""
+    defaults = {"max_retries": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.05}
+    return HubOptions(REPO, **{**defaults, **kwargs})
+
+
+def ready(hub_server, **kwargs) -> HubOptions:
+    options = fast_options(**kwargs)
+    HubPusher(options).setup()
+    return options
+
+
+def commit_paths(request) -> list[str]:
+    return sorted(item["value"]["path"] for item in request.ndjson() if item["key"] == "file")
+
+
+# ------------------------------------------------------------------------------------------ options
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"repo_id": "no-namespace"}, "namespace/name"),
+        ({"repo_id": "a/b/c"}, "namespace/name"),
+        ({"repo_id": "me/bad--name"}, "namespace/name"),
+        ({"repo_id": REPO, "on_push_error": "ignore"}, "on_push_error"),
+        ({"repo_id": REPO, "max_retries": -1}, "max_retries"),
+        ({"repo_id": REPO, "backoff_base_s": 5.0, "backoff_max_s": 1.0}, "backoff_max_s"),
+        ({"repo_id": REPO, "revision": ""}, "revision"),
+        ({"repo_id": REPO, "token": ""}, "token"),
+    ],
+)
+def test_options_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HubOptions(**kwargs)
+
+
+def test_options_repr_hides_the_token():
+    assert TOKEN not in repr(HubOptions(REPO, token=TOKEN))
+
+
+# ------------------------------------------------------------------------------------------ push_version
+def test_push_version_round_trip(hub_server, tmp_path):
+    options = ready(hub_server)
+    version = make_version(tmp_path, 500)
+
+    result = push_version(version, options, step=500)
+
+    assert (result.step, result.tag, result.attempts) == (500, "step_000500", 1)
+    for name in ("model.safetensors", "config.json", "README.md"):
+        downloaded = hf_hub_download(REPO, name, revision="step_000500", cache_dir=tmp_path / "cache")
+        assert Path(downloaded).read_bytes() == (version / name).read_bytes()
+    api = HfApi()
+    assert api.list_repo_commits(REPO)[0].title == "Export step 500"
+    tags = {t.name: t.target_commit for t in api.list_repo_refs(REPO).tags}
+    assert tags == {"step_000500": result.commit_oid}
+    assert api.model_info(REPO).private is True
+
+
+def test_unchanged_files_are_not_sent_again(hub_server, tmp_path):
+    options = ready(hub_server)
+    push_version(make_version(tmp_path, 500), options, step=500)
+    push_version(make_version(tmp_path, 1000), options, step=1000)
+
+    first, second = hub_server.requests_to(r"/commit/main$", method="POST")
+    assert commit_paths(first) == ["README.md", "config.json", "model.safetensors"]
+    assert commit_paths(second) == ["model.safetensors"]  # config and card unchanged: skipped
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)]
+    assert titles[:2] == ["Export step 1000", "Export step 500"]
+
+
+def test_revision_mirrors_the_directory(hub_server, tmp_path):
+    options = ready(hub_server)
+    first = make_version(tmp_path, 500)
+    (first / "extra.txt").write_text("only in the first version")
+    push_version(first, options, step=500)
+    push_version(make_version(tmp_path, 1000), options, step=1000)
+
+    api = HfApi()
+    assert "extra.txt" in api.list_repo_files(REPO, revision="step_000500")
+    assert "extra.txt" not in api.list_repo_files(REPO, revision="step_001000")
+
+
+def test_step_unknown_uses_the_directory_name(hub_server, tmp_path):
+    options = ready(hub_server, tag_versions=False)
+    version = tmp_path / "final"
+    make_version(tmp_path, 7).rename(version)
+
+    result = push_version(version, options)
+
+    assert (result.step, result.tag) == (None, None)
+    assert HfApi().list_repo_commits(REPO)[0].title == "Export final"
+    assert HfApi().list_repo_refs(REPO).tags == []
+
+
+def test_existing_tag_is_moved_with_a_warning(hub_server, tmp_path, caplog):
+    options = ready(hub_server)
+    push_version(make_version(tmp_path / "a", 500), options, step=500)
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+        second = push_version(make_version(tmp_path / "b", 500, seed=1), options, step=500)
+
+    tags = {t.name: t.target_commit for t in HfApi().list_repo_refs(REPO).tags}
+    assert tags["step_000500"] == second.commit_oid
+    assert "moving it" in caplog.text
+
+
+def test_branch_revision_is_created_and_used(hub_server, tmp_path):
+    options = ready(hub_server, revision="run-1")
+    push_version(make_version(tmp_path, 500), options, step=500)
+
+    api = HfApi()
+    assert api.list_repo_commits(REPO, revision="run-1")[0].title == "Export step 500"
+    assert api.list_repo_commits(REPO, revision="main")[0].title == "initial commit"
+
+
+# ----------------------------------------------------------------------------------------- failures
+def test_retries_server_errors(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.inject(r"/commit/", status=500, times=2)
+
+    result = push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert result.attempts == 3
+    assert len(hub_server.requests_to(r"/commit/", method="POST")) == 3
+    assert HfApi().list_repo_commits(REPO)[0].title == "Export step 500"
+
+
+def test_honours_retry_after_on_429(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.inject(r"/commit/", status=429, times=1, retry_after=1)
+
+    started = time.monotonic()
+    result = push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert result.attempts == 2
+    assert time.monotonic() - started >= 1.0  # the backoff alone would have waited ~0.01 s
+
+
+def test_retries_dropped_connections(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.inject(r"/commit/", drop=True, times=1)
+
+    result = push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert result.attempts == 2
+    assert HfApi().list_repo_refs(REPO).tags[0].name == "step_000500"
+
+
+def test_slow_answer_is_waited_for(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.inject(r"/commit/", status=None, delay_s=0.5)
+
+    result = push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert result.attempts == 1 and result.seconds >= 0.5
+
+
+def test_permanent_errors_are_not_retried(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.inject(r"/commit/", status=400, times=None)
+
+    with pytest.raises(HubError, match="not retried") as info:
+        push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert len(hub_server.requests_to(r"/commit/", method="POST")) == 1
+    assert info.value.__cause__ is not None
+
+
+def test_retries_are_bounded(hub_server, tmp_path):
+    options = ready(hub_server, max_retries=2)
+    hub_server.inject(r"/commit/", status=503, times=None)
+
+    with pytest.raises(HubError, match="after 3 attempt"):
+        push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert len(hub_server.requests_to(r"/commit/", method="POST")) == 3
+
+
+# ------------------------------------------------------------------------------------------ pusher
+def test_pusher_pushes_in_the_background(hub_server, tmp_path):
+    pusher = HubPusher(fast_options())
+    pusher.setup()
+    pusher.setup()  # idempotent
+    versions = [make_version(tmp_path, step) for step in (500, 1000)]
+
+    pusher.submit(versions[0], step=500)
+    pusher.wait()
+    pusher.submit(versions[1], step=1000, final=True)
+    pusher.close()
+
+    assert [r.step for r in pusher.results] == [500, 1000]
+    assert pusher.failures == [] and pusher.pending() == []
+    tags = {t.name for t in HfApi().list_repo_refs(REPO).tags}
+    assert tags == {"step_000500", "step_001000"}
+    assert len(hub_server.requests_to(r"/api/whoami-v2")) == 1
+
+
+def test_submit_returns_at_once_while_the_hub_is_slow(hub_server, tmp_path):
+    pusher = HubPusher(fast_options())
+    pusher.setup()
+    hub_server.inject(r"/commit/", status=None, delay_s=1.0, times=None)
+    versions = [make_version(tmp_path, step) for step in (1, 2, 3)]
+
+    for step, version in enumerate(versions, start=1):
+        started = time.monotonic()
+        pusher.submit(version, step=step)
+        assert time.monotonic() - started < 0.5
+
+    pusher.close()
+
+
+def test_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_path, caplog):
+    pusher = HubPusher(fast_options())
+    pusher.setup()
+    hub_server.inject(r"/commit/", status=None, delay_s=0.5, times=1)  # the first push is slow
+    versions = {step: make_version(tmp_path, step) for step in (1, 2, 3, 4, 5)}
+
+    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+        pusher.submit(versions[1], step=1)
+        deadline = time.monotonic() + 5
+        while not hub_server.requests_to(r"/commit/") and time.monotonic() < deadline:
+            time.sleep(0.01)  # step 1 is in flight
+        pusher.submit(versions[2], step=2)
+        pusher.submit(versions[3], step=3)
+        pusher.submit(versions[4], step=4, final=True)
+        pusher.submit(versions[5], step=5)
+        assert pusher.is_pending(versions[1])  # in flight
+        assert not pusher.is_pending(versions[2])  # coalesced away
+        assert [step for step, _ in pusher.pending()] == [1, 4, 5]
+        pusher.close()
+
+    assert [r.step for r in pusher.results] == [1, 4, 5]
+    assert "Skipping the Hub push of step_000002" in caplog.text
+    assert not pusher.is_pending(versions[5])
+
+
+def test_pending_keeps_failed_versions(hub_server, tmp_path):
+    pusher = HubPusher(fast_options(max_retries=0))
+    pusher.setup()
+    hub_server.inject(r"/commit/", status=500, times=1)
+    version = make_version(tmp_path, 500)
+
+    pusher.submit(version, step=500)
+    pusher.wait()
+
+    assert pusher.pending() == [(500, version.absolute())]
+    assert not pusher.is_pending(version)  # not queued any more: rotation may not need it, resume does
+    pusher.submit(version, step=500)  # resubmitted (e.g. after a resume): now it succeeds
+    pusher.close()
+    assert pusher.pending() == []
+
+
+@pytest.mark.parametrize("mode", ["warn", "raise"])
+def test_hub_that_stays_down(hub_server, tmp_path, caplog, mode):
+    pusher = HubPusher(fast_options(max_retries=2, on_push_error=mode))
+    pusher.setup()
+    hub_server.down = True
+
+    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+        pusher.submit(make_version(tmp_path, 500), step=500, final=True)
+        if mode == "warn":
+            pusher.close()
+        else:
+            pusher.wait()
+            with pytest.raises(HubError, match="step_000500"):
+                pusher.check()
+            with pytest.raises(HubError, match="1 Hub push"):
+                pusher.close()
+
+    assert [f.step for f in pusher.failures] == [500]
+    assert isinstance(pusher.failures[0].error, HubError)
+    assert "1 Hub push(es) to tester/gpt2-run failed" in caplog.text
+    assert pusher.pending() == [(500, (tmp_path / "step_000500").absolute())]
+    with pytest.raises(HubError, match="closed"):
+        pusher.submit(tmp_path / "step_000500", step=500)
+
+
+def test_check_is_silent_when_warning(hub_server, tmp_path):
+    pusher = HubPusher(fast_options(max_retries=0))
+    pusher.setup()
+    hub_server.inject(r"/commit/", status=500, times=1)
+    pusher.submit(make_version(tmp_path, 500), step=500)
+    pusher.wait()
+
+    pusher.check()
+    assert len(pusher.failures) == 1
+    pusher.close()
+
+
+# ------------------------------------------------------------------------------------------- setup
+def test_setup_rejects_a_bad_token(hub_server):
+    pusher = HubPusher(fast_options(token="hf_wrong"))
+
+    with pytest.raises(HubSetupError, match="rejected the token") as info:
+        pusher.setup()
+
+    assert "HF_TOKEN" in str(info.value) and "hub_token=" in str(info.value)
+    assert "hf_wrong" not in str(info.value)
+    assert hub_server.repos == {}
+
+
+def test_setup_rejects_a_forbidden_repository(hub_server):
+    pusher = HubPusher(HubOptions("someone-else/model", max_retries=0))
+
+    with pytest.raises(HubSetupError, match="someone-else/model") as info:
+        pusher.setup()
+
+    assert "tester" in str(info.value)
+
+
+def test_setup_warns_when_the_repository_is_public(hub_server, caplog):
+    hub_server.create_repo_state(REPO, private=False)
+
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+        HubPusher(fast_options()).setup()
+
+    assert "public" in caplog.text
+
+
+def test_the_token_is_never_logged(hub_server, tmp_path, caplog):
+    hub_server.inject(r"/commit/", status=500, times=1)
+    with caplog.at_level(logging.DEBUG):
+        pusher = HubPusher(fast_options(token=TOKEN, on_push_error="raise"))
+        pusher.setup()
+        pusher.submit(make_version(tmp_path, 500), step=500, final=True)
+        pusher.close()
+        with pytest.raises(HubSetupError):
+            HubPusher(fast_options(token="hf_wrong_secret")).setup()
+
+    assert caplog.records
+    assert TOKEN not in caplog.text and "hf_wrong_secret" not in caplog.text
+    assert all(TOKEN not in str(r.args) for r in caplog.records)
+
+
+# -------------------------------------------------------------------------------------- resolve_push_dir
+def test_resolve_push_dir(tmp_path):
+    version = make_version(tmp_path / "root", 500)
+    make_version(tmp_path / "root", 200)
+
+    assert resolve_push_dir(version) == version.resolve()
+    with pytest.raises(HubError, match="latest"):
+        resolve_push_dir(tmp_path / "root")  # no `latest`
+    (tmp_path / "root" / "latest").write_text("step_000500\n")
+    assert resolve_push_dir(tmp_path / "root") == version.resolve()
+    assert resolve_push_dir(tmp_path / "root" / "latest") == version.resolve()
+
+    link_root = tmp_path / "linked"
+    linked = make_version(link_root, 700)
+    os.symlink("step_000700", link_root / "latest")
+    assert resolve_push_dir(link_root) == linked.resolve()
+
+    (tmp_path / "root" / "latest").write_text("step_999999\n")
+    with pytest.raises(HubError, match="not a version directory"):
+        resolve_push_dir(tmp_path / "root")
+    with pytest.raises(HubError, match="does not exist"):
+        resolve_push_dir(tmp_path / "missing")
