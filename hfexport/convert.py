@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DTYPES",
+    "check_finite",
     "convert_checkpoint",
     "output_tensors",
     "plan_conversion",
@@ -98,58 +99,58 @@ def plan_conversion(
     )
 
 
-def output_tensors(
-    plan: ConversionPlan,
-    dtype: torch.dtype,
-    *,
-    allow_nonfinite: bool = False,
-    snapshot: bool = False,
-) -> list[OutputTensor]:
-    """The plan's tensors in ``dtype``, checked for NaN/inf as each is produced.
+def output_tensors(plan: ConversionPlan, dtype: torch.dtype, *, allow_nonfinite: bool = False) -> list[OutputTensor]:
+    """The plan's tensors in ``dtype``, produced lazily (one alive at a time) and checked for NaN/inf.
 
     Args:
         plan: The conversion plan.
         dtype: The target dtype; each source is cast exactly once.
         allow_nonfinite: Write NaN/inf values instead of refusing them.
-        snapshot: Materialize every tensor now, on CPU (the weights of *this* moment, even if training goes
-            on), instead of lazily when written.
     """
     outputs = []
     for tp in plan.tensors:
-        if snapshot:
-            tensor = tp.materialize(dtype)
-            if tensor.device.type != "cpu":
-                tensor = tensor.to("cpu", non_blocking=False)
 
-            def get(tensor: torch.Tensor = tensor, tp: TensorPlan = tp) -> torch.Tensor:
-                return _checked(tp, tensor, dtype, allow_nonfinite)
-
-        else:
-
-            def get(tp: TensorPlan = tp) -> torch.Tensor:
-                tensor = tp.materialize(dtype)
-                return _checked(tp, tensor, dtype, allow_nonfinite)
+        def get(tp: TensorPlan = tp) -> torch.Tensor:
+            return check_finite(tp.name, tp.materialize(dtype), dtype, allow_nonfinite, source=tp.source)
 
         outputs.append(OutputTensor(tp.name, dtype, tp.shape, get))
     return outputs
 
 
-def _checked(tp: TensorPlan, tensor: torch.Tensor, dtype: torch.dtype, allow_nonfinite: bool) -> torch.Tensor:
+def check_finite(
+    name: str,
+    tensor: torch.Tensor,
+    dtype: torch.dtype,
+    allow_nonfinite: bool,
+    *,
+    source: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return ``tensor`` (on CPU) if it holds no NaN/inf, else raise a message that says what to do.
+
+    Args:
+        name: The tensor's name, for the message.
+        tensor: The output tensor (already cast).
+        dtype: The output dtype.
+        allow_nonfinite: Skip the check.
+        source: The tensor before the cast, to tell a float16 overflow from a diverged model.
+
+    Raises:
+        ConversionError: non-finite values (the message suggests bfloat16 for a float16 overflow).
+    """
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
-    if allow_nonfinite or tp.source is None or bool(torch.isfinite(tensor).all()):
+    if allow_nonfinite or not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
         return tensor
-    source = tp.source
-    if dtype == torch.float16 and bool(torch.isfinite(source).all()):
-        peak = float(source.detach().abs().max())
+    if dtype == torch.float16 and (source is None or bool(torch.isfinite(source).all())):
+        peak = f" up to {float(source.detach().abs().max()):.4g}" if source is not None else ""
         raise ConversionError(
-            f"{tp.name} has values up to {peak:.4g}, beyond float16's range (max 65504): a float16 export "
-            "would hold inf. Use --dtype bfloat16 (same range as float32) or float32."
+            f"{name} has values{peak} beyond float16's range (max 65504): a float16 export would hold inf. "
+            "Use dtype bfloat16 (--dtype bfloat16; same range as float32) or float32."
         )
     bad = int((~torch.isfinite(tensor)).sum())
     raise ConversionError(
-        f"{tp.name} holds {bad} non-finite value(s) (NaN or inf): the model diverged or the checkpoint is "
-        "corrupt. Export an earlier checkpoint, or pass --allow_nonfinite (allow_nonfinite=True) to write it anyway."
+        f"{name} holds {bad} non-finite value(s) (NaN or inf): the model diverged or the checkpoint is corrupt. "
+        "Export an earlier checkpoint, or pass --allow_nonfinite (allow_nonfinite=True) to write it anyway."
     )
 
 

@@ -1,0 +1,401 @@
+"""``export_hf`` and ``HFExporter``: Hugging Face exports from any PyTorch training loop.
+
+``export_hf(model, step)`` writes one version and returns when it is on disk. ``HFExporter`` decides when to
+export (every N steps, plus whatever you ask for), takes a snapshot of the weights in the export dtype and
+hands it to a single background worker, so the training loop only pays for the copy. Each version is
+published atomically as ``<root>/step_XXXXXX/``, then ``latest`` moves to it, then old versions are rotated
+(``keep_last_n``), then it is queued for the Hub (``push_to_hub``).
+
+Guarantees:
+    * a version directory is complete or absent; ``latest`` only ever points at a complete version;
+    * an export holds the weights of its step, even when training changes them right after the call;
+    * at most one snapshot waits for the writer; with ``if_busy="wait"`` no requested version is lost;
+    * a background failure is logged at once and raised from the next call (``on_error="raise"``);
+    * rotation deletes only versions this exporter created, never ``latest``, never one still being pushed.
+
+Example:
+    ```python
+    exporter = HFExporter("hf_exports", every_n_steps=500, keep_last_n=3)
+    for step in range(1, max_steps + 1):
+        train_step()
+        exporter.maybe_export(model, step)
+    exporter.close()
+    ```
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .convert import dtype_name, write_export
+from .errors import ExportWorkerError, HFExportError
+from .options import ExportOptions
+from .snapshot import Snapshot, global_rank, plan_for_model, snapshot_outputs, take_snapshot
+from .versions import Version, list_versions, read_latest, remove_version, set_latest, version_name
+from .writer import clean_stale_temporaries
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExportStats", "HFExporter", "export_hf"]
+
+
+@dataclass
+class ExportStats:
+    """Timings of the most recent export, for logging.
+
+    Attributes:
+        step: Its training step.
+        stall_s: Time the training loop spent in the call (snapshot and hand-off, waiting if busy).
+        write_s: Time the writer spent writing and verifying it (``None`` until written).
+        nbytes: Bytes of tensor data.
+    """
+
+    step: int
+    stall_s: float
+    write_s: float | None = None
+    nbytes: int = 0
+
+
+@dataclass
+class _Job:
+    step: int
+    snapshot: Snapshot
+    card: dict[str, Any]
+    manifest: dict[str, Any]
+    final: bool
+    stats: ExportStats
+
+
+class HFExporter:
+    """Writes versioned Hugging Face exports of a model during training.
+
+    Args:
+        output_dir: The export root (``step_XXXXXX/`` directories and ``latest`` go there).
+        every_n_steps: Export when ``step % every_n_steps == 0`` in :meth:`maybe_export`; ``None`` exports only
+            when :meth:`export` is called.
+        **options: The export options of :class:`~hfexport.options.ExportOptions` (``dtype="bfloat16"``,
+            ``keep_last_n``, ``config``, ``tokenizer``, ``async_write``, ``if_busy``, ``on_error``, the Hub
+            options ``push_to_hub``/``repo_id``/...).
+
+    Call :meth:`maybe_export` on every rank under FSDP2 (gathering the weights is a collective); under DDP
+    calling it on rank 0 only is fine. Only global rank 0 writes.
+
+    Raises:
+        ValueError: an invalid option.
+        HubSetupError: ``push_to_hub=True`` and the repository cannot be used (checked here, before training).
+    """
+
+    def __init__(
+        self, output_dir: str | os.PathLike[str] = "hf_exports", *, every_n_steps: int | None = None, **options: Any
+    ) -> None:
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
+            raise ValueError(f"Invalid value for every_n_steps={every_n_steps!r}. Must be >= 1 or None.")
+        unknown = sorted(set(options) - set(ExportOptions.names()))
+        if unknown:
+            raise TypeError(f"Unknown export option(s) {unknown}. Valid options: {ExportOptions.names()}.")
+        self.root = Path(output_dir).expanduser()
+        self.every_n_steps = every_n_steps
+        self.options = ExportOptions(**options)
+        self.is_writer = global_rank() == 0
+        self.created: list[str] = []  # version names this exporter (or the run it resumes) wrote
+        self.last_step: int | None = None
+        self.last_stats: ExportStats | None = None
+        self.metadata: dict[str, Any] = {}  # extra facts for every card/manifest (e.g. the source)
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._pusher: Any = None
+        if self.is_writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+            clean_stale_temporaries(self.root)
+            hub = self.options.hub_options()
+            if hub is not None:
+                from .hub import HubPusher
+
+                self._pusher = HubPusher(hub)
+                self._pusher.setup()
+        # Pending work is finished even if close() is forgotten (the final version must not be lost).
+        self._finalizer = weakref.finalize(self, _drain_at_exit, self._queue, self._idle)
+        atexit.register(self._finalizer)
+
+    # ----------------------------------------------------------------------------------------------- public
+    @property
+    def pusher(self) -> Any:
+        """The :class:`~hfexport.hub.HubPusher` when pushing (rank 0), else ``None``."""
+        return self._pusher
+
+    def should_export(self, step: int) -> bool:
+        """Whether :meth:`maybe_export` would export at ``step``."""
+        return bool(self.every_n_steps) and step > 0 and step % self.every_n_steps == 0 and step != self.last_step
+
+    def maybe_export(self, model: Any, step: int, **facts: Any) -> Path | None:
+        """Export if ``step`` is due (``every_n_steps``); cheap otherwise.
+
+        Args:
+            model: The model (nanoGPT-style ``nn.Module``, wrapped or not, or a ``transformers`` model).
+            step: The training step just completed.
+            **facts: Extra facts for the model card and manifest (``epoch=``, ``loss=``, ...).
+
+        Returns:
+            The version directory being written, or ``None`` when not due.
+
+        Raises:
+            ExportWorkerError: a previous background write failed (``on_error="raise"``).
+        """
+        self.raise_if_failed()
+        if not self.should_export(step):
+            return None
+        return self.export(model, step, **facts)
+
+    def export(self, model: Any, step: int, *, final: bool = False, **facts: Any) -> Path | None:
+        """Export ``model`` as the version of ``step`` now (in the background when ``async_write``).
+
+        Args:
+            model: The model to export.
+            step: The training step (names the directory ``step_XXXXXX``).
+            final: The last version of the run (always pushed, never coalesced away).
+            **facts: Extra facts for the model card and manifest (``epoch=``, ``loss=``, ...).
+
+        Returns:
+            The version directory (on rank 0; ``None`` on other ranks, and when skipped as busy).
+        """
+        if self._closed:
+            raise HFExportError("This HFExporter is closed; create a new one to export again.")
+        self.raise_if_failed()
+        if step == self.last_step:
+            return self.root / version_name(step) if self.is_writer else None
+        start = time.perf_counter()
+        o = self.options
+        if self.is_writer and o.async_write and self._queue.full():
+            if o.if_busy == "skip":
+                logger.info("Skipped the export of step %d: the previous one is still waiting (if_busy='skip')", step)
+                return None
+            logger.info("Export of step %d waits for the previous one to be written (if_busy='wait')", step)
+        plan = plan_for_model(
+            model,
+            config=o.config,
+            activation=o.activation,
+            vocab_size=o.vocab_size,
+            untie_embeddings=o.untie_embeddings,
+        )
+        if self.is_writer and o.async_write:
+            self._wait_for_slot()
+        snapshot = take_snapshot(plan, o.torch_dtype)  # every rank takes part (FSDP2 gathers)
+        self.last_step = step
+        if not self.is_writer:
+            return None
+        facts = {k: _plain(v) for k, v in facts.items() if v is not None}
+        card = {"model_name": o.model_name, "step": step, **self.metadata, **facts}
+        if o.push_to_hub:
+            card.update(repo_id=o.repo_id, version=version_name(step))
+        manifest = {"step": step, **self.metadata, **facts}
+        stats = ExportStats(step, 0.0, nbytes=snapshot.nbytes)
+        job = _Job(step, snapshot, card, manifest, final, stats)
+        if o.async_write:
+            self._ensure_worker()
+            self._idle.clear()
+            self._queue.put(job)
+            stats.stall_s = time.perf_counter() - start
+        else:
+            self._write(job)
+            stats.stall_s = time.perf_counter() - start
+            self.raise_if_failed()
+        self.last_stats = stats
+        return self.root / version_name(step)
+
+    def wait(self) -> None:
+        """Block until every queued version is written (not pushed). Raises a background failure."""
+        if self._worker is not None:
+            self._queue.join()
+        self.raise_if_failed()
+
+    def close(self) -> None:
+        """Wait for pending writes and pushes; re-raise a background failure. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._worker is not None:
+                self._queue.join()
+                self._queue.put(None)
+                self._worker.join()
+                self._worker = None
+            if self._pusher is not None:
+                self._pusher.close()
+        finally:
+            self._closed = True
+            self._finalizer.detach()
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        """Raise the pending background failure (``on_error="raise"``) and the Hub's (``on_push_error="raise"``)."""
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None and self.options.on_error == "raise":
+            raise ExportWorkerError(f"A background export failed: {error}") from error
+        if self._pusher is not None:
+            self._pusher.check()
+
+    def versions(self) -> list[Version]:
+        """The complete versions in the export root, oldest first."""
+        return list_versions(self.root)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the last exported step, the versions created, pending pushes."""
+        pending = [[step, str(path)] for step, path in self._pusher.pending()] if self._pusher is not None else []
+        return {"last_step": self.last_step, "created": list(self.created), "pending_pushes": pending}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; re-queues the Hub pushes the previous run had not finished."""
+        self.last_step = state.get("last_step")
+        existing = {v.name for v in self.versions()}
+        self.created = [name for name in state.get("created", []) if name in existing]
+        if self._pusher is not None:
+            for step, path in state.get("pending_pushes", []):
+                if Path(path).is_dir():
+                    logger.info("Re-queueing the Hub push of %s, pending when the previous run stopped", path)
+                    self._pusher.submit(Path(path), step=int(step))
+
+    def __enter__(self) -> HFExporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------------- internal
+    def _wait_for_slot(self) -> None:
+        """Block while a snapshot already waits (at most one waits; the worker holds the other)."""
+        while self._queue.full():
+            time.sleep(0.005)
+            self.raise_if_failed()
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="hfexport-writer", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                self._write(job)
+            finally:
+                self._queue.task_done()
+                if self._queue.unfinished_tasks == 0:
+                    self._idle.set()
+
+    def _write(self, job: _Job) -> None:
+        name = version_name(job.step)
+        target = self.root / name
+        start = time.perf_counter()
+        try:
+            if target.exists():
+                logger.warning("%s already exists; replacing it with this run's export of step %d", target, job.step)
+            o = self.options
+            write_export(
+                job.snapshot.plan,
+                target,
+                dtype=o.torch_dtype,
+                tensors=snapshot_outputs(job.snapshot, allow_nonfinite=o.allow_nonfinite),
+                card_facts=job.card,
+                manifest_facts={**job.manifest, "dtype": dtype_name(o.torch_dtype)},
+                tokenizer=o.tokenizer,
+                max_shard_size=o.max_shard_size,
+                force=True,
+                allow_nonfinite=o.allow_nonfinite,
+                progress=False,
+            )
+            job.snapshot.tensors.clear()  # free the host copy now, not when the job object dies
+            latest = read_latest(self.root)
+            if latest is None or _step_of(latest) <= job.step or not (self.root / latest).is_dir():
+                set_latest(self.root, name)
+            if name not in self.created:
+                self.created.append(name)
+            self._rotate()
+            job.stats.write_s = time.perf_counter() - start
+            logger.info("Exported step %d to %s in %.2fs", job.step, target, job.stats.write_s)
+            if self._pusher is not None:
+                self._pusher.submit(target, step=job.step, final=job.final)
+        except BaseException as exc:
+            job.snapshot.tensors.clear()
+            logger.error("Export of step %d to %s failed: %s", job.step, target, exc)
+            with self._lock:
+                self._error = exc
+            if not self.options.async_write:
+                return
+
+    def _rotate(self) -> None:
+        keep = self.options.keep_last_n
+        if keep is None:
+            return
+        latest = read_latest(self.root)
+        mine = [v for v in self.versions() if v.name in self.created]
+        excess = len(mine) - keep
+        for version in mine:
+            if excess <= 0:
+                break
+            if version.name == latest:
+                continue
+            if self._pusher is not None and self._pusher.is_pending(version.path):
+                logger.info("Keeping %s for now: its Hub push is pending", version.path)
+                continue
+            remove_version(version)
+            self.created.remove(version.name)
+            excess -= 1
+            logger.info("Removed %s (keep_last_n=%d)", version.path, keep)
+
+
+def _step_of(name: str) -> int:
+    return int(name.split("_", 1)[1])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def _drain_at_exit(q: queue.Queue[Any], idle: threading.Event) -> None:
+    if not idle.is_set():
+        logger.warning("Waiting for a pending hfexport write at exit (call HFExporter.close() to wait explicitly)")
+        q.join()
+
+
+def export_hf(model: Any, step: int, output_dir: str | os.PathLike[str] = "hf_exports", **options: Any) -> Path:
+    """Export ``model`` as ``<output_dir>/step_XXXXXX`` now; returns when it is written (and pushed).
+
+    Args:
+        model: A nanoGPT-style ``nn.Module`` (wrapped or not) or a ``transformers`` model.
+        step: The training step (names the version).
+        output_dir: The export root.
+        **options: The export options of :class:`~hfexport.options.ExportOptions` (``dtype="bfloat16"``, ...).
+
+    Returns:
+        The version directory (on rank 0; the would-be path on other ranks).
+
+    Example:
+        >>> export_hf(model, 1000, "hf_exports", dtype="float32")  # doctest: +SKIP
+        PosixPath('hf_exports/step_001000')
+    """
+    epoch = options.pop("epoch", None)
+    loss = options.pop("loss", None)
+    options["async_write"] = False
+    with HFExporter(output_dir, **options) as exporter:
+        path = exporter.export(model, step, final=True, epoch=epoch, loss=loss)
+    return path if path is not None else Path(output_dir) / version_name(step)

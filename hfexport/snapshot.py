@@ -1,0 +1,165 @@
+"""A live model → a CPU snapshot of its weights in the export dtype, ready to be written in the background.
+
+The snapshot holds the weights of *its* step: every tensor is copied (cast once, on the tensor's own device,
+then moved to the host), so the optimizer may change the live parameters right after it returns. Nothing of
+the live model or its config is modified.
+
+Sources: a nanoGPT-style ``nn.Module`` (facts such as ``n_head`` from its ``config`` attribute or an explicit
+``config=``), wrapped or not in DDP / ``torch.compile`` / a LightningModule, and any
+``transformers.PreTrainedModel`` (written with its own config and tied weights). Under FSDP2 (``fully_shard``)
+parameters are DTensors: every rank must call :func:`take_snapshot`, each parameter is cast on its shard and
+then gathered (``full_tensor``), and only global rank 0 keeps the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .architectures import ConversionPlan, TensorPlan
+from .convert import check_finite, plan_conversion
+from .errors import ConversionError
+from .sources import model_facts, strip_prefixes, unwrap_model
+from .writer import OutputTensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Snapshot", "global_rank", "plan_for_model", "snapshot_outputs", "take_snapshot"]
+
+
+@dataclass
+class Snapshot:
+    """Host copies of a model's export tensors at one step (on rank 0; empty elsewhere)."""
+
+    plan: ConversionPlan
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+def global_rank() -> int:
+    """The global rank under ``torch.distributed`` (0 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def _is_pretrained(model: Any) -> bool:
+    return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor" or hasattr(t, "full_tensor")
+
+
+def plan_for_model(
+    model: Any,
+    *,
+    config: Any = None,
+    activation: str | None = None,
+    vocab_size: int | None = None,
+    untie_embeddings: bool = False,
+) -> ConversionPlan:
+    """The conversion plan of a live model (lazy: it references the live tensors).
+
+    Raises:
+        ConversionError: a needed fact (e.g. ``n_head``) is neither in ``model.config`` nor in ``config``.
+    """
+    net = unwrap_model(model)
+    if _is_pretrained(net):
+        return _pretrained_plan(net)
+    state = strip_prefixes(net.state_dict(keep_vars=True))
+    facts = model_facts(net, config)
+    try:
+        return plan_conversion(
+            state,
+            facts,
+            activation=activation or "gelu",
+            vocab_size=vocab_size,
+            untie_embeddings=untie_embeddings,
+        )
+    except ConversionError as exc:
+        if facts.n_head is None and "n_head" in str(exc):
+            raise ConversionError(
+                f"Cannot export {type(net).__name__}: n_head is unknown. The model has no `config` attribute "
+                "with n_head (nanoGPT's GPTConfig or a dict); pass config={'n_head': N} to export_hf / "
+                "HFExporter / HFExportCallback."
+            ) from None
+        raise
+
+
+def _pretrained_plan(net: Any) -> ConversionPlan:
+    """A ``transformers`` model goes out as it is: its own names, config and tied weights."""
+    config = copy.deepcopy(net.config).to_dict()  # never touch the live config
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    tensors = []
+    for name, tensor in net.state_dict(keep_vars=True).items():
+        try:
+            key = (tensor.untyped_storage().data_ptr(), tuple(tensor.shape))
+        except (RuntimeError, NotImplementedError):
+            key = (id(tensor), tuple(tensor.shape))
+        if key in seen and key[0] != 0:
+            continue  # a tied parameter (lm_head ↔ wte): written once, as save_pretrained does
+        seen[key] = name
+        tensors.append(TensorPlan(name, tensor, tuple(tensor.shape)))
+    return ConversionPlan("transformers", tensors, config, {}, [])
+
+
+def _gathered(plan: ConversionPlan, dtype: torch.dtype) -> ConversionPlan:
+    """Replace DTensor sources by full tensors, cast on their shards first (half the traffic for bf16)."""
+    if not any(tp.source is not None and _is_dtensor(tp.source) for tp in plan.tensors):
+        return plan
+    cache: dict[int, torch.Tensor] = {}
+    tensors = []
+    for tp in plan.tensors:  # the same order on every rank: the gathers are collectives
+        src = tp.source
+        if src is not None and _is_dtensor(src):
+            if id(src) not in cache:
+                local = src.detach()
+                if local.is_floating_point() and local.dtype != dtype:
+                    local = local.to(dtype)
+                cache[id(src)] = local.full_tensor()
+            src = cache[id(src)]
+        tensors.append(TensorPlan(tp.name, src, tp.shape, tp.transpose, tp.rows))
+    return ConversionPlan(plan.architecture, tensors, plan.config, plan.generation_config, plan.notes)
+
+
+def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
+    """Copy the plan's tensors to host memory in ``dtype`` (every rank must call it under FSDP2).
+
+    Each distinct source is cast once on its own device; the copies never alias the live parameters.
+    """
+    with torch.no_grad():
+        gathered = _gathered(plan, dtype)
+        if global_rank() != 0:
+            return Snapshot(gathered)
+        cache: dict[tuple[int, tuple[int, ...], bool, int | None], torch.Tensor] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for tp in gathered.tensors:
+            if tp.source is None:
+                tensors[tp.name] = torch.zeros(tp.shape, dtype=dtype)
+                continue
+            key = (id(tp.source), tp.shape, tp.transpose, tp.rows)
+            if key not in cache:
+                out = tp.materialize(dtype, device=tp.source.device)
+                cache[key] = out.to("cpu") if out.device.type != "cpu" else out
+            tensors[tp.name] = cache[key]
+        nbytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors.values()}.values())
+    return Snapshot(gathered, tensors, nbytes)
+
+
+def snapshot_outputs(snapshot: Snapshot, *, allow_nonfinite: bool = False) -> list[OutputTensor]:
+    """The snapshot as writer inputs; NaN/inf are checked in the writer's thread, off the training path."""
+    outputs = []
+    for tp in snapshot.plan.tensors:
+        tensor = snapshot.tensors[tp.name]
+
+        def get(tensor: torch.Tensor = tensor, name: str = tp.name) -> torch.Tensor:
+            # A float16 snapshot with inf may come from a finite model: the message says so and suggests bf16.
+            return check_finite(name, tensor, tensor.dtype, allow_nonfinite)
+
+        outputs.append(OutputTensor(tp.name, tensor.dtype, tuple(tensor.shape), get))
+    return outputs
