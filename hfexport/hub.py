@@ -30,10 +30,11 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from .errors import HubError, HubSetupError
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["HubOptions", "HubPusher", "PushFailure", "PushResult", "push_version", "resolve_push_dir"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Hub repository names: letters, digits, "-", "_", "."; no "--" or ".."; at most 96 characters.
 _REPO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
@@ -127,7 +129,7 @@ class PushFailure:
     """One version that could not be pushed, with the error (a :class:`~hfexport.errors.HubError`)."""
 
     version_dir: Path
-    step: int | None
+    step: int
     error: BaseException
 
 
@@ -190,7 +192,14 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _with_retries(what: str, options: HubOptions, fn, *, error_cls: type[HubError] = HubError):
+def _with_retries(
+    what: str,
+    options: HubOptions,
+    fn: Callable[[], T],
+    *,
+    error_cls: type[HubError] = HubError,
+    hint: str = "the version is still on disk and can be pushed later with `hfexport push`",
+) -> tuple[T, int]:
     """Run ``fn()`` under the retry policy of ``options``: ``(result, attempts)``, or raise ``error_cls``."""
     attempt = 0
     while True:
@@ -203,7 +212,7 @@ def _with_retries(what: str, options: HubOptions, fn, *, error_cls: type[HubErro
             if attempt > options.max_retries:
                 raise error_cls(
                     f"{what} failed after {attempt} attempt(s): {_describe(error)}. The Hub or the network "
-                    "may be down; the version is still on disk and can be pushed later with `hfexport push`."
+                    f"may be down; {hint}."
                 ) from error
             delay = _retry_delay(error, attempt, options)
             logger.warning(
@@ -444,6 +453,7 @@ class HubPusher:
                 opts,
                 lambda: api.whoami()["name"],
                 error_cls=HubSetupError,
+                hint="check the network, HF_ENDPOINT and proxy settings",
             )
         except HubSetupError as error:
             if isinstance(error.__cause__, LocalTokenNotFoundError):
@@ -466,7 +476,9 @@ class HubPusher:
             return api.repo_info(opts.repo_id).private
 
         try:
-            private, _ = _with_retries(f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError)
+            private, _ = _with_retries(
+                f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError, hint="try again later"
+            )
         except HubSetupError as error:
             if _http_status(error.__cause__) in (401, 403):
                 raise HubSetupError(
@@ -528,7 +540,7 @@ class HubPusher:
             jobs = {j.version_dir: j.step for j in self._active()}
             for f in self._failures:
                 if f.version_dir not in jobs and not any(r.version_dir == f.version_dir for r in self._results):
-                    jobs[f.version_dir] = f.step if f.step is not None else -1
+                    jobs[f.version_dir] = f.step
         return sorted((step, path) for path, step in jobs.items())
 
     def _active(self) -> list[_Job]:

@@ -340,6 +340,13 @@ def test_setup_rejects_a_forbidden_repository(hub_server):
     assert "tester" in str(info.value)
 
 
+def test_setup_fails_fast_when_the_hub_is_unreachable(hub_server):
+    hub_server.down = True
+
+    with pytest.raises(HubSetupError, match=r"after 2 attempt.*HF_ENDPOINT"):
+        HubPusher(fast_options(max_retries=1)).setup()
+
+
 def test_setup_warns_when_the_repository_is_public(hub_server, caplog):
     hub_server.create_repo_state(REPO, private=False)
 
