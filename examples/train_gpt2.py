@@ -56,18 +56,24 @@ def train_tokenizer(corpus: Path, vocab_size: int = 1024):
     return tokenizer
 
 
-def get_tokenizer():
+def get_tokenizer(model_max_length: int):
     """Loads the committed tokenizer (training it if the file is missing) as a `PreTrainedTokenizerFast`.
 
     The `transformers` wrapper is what gets saved into each export, so that
-    `AutoTokenizer.from_pretrained(export_dir)` works there.
+    `AutoTokenizer.from_pretrained(export_dir)` works there. `model_max_length` (the model's context) lets
+    users of the export truncate their inputs to what the model can take.
     """
     from transformers import PreTrainedTokenizerFast
 
     if not TOKENIZER_FILE.exists():
         train_tokenizer(CORPUS).save(str(TOKENIZER_FILE))
     return PreTrainedTokenizerFast(
-        tokenizer_file=str(TOKENIZER_FILE), bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT
+        tokenizer_file=str(TOKENIZER_FILE),
+        bos_token=EOT,
+        eos_token=EOT,
+        unk_token=EOT,
+        pad_token=EOT,
+        model_max_length=model_max_length,
     )
 
 
@@ -115,9 +121,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()  # noqa: N806 (batch, time, channels)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -218,7 +222,8 @@ def lr_lambda(max_steps: int, warmup: int) -> Callable[[int], float]:
 
 
 def load_tokens(tokenizer) -> torch.Tensor:
-    ids = tokenizer(CORPUS.read_text(encoding="utf-8"))["input_ids"]
+    # verbose=False: the whole play is of course longer than the model's context; no warning for that
+    ids = tokenizer(CORPUS.read_text(encoding="utf-8"), verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -248,18 +253,21 @@ class Batches(torch.utils.data.IterableDataset):
 # Training loop 1: Lightning, exporting with HFExportCallback.
 
 
-def train_lightning(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer) -> None:
+def train_lightning(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer) -> list[float]:
     import lightning as L  # noqa: N812 (Lightning's own spelling)
+
     from hfexport.lightning import HFExportCallback
 
     class LitGPT(L.LightningModule):
         def __init__(self, model: GPT) -> None:
             super().__init__()
             self.model = model  # HFExportCallback exports `pl_module.model`
+            self.losses: list[float] = []
 
         def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
             _, loss = self.model(*batch)
             self.log("loss", loss, prog_bar=True)
+            self.losses.append(loss.item())
             return loss
 
         def configure_optimizers(self):
@@ -290,14 +298,16 @@ def train_lightning(args: argparse.Namespace, model: GPT, data: torch.Tensor, to
         enable_checkpointing=False,  # the exports are this example's checkpoints
         enable_model_summary=False,
     )
-    trainer.fit(LitGPT(model), train_dataloaders=loader)
+    lit = LitGPT(model)
+    trainer.fit(lit, train_dataloaders=loader)
+    return lit.losses
 
 
 # -----------------------------------------------------------------------------
 # Training loop 2: plain PyTorch, exporting with HFExporter.
 
 
-def train_plain(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer) -> None:
+def train_plain(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer) -> list[float]:
     from tqdm import tqdm
 
     from hfexport import HFExporter
@@ -315,6 +325,7 @@ def train_plain(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokeni
     )
     stream = batches(data, args.batch_size, model.config.block_size, args.seed)
     model.train()
+    losses: list[float] = []
     progress = tqdm(range(1, args.max_steps + 1), desc="training", unit="step")
     for step in progress:
         x, y = next(stream)
@@ -323,11 +334,15 @@ def train_plain(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokeni
         loss.backward()
         optimizer.step()
         scheduler.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
         # cheap unless `step` is a multiple of --export_every; then it snapshots the weights and returns
-        # while a background thread writes the directory
-        exporter.maybe_export(model, step)
+        # while a background thread writes the directory (the loss goes into the model card)
+        exporter.maybe_export(model, step, loss=losses[-1])
+    # the final weights, even when max_steps is not a multiple of --export_every (a no-op when it is)
+    exporter.export(model, args.max_steps, final=True, loss=losses[-1])
     exporter.close()  # waits for pending writes (and pushes); raises if one of them failed
+    return losses
 
 
 # -----------------------------------------------------------------------------
@@ -366,18 +381,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)  # the same initial weights in both loops
 
-    tokenizer = get_tokenizer()
+    config = GPTConfig()
+    tokenizer = get_tokenizer(model_max_length=config.block_size)
+    config.vocab_size = len(tokenizer)
     data = load_tokens(tokenizer)
-    model = GPT(GPTConfig(vocab_size=len(tokenizer)))
+    model = GPT(config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{CORPUS.name}: {len(data):,} tokens; model: {n_params / 1e6:.2f}M parameters; loop: {args.loop}")
 
     t0 = time.perf_counter()
-    if args.loop == "lightning":
-        train_lightning(args, model, data, tokenizer)
-    else:
-        train_plain(args, model, data, tokenizer)
-    print(f"trained {args.max_steps} steps in {time.perf_counter() - t0:.1f}s; exports in {args.output_dir}/")
+    train = train_lightning if args.loop == "lightning" else train_plain
+    losses = train(args, model, data, tokenizer)
+    last = sum(losses[-20:]) / len(losses[-20:])  # averaged: a single batch's loss is noisy
+    print(
+        f"trained {args.max_steps} steps in {time.perf_counter() - t0:.1f}s: loss {losses[0]:.2f} at the first step, "
+        f"{last:.2f} over the last {len(losses[-20:])}; exports in {args.output_dir}/"
+    )
 
     print("sample from", args.output_dir / "latest", "\n" + "-" * 60)
     print(sample(args.output_dir))
