@@ -169,7 +169,10 @@ def _safe_load(file: Path) -> Any:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        message = str(exc).split("\n\n")[-1].strip().splitlines()[0] if str(exc) else ""
+        # torch's message is several paragraphs; the one naming the refused global is the useful one.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        last = str(exc).split("\n\n")[-1].strip().splitlines()[0] if lines else ""
+        message = next((line for line in lines if "GLOBAL" in line or "global" in line), last)
         if "Unsupported global" in str(exc) or "GLOBAL" in str(exc) or "not an allowed global" in str(exc):
             raise UnsafeCheckpointError(
                 f"{str(file)!r} needs arbitrary code to be unpickled ({message}); hfexport refuses to run it "
