@@ -23,10 +23,15 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F  # noqa: N812 (nanoGPT's spelling)
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CORPUS = DATA_DIR / "hamlet.txt"
@@ -38,7 +43,7 @@ EOT = "<|endoftext|>"
 # Tokenizer: a byte-level BPE (GPT-2's scheme) trained on the corpus itself, so it works offline.
 
 
-def train_tokenizer(corpus: Path, vocab_size: int = 1024):
+def train_tokenizer(corpus: Path, vocab_size: int = 1024) -> Tokenizer:
     """Trains a GPT-2-style byte-level BPE on `corpus` (well under a second for Hamlet)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -56,7 +61,7 @@ def train_tokenizer(corpus: Path, vocab_size: int = 1024):
     return tokenizer
 
 
-def get_tokenizer(model_max_length: int):
+def get_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
     """Loads the committed tokenizer (training it if the file is missing) as a `PreTrainedTokenizerFast`.
 
     The `transformers` wrapper is what gets saved into each export, so that
@@ -221,7 +226,7 @@ def lr_lambda(max_steps: int, warmup: int) -> Callable[[int], float]:
 # Data: random windows of the tokenized text; the same seeded stream feeds both loops.
 
 
-def load_tokens(tokenizer) -> torch.Tensor:
+def load_tokens(tokenizer: PreTrainedTokenizerFast) -> torch.Tensor:
     # verbose=False: the whole play is of course longer than the model's context; no warning for that
     ids = tokenizer(CORPUS.read_text(encoding="utf-8"), verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
@@ -253,7 +258,9 @@ class Batches(torch.utils.data.IterableDataset):
 # Training loop 1: Lightning, exporting with HFExportCallback.
 
 
-def train_lightning(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer) -> list[float]:
+def train_lightning(
+    args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer: PreTrainedTokenizerFast
+) -> list[float]:
     import lightning as L  # noqa: N812 (Lightning's own spelling)
 
     from hfexport.lightning import HFExportCallback
@@ -270,7 +277,7 @@ def train_lightning(args: argparse.Namespace, model: GPT, data: torch.Tensor, to
             self.losses.append(loss.item())
             return loss
 
-        def configure_optimizers(self):
+        def configure_optimizers(self) -> dict:
             optimizer = self.model.configure_optimizers(args.lr, args.weight_decay)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.max_steps, args.warmup))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -281,7 +288,7 @@ def train_lightning(args: argparse.Namespace, model: GPT, data: torch.Tensor, to
         Batches(data, args.batch_size, model.config.block_size, args.seed), batch_size=None
     )
     export = HFExportCallback(
-        output_dir=args.output_dir,
+        dirpath=args.output_dir,  # the export root: step_XXXXXX/ directories and `latest`
         dtype="bfloat16",  # half the size of fp32, with fp32's range (fp16 can overflow)
         every_n_train_steps=args.export_every,
         keep_last_n=args.keep_last_n,
@@ -307,14 +314,16 @@ def train_lightning(args: argparse.Namespace, model: GPT, data: torch.Tensor, to
 # Training loop 2: plain PyTorch, exporting with HFExporter.
 
 
-def train_plain(args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer) -> list[float]:
+def train_plain(
+    args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer: PreTrainedTokenizerFast
+) -> list[float]:
     from tqdm import tqdm
 
     from hfexport import HFExporter
 
     optimizer = model.configure_optimizers(args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.max_steps, args.warmup))
-    exporter = HFExporter(
+    exporter = HFExporter(  # the same options as HFExportCallback in train_lightning
         args.output_dir,
         every_n_steps=args.export_every,
         dtype="bfloat16",

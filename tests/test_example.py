@@ -44,15 +44,15 @@ def test_example_trains_exports_and_generates(loop: str, tmp_path: Path) -> None
 
     out = tmp_path / "exports"
     proc = run_example(
-        "--loop", loop, "--max_steps", "6", "--export_every", "3", "--output_dir", str(out), cwd=tmp_path
+        "--loop", loop, "--max_steps", "4", "--export_every", "2", "--output_dir", str(out), cwd=tmp_path
     )
     assert proc.returncode == 0, f"the example failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert "sample from" in proc.stdout
 
     latest = out / "latest"
     assert (latest / "config.json").is_file()
-    assert (out / "step_000006").is_dir()
-    assert (out / "step_000003").is_dir()
+    assert (out / "step_000004").is_dir()
+    assert (out / "step_000002").is_dir()
 
     tokenizer = AutoTokenizer.from_pretrained(latest)
     model = AutoModelForCausalLM.from_pretrained(latest, dtype=torch.float32)
