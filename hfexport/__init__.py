@@ -24,6 +24,8 @@ from .errors import (
     UnsafeCheckpointError,
     VerificationError,
 )
+from .exporter import ExportStats, HFExporter, export_hf
+from .options import ExportOptions
 from .sources import load_checkpoint
 from .verify import verify_directory
 
@@ -32,8 +34,11 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "CheckpointError",
     "ConversionError",
+    "ExportOptions",
+    "ExportStats",
     "ExportWorkerError",
     "HFExportError",
+    "HFExporter",
     "HubError",
     "HubSetupError",
     "OutputExistsError",
@@ -41,6 +46,7 @@ __all__ = [
     "VerificationError",
     "__version__",
     "convert_checkpoint",
+    "export_hf",
     "load_checkpoint",
     "plan_conversion",
     "resolve_dtype",

@@ -198,11 +198,13 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub import HubOptions, push_version, resolve_push_dir
+    from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
 
     directory = resolve_push_dir(args.directory)
     options = HubOptions(repo_id=args.repo_id, token=args.token, private=args.private, revision=args.revision)
-    result = push_version(directory, options, tag=args.tag, progress=not args.no_progress, setup=True)
+    pusher = HubPusher(options)
+    pusher.setup()  # token check, repository creation (private unless --public), branch
+    result = push_version(directory, options, tag=args.tag, progress=not args.no_progress, api=pusher.api)
     if not args.quiet:
         print(f"pushed {directory} to {args.repo_id}@{args.revision} (commit {result.commit_oid}, tag {result.tag})")
     return 0
