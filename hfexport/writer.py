@@ -113,12 +113,8 @@ def parse_size(value: int | str) -> int:
         "TB": 10**12,
         "B": 1,
     }
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            number = text[: -len(unit)]
-            break
-    else:
-        number, factor = text, 1
+    unit = next((u for u in units if text.endswith(u)), "")
+    number, factor = (text[: -len(unit)], units[unit]) if unit else (text, 1)
     try:
         size = int(float(number) * factor)
     except ValueError:
