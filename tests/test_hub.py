@@ -72,13 +72,15 @@ def test_options_repr_hides_the_token():
 
 
 # ------------------------------------------------------------------------------------------ push_version
-def test_push_version_round_trip(hub_server, tmp_path):
+def test_push_version_round_trip(hub_server, tmp_path, caplog):
     options = ready(hub_server)
     version = make_version(tmp_path, 500)
 
-    result = push_version(version, options, step=500)
+    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+        result = push_version(version, options, step=500, progress=True)
 
     assert (result.step, result.tag, result.attempts) == (500, "step_000500", 1)
+    assert "model.safetensors" in caplog.text and "Pushed step_000500" in caplog.text
     for name in ("model.safetensors", "config.json", "README.md"):
         downloaded = hf_hub_download(REPO, name, revision="step_000500", cache_dir=tmp_path / "cache")
         assert Path(downloaded).read_bytes() == (version / name).read_bytes()
@@ -241,6 +243,30 @@ def test_submit_returns_at_once_while_the_hub_is_slow(hub_server, tmp_path):
     pusher.close()
 
 
+def test_wait_with_a_timeout_returns_and_warns(hub_server, tmp_path, caplog):
+    pusher = HubPusher(fast_options())
+    pusher.setup()
+    hub_server.inject(r"/commit/", status=None, delay_s=0.5)
+    version = make_version(tmp_path, 500)
+    pusher.submit(version, step=500)
+
+    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+        pusher.wait(timeout=0.05)
+        assert pusher.is_pending(version)
+        pusher.close()
+
+    assert "Waiting for 1 pending Hub push(es)" in caplog.text
+    assert "Still 1 Hub push(es) pending" in caplog.text
+    assert not pusher.is_pending(version) and pusher.pending() == []
+
+
+def test_close_without_any_push(hub_server):
+    pusher = HubPusher(fast_options())
+    pusher.close()
+    pusher.close()  # idempotent
+    assert hub_server.requests == []
+
+
 def test_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_path, caplog):
     pusher = HubPusher(fast_options())
     pusher.setup()
@@ -338,6 +364,13 @@ def test_setup_rejects_a_forbidden_repository(hub_server):
         pusher.setup()
 
     assert "tester" in str(info.value)
+
+
+def test_setup_without_any_token(hub_server, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+
+    with pytest.raises(HubSetupError, match=r"No Hugging Face token found.*hub_token="):
+        HubPusher(fast_options()).setup()
 
 
 def test_setup_fails_fast_when_the_hub_is_unreachable(hub_server):
