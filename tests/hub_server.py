@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 DEFAULT_TOKENS = {"hf_test_token": "tester", "hf_other_token": "other"}
 _API_REPO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+?)(?:/(.*))?$")
+_LFS_BATCH = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)\.git/info/lfs/objects/batch$")
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 _COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
 
@@ -110,6 +111,8 @@ class HubServer:
         self.requests: list[RecordedRequest] = []
         self.injections: list[Injection] = []
         self.down = False  # when True, every connection is dropped without an answer
+        self.lfs_min_size: int | None = None  # files this large are answered "lfs" by preupload (default: none)
+        self.lfs_objects: dict[str, bytes] = {}  # LFS store, by sha256
         self.lock = threading.RLock()
         self._counter = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -142,8 +145,10 @@ class HubServer:
             self.injections.clear()
             self.requests.clear()
             self.down = False
+            self.lfs_min_size = None
             if repos:
                 self.repos.clear()
+                self.lfs_objects.clear()
 
     def inject(
         self,
@@ -320,10 +325,28 @@ class _Handler(BaseHTTPRequestHandler):
             if (m := _RESOLVE.match(raw_path)) and method in ("GET", "HEAD"):
                 repo_type = m.group(1)[:-1] if m.group(1) else "model"
                 return self._resolve(repo_type, m.group(2), m.group(3), unquote(m.group(4)))
+            if (m := _LFS_BATCH.match(raw_path)) and method == "POST":
+                self._get_repo(m.group(1)[:-1] if m.group(1) else "model", m.group(2), write=True)
+                return 200, self._lfs_batch(json.loads(body)), {}
+            if (m := re.fullmatch(r"/lfs-upload/([0-9a-f]{64})", raw_path)) and method == "PUT":
+                if hashlib.sha256(body).hexdigest() != m.group(1):
+                    raise HubError(400, "the uploaded bytes do not match the LFS oid")
+                hub.lfs_objects[m.group(1)] = body
+                return 200, {}, {}
             if m := _API_REPO.match(raw_path):
                 repo_type, repo_id, rest = m.group(1)[:-1], m.group(2), m.group(3) or ""
                 return self._repo_api(method, repo_type, repo_id, rest, body)
         raise HubError(404, f"no route for {method} {raw_path}")
+
+    def _lfs_batch(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Basic transfer: an upload ``href`` for each object the store lacks (none for known ones)."""
+        objects = []
+        for obj in args.get("objects", []):
+            entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if obj["oid"] not in self.hub.lfs_objects:
+                entry["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-upload/{obj['oid']}"}}
+            objects.append(entry)
+        return {"transfer": "basic", "objects": objects}
 
     def _create_repo(self, args: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         user = self._require_user()
@@ -364,14 +387,12 @@ class _Handler(BaseHTTPRequestHandler):
             files = repo.resolve(rev).files if repo.resolve(rev) else {}
             answer = []
             for f in args.get("files", []):
-                remote = files.get(f["path"])
-                oid = git_blob_sha1(remote) if remote is not None else None
-                answer.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
-            return (
-                200,
-                {"files": answer, "commitOid": repo.resolve(rev).id if repo.resolve(rev) else None},
-                {},
-            )
+                lfs = self.hub.lfs_min_size is not None and f["size"] >= self.hub.lfs_min_size
+                remote = files.get(f["path"])  # its oid lets the client skip an unchanged file
+                oid = None if remote is None else hashlib.sha256(remote).hexdigest() if lfs else git_blob_sha1(remote)
+                mode = "lfs" if lfs else "regular"
+                answer.append({"path": f["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+            return 200, {"files": answer}, {}
         if method == "POST" and verb == "commit":
             return self._commit(repo, rev, body)
         if verb == "branch" and method == "POST":
@@ -439,6 +460,10 @@ class _Handler(BaseHTTPRequestHandler):
                 header = value
             elif key == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "lfsFile":
+                if value["oid"] not in self.hub.lfs_objects:
+                    raise HubError(422, f"LFS object {value['oid']} of {value['path']} was never uploaded")
+                files[value["path"]] = self.hub.lfs_objects[value["oid"]]
             elif key == "deletedFile":
                 if files.pop(value["path"], None) is None:
                     raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")

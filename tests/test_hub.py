@@ -103,6 +103,21 @@ def test_unchanged_files_are_not_sent_again(hub_server, tmp_path):
     assert titles[:2] == ["Export step 1000", "Export step 500"]
 
 
+def test_large_files_go_through_lfs(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.lfs_min_size = 200  # the weights (~600 bytes) become LFS files, config and card stay regular
+    first = make_version(tmp_path, 500)
+    push_version(first, options, step=500)
+    second = make_version(tmp_path, 1000, seed=500)  # same weights as step 500
+    push_version(second, options, step=1000)
+
+    assert len(hub_server.requests_to(r"^/lfs-upload/", method="PUT")) == 1  # the same weights: sent once
+    (first_commit,) = hub_server.requests_to(r"/commit/main$", method="POST")  # step 1000 changed nothing
+    assert "lfsFile" in [item["key"] for item in first_commit.ndjson()]
+    downloaded = hf_hub_download(REPO, "model.safetensors", revision="step_001000", cache_dir=tmp_path / "c")
+    assert Path(downloaded).read_bytes() == (second / "model.safetensors").read_bytes()
+
+
 def test_revision_mirrors_the_directory(hub_server, tmp_path):
     options = ready(hub_server)
     first = make_version(tmp_path, 500)
