@@ -232,7 +232,7 @@ def test_background_failure_is_raised_from_the_next_call(tmp_path: Path) -> None
     exporter = HFExporter(tmp_path, every_n_steps=10, tokenizer=SlowTokenizer(0.0, fail=True))
     assert exporter.maybe_export(model, 10) is not None  # fails later, in the writer thread
     deadline = time.monotonic() + 20
-    with pytest.raises(ExportWorkerError, match="tokenizer save failed on purpose"):  # noqa: PT012
+    with pytest.raises(ExportWorkerError, match="tokenizer save failed on purpose"):
         step = 10
         while time.monotonic() < deadline:
             step += 1
