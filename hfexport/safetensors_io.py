@@ -94,8 +94,14 @@ def write_safetensors(
     fh.write(head)
     if on_bytes:
         on_bytes(memoryview(head))
+    # Pull tensors one by one (not ``zip``: its reused result tuple would keep the previous tensor alive while
+    # the next one is produced, two tensors in memory instead of one).
+    source = iter(tensors)
     count = 0
-    for rec, tensor in zip(records, tensors, strict=True):
+    for rec in records:
+        tensor = next(source, None)
+        if tensor is None:
+            break
         count += 1
         if tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
             raise ValueError(
@@ -107,8 +113,8 @@ def write_safetensors(
         if on_bytes:
             on_bytes(data)
         del data, tensor
-    if count != len(records):
-        raise ValueError(f"{len(records)} tensors announced, {count} written")
+    if count != len(records) or next(source, None) is not None:
+        raise ValueError(f"{len(records)} tensors announced, {count if count < len(records) else 'more'} given")
 
 
 def read_header(fh: BinaryIO) -> tuple[dict[str, Any], int]:

@@ -1,0 +1,255 @@
+"""The atomic writer: streamed safetensors, shards, manifest, publish, stale temporaries, and a real SIGKILL."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from nanogpt import make_gpt
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from hfexport import OutputExistsError, convert_checkpoint
+from hfexport.safetensors_io import TensorRecord, read_header, write_safetensors
+from hfexport.writer import OutputTensor, clean_stale_temporaries, parse_size, write_hf_directory
+
+FILES = {"config.json": '{"model_type": "test"}\n', "README.md": "# test\n"}
+
+
+def tensors_of(values: dict[str, torch.Tensor]) -> list[OutputTensor]:
+    return [OutputTensor(k, v.dtype, tuple(v.shape), lambda v=v: v) for k, v in values.items()]
+
+
+def sample() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "a": torch.randn(8, 4, generator=gen),
+        "b": torch.randn(16, generator=gen).to(torch.bfloat16),
+        "c": torch.randn(3, 5, 7, generator=gen).half(),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+
+
+def hidden(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("max_shard_size", ["5GB", 200])
+def test_round_trip_with_safetensors(tmp_path: Path, max_shard_size: int | str) -> None:
+    values = sample()
+    result = write_hf_directory(
+        tmp_path / "out", tensors_of(values), FILES, manifest={"step": 7}, max_shard_size=max_shard_size
+    )
+    out = tmp_path / "out"
+    assert result.path == out
+    assert result.tensor_count == len(values)
+    assert result.tensor_bytes == sum(v.numel() * v.element_size() for v in values.values())
+    loaded: dict[str, torch.Tensor] = {}
+    for shard in sorted(out.glob("*.safetensors")):
+        loaded.update(load_file(str(shard)))
+        with safe_open(str(shard), framework="pt") as f:
+            assert f.metadata() == {"format": "pt"}
+    assert set(loaded) == set(values)
+    for name, value in values.items():
+        assert loaded[name].dtype == value.dtype
+        assert torch.equal(loaded[name], value), name
+    sharded = max_shard_size == 200
+    assert (out / "model.safetensors.index.json").exists() is sharded
+    assert (out / "model.safetensors").exists() is not sharded
+    manifest = json.loads((out / "hfexport.json").read_text())
+    assert manifest["step"] == 7
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {"hfexport.json"}
+    for name, entry in manifest["files"].items():
+        assert entry["size"] == (out / name).stat().st_size
+        assert entry["sha256"] == result.sha256[name]
+    assert (out / "config.json").read_text() == FILES["config.json"]
+    assert hidden(tmp_path) == []
+
+
+def test_header_is_aligned_and_declares_offsets(tmp_path: Path) -> None:
+    values = sample()
+    write_hf_directory(tmp_path / "out", tensors_of(values), FILES)
+    with open(tmp_path / "out" / "model.safetensors", "rb") as fh:
+        header, start = read_header(fh)
+    assert start % 8 == 0
+    offset = 0
+    for name, value in values.items():  # file order is the given order
+        assert header[name]["data_offsets"] == [offset, offset + value.numel() * value.element_size()]
+        offset = header[name]["data_offsets"][1]
+    assert (tmp_path / "out" / "model.safetensors").stat().st_size == start + offset
+
+
+def test_tensors_are_produced_one_at_a_time(tmp_path: Path) -> None:
+    """The writer asks for each tensor just before writing it and has let go of the previous one by then."""
+    produced: list[weakref.ref[torch.Tensor]] = []
+
+    def make(i: int):  # type: ignore[no-untyped-def]
+        def get() -> torch.Tensor:
+            gc.collect()
+            assert all(ref() is None for ref in produced), "an earlier tensor is still alive"
+            tensor = torch.full((64,), float(i))
+            produced.append(weakref.ref(tensor))
+            return tensor
+
+        return get
+
+    tensors = [OutputTensor(f"t{i}", torch.float32, (64,), make(i)) for i in range(5)]
+    write_hf_directory(tmp_path / "out", tensors, FILES)
+    assert len(produced) == 5
+    loaded = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert [float(loaded[f"t{i}"][0]) for i in range(5)] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_wrong_tensor_from_producer_is_refused_and_cleaned(tmp_path: Path) -> None:
+    bad = [OutputTensor("x", torch.float32, (4,), lambda: torch.zeros(5))]
+    with pytest.raises(ValueError, match="header says"):
+        write_hf_directory(tmp_path / "out", bad, FILES)
+    assert not (tmp_path / "out").exists()
+    assert hidden(tmp_path) == []
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path: Path) -> None:
+    def boom() -> torch.Tensor:
+        raise RuntimeError("disk on fire")
+
+    tensors = [*tensors_of(sample()), OutputTensor("late", torch.float32, (2,), boom)]
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_hf_directory(tmp_path / "out", tensors, FILES, max_shard_size=100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_names_refused(tmp_path: Path) -> None:
+    values = sample()
+    with pytest.raises(ValueError, match="duplicate"):
+        write_hf_directory(tmp_path / "out", tensors_of(values) + tensors_of({"a": values["a"]}), FILES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_replaces_atomically_without_leftovers(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_hf_directory(out, tensors_of({"a": torch.zeros(3)}), FILES)
+    with pytest.raises(OutputExistsError):
+        write_hf_directory(out, tensors_of({"a": torch.ones(3)}), FILES)
+    assert torch.equal(load_file(str(out / "model.safetensors"))["a"], torch.zeros(3))
+    write_hf_directory(out, tensors_of({"b": torch.ones(3)}), FILES, force=True)
+    assert set(load_file(str(out / "model.safetensors"))) == {"b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_tokenizer_file_cannot_clobber_model_files(tmp_path: Path) -> None:
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text('{"fake": true}')
+    (tok / "config.json").write_text('{"model_type": "bert"}')  # a model config next to a tokenizer
+    (tok / "model.safetensors").write_bytes(b"not ours")
+    write_hf_directory(tmp_path / "out", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer=tok)
+    out = tmp_path / "out"
+    assert (out / "tokenizer.json").read_text() == '{"fake": true}'
+    assert (out / "config.json").read_text() == FILES["config.json"]
+    assert set(load_file(str(out / "model.safetensors"))) == {"a"}
+    with pytest.raises(FileNotFoundError, match="Tokenizer path"):
+        write_hf_directory(tmp_path / "out2", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer=tmp_path / "nope")
+    assert not (tmp_path / "out2").exists()
+    assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("2GiB", 2 * 2**30), ("1.5KB", 1500), ("100", 100), (42, 42)],
+)
+def test_parse_size(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1MB", 0, "0B"])
+def test_parse_size_refuses(text: str | int) -> None:
+    with pytest.raises(ValueError, match="Invalid size"):
+        parse_size(text)
+
+
+def test_write_safetensors_counts_and_crc(tmp_path: Path) -> None:
+    recs = [TensorRecord("a", torch.float32, (2,), 8), TensorRecord("b", torch.float32, (2,), 8)]
+    with open(tmp_path / "x.safetensors", "wb") as fh, pytest.raises(ValueError):
+        write_safetensors(fh, recs, iter([torch.zeros(2)]))
+    with open(tmp_path / "y.safetensors", "wb") as fh:
+        write_safetensors(fh, recs, iter([torch.zeros(2), torch.ones(2)]))
+    assert recs[0].crc32 != recs[1].crc32
+    assert load_file(str(tmp_path / "y.safetensors"))["b"].tolist() == [1.0, 1.0]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)
+    stale = tmp_path / f".out.tmp-{dead}-abcd1234"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    alive = tmp_path / f".out.tmp-{os.getppid()}-abcd1234"  # a live process: maybe still writing
+    alive.mkdir()
+    other = tmp_path / f".other.tmp-{dead}-abcd1234"
+    other.mkdir()
+    assert clean_stale_temporaries(tmp_path, "out") == [stale]
+    assert sorted(hidden(tmp_path)) == sorted([alive.name, other.name])
+
+
+# --- a real kill in the middle of a conversion -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_mid_conversion_leaves_nothing_visible(tmp_path: Path) -> None:
+    model = make_gpt(0, n_embd=384, n_layer=6, n_head=6, block_size=64)  # ~43 MB in float32
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model.model_args()}, ckpt)
+    del model
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    out = exports / "hf"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hfexport",
+        "convert",
+        str(ckpt),
+        "--output_dir",
+        str(out),
+        "--dtype",
+        "float32",
+        "--max_shard_size",
+        "400KB",
+        "--no_progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            temps = [p for p in exports.iterdir() if p.name.startswith(".hf.tmp-")]
+            if temps and len(list(temps[0].glob("*.safetensors"))) >= 3:
+                break
+            assert proc.poll() is None, "the conversion finished before it could be killed; make it bigger"
+            time.sleep(0.005)
+        else:
+            pytest.fail("no temporary directory appeared")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert [p.name for p in exports.iterdir() if not p.name.startswith(".")] == []
+    (stale,) = [p for p in exports.iterdir() if p.name.startswith(".hf.tmp-")]
+    assert list(stale.glob("*.safetensors"))  # it really was mid-write
+
+    result = convert_checkpoint(ckpt, out, dtype="bfloat16", max_shard_size="20MB")
+    assert (result / "model.safetensors.index.json").is_file()
+    assert sorted(p.name for p in exports.iterdir()) == ["hf"]  # the stale temporary is gone
