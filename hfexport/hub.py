@@ -480,11 +480,13 @@ class HubPusher:
                 f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError, hint="try again later"
             )
         except HubSetupError as error:
-            if _http_status(error.__cause__) in (401, 403):
+            status = _http_status(error.__cause__)
+            if status in (401, 403):
+                reason = "403 Forbidden" if status == 403 else "401 Unauthorized"
                 raise HubSetupError(
-                    f"The Hub refused to create or write to {opts.repo_id} for user {user!r} "
-                    f"({_http_status(error.__cause__)} Forbidden). Push to a repository under your namespace "
-                    f"('{user}/...') or an organization you can write to, with a token that has write access."
+                    f"The Hub refused to create or write to {opts.repo_id} for user {user!r} ({reason}). "
+                    f"Push to a repository under your namespace ('{user}/...') or an organization you can "
+                    "write to, with a token that has write access."
                 ) from error.__cause__
             raise
         if opts.private and private is False:
@@ -538,9 +540,8 @@ class HubPusher:
         """``(step, version_dir)`` of the versions not pushed yet: queued, being pushed, or failed."""
         with self._cond:
             jobs = {j.version_dir: j.step for j in self._active()}
-            for f in self._failures:
-                if f.version_dir not in jobs and not any(r.version_dir == f.version_dir for r in self._results):
-                    jobs[f.version_dir] = f.step
+            for f in self._failures:  # a failure is forgotten once the same directory is pushed
+                jobs.setdefault(f.version_dir, f.step)
         return sorted((step, path) for path, step in jobs.items())
 
     def _active(self) -> list[_Job]:
