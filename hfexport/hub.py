@@ -67,8 +67,10 @@ class HubOptions:
         on_push_error: ``"warn"`` logs a failed push and goes on; ``"raise"`` raises it from the next
             :meth:`HubPusher.check` / :meth:`HubPusher.close`.
         max_retries: How many times a failed push is retried (so at most ``max_retries + 1`` attempts).
+            Retried: connection errors, timeouts, HTTP 408, 429 and 5xx. Other errors fail at once.
         backoff_base_s: The first retry delay; it doubles on each retry, with jitter.
-        backoff_max_s: The longest retry delay (a ``Retry-After`` from the Hub may ask for more).
+        backoff_max_s: The longest retry delay. A ``Retry-After`` sent with a 429 or 503 is honoured even
+            when longer, up to :data:`MAX_RETRY_AFTER_S`, so the total time spent waiting stays bounded.
 
     Raises:
         ValueError: An option is invalid (the message says which and why).
