@@ -32,7 +32,6 @@ DEFAULT_TOKENS = {"hf_test_token": "tester", "hf_other_token": "other"}
 _API_REPO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+?)(?:/(.*))?$")
 _LFS_BATCH = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)\.git/info/lfs/objects/batch$")
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
-_COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -96,7 +95,9 @@ class RecordedRequest:
         return [json.loads(line) for line in self.body.splitlines() if line.strip()]
 
 
-class HubError(Exception):
+class ApiError(Exception):
+    """An error answer: the status, the ``X-Error-Code`` the client maps to a typed exception, extra JSON."""
+
     def __init__(self, status: int, message: str, code: str | None = None, body: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.body = status, code, body
@@ -261,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             status, payload, headers = self._route(method, split.path, body)
-        except HubError as e:
+        except ApiError as e:
             headers = {"X-Error-Message": str(e)}
             if e.code:
                 headers["X-Error-Code"] = e.code
@@ -285,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _require_user(self) -> str:
         if self.user is None:
-            raise HubError(401, "Invalid credentials in Authorization header")
+            raise ApiError(401, "Invalid credentials in Authorization header")
         return self.user
 
     def _get_repo(self, repo_type: str, repo_id: str, write: bool = False) -> Repo:
@@ -293,16 +294,16 @@ class _Handler(BaseHTTPRequestHandler):
         if write:
             user = self._require_user()
             if repo_id.split("/")[0] != user:
-                raise HubError(403, f"You don't have the rights to write to {repo_id} as {user}")
+                raise ApiError(403, f"You don't have the rights to write to {repo_id} as {user}")
         if repo is None or (repo.private and self.user != repo_id.split("/")[0]):
-            raise HubError(404, "Repository not found", "RepoNotFound")
+            raise ApiError(404, "Repository not found", "RepoNotFound")
         return repo
 
     @staticmethod
     def _rev(repo: Repo, rev: str) -> Commit:
         commit = repo.resolve(rev)
         if commit is None:
-            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            raise ApiError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         return commit
 
     # ---------------------------------------------------------------------------------- routes
@@ -330,13 +331,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, self._lfs_batch(json.loads(body)), {}
             if (m := re.fullmatch(r"/lfs-upload/([0-9a-f]{64})", raw_path)) and method == "PUT":
                 if hashlib.sha256(body).hexdigest() != m.group(1):
-                    raise HubError(400, "the uploaded bytes do not match the LFS oid")
+                    raise ApiError(400, "the uploaded bytes do not match the LFS oid")
                 hub.lfs_objects[m.group(1)] = body
                 return 200, {}, {}
             if m := _API_REPO.match(raw_path):
                 repo_type, repo_id, rest = m.group(1)[:-1], m.group(2), m.group(3) or ""
                 return self._repo_api(method, repo_type, repo_id, rest, body)
-        raise HubError(404, f"no route for {method} {raw_path}")
+        raise ApiError(404, f"no route for {method} {raw_path}")
 
     def _lfs_batch(self, args: dict[str, Any]) -> dict[str, Any]:
         """Basic transfer: an upload ``href`` for each object the store lacks (none for known ones)."""
@@ -354,9 +355,9 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id, repo_type = f"{namespace}/{args['name']}", args.get("type") or "model"
         url = f"{self.hub.url}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
         if namespace != user:
-            raise HubError(403, f"You don't have the rights to create a {repo_type} under the namespace {namespace}")
+            raise ApiError(403, f"You don't have the rights to create a {repo_type} under the namespace {namespace}")
         if (repo_type, repo_id) in self.hub.repos:
-            raise HubError(409, "You already created this model repo", body={"url": url})
+            raise ApiError(409, "You already created this model repo", body={"url": url})
         private = args.get("private", False) or args.get("visibility") == "private"
         self.hub.create_repo_state(repo_id, repo_type, private=bool(private))
         return 200, {"url": url, "name": repo_id}, {}
@@ -397,21 +398,21 @@ class _Handler(BaseHTTPRequestHandler):
             return self._commit(repo, rev, body)
         if verb == "branch" and method == "POST":
             if rev in repo.branches:
-                raise HubError(409, f"Reference already exists: refs/heads/{rev}")
+                raise ApiError(409, f"Reference already exists: refs/heads/{rev}")
             repo.branches[rev] = self._rev(repo, args.get("startingPoint") or "main").id
             return 200, {}, {}
         if verb == "branch" and method == "DELETE":
             if repo.branches.pop(rev, None) is None:
-                raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+                raise ApiError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             return 200, {}, {}
         if verb == "tag" and method == "POST":
             if args["tag"] in repo.tags:
-                raise HubError(409, f"Tag already exists: {args['tag']}")
+                raise ApiError(409, f"Tag already exists: {args['tag']}")
             repo.tags[args["tag"]] = self._rev(repo, rev).id
             return 200, {}, {}
         if verb == "tag" and method == "DELETE":
             if repo.tags.pop(rev, None) is None:
-                raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+                raise ApiError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             return 200, {}, {}
         if method == "GET" and verb == "refs":
 
@@ -444,11 +445,11 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, out, {}
         if method == "GET" and verb == "tree":
             return 200, self._tree(self._rev(repo, rev), sub_path), {}
-        raise HubError(404, f"no route for {method} {repo_type}s/{repo_id}/{rest}")
+        raise ApiError(404, f"no route for {method} {repo_type}s/{repo_id}/{rest}")
 
     def _commit(self, repo: Repo, rev: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
         if rev not in repo.branches:
-            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            raise ApiError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         head = repo.commits[repo.branches[rev]]
         files, header = dict(head.files), {}
         for line in body.splitlines():
@@ -462,19 +463,19 @@ class _Handler(BaseHTTPRequestHandler):
                 files[value["path"]] = base64.b64decode(value["content"])
             elif key == "lfsFile":
                 if value["oid"] not in self.hub.lfs_objects:
-                    raise HubError(422, f"LFS object {value['oid']} of {value['path']} was never uploaded")
+                    raise ApiError(422, f"LFS object {value['oid']} of {value['path']} was never uploaded")
                 files[value["path"]] = self.hub.lfs_objects[value["oid"]]
             elif key == "deletedFile":
                 if files.pop(value["path"], None) is None:
-                    raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")
+                    raise ApiError(404, "A file with this name doesn't exist", "EntryNotFound")
             elif key == "deletedFolder":
                 prefix = value["path"].rstrip("/") + "/"
                 files = {p: d for p, d in files.items() if not p.startswith(prefix)}
             else:
-                raise HubError(400, f"unsupported commit operation {key!r} (this test Hub answers 'regular' only)")
+                raise ApiError(400, f"unsupported commit operation {key!r} (this test Hub answers 'regular' only)")
         parent = header.get("parentCommit")
         if parent and not head.id.startswith(parent):
-            raise HubError(412, "A commit has happened since. Please refresh and try again.")
+            raise ApiError(412, "A commit has happened since. Please refresh and try again.")
         commit = self.hub._new_commit(
             repo,
             head.id,
@@ -500,7 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
                 entries.setdefault(folder, {"type": "directory", "path": folder, "oid": git_blob_sha1(folder.encode())})
             entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
         if prefix and not entries:
-            raise HubError(404, f"{sub_path} does not exist", "EntryNotFound")
+            raise ApiError(404, f"{sub_path} does not exist", "EntryNotFound")
         return list(entries.values())
 
     def _resolve(self, repo_type: str, repo_id: str, rev: str, path: str) -> tuple[int, Any, dict[str, str]]:
@@ -508,7 +509,7 @@ class _Handler(BaseHTTPRequestHandler):
         commit = self._rev(repo, unquote(rev))
         data = commit.files.get(path)
         if data is None:
-            raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
+            raise ApiError(404, f"Entry not found: {path}", "EntryNotFound")
         etag = git_blob_sha1(data)
         return (
             200,
