@@ -310,6 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str, raw_path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
         hub = self.hub
         with hub.lock:
+            if self.bad_token:  # like the Hub: an unknown token is refused everywhere, not ignored
+                raise ApiError(401, "Invalid credentials in Authorization header")
             if raw_path == "/api/whoami-v2" and method == "GET":
                 user = self._require_user()
                 return 200, {"type": "user", "name": user, "fullname": user, "orgs": [], "auth": {}}, {}

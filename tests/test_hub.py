@@ -441,3 +441,29 @@ def test_resolve_push_dir(tmp_path):
         resolve_push_dir(tmp_path / "root")
     with pytest.raises(HubError, match="does not exist"):
         resolve_push_dir(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------------ the test Hub itself
+def test_local_hub_answers_like_the_hub(hub_server, tmp_path):
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    options = ready(hub_server)
+    version = make_version(tmp_path, 500)
+    result = push_version(version, options, step=500)
+    cache = tmp_path / "cache"
+
+    by_commit = hf_hub_download(REPO, "config.json", revision=result.commit_oid, cache_dir=cache)
+    assert Path(by_commit).read_bytes() == (version / "config.json").read_bytes()
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download(REPO, "missing.bin", revision="main", cache_dir=cache)
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(REPO, "config.json", revision="no-such-branch", cache_dir=cache)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi().model_info("tester/no-such-repo")
+    with pytest.raises(RepositoryNotFoundError):  # private: invisible to another user
+        HfApi(token="hf_other_token").model_info(REPO)
+    assert sorted(HfApi().list_repo_files(REPO)) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    with pytest.raises(Exception, match="401"):
+        HfApi(token="hf_wrong").upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id=REPO)
+    with pytest.raises(Exception, match="403"):
+        HfApi(token="hf_other_token").create_tag(REPO, tag="v1")
