@@ -206,6 +206,10 @@ class HFExporter:
         manifest = {"step": step, **self.metadata, **facts}
         stats = ExportStats(step, 0.0, nbytes=snapshot.nbytes)
         job = _Job(step, snapshot, card, manifest, final, stats)
+        # Claimed now, not when written: a Lightning checkpoint saved while this version is still being written
+        # must list it, or the resumed run would treat it as foreign and never rotate it (keep_last_n).
+        if version_name(step) not in self.created:
+            self.created.append(version_name(step))
         if o.async_write:
             self._ensure_worker()
             self._idle.clear()
