@@ -48,6 +48,8 @@ class ExportOptions:
         hub_revision: Branch to commit to.
         hub_tag_versions: Tag each pushed version with its directory name.
         on_push_error: A push that still fails after retries: ``"warn"`` (training goes on) or ``"raise"``.
+        hub_max_retries: Retries of a failed push (connection errors, timeouts, HTTP 5xx/429).
+        hub_backoff_s: First retry delay in seconds; it doubles on each retry, with jitter.
 
     Raises:
         ValueError: an invalid option, with the value received and what is expected.
@@ -73,6 +75,8 @@ class ExportOptions:
     hub_revision: str = "main"
     hub_tag_versions: bool = True
     on_push_error: Literal["warn", "raise"] = "warn"
+    hub_max_retries: int = 6
+    hub_backoff_s: float = 1.0
 
     def __post_init__(self) -> None:
         self.torch_dtype = resolve_dtype(self.dtype)
@@ -116,4 +120,6 @@ class ExportOptions:
             revision=self.hub_revision,
             tag_versions=self.hub_tag_versions,
             on_push_error=self.on_push_error,
+            max_retries=self.hub_max_retries,
+            backoff_base_s=self.hub_backoff_s,
         )
