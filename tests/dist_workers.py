@@ -1,0 +1,182 @@
+"""Multi-process workers for the distributed and crash-safety tests, run as scripts (``python tests/dist_workers.py
+MODE OUT``) so that a hang is caught by the caller's ``subprocess.run(timeout=...)``.
+
+Modes:
+    lightning_ddp OUT   a Lightning Trainer, strategy="ddp", 2 CPU processes, HFExportCallback every 2 steps;
+                        rank 0 saves the weights of each exported step to OUT/expected_<step>.pt.
+    fsdp2 OUT           2 processes (gloo) with ``fully_shard``; every rank calls ``maybe_export``; rank 0 also
+                        trains an unsharded copy on the same data and saves its weights to OUT/expected_<step>.pt.
+    export_loop OUT     exports a ~30 MB model every step, in the background, forever (killed by the test).
+
+Each rank writes what it saw to OUT/rank<r>.json and the hfexport log to OUT/log_rank<r>.txt.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from nanogpt import make_gpt
+
+TINY = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=16)
+EXPORT_STEPS = (2, 4)
+MAX_STEPS = 5
+
+
+def _log_to(out: Path, rank: int) -> None:
+    handler = logging.FileHandler(out / f"log_rank{rank}.txt")
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    log = logging.getLogger("hfexport")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _batches(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 64, (n, 4, 17), generator=g)
+
+
+def _loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    logits = model(ids[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------- Lightning DDP
+def lightning_ddp(out: Path) -> None:
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hfexport.lightning import HFExportCallback
+
+    class LitGPT(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = make_gpt(0, **TINY).train()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return _loss(self.model, batch[0])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(TensorDataset(_batches(1).reshape(-1, 17).repeat(8, 1)), batch_size=2)
+
+    class Recorder(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+            step = trainer.global_step
+            path = out / f"expected_{step}_rank{trainer.global_rank}.pt"
+            if not path.exists():
+                torch.save(_weights(pl_module.model), path)
+
+    callback = HFExportCallback(out / "hf", every_n_train_steps=2, dtype="float32")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=MAX_STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+        callbacks=[Recorder(), callback],
+    )
+    _log_to(out, trainer.global_rank)
+    trainer.fit(LitGPT())
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"done": True, "dirpath": str(callback.dirpath)}))
+
+
+# ------------------------------------------------------------------------------------------------- FSDP2
+def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from hfexport.exporter import HFExporter
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    _log_to(out, rank)
+    try:
+        model = make_gpt(0, **TINY).train()
+        reference = copy.deepcopy(model) if rank == 0 else None  # unsharded, trained identically
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+        sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5) if reference is not None else None
+        data = _batches(MAX_STEPS)  # the same data on both ranks: averaged gradients equal one process's
+        exported: list[int] = []
+        with HFExporter(out / "hf", every_n_steps=2, dtype="float32") as exporter:
+            for step in range(1, MAX_STEPS + 1):
+                opt.zero_grad()
+                _loss(model, data[step - 1]).backward()
+                opt.step()
+                if reference is not None and ref_opt is not None:
+                    ref_opt.zero_grad()
+                    _loss(reference, data[step - 1]).backward()
+                    ref_opt.step()
+                    if step in EXPORT_STEPS:
+                        torch.save(_weights(reference), out / f"expected_{step}.pt")
+                if exporter.maybe_export(model, step) is not None:
+                    exported.append(step)
+            exporter.export(model, MAX_STEPS, final=True)
+        dist.barrier()
+        with HFExporter(out / "hf_bf16", dtype="bfloat16") as exporter:  # cast on the shard, then gathered
+            exporter.export(model, MAX_STEPS, final=True)
+        if reference is not None:
+            torch.save(_weights(reference), out / f"expected_{MAX_STEPS}.pt")
+        (out / f"rank{rank}.json").write_text(
+            json.dumps({"sharded": sharded, "exported": exported, "is_writer": exporter.is_writer})
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp2(out: Path) -> None:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp2_rank, args=(2, port, out), nprocs=2, join=True)
+
+
+# ----------------------------------------------------------------------------------------- crash safety
+def export_loop(out: Path) -> None:
+    """Export every step, in the background, until killed (each write ~50-200 ms)."""
+    from hfexport.exporter import HFExporter
+
+    torch.set_num_threads(1)
+    model = make_gpt(0, vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=64)
+    exporter = HFExporter(out, every_n_steps=1, dtype="float32", keep_last_n=3)
+    (out.parent / "started").write_text(str(os.getpid()))
+    step = 0
+    while True:
+        step += 1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.001)
+        exporter.maybe_export(model, step)
+
+
+if __name__ == "__main__":
+    mode, target = sys.argv[1], Path(sys.argv[2])
+    target.mkdir(parents=True, exist_ok=True)
+    {"lightning_ddp": lightning_ddp, "fsdp2": fsdp2, "export_loop": export_loop}[mode](target)
