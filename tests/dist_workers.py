@@ -6,7 +6,8 @@ Modes:
                         rank 0 saves the weights of each exported step to OUT/expected_<step>.pt.
     fsdp2 OUT           2 processes (gloo) with ``fully_shard``; every rank calls ``maybe_export``; rank 0 also
                         trains an unsharded copy on the same data and saves its weights to OUT/expected_<step>.pt.
-    export_loop OUT     exports a ~30 MB model every step, in the background, forever (killed by the test).
+    export_loop OUT     exports a ~17 MB model every step, in the background, forever (killed by the test).
+    export_zygote OUT   forks an export_loop child for each "go" read from stdin (fast restarts after kills).
 
 Each rank writes what it saw to OUT/rank<r>.json and the hfexport log to OUT/log_rank<r>.txt.
 """
@@ -166,7 +167,7 @@ def export_loop(out: Path) -> None:
     torch.set_num_threads(1)
     model = make_gpt(0, vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=64)
     exporter = HFExporter(out, every_n_steps=1, dtype="float32", keep_last_n=3)
-    (out.parent / "started").write_text(str(os.getpid()))
+    (out.parent / f"started-{os.getpid()}").write_text("")
     step = 0
     while True:
         step += 1
@@ -176,7 +177,34 @@ def export_loop(out: Path) -> None:
         exporter.maybe_export(model, step)
 
 
+def export_zygote(out: Path) -> None:
+    """Import once, then fork an :func:`export_loop` child per "go" line on stdin (restarts cost no imports).
+
+    Before each fork the previous child (killed by the test) is reaped, so its pid is really gone when the new
+    child's exporter looks for temporaries of dead processes. Prints each child's pid.
+    """
+    import hfexport.exporter  # noqa: F401 - imported before forking
+
+    child = None
+    for line in sys.stdin:
+        if child is not None:
+            os.waitpid(child, 0)
+            child = None
+        if line.strip() != "go":
+            break
+        child = os.fork()
+        if child == 0:
+            try:
+                export_loop(out)
+            finally:
+                os._exit(1)
+        print(child, flush=True)
+    if child is not None:
+        os.waitpid(child, 0)
+
+
 if __name__ == "__main__":
     mode, target = sys.argv[1], Path(sys.argv[2])
     target.mkdir(parents=True, exist_ok=True)
-    {"lightning_ddp": lightning_ddp, "fsdp2": fsdp2, "export_loop": export_loop}[mode](target)
+    modes = {"lightning_ddp": lightning_ddp, "fsdp2": fsdp2, "export_loop": export_loop, "export_zygote": export_zygote}
+    modes[mode](target)
