@@ -14,6 +14,7 @@ not available it is a small text file holding the version's directory name. Only
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -104,17 +105,22 @@ def resolve_latest(root: str | os.PathLike[str]) -> Path:
 def set_latest(root: str | os.PathLike[str], name: str) -> None:
     """Point ``root/latest`` at the version ``name`` atomically (symlink, or a text file as a fallback)."""
     base = Path(root)
+    link = base / LATEST
+    if link.is_dir() and not link.is_symlink():  # checked first: a refusal leaves no temporary behind
+        raise HFExportError(f"{str(link)!r} is a real directory; hfexport needs that name for its pointer. Move it.")
     tmp = base / f".{LATEST}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        os.symlink(name, tmp, target_is_directory=True)
-    except (OSError, NotImplementedError):
-        tmp.write_text(name + "\n")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    link = base / LATEST
-    if link.is_dir() and not link.is_symlink():
-        raise HFExportError(f"{str(link)!r} is a real directory; hfexport needs that name for its pointer. Move it.")
-    os.replace(tmp, link)
+        try:
+            os.symlink(name, tmp, target_is_directory=True)
+        except (OSError, NotImplementedError):
+            tmp.write_text(name + "\n")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(base)
 
 

@@ -1,0 +1,100 @@
+"""Export roots: version names, listing, the ``latest`` pointer (symlink and text-file fallback), removal."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hfexport import HFExportError
+from hfexport.versions import list_versions, read_latest, remove_version, resolve_latest, set_latest, version_name
+
+
+def make_root(tmp_path: Path, *steps: int) -> Path:
+    for step in steps:
+        (tmp_path / version_name(step)).mkdir()
+        (tmp_path / version_name(step) / "config.json").write_text("{}")
+    return tmp_path
+
+
+def test_version_name() -> None:
+    assert version_name(0) == "step_000000"
+    assert version_name(500) == "step_000500"
+    assert version_name(12_345_678) == "step_12345678"
+    with pytest.raises(ValueError, match="Invalid step -1"):
+        version_name(-1)
+
+
+def test_list_versions_sees_only_complete_version_directories(tmp_path: Path) -> None:
+    make_root(tmp_path, 1000, 20, 3)
+    (tmp_path / ".step_000040.tmp-123-abcd").mkdir()  # an unfinished write
+    (tmp_path / "step_000050").write_text("a file, not a version")
+    (tmp_path / "step_12").mkdir()  # not six digits
+    (tmp_path / "step_000060").symlink_to("step_000020")
+    (tmp_path / "notes").mkdir()
+    assert [(v.step, v.name) for v in list_versions(tmp_path)] == [
+        (3, "step_000003"),
+        (20, "step_000020"),
+        (1000, "step_001000"),
+    ]
+    assert list_versions(tmp_path / "missing") == []
+
+
+def test_set_latest_is_a_relative_symlink_replaced_atomically(tmp_path: Path) -> None:
+    make_root(tmp_path, 1, 2)
+    set_latest(tmp_path, "step_000001")
+    set_latest(tmp_path, "step_000002")
+    link = tmp_path / "latest"
+    assert link.is_symlink() and os.readlink(link) == "step_000002"
+    assert read_latest(tmp_path) == "step_000002"
+    assert resolve_latest(tmp_path) == tmp_path / "step_000002"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_000001", "step_000002"]  # no temporaries
+
+
+def test_latest_text_file_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_root(tmp_path, 7, 8)
+    (tmp_path / "latest").write_text("step_000007\n")  # what a filesystem without symlinks holds
+    assert read_latest(tmp_path) == "step_000007"
+    assert resolve_latest(tmp_path) == tmp_path / "step_000007"
+
+    def no_symlinks(*args: object, **kwargs: object) -> None:
+        raise OSError(1, "Operation not permitted (symlinks unsupported here)")
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    set_latest(tmp_path, "step_000008")
+    link = tmp_path / "latest"
+    assert not link.is_symlink() and link.read_text() == "step_000008\n"
+    assert read_latest(tmp_path) == "step_000008"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_000007", "step_000008"]
+
+
+def test_read_latest_ignores_what_is_not_a_version(tmp_path: Path) -> None:
+    assert read_latest(tmp_path) is None
+    (tmp_path / "latest").write_text("../../etc\n")
+    assert read_latest(tmp_path) is None
+    with pytest.raises(HFExportError, match="no valid 'latest'"):
+        resolve_latest(tmp_path)
+    (tmp_path / "latest").unlink()
+    (tmp_path / "latest").symlink_to("step_000009")  # dangling: the version is gone
+    assert read_latest(tmp_path) == "step_000009"
+    with pytest.raises(HFExportError, match="no valid 'latest'"):
+        resolve_latest(tmp_path)
+
+
+def test_set_latest_refuses_a_real_directory_named_latest(tmp_path: Path) -> None:
+    make_root(tmp_path, 1)
+    (tmp_path / "latest").mkdir()
+    with pytest.raises(HFExportError, match="is a real directory"):
+        set_latest(tmp_path, "step_000001")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_remove_version_leaves_no_trace(tmp_path: Path) -> None:
+    make_root(tmp_path, 1, 2)
+    (tmp_path / "step_000001" / "sub").mkdir()
+    (tmp_path / "step_000001" / "sub" / "model.safetensors").write_bytes(b"x" * 100)
+    first, second = list_versions(tmp_path)
+    remove_version(first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002"]
+    assert list_versions(tmp_path) == [second]
