@@ -1,0 +1,269 @@
+"""Time and peak memory of ``hfexport convert`` against a lower bound and the classic approach.
+
+Builds a GPT-2-shaped float32 checkpoint in nanoGPT's layout (``{'model': state_dict, 'model_args', ...}``,
+``torch.compile`` key prefix, ``lm_head`` tied to ``wte`` and so stored once), then runs each method as a fresh
+subprocess, alternating the methods round after round, so each gets its own peak RSS:
+
+(a) ``bound``:    mmap-load (``torch.load(weights_only=True, mmap=True)``), cast each distinct tensor to bfloat16,
+                  write its bytes to one file, fsync. No transposes, no checks: the work no converter can avoid.
+(b) ``hfexport``: ``hfexport.convert_checkpoint(..., dtype="bfloat16")`` (transposes, finiteness checks,
+                  CRC-32 + SHA-256, fsync, verification by re-reading, atomic publish).
+(c) ``classic``:  plain ``torch.load`` (no mmap), strip the prefix, transpose the four Conv1D weights, clone
+                  ``lm_head`` apart from ``wte``, ``.contiguous()``, cast to bfloat16, ``safetensors.torch.save_file``
+                  (then fsync, so that all three pay for durability alike).
+
+Times are measured inside each child, from before the checkpoint is opened to after the last fsync (interpreter
+start and ``import torch`` excluded, equal for all). Every method reads a warm page cache: the checkpoint is read
+once before each round (dropping the cache would need root and make the numbers depend on the disk).
+
+Usage::
+
+    python benchmarks/bench_convert.py                      # GPT-2 774M shape (~3.1 GB), 3 rounds
+    python benchmarks/bench_convert.py --size 124M --repeats 5
+    python benchmarks/bench_convert.py --workdir /tmp/bench --keep   # reuse the checkpoint next time
+    python benchmarks/bench_convert.py --size 124M --profile         # where hfexport's time goes, per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIZES = {  # name: (n_layer, n_embd, n_head)
+    "774M": (36, 1280, 20),
+    "355M": (24, 1024, 16),
+    "124M": (12, 768, 12),
+    "tiny": (2, 64, 4),
+}
+VOCAB = 50257
+BLOCK = 1024
+METHODS = ("bound", "hfexport", "classic")
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GOAL_TIME = 1.10  # (b) / (a)
+GOAL_RSS = 1.15  # peak RSS (b) / checkpoint size
+
+
+# --- the checkpoint ----------------------------------------------------------------------------------------------
+
+
+def build_checkpoint(path: Path, size: str) -> None:
+    import torch
+
+    n_layer, n_embd, n_head = SIZES[size]
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+
+    sd: dict[str, torch.Tensor] = {}
+    p = "_orig_mod."  # nanoGPT's train.py saves the compiled model's state dict
+    wte = rand(VOCAB, n_embd)
+    sd[p + "transformer.wte.weight"] = wte
+    sd[p + "transformer.wpe.weight"] = rand(BLOCK, n_embd)
+    for i in range(n_layer):
+        h = f"{p}transformer.h.{i}."
+        sd[h + "ln_1.weight"], sd[h + "ln_1.bias"] = torch.ones(n_embd), torch.zeros(n_embd)
+        sd[h + "attn.c_attn.weight"], sd[h + "attn.c_attn.bias"] = rand(3 * n_embd, n_embd), rand(3 * n_embd)
+        sd[h + "attn.c_proj.weight"], sd[h + "attn.c_proj.bias"] = rand(n_embd, n_embd), rand(n_embd)
+        sd[h + "ln_2.weight"], sd[h + "ln_2.bias"] = torch.ones(n_embd), torch.zeros(n_embd)
+        sd[h + "mlp.c_fc.weight"], sd[h + "mlp.c_fc.bias"] = rand(4 * n_embd, n_embd), rand(4 * n_embd)
+        sd[h + "mlp.c_proj.weight"], sd[h + "mlp.c_proj.bias"] = rand(n_embd, 4 * n_embd), rand(n_embd)
+    sd[p + "transformer.ln_f.weight"], sd[p + "transformer.ln_f.bias"] = torch.ones(n_embd), torch.zeros(n_embd)
+    sd[p + "lm_head.weight"] = wte  # tied: stored once
+    model_args = dict(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=BLOCK, bias=True, vocab_size=VOCAB, dropout=0.0
+    )
+    tmp = path.with_suffix(".partial")
+    torch.save(
+        {
+            "model": sd,
+            "optimizer": {},
+            "model_args": model_args,
+            "iter_num": 0,
+            "best_val_loss": torch.tensor(9.0),
+            "config": {"bench": True},
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as fh:
+        while fh.read(1 << 24):
+            pass
+
+
+# --- the methods (each runs in its own child process) ------------------------------------------------------------
+
+
+def run_bound(ckpt: Path, out: Path) -> None:
+    import torch
+
+    from hfexport.safetensors_io import tensor_bytes
+
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    seen: set[int] = set()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "weights.bin", "wb") as fh:
+        for tensor in obj["model"].values():
+            ptr = tensor.untyped_storage().data_ptr()
+            if ptr in seen:  # the tied lm_head
+                continue
+            seen.add(ptr)
+            fh.write(tensor_bytes(tensor.to(torch.bfloat16)))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_hfexport(ckpt: Path, out: Path) -> None:
+    from hfexport import convert_checkpoint
+
+    convert_checkpoint(ckpt, out, dtype="bfloat16", progress=False)
+
+
+def run_classic(ckpt: Path, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    sd = {k.removeprefix("_orig_mod."): v for k, v in obj["model"].items()}
+    for k in list(sd):
+        if k.endswith(TRANSPOSED):
+            sd[k] = sd[k].t()
+    sd["lm_head.weight"] = sd["lm_head.weight"].clone()
+    sd = {k: v.contiguous().to(torch.bfloat16) for k, v in sd.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with open(out / "model.safetensors", "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+RUNNERS = {"bound": run_bound, "hfexport": run_hfexport, "classic": run_classic}
+
+
+def child(method: str, ckpt: Path, out: Path, profile: bool) -> None:
+    import torch  # noqa: F401  (imported before the clock starts, for every method alike)
+
+    import hfexport  # noqa: F401
+
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        start = time.perf_counter()
+        prof.runcall(RUNNERS[method], ckpt, out)
+        seconds = time.perf_counter() - start
+        stats = pstats.Stats(prof, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(18)
+    else:
+        start = time.perf_counter()
+        RUNNERS[method](ckpt, out)
+        seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"method": method, "seconds": seconds, "peak_rss": peak_kib * 1024}))
+
+
+def spawn(method: str, ckpt: Path, out: Path, profile: bool = False) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", method, "--ckpt", str(ckpt), "--out", str(out)]
+    if profile:
+        cmd.append("--profile")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{method} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    if profile:
+        print(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the parent --------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=list(SIZES), default="774M", help="model shape (default: 774M, ~3.1 GB)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; every round runs each method once")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the checkpoint and outputs go")
+    parser.add_argument("--keep", action="store_true", help="keep (and reuse) the checkpoint in --workdir")
+    parser.add_argument("--profile", action="store_true", help="one cProfile'd run of hfexport, phase by phase")
+    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.ckpt, args.out, args.profile)
+        return
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hfexport-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = workdir / f"gpt2-{args.size}-fp32.pt"
+    try:
+        if not ckpt.is_file():
+            print(f"building {ckpt} ...", flush=True)
+            start = time.perf_counter()
+            build_checkpoint(ckpt, args.size)
+            print(f"  built in {time.perf_counter() - start:.1f}s", flush=True)
+        size = ckpt.stat().st_size
+        n_layer, n_embd, _ = SIZES[args.size]
+        print(f"checkpoint: {args.size} (n_layer {n_layer}, n_embd {n_embd}), {size / 1e9:.2f} GB float32")
+        print("page cache: warm (the checkpoint is read once before every round; no cache drop)")
+        print("durability: every method fsyncs its output (hfexport's convention; the bound pays for it too)")
+        print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}\n")
+
+        if args.profile:
+            warm(ckpt)
+            out = workdir / "out-profile"
+            shutil.rmtree(out, ignore_errors=True)
+            spawn("hfexport", ckpt, out, profile=True)
+            shutil.rmtree(out, ignore_errors=True)
+            return
+
+        results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+        for r in range(args.repeats):
+            order = METHODS if r % 2 == 0 else METHODS[::-1]  # alternate, so no method always goes first
+            for method in order:
+                warm(ckpt)
+                out = workdir / f"out-{method}"
+                shutil.rmtree(out, ignore_errors=True)
+                res = spawn(method, ckpt, out)
+                shutil.rmtree(out, ignore_errors=True)
+                results[method].append(res)
+                print(
+                    f"round {r + 1} {method:9s} {res['seconds']:7.2f}s  peak RSS {res['peak_rss'] / 1e9:6.2f} GB",
+                    flush=True,
+                )
+        report(results, size)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif not args.keep:
+            ckpt.unlink(missing_ok=True)
+
+
+def report(results: dict[str, list[dict[str, float]]], size: int) -> None:
+    med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items()}
+    rss = {m: max(r["peak_rss"] for r in rs) for m, rs in results.items()}
+    print(f"\n{'method':10s} {'median s':>9s} {'vs bound':>9s} {'peak RSS GB':>12s} {'RSS/ckpt':>9s}")
+    for m in METHODS:
+        print(f"{m:10s} {med[m]:9.2f} {med[m] / med['bound']:8.2f}x {rss[m] / 1e9:12.2f} {rss[m] / size:8.2f}x")
+    t_ratio = med["hfexport"] / med["bound"]
+    r_ratio = rss["hfexport"] / size
+    print()
+    print(
+        f"goal time  hfexport/bound <= {GOAL_TIME:.2f}x: {t_ratio:.3f}x  {'PASS' if t_ratio <= GOAL_TIME else 'FAIL'}"
+    )
+    print(f"goal RSS   hfexport/ckpt  <= {GOAL_RSS:.2f}x: {r_ratio:.3f}x  {'PASS' if r_ratio <= GOAL_RSS else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
