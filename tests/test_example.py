@@ -26,6 +26,7 @@ def run_example(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     # the example imports hfexport as an installed package would be; make the checkout importable
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["TOKENIZERS_PARALLELISM"] = "false"
+    env["HF_HUB_OFFLINE"] = "1"  # nothing is pushed or downloaded: make any attempt fail loudly
     return subprocess.run(
         [sys.executable, str(EXAMPLE), *args],
         cwd=cwd,  # anything written by accident (lightning_logs/, hf_exports/) lands in tmp_path
