@@ -120,6 +120,7 @@ class HFExporter:
         self._worker: threading.Thread | None = None
         self._closed = False
         self._pusher: Any = None
+        self._unwritten: dict[int, Path] = {}  # snapshots handed to the writer, not yet on disk (and pushed)
         if self.is_writer:
             self.root.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(self.root)
@@ -213,6 +214,8 @@ class HFExporter:
         if o.async_write:
             self._ensure_worker()
             self._idle.clear()
+            with self._lock:
+                self._unwritten[step] = self.root / version_name(step)
             self._queue.put(job)
             stats.stall_s = time.perf_counter() - start
         else:
@@ -260,7 +263,14 @@ class HFExporter:
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the last exported step, the versions created, pending pushes."""
-        pending = [[step, str(path)] for step, path in self._pusher.pending()] if self._pusher is not None else []
+        pending: list[list[Any]] = []
+        if self._pusher is not None:
+            # Versions still being written count too: a checkpoint taken now must not forget their push.
+            with self._lock:
+                unwritten = dict(self._unwritten)
+            known = {(step, str(path)) for step, path in self._pusher.pending()}
+            known |= {(step, str(path)) for step, path in unwritten.items()}
+            pending = [[step, path] for step, path in sorted(known)]
         return {"last_step": self.last_step, "created": list(self.created), "pending_pushes": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -336,7 +346,11 @@ class HFExporter:
             logger.info("Exported step %d to %s in %.2fs", job.step, target, job.stats.write_s)
             if self._pusher is not None:
                 self._pusher.submit(target, step=job.step, final=job.final)
+            with self._lock:
+                self._unwritten.pop(job.step, None)
         except BaseException as exc:
+            with self._lock:
+                self._unwritten.pop(job.step, None)
             job.snapshot.tensors.clear()
             logger.error("Export of step %d to %s failed: %s", job.step, target, exc)
             with self._lock:
