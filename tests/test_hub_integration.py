@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import HfApi, hf_hub_download
 from nanogpt import make_gpt
 
-from hfexport import HFExporter, HubSetupError, export_hf
+from hfexport import HFExporter, HFExportError, HubSetupError, export_hf
 from hfexport.lightning import HFExportCallback
 
 REPO = "tester/hooks-run"
@@ -57,7 +57,7 @@ def test_export_hf_pushes_synchronously(hub_server, tmp_path: Path) -> None:
 def test_bad_token_fails_before_training(hub_server, tmp_path: Path) -> None:
     with pytest.raises(HubSetupError, match="token"):
         HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, hub_token="hf_wrong", **FAST)
-    with pytest.raises(Exception, match="other|forbidden|permission|403"):
+    with pytest.raises(HFExportError, match=r"someone-else|forbidden|permission|403"):
         HFExportCallback(push_to_hub=True, repo_id="someone-else/x", **FAST).setup(
             L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path), None, "fit"
         )
@@ -93,7 +93,7 @@ def test_on_push_error_raise_stops(hub_server, tmp_path: Path) -> None:
     exporter = HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, on_push_error="raise", **FAST)
     hub_server.down = True
     exporter.export(make_gpt(), 1, final=True)
-    with pytest.raises(Exception, match="push"):
+    with pytest.raises(HFExportError, match="push"):
         exporter.close()
 
 
