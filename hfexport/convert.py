@@ -139,7 +139,7 @@ def check_finite(
     """
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
-    if allow_nonfinite or not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+    if allow_nonfinite or not tensor.is_floating_point() or _all_finite(tensor):
         return tensor
     if dtype == torch.float16 and (source is None or bool(torch.isfinite(source).all())):
         peak = f" up to {float(source.detach().abs().max()):.4g}" if source is not None else ""
@@ -152,6 +152,18 @@ def check_finite(
         f"{name} holds {bad} non-finite value(s) (NaN or inf): the model diverged or the checkpoint is corrupt. "
         "Export an earlier checkpoint, or pass --allow_nonfinite (allow_nonfinite=True) to write it anyway."
     )
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite, usually at the cost of one vectorized sum.
+
+    A NaN or inf anywhere makes the sum NaN or inf (IEEE arithmetic never turns them back into a finite value),
+    so a finite sum proves every element finite; only a non-finite sum (a real NaN/inf, or finite values whose
+    sum overflows) needs the exact, ~10x slower ``isfinite`` pass (measured on CPU, bfloat16 and float32).
+    """
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def write_export(

@@ -2,7 +2,8 @@
 
 ``safetensors.torch.save_file`` needs every tensor in memory at once; hfexport writes a plan one tensor at a
 time instead (the header only needs names, dtypes and shapes, which are known up front), so converting a
-checkpoint costs one tensor of extra memory, not the whole model. The format written is the standard one
+checkpoint costs one or two tensors of extra memory (one being written while the next is produced), not the
+whole model. The format written is the standard one
 (8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then the raw bytes) and is
 read back by ``safetensors.safe_open`` during verification.
 """
@@ -14,6 +15,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -82,37 +84,57 @@ def write_safetensors(
 ) -> None:
     """Write a safetensors file whose tensors arrive one at a time.
 
+    Writing a tensor (the copy into the page cache, its CRC-32 and ``on_bytes``, e.g. a SHA-256) runs on a
+    helper thread while the next tensor is produced (cast, transposed, checked) on the calling thread: all of
+    these release the GIL, so the two overlap. At most two tensors are alive: the one being written and the
+    one being produced.
+
     Args:
         fh: A binary file opened for writing.
         records: Name, dtype and shape of each tensor, in the order ``tensors`` yields them. Their ``crc32``
             is filled in as the bytes are written.
-        tensors: The tensors (contiguous, CPU), produced lazily so only one needs to be alive.
+        tensors: The tensors (contiguous, CPU), produced lazily so only one or two need to be alive.
         metadata: The header's ``__metadata__``; ``{"format": "pt"}`` by default.
-        on_bytes: Called with every chunk written (e.g. a progress bar or a hash).
+        on_bytes: Called with every chunk written (e.g. a progress bar or a hash), in file order.
     """
     head = _header(records, metadata or {"format": "pt"})
     fh.write(head)
     if on_bytes:
         on_bytes(memoryview(head))
-    # Pull tensors one by one (not ``zip``: its reused result tuple would keep the previous tensor alive while
-    # the next one is produced, two tensors in memory instead of one).
-    source = iter(tensors)
-    count = 0
-    for rec in records:
-        tensor = next(source, None)
-        if tensor is None:
-            break
-        count += 1
-        if tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
-            raise ValueError(
-                f"Tensor {rec.name!r} is {tensor.dtype} {tuple(tensor.shape)}, the header says {rec.dtype} {rec.shape}"
-            )
+
+    def write_one(rec: TensorRecord, tensor: torch.Tensor) -> None:
         data = tensor_bytes(tensor)
         fh.write(data)
         rec.crc32 = zlib.crc32(data)
         if on_bytes:
             on_bytes(data)
-        del data, tensor
+        del data
+
+    # Pull tensors one by one (not ``zip``: its reused result tuple would keep one more tensor alive).
+    source = iter(tensors)
+    count = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-write") as pool:
+        pending: Future[None] | None = None
+        try:
+            for rec in records:
+                tensor = next(source, None)
+                if tensor is None:
+                    break
+                count += 1
+                if tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
+                    raise ValueError(
+                        f"Tensor {rec.name!r} is {tensor.dtype} {tuple(tensor.shape)}, the header says "
+                        f"{rec.dtype} {rec.shape}"
+                    )
+                if pending is not None:
+                    pending.result()  # in order, and never more than one tensor waiting to be written
+                pending = pool.submit(write_one, rec, tensor)
+                del tensor
+            if pending is not None:
+                pending.result()
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
     if count != len(records) or next(source, None) is not None:
         raise ValueError(f"{len(records)} tensors announced, {count if count < len(records) else 'more'} given")
 

@@ -414,3 +414,22 @@ def test_errors_are_hfexport_errors_and_builtins(tmp_path: Path) -> None:
         convert_checkpoint(_good(tmp_path), target)
     with pytest.raises(HFExportError):
         convert_checkpoint(tmp_path / "does_not_exist.pt", tmp_path / "hf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_finiteness_check_fast_path_is_exact(dtype: torch.dtype) -> None:
+    """The check sums first: a sum that overflows from finite values must not be taken for a NaN/inf."""
+    from hfexport.convert import check_finite
+
+    big = torch.full((1000,), torch.finfo(dtype).max / 2, dtype=dtype)
+    assert not bool(torch.isfinite(big.sum()))  # the sum overflows ...
+    assert check_finite("w", big, dtype, False) is big  # ... yet every value is finite
+    for bad in (math.nan, math.inf, -math.inf):
+        t = big.clone()
+        t[500] = bad
+        with pytest.raises(ConversionError, match=r"^w (holds|has)"):
+            check_finite("w", t, dtype, False)
+        small = torch.zeros(10, dtype=dtype)
+        small[3] = bad
+        with pytest.raises(ConversionError):
+            check_finite("w", small, dtype, False)
