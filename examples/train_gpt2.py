@@ -262,6 +262,7 @@ def train_lightning(
     args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer: PreTrainedTokenizerFast
 ) -> list[float]:
     import lightning as L  # noqa: N812 (Lightning's own spelling)
+    from lightning.pytorch.callbacks import TQDMProgressBar
 
     from hfexport.lightning import HFExportCallback
 
@@ -300,7 +301,8 @@ def train_lightning(
         accelerator="cpu",
         devices=1,
         max_steps=args.max_steps,
-        callbacks=[export],
+        # tqdm rather than the rich bar: it also shows progress when the output goes to a log file
+        callbacks=[export, TQDMProgressBar(refresh_rate=10)],
         logger=False,  # the loss is on the progress bar; no lightning_logs/ directory
         enable_checkpointing=False,  # the exports are this example's checkpoints
         enable_model_summary=False,
