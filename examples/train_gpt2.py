@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F  # noqa: N812 (nanoGPT's spelling)
+from torch.nn import functional as F
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -261,7 +261,7 @@ class Batches(torch.utils.data.IterableDataset):
 def train_lightning(
     args: argparse.Namespace, model: GPT, data: torch.Tensor, tokenizer: PreTrainedTokenizerFast
 ) -> list[float]:
-    import lightning as L  # noqa: N812 (Lightning's own spelling)
+    import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     from hfexport.lightning import HFExportCallback
