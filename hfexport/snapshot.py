@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,6 +38,9 @@ class Snapshot:
     plan: ConversionPlan
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     nbytes: int = 0
+    # Names whose copy is held in the source layout; :func:`snapshot_outputs` transposes them in the writer's
+    # thread (a transposing copy costs ~3x a straight cast: it is kept off the training path).
+    untransposed: set[str] = field(default_factory=set)
 
 
 def global_rank() -> int:
@@ -130,25 +133,29 @@ def _gathered(plan: ConversionPlan, dtype: torch.dtype) -> ConversionPlan:
 def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
     """Copy the plan's tensors to host memory in ``dtype`` (every rank must call it under FSDP2).
 
-    Each distinct source is cast once on its own device; the copies never alias the live parameters.
+    Each distinct source is cast once on its own device, in its own layout (straight copies: the transposes
+    the output needs are done later, in the writer's thread); the copies never alias the live parameters.
     """
     with torch.no_grad():
         gathered = _gathered(plan, dtype)
         if global_rank() != 0:
             return Snapshot(gathered)
-        cache: dict[tuple[int, tuple[int, ...], bool, int | None], torch.Tensor] = {}
+        cache: dict[tuple[int, int | None], torch.Tensor] = {}
         tensors: dict[str, torch.Tensor] = {}
+        untransposed: set[str] = set()
         for tp in gathered.tensors:
             if tp.source is None:
                 tensors[tp.name] = torch.zeros(tp.shape, dtype=dtype)
                 continue
-            key = (id(tp.source), tp.shape, tp.transpose, tp.rows)
+            key = (id(tp.source), tp.rows)
             if key not in cache:
-                out = tp.materialize(dtype, device=tp.source.device)
+                out = replace(tp, transpose=False).materialize(dtype, device=tp.source.device)
                 cache[key] = out.to("cpu") if out.device.type != "cpu" else out
             tensors[tp.name] = cache[key]
+            if tp.transpose:
+                untransposed.add(tp.name)
         nbytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors.values()}.values())
-    return Snapshot(gathered, tensors, nbytes)
+    return Snapshot(gathered, tensors, nbytes, untransposed)
 
 
 def snapshot_outputs(snapshot: Snapshot, *, allow_nonfinite: bool = False) -> list[OutputTensor]:
@@ -156,10 +163,14 @@ def snapshot_outputs(snapshot: Snapshot, *, allow_nonfinite: bool = False) -> li
     outputs = []
     for tp in snapshot.plan.tensors:
         tensor = snapshot.tensors[tp.name]
+        transpose = tp.name in snapshot.untransposed
+        shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
 
-        def get(tensor: torch.Tensor = tensor, name: str = tp.name) -> torch.Tensor:
+        def get(tensor: torch.Tensor = tensor, name: str = tp.name, transpose: bool = transpose) -> torch.Tensor:
+            if transpose:
+                tensor = tensor.t().contiguous()
             # A float16 snapshot with inf may come from a finite model: the message says so and suggests bf16.
             return check_finite(name, tensor, tensor.dtype, allow_nonfinite)
 
-        outputs.append(OutputTensor(tp.name, tensor.dtype, tuple(tensor.shape), get))
+        outputs.append(OutputTensor(tp.name, tensor.dtype, shape, get))
     return outputs

@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from nanogpt import make_gpt
 
 TINY = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, block_size=16)

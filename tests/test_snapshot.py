@@ -24,8 +24,13 @@ def test_snapshot_owns_copies_of_its_steps_weights(dtype: torch.dtype) -> None:
     assert set(snapshot.tensors) == set(expected)
     for name, tensor in snapshot.tensors.items():
         assert tensor.untyped_storage().data_ptr() not in live, f"{name} aliases a live parameter"
-        assert tensor.dtype == dtype and tensor.is_contiguous() and tensor.device.type == "cpu"
-        assert torch.equal(tensor, expected[name]), name
+        assert tensor.dtype == dtype and tensor.device.type == "cpu"
+    outputs = snapshot_outputs(snapshot)  # what the writer thread reads
+    assert [o.name for o in outputs] == [tp.name for tp in snapshot.plan.tensors]
+    for output in outputs:
+        tensor = output.get()
+        assert output.shape == tuple(expected[output.name].shape) and output.dtype == dtype
+        assert tensor.is_contiguous() and torch.equal(tensor, expected[output.name]), output.name
     assert snapshot.nbytes == sum(t.numel() * t.element_size() for t in expected.values())
 
 

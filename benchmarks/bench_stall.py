@@ -1,0 +1,153 @@
+"""How long does a background export stall the training loop? GPT-2 124M (nanoGPT layout) on CPU.
+
+Measures, in one run and alternating so that machine load affects all alike:
+
+* stall (writer idle): time inside ``HFExporter.maybe_export`` (async, bfloat16) when the previous write is done;
+* stall (writer busy): the same with only a fake training step (one forward pass) since the previous export, so the
+  writer thread is still writing and competes for the CPU (with ``if_busy="wait"`` the call may also queue);
+* sync: a synchronous ``export_hf`` of the same model (what the stall is compared with);
+* bare copy: ``{k: v.to(torch.bfloat16)}`` over the distinct tensors, the lower bound of any snapshot;
+* where the stall goes: ``plan_for_model`` and ``take_snapshot`` timed alone.
+
+Prints medians and the ratios stall/sync (goal <= 0.10: PASS/FAIL) and stall/bare-copy. A script, not a test:
+
+    python benchmarks/bench_stall.py [--repeats 5] [--dir /tmp/somewhere]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from nanogpt import make_gpt
+
+from hfexport.exporter import HFExporter, export_hf
+from hfexport.snapshot import plan_for_model, take_snapshot
+
+GOAL = 0.10
+
+
+def bare_copy(model: torch.nn.Module) -> float:
+    distinct = {}
+    for k, v in model.state_dict().items():
+        distinct.setdefault(v.untyped_storage().data_ptr(), (k, v))
+    start = time.perf_counter()
+    out = {k: v.to(torch.bfloat16) for k, v in distinct.values()}
+    elapsed = time.perf_counter() - start
+    del out
+    return elapsed
+
+
+def fake_train_step(model: torch.nn.Module, ids: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(ids)
+        for p in model.parameters():  # the optimizer changes the weights in place
+            p.add_(1e-6)
+            break
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="hfexport-bench-", dir=args.dir))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, writing under {base}")
+    t = time.perf_counter()
+    model = make_gpt(0, n_layer=12, n_embd=768, n_head=12, vocab_size=50304, block_size=1024)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"GPT-2 124M: {n_params / 1e6:.1f}M parameters, built in {time.perf_counter() - t:.1f}s")
+    ids = torch.randint(0, 50304, (1, 64))
+
+    idle, busy, sync, bare, plan_s, snap_s, forward_s = [], [], [], [], [], [], []
+    busy_state: list[str] = []
+    snap_busy_s: list[float] = []
+    exporter = HFExporter(base / "async", every_n_steps=1, dtype="bfloat16", keep_last_n=1)
+    step = 0
+    try:
+        for round_ in range(args.repeats + 1):
+            if round_ == 1:  # the first round warms up (first allocations, lazy inits); it is not counted
+                for values in (idle, busy, sync, bare, plan_s, snap_s, forward_s, busy_state, snap_busy_s):
+                    values.clear()
+            bare.append(bare_copy(model))
+
+            t = time.perf_counter()
+            plan = plan_for_model(model)
+            plan_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            snapshot = take_snapshot(plan, torch.bfloat16)
+            snap_s.append(time.perf_counter() - t)
+            del snapshot, plan
+
+            # Writer idle: the previous background write has finished.
+            exporter.wait()
+            t = time.perf_counter()
+            fake_train_step(model, ids)
+            forward_s.append(time.perf_counter() - t)
+            step += 1
+            t = time.perf_counter()
+            exporter.maybe_export(model, step)
+            idle.append(time.perf_counter() - t)
+
+            # Writer busy: only one fake training step since the previous export.
+            fake_train_step(model, ids)
+            step += 1
+            writing = not exporter._idle.is_set()
+            queued = exporter._queue.full()
+            t = time.perf_counter()
+            exporter.maybe_export(model, step)
+            busy.append(time.perf_counter() - t)
+            busy_state.append(f"{'writing' if writing else 'idle'}{'+queued' if queued else ''}")
+            # The snapshot alone while that write runs: the CPU contention the busy stall pays.
+            t = time.perf_counter()
+            del_me = take_snapshot(plan_for_model(model), torch.bfloat16)
+            snap_busy_s.append(time.perf_counter() - t)
+            del del_me
+            exporter.wait()
+
+            # Synchronous export of the same model (alternating with the async measurements).
+            fake_train_step(model, ids)
+            step += 1
+            t = time.perf_counter()
+            export_hf(model, step, base / "sync", dtype="bfloat16")
+            sync.append(time.perf_counter() - t)
+            shutil.rmtree(base / "sync")
+        exporter.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    med = statistics.median
+    rows = [
+        ("bare bf16 copy (lower bound)", bare),
+        ("plan_for_model", plan_s),
+        ("take_snapshot (cast + copy)", snap_s),
+        ("fake train step (forward)", forward_s),
+        ("maybe_export stall, writer idle", idle),
+        ("maybe_export stall, writer busy", busy),
+        ("take_snapshot during a write", snap_busy_s),
+        ("export_hf synchronous", sync),
+    ]
+    print(f"\nmedians over {args.repeats} runs (seconds)")
+    for name, values in rows:
+        print(f"  {name:34s} {med(values):8.3f}   [{', '.join(f'{v:.3f}' for v in values)}]")
+    print(f"  writer state at the busy calls: {busy_state}")
+    ratio = med(idle) / med(sync)
+    ratio_busy = med(busy) / med(sync)
+    print(f"\nstall/sync (writer idle) = {ratio:.3f}  goal <= {GOAL:.2f}: {'PASS' if ratio <= GOAL else 'FAIL'}")
+    print(f"stall/sync (writer busy) = {ratio_busy:.3f}  {'PASS' if ratio_busy <= GOAL else 'FAIL'}")
+    print(f"stall/bare-copy (writer idle) = {med(idle) / med(bare):.2f}x, (writer busy) = {med(busy) / med(bare):.2f}x")
+    return 0 if ratio <= GOAL else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
