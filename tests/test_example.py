@@ -21,12 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "train_gpt2.py"
 
 
-def run_example(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_example(*args: str, cwd: Path, offline: bool = True) -> subprocess.CompletedProcess[str]:
+    # the environment conftest set up: HF_ENDPOINT is the local test Hub, HF_TOKEN a token it accepts
     env = dict(os.environ)
     # the example imports hfexport as an installed package would be; make the checkout importable
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["TOKENIZERS_PARALLELISM"] = "false"
-    env["HF_HUB_OFFLINE"] = "1"  # nothing is pushed or downloaded: make any attempt fail loudly
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"  # nothing is pushed or downloaded: make any attempt fail loudly
     return subprocess.run(
         [sys.executable, str(EXAMPLE), *args],
         cwd=cwd,  # anything written by accident (lightning_logs/, hf_exports/) lands in tmp_path
@@ -69,3 +71,20 @@ def test_example_trains_exports_and_generates(loop: str, tmp_path: Path) -> None
     generated = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     assert generated.shape == (1, ids.shape[1] + 8)
     assert isinstance(tokenizer.decode(generated[0]), str)
+
+
+def test_example_pushes_each_export_to_the_hub(hub_server, tmp_path: Path) -> None:
+    """`--push_to_hub REPO_ID` pushes every version (here to the local test Hub, never the real one)."""
+    out = tmp_path / "exports"
+    proc = run_example(
+        "--loop", "plain", "--max_steps", "2", "--export_every", "1", "--output_dir", str(out),
+        "--push_to_hub", "tester/hamlet-gpt2", cwd=tmp_path, offline=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"the example failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+    repo = hub_server.repo("tester/hamlet-gpt2")
+    head = repo.resolve("main")
+    assert head is not None
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(head.files)
+    assert {"step_000001", "step_000002"} <= set(repo.tags)  # one tagged commit per version
+    assert (out / "latest" / "config.json").is_file()
