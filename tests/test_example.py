@@ -1,7 +1,8 @@
 """The end-to-end example (`examples/train_gpt2.py`) runs as a user would run it, in both training loops.
 
 Each run trains a few steps on the shipped Hamlet corpus, exports twice, and prints a sample from `latest`;
-the test then loads `latest` again with plain `transformers`, as any consumer of an export would.
+the test then loads `latest` again with plain `transformers`, as any consumer of an export would. One more
+run pushes to the session's local test Hub (conftest), never to the real one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import HubServer
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -73,7 +75,7 @@ def test_example_trains_exports_and_generates(loop: str, tmp_path: Path) -> None
     assert isinstance(tokenizer.decode(generated[0]), str)
 
 
-def test_example_pushes_each_export_to_the_hub(hub_server, tmp_path: Path) -> None:
+def test_example_pushes_each_export_to_the_hub(hub_server: HubServer, tmp_path: Path) -> None:
     """`--push_to_hub REPO_ID` pushes every version (here to the local test Hub, never the real one)."""
     out = tmp_path / "exports"
     proc = run_example(
