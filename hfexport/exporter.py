@@ -41,7 +41,15 @@ import torch
 from .convert import dtype_name, write_export
 from .errors import ExportWorkerError, HFExportError
 from .options import ExportOptions
-from .snapshot import Snapshot, global_rank, plan_for_model, snapshot_outputs, take_snapshot
+from .snapshot import (
+    Snapshot,
+    broadcast_from_rank0,
+    global_rank,
+    is_sharded,
+    plan_for_model,
+    snapshot_outputs,
+    take_snapshot,
+)
 from .versions import Version, list_versions, read_latest, remove_version, set_latest, version_name
 from .writer import clean_stale_temporaries
 
@@ -182,11 +190,7 @@ class HFExporter:
             return self.root / version_name(step) if self.is_writer else None
         start = time.perf_counter()
         o = self.options
-        if self.is_writer and o.async_write and self._queue.full():
-            if o.if_busy == "skip":
-                logger.info("Skipped the export of step %d: the previous one is still waiting (if_busy='skip')", step)
-                return None
-            logger.info("Export of step %d waits for the previous one to be written (if_busy='wait')", step)
+        busy = self.is_writer and o.async_write and self._queue.full()
         plan = plan_for_model(
             model,
             config=o.config,
@@ -194,6 +198,14 @@ class HFExporter:
             vocab_size=o.vocab_size,
             untie_embeddings=o.untie_embeddings,
         )
+        if o.if_busy == "skip" and is_sharded(plan):
+            # Every rank gathers the shards: they skip together or not at all (else the others hang in the gather).
+            busy = broadcast_from_rank0(busy)
+        if busy:
+            if o.if_busy == "skip":
+                logger.info("Skipped the export of step %d: the previous one is still waiting (if_busy='skip')", step)
+                return None
+            logger.info("Export of step %d waits for the previous one to be written (if_busy='wait')", step)
         if self.is_writer and o.async_write:
             self._wait_for_slot()
         snapshot = take_snapshot(plan, o.torch_dtype)  # every rank takes part (FSDP2 gathers)

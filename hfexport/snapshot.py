@@ -28,7 +28,15 @@ from .writer import OutputTensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Snapshot", "global_rank", "plan_for_model", "snapshot_outputs", "take_snapshot"]
+__all__ = [
+    "Snapshot",
+    "broadcast_from_rank0",
+    "global_rank",
+    "is_sharded",
+    "plan_for_model",
+    "snapshot_outputs",
+    "take_snapshot",
+]
 
 
 @dataclass
@@ -48,6 +56,20 @@ def global_rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return 0
+
+
+def is_sharded(plan: ConversionPlan) -> bool:
+    """Whether the plan reads DTensor shards (FSDP2): taking its snapshot is then a collective."""
+    return any(tp.source is not None and _is_dtensor(tp.source) for tp in plan.tensors)
+
+
+def broadcast_from_rank0(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (a collective: every rank must call it); ``value`` when not distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def _is_pretrained(model: Any) -> bool:
@@ -113,7 +135,7 @@ def _pretrained_plan(net: Any) -> ConversionPlan:
 
 def _gathered(plan: ConversionPlan, dtype: torch.dtype) -> ConversionPlan:
     """Replace DTensor sources by full tensors, cast on their shards first (half the traffic for bf16)."""
-    if not any(tp.source is not None and _is_dtensor(tp.source) for tp in plan.tensors):
+    if not is_sharded(plan):
         return plan
     cache: dict[int, torch.Tensor] = {}
     tensors = []

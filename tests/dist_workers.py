@@ -111,7 +111,7 @@ def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
     from hfexport.exporter import HFExporter
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
     _log_to(out, rank)
     try:
         model = make_gpt(0, **TINY).train()
@@ -143,8 +143,18 @@ def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
             exporter.export(model, MAX_STEPS, final=True)
         if reference is not None:
             torch.save(_weights(reference), out / f"expected_{MAX_STEPS}.pt")
+        is_writer = exporter.is_writer
+        # if_busy="skip" with a slow write on rank 0: the ranks must agree on skipping (the gather is collective).
+        from exportkit import SlowTokenizer
+
+        taken = []  # the steps each rank took part in (other ranks' maybe_export always returns None)
+        with HFExporter(out / "hf_skip", every_n_steps=1, if_busy="skip", tokenizer=SlowTokenizer(0.5)) as exporter:
+            for step in range(1, 6):
+                exporter.maybe_export(model, step)
+                if exporter.last_step == step:
+                    taken.append(step)
         (out / f"rank{rank}.json").write_text(
-            json.dumps({"sharded": sharded, "exported": exported, "is_writer": exporter.is_writer})
+            json.dumps({"sharded": sharded, "exported": exported, "is_writer": is_writer, "taken": taken})
         )
     finally:
         dist.destroy_process_group()

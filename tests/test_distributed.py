@@ -74,6 +74,9 @@ def test_fsdp2_two_processes_gathered_full_weights(tmp_path: Path) -> None:
     assert ranks[0]["exported"] == [2, 4] and ranks[0]["is_writer"]
     assert ranks[1]["exported"] == [] and not ranks[1]["is_writer"]
     assert "Exported" not in (tmp_path / "log_rank1.txt").read_text()
+    # if_busy="skip" with a slow write: the ranks agree on which steps to skip (else the gather would hang).
+    assert ranks[0]["taken"] == ranks[1]["taken"] and len(ranks[0]["taken"]) < 5
+    assert step_dirs(tmp_path / "hf_skip") == [f"step_{s:06d}" for s in ranks[0]["taken"]]
     root = tmp_path / "hf"
     assert step_dirs(root) == ["step_000002", "step_000004", "step_000005"]
     for step in (2, 4, 5):
