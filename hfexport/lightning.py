@@ -86,6 +86,7 @@ class HFExportCallback(Callback):
         self.options = options
         self.exporter: HFExporter | None = None
         self._restored: dict[str, Any] | None = None
+        self._final_state: dict[str, Any] | None = None  # the closed exporter's, for a checkpoint saved after fit
 
     @property
     def state_key(self) -> str:
@@ -120,15 +121,13 @@ class HFExportCallback(Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.exporter is not None:
-            exporter, self.exporter = self.exporter, None
-            exporter.close()
+            self._close_exporter()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self.exporter is not None:
-            exporter, self.exporter = self.exporter, None
             try:
-                exporter.close()  # finish what was written; the run's own exception is what matters
-            except Exception as exc:  # noqa: BLE001
+                self._close_exporter()  # finish what was written; the run's own exception is what matters
+            except Exception as exc:
                 logger.error("hfexport: pending exports failed while the run was failing: %s", exc)
 
     # ------------------------------------------------------------------------------------------- triggers
@@ -168,9 +167,19 @@ class HFExportCallback(Callback):
             self._export(trainer, pl_module, trainer.global_step, final=True)
         if self.exporter.is_writer and self.exporter.pusher is not None:
             logger.info("hfexport: waiting for pending writes and Hub pushes before ending training")
-        exporter, self.exporter = self.exporter, None
-        exporter.close()
+        self._close_exporter()
         trainer.strategy.barrier("hfexport_train_end")  # the other ranks wait for rank 0's last write
+
+    def _close_exporter(self) -> None:
+        """Close the exporter (waits, re-raises a background failure), keeping its state for ``state_dict``."""
+        exporter, self.exporter = self.exporter, None
+        if exporter is None:
+            return
+        try:
+            exporter.close()
+        finally:
+            # ``trainer.save_checkpoint`` after ``fit`` must still record what this run exported.
+            self._final_state = {"dirpath": str(self.dirpath), **exporter.state_dict()}
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, *, final: bool = False) -> None:
         assert self.exporter is not None
@@ -189,7 +198,7 @@ class HFExportCallback(Callback):
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         if self.exporter is None:
-            return dict(self._restored or {})
+            return dict(self._restored or self._final_state or {})
         return {"dirpath": str(self.dirpath), **self.exporter.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -211,3 +211,20 @@ def test_resume_from_a_lightning_checkpoint_neither_repeats_nor_loses(
     assert_file_tensors(out / "step_000004", first.weights[4], torch.float32)
     for step in (6, 8):
         assert_reproduces(out / f"step_{step:06d}", second.weights[step], torch.float32)
+
+
+def test_checkpoint_saved_after_fit_keeps_the_callback_state(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    options = dict(every_n_train_steps=2, keep_last_n=2)
+    first = trainer(tmp_path, [HFExportCallback(out, **options)], max_steps=4)
+    first.fit(LitGPT(batches=8))
+    first.save_checkpoint(tmp_path / "final.ckpt")  # the usual "save after training"
+    state = torch.load(tmp_path / "final.ckpt", weights_only=False)["callbacks"]
+    (hf_state,) = [v for k, v in state.items() if k.startswith("HFExportCallback")]
+    assert hf_state["last_step"] == 4 and hf_state["created"] == ["step_000002", "step_000004"]
+
+    caplog.clear()
+    second = trainer(tmp_path, [HFExportCallback(out, **options)], max_steps=6)
+    second.fit(LitGPT(batches=8), ckpt_path=tmp_path / "final.ckpt")
+    assert export_counts(caplog) == {6: 1}
+    assert step_dirs(out) == ["step_000004", "step_000006"]  # the resumed run rotates the first run's versions
