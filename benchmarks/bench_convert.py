@@ -21,7 +21,8 @@ Usage::
     python benchmarks/bench_convert.py                      # GPT-2 774M shape (~3.1 GB), 3 rounds
     python benchmarks/bench_convert.py --size 124M --repeats 5
     python benchmarks/bench_convert.py --workdir /tmp/bench --keep   # reuse the checkpoint next time
-    python benchmarks/bench_convert.py --size 124M --profile         # where hfexport's time goes, per phase
+    python benchmarks/bench_convert.py --size 124M --phases          # where hfexport's time goes, per phase
+    python benchmarks/bench_convert.py --size 124M --profile         # cProfile of one hfexport run (main thread)
 """
 
 from __future__ import annotations
@@ -148,7 +149,62 @@ def run_classic(ckpt: Path, out: Path) -> None:
         os.fsync(fh.fileno())
 
 
-RUNNERS = {"bound": run_bound, "hfexport": run_hfexport, "classic": run_classic}
+def run_phases(ckpt: Path, out: Path) -> None:
+    """hfexport's work, one phase at a time over the whole model (no overlap), to show where time goes."""
+    import hashlib
+    import zlib
+
+    import torch
+
+    from hfexport.convert import _all_finite, plan_conversion
+    from hfexport.safetensors_io import tensor_bytes
+    from hfexport.sources import load_checkpoint
+
+    clock: dict[str, float] = {}
+
+    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        value = fn()
+        clock[name] = clock.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    ckpt_obj = timed("load (mmap) + strip prefixes", lambda: load_checkpoint(ckpt))
+    plan = timed("plan", lambda: plan_conversion(ckpt_obj.state_dict, ckpt_obj.facts))
+    out.mkdir(parents=True, exist_ok=True)
+    crc = 0
+    sha = hashlib.sha256()
+    with open(out / "model.bin", "wb") as fh:
+        for tp in plan.tensors:
+            if tp.source is not None and not tp.transpose:
+                tensor = timed("cast (not transposed)", lambda tp=tp: tp.materialize(torch.bfloat16))
+            elif tp.source is not None:
+                tensor = timed("cast + transpose (4 Conv1D weights)", lambda tp=tp: tp.materialize(torch.bfloat16))
+            else:
+                tensor = tp.materialize(torch.bfloat16)
+            timed("NaN/inf check (sum)", lambda t=tensor: _all_finite(t))
+            data = tensor_bytes(tensor)
+            timed("write to page cache", lambda d=data: fh.write(d))
+            crc = timed("CRC-32 (at write)", lambda d=data, c=crc: zlib.crc32(d, c))
+            timed("SHA-256 (manifest)", lambda d=data: sha.update(d))
+            del data, tensor
+        fh.flush()
+        timed("fsync", lambda: os.fsync(fh.fileno()))
+    with open(out / "model.bin", "rb", buffering=0) as fh:
+        buffer = memoryview(bytearray(8 << 20))
+
+        def reread() -> None:
+            c = 0
+            while n := fh.readinto(buffer):
+                c = zlib.crc32(buffer[:n], c)
+
+        timed("verify: re-read + CRC-32", reread)
+    total = sum(clock.values())
+    for name, seconds in clock.items():
+        print(f"  {name:40s} {seconds:7.2f}s  {seconds / total:6.1%}", file=sys.stderr)
+    print(f"  {'sum of phases (serial)':40s} {total:7.2f}s", file=sys.stderr)
+
+
+RUNNERS = {"bound": run_bound, "hfexport": run_hfexport, "classic": run_classic, "phases": run_phases}
 
 
 def child(method: str, ckpt: Path, out: Path, profile: bool) -> None:
@@ -181,7 +237,7 @@ def spawn(method: str, ckpt: Path, out: Path, profile: bool = False) -> dict[str
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    if profile:
+    if profile or method == "phases":
         print(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -195,8 +251,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; every round runs each method once")
     parser.add_argument("--workdir", type=Path, default=None, help="where the checkpoint and outputs go")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the checkpoint in --workdir")
-    parser.add_argument("--profile", action="store_true", help="one cProfile'd run of hfexport, phase by phase")
-    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help="one cProfile'd run of hfexport (main thread)")
+    parser.add_argument(
+        "--phases", action="store_true", help="hfexport's work phase by phase, serially, with the time of each"
+    )
+    parser.add_argument("--child", choices=list(RUNNERS), help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -220,6 +279,14 @@ def main() -> None:
         print("durability: every method fsyncs its output (hfexport's convention; the bound pays for it too)")
         print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}\n")
 
+        if args.phases:
+            warm(ckpt)
+            out = workdir / "out-phases"
+            shutil.rmtree(out, ignore_errors=True)
+            print("hfexport's phases, run one after the other (no overlap), bf16:")
+            spawn("phases", ckpt, out)
+            shutil.rmtree(out, ignore_errors=True)
+            return
         if args.profile:
             warm(ckpt)
             out = workdir / "out-profile"

@@ -25,6 +25,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,8 +183,14 @@ def write_hf_directory(
     tmp.mkdir()
     try:
         result = _write_all(tmp, tensors, files, manifest, tokenizer, parse_size(max_shard_size), progress)
+        shard_files = sorted({tmp / rec.file for rec in result.records})
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-fsync") as pool:
+            # The disk flush and the verification (which reads the page cache: the same bytes either way) overlap;
+            # nothing is published before both are done.
+            synced = pool.submit(_fsync_files, shard_files)
+            _verify(tmp, result.records, files, result.sha256)
+            synced.result()
         _fsync_dir(tmp)
-        _verify(tmp, result.records, files, result.sha256)
         _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -262,8 +269,7 @@ def _write_all(
 
             with open(tmp / fname, "wb") as fh:
                 write_safetensors(fh, recs, (t.get() for t in shard), on_bytes=on_bytes)
-                fh.flush()
-                os.fsync(fh.fileno())
+                # fsynced by write_hf_directory, while the bytes are verified
             records.extend(recs)
             sizes[fname] = (tmp / fname).stat().st_size
             digests[fname] = digest.hexdigest()
@@ -288,6 +294,12 @@ def _write_all(
             sizes[MANIFEST_NAME] = (tmp / MANIFEST_NAME).stat().st_size
             digests[MANIFEST_NAME] = _sha256_file(tmp / MANIFEST_NAME)
     return _Written(records, sizes, digests)
+
+
+def _fsync_files(paths: Sequence[Path]) -> None:
+    for path in paths:
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
 
 
 def _write_file(path: Path, content: bytes) -> None:
