@@ -229,11 +229,12 @@ def test_if_busy_skip_drops_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFi
 
 def test_background_failure_is_raised_from_the_next_call(tmp_path: Path) -> None:
     model = tiny_gpt(0)
-    exporter = HFExporter(tmp_path, every_n_steps=10, tokenizer=SlowTokenizer(0.0, fail=True))
-    assert exporter.maybe_export(model, 10) is not None  # fails later, in the writer thread
+    due = 1_000_000  # the steps after it are not due: only the delivered failure can make a call raise
+    exporter = HFExporter(tmp_path, every_n_steps=due, tokenizer=SlowTokenizer(0.0, fail=True))
+    assert exporter.maybe_export(model, due) is not None  # fails later, in the writer thread
     deadline = time.monotonic() + 20
     with pytest.raises(ExportWorkerError, match="tokenizer save failed on purpose"):
-        step = 10
+        step = due
         while time.monotonic() < deadline:
             step += 1
             exporter.maybe_export(model, step)
