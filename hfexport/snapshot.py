@@ -133,23 +133,12 @@ def _pretrained_plan(net: Any) -> ConversionPlan:
     return ConversionPlan("transformers", tensors, config, {}, [])
 
 
-def _gathered(plan: ConversionPlan, dtype: torch.dtype) -> ConversionPlan:
-    """Replace DTensor sources by full tensors, cast on their shards first (half the traffic for bf16)."""
-    if not is_sharded(plan):
-        return plan
-    cache: dict[int, torch.Tensor] = {}
-    tensors = []
-    for tp in plan.tensors:  # the same order on every rank: the gathers are collectives
-        src = tp.source
-        if src is not None and _is_dtensor(src):
-            if id(src) not in cache:
-                local = src.detach()
-                if local.is_floating_point() and local.dtype != dtype:
-                    local = local.to(dtype)
-                cache[id(src)] = local.full_tensor()
-            src = cache[id(src)]
-        tensors.append(TensorPlan(tp.name, src, tp.shape, tp.transpose, tp.rows))
-    return ConversionPlan(plan.architecture, tensors, plan.config, plan.generation_config, plan.notes)
+def _gather(src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A DTensor's full tensor, cast on the shard first (half the traffic for bf16). A collective."""
+    local = src.detach()
+    if local.is_floating_point() and local.dtype != dtype:
+        local = local.to(dtype)
+    return local.full_tensor()
 
 
 def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
@@ -157,27 +146,47 @@ def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
 
     Each distinct source is cast once on its own device, in its own layout (straight copies: the transposes
     the output needs are done later, in the writer's thread); the copies never alias the live parameters.
+    FSDP2 shards are gathered one tensor at a time, in the plan's order on every rank, and each full tensor
+    is dropped (other ranks) or moved to the host (rank 0) before the next: the device never holds the whole
+    unsharded model, and the snapshot keeps no reference to a gathered device tensor.
     """
+    rank0 = global_rank() == 0
+    sharded = is_sharded(plan)
+    if not rank0 and not sharded:
+        return Snapshot(plan)
+    cache: dict[tuple[int, int | None], torch.Tensor | None] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    untransposed: set[str] = set()
     with torch.no_grad():
-        gathered = _gathered(plan, dtype)
-        if global_rank() != 0:
-            return Snapshot(gathered)
-        cache: dict[tuple[int, int | None], torch.Tensor] = {}
-        tensors: dict[str, torch.Tensor] = {}
-        untransposed: set[str] = set()
-        for tp in gathered.tensors:
-            if tp.source is None:
-                tensors[tp.name] = torch.zeros(tp.shape, dtype=dtype)
+        for tp in plan.tensors:  # the same order on every rank: the gathers are collectives
+            src = tp.source
+            if src is None:
+                if rank0:
+                    tensors[tp.name] = torch.zeros(tp.shape, dtype=dtype)
                 continue
-            key = (id(tp.source), tp.rows)
+            key = (id(src), tp.rows)
             if key not in cache:
-                out = replace(tp, transpose=False).materialize(dtype, device=tp.source.device)
-                cache[key] = out.to("cpu") if out.device.type != "cpu" else out
-            tensors[tp.name] = cache[key]
-            if tp.transpose:
-                untransposed.add(tp.name)
-        nbytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors.values()}.values())
-    return Snapshot(gathered, tensors, nbytes, untransposed)
+                if _is_dtensor(src):
+                    out = _gather(src, dtype)  # a fresh tensor of this snapshot's own: no second device copy
+                    if tp.rows is not None:
+                        out = out[: tp.rows].clone()
+                    out = out.to(dtype).contiguous()
+                    if out.untyped_storage().data_ptr() == src.to_local().untyped_storage().data_ptr():
+                        out = out.clone()  # one rank, nothing to gather: the "full" tensor is the parameter
+                elif rank0:
+                    out = replace(tp, transpose=False).materialize(dtype, device=src.device)
+                else:
+                    continue
+                cache[key] = (out.to("cpu") if out.device.type != "cpu" else out) if rank0 else None
+                del out
+            if rank0:
+                tensors[tp.name] = cache[key]  # type: ignore[assignment]
+                if tp.transpose:
+                    untransposed.add(tp.name)
+    if not rank0:
+        return Snapshot(plan)
+    nbytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors.values()}.values())
+    return Snapshot(plan, tensors, nbytes, untransposed)
 
 
 def snapshot_outputs(snapshot: Snapshot, *, allow_nonfinite: bool = False) -> list[OutputTensor]:

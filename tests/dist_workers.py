@@ -144,6 +144,13 @@ def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
         if reference is not None:
             torch.save(_weights(reference), out / f"expected_{MAX_STEPS}.pt")
         is_writer = exporter.is_writer
+        # The snapshot holds host copies only: no reference to a gathered full tensor stays behind.
+        from hfexport.snapshot import plan_for_model, take_snapshot
+
+        snap = take_snapshot(plan_for_model(model), torch.bfloat16)
+        plan_keeps_shards = all(tp.source is None or type(tp.source).__name__ == "DTensor" for tp in snap.plan.tensors)
+        snapshot_tensors = len(snap.tensors)
+        del snap
         # if_busy="skip" with a slow write on rank 0: the ranks must agree on skipping (the gather is collective).
         from exportkit import SlowTokenizer
 
@@ -154,7 +161,16 @@ def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
                 if exporter.last_step == step:
                     taken.append(step)
         (out / f"rank{rank}.json").write_text(
-            json.dumps({"sharded": sharded, "exported": exported, "is_writer": is_writer, "taken": taken})
+            json.dumps(
+                {
+                    "sharded": sharded,
+                    "exported": exported,
+                    "is_writer": is_writer,
+                    "taken": taken,
+                    "plan_keeps_shards": plan_keeps_shards,
+                    "snapshot_tensors": snapshot_tensors,
+                }
+            )
         )
     finally:
         dist.destroy_process_group()

@@ -74,6 +74,8 @@ def test_fsdp2_two_processes_gathered_full_weights(tmp_path: Path) -> None:
     assert ranks[0]["exported"] == [2, 4] and ranks[0]["is_writer"]
     assert ranks[1]["exported"] == [] and not ranks[1]["is_writer"]
     assert "Exported" not in (tmp_path / "log_rank1.txt").read_text()
+    assert all(r["plan_keeps_shards"] for r in ranks)  # no gathered full tensor kept alive by a snapshot
+    assert ranks[0]["snapshot_tensors"] == 28 and ranks[1]["snapshot_tensors"] == 0
     # if_busy="skip" with a slow write: the ranks agree on which steps to skip (else the gather would hang).
     assert ranks[0]["taken"] == ranks[1]["taken"] and len(ranks[0]["taken"]) < 5
     assert step_dirs(tmp_path / "hf_skip") == [f"step_{s:06d}" for s in ranks[0]["taken"]]
