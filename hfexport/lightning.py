@@ -133,13 +133,12 @@ class HFExportCallback(Callback):
     # ------------------------------------------------------------------------------------------- triggers
     def _should_skip(self, trainer: pl.Trainer) -> bool:
         # Never export during the sanity check, under fast_dev_run (a smoke test), or outside fit().
-        from lightning.pytorch.trainer.states import TrainerFn
-
+        fitting = pl.trainer.states.TrainerFn.FITTING  # via ``pl``: also right with the standalone package
         return (
             self.exporter is None
             or trainer.sanity_checking
             or bool(trainer.fast_dev_run)
-            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.state.fn != fitting
         )
 
     def on_train_batch_end(
