@@ -363,6 +363,8 @@ class HFExporter:
         except BaseException as exc:
             with self._lock:
                 self._unwritten.pop(job.step, None)
+            if name in self.created and not target.is_dir():
+                self.created.remove(name)  # claimed when queued; nothing was published
             job.snapshot.tensors.clear()
             logger.error("Export of step %d to %s failed: %s", job.step, target, exc)
             with self._lock:

@@ -242,6 +242,7 @@ def test_background_failure_is_raised_from_the_next_call(tmp_path: Path) -> None
     exporter.close()  # the error was delivered once
     assert step_dirs(tmp_path) == [] and hidden_temporaries(tmp_path) == []
     assert read_latest(tmp_path) is None
+    assert exporter.state_dict()["created"] == []  # a resumed run is not told about a version that never was
 
 
 def test_background_failure_is_raised_from_close(tmp_path: Path) -> None:
