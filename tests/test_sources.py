@@ -152,7 +152,7 @@ def test_nano_gpt_package_layout(tmp_path: Path) -> None:
 
 
 def test_real_lightning_checkpoint(tmp_path: Path) -> None:
-    import lightning as L  # noqa: N812
+    import lightning as L
 
     class LitGPT(L.LightningModule):
         def __init__(self, n_head: int = 4, n_embd: int = 32, vocab_size: int = 96) -> None:
