@@ -233,7 +233,7 @@ def nanogpt_forward(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """nanoGPT's forward pass, written from its equations, over a training-layout state dict (float32)."""
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     sd = {k: v.float() for k, v in state_dict.items()}
 
