@@ -213,12 +213,25 @@ def _run_push(args: argparse.Namespace) -> int:
 _COMMANDS = {"convert": _run_convert, "verify": _run_verify, "list": _run_list, "push": _run_push}
 
 
+def _configure_logging(level: int) -> None:
+    """Progress (INFO, DEBUG) goes to stdout and problems (WARNING and up) to stderr, so that on bad input stderr
+    holds the one ``error: ...`` line, not the progress logged before the problem was found."""
+    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    progress = logging.StreamHandler(sys.stdout)
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = logging.StreamHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    for handler in (progress, problems):
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[progress, problems])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hfexport`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(level)
     if not args.debug:
         for noisy in ("httpx", "urllib3", "filelock"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

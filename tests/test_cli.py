@@ -217,11 +217,16 @@ def test_subprocess_convert_and_error(tmp_path: Path, ckpt: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.vocab_size == 65
 
-    (tmp_path / "empty.pt").write_bytes(b"")
-    failed = _run("convert", str(tmp_path / "empty.pt"), "--output_dir", str(tmp_path / "hf2"))
+    # A NaN is found after the checkpoint was read (and that progress logged): stderr still holds one line.
+    model = make_gpt(23)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["transformer.h.0.attn.c_attn.weight"][1, 2] = float("nan")
+    torch.save({"model": state, "model_args": model.model_args()}, tmp_path / "nan.pt")
+    failed = _run("convert", str(tmp_path / "nan.pt"), "--output_dir", str(tmp_path / "hf2"))
     assert failed.returncode == 2
-    assert failed.stdout == ""
     lines = failed.stderr.splitlines()
     assert len(lines) == 1, failed.stderr
-    assert lines[0].startswith("error: ") and "empty" in lines[0]
+    assert lines[0].startswith("error: ") and "transformer.h.0.attn.c_attn.weight" in lines[0]
+    assert "--allow_nonfinite" in lines[0]
     assert not (tmp_path / "hf2").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".hf2")] == []
