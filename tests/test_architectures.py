@@ -182,3 +182,14 @@ def test_facts_from_mapping_aliases() -> None:
     facts = ModelFacts.from_mapping({"num_attention_heads": 12, "n_positions": 1024, "eps": 1e-6, "other": 1})
     assert (facts.n_head, facts.block_size, facts.layer_norm_epsilon) == (12, 1024, 1e-6)
     assert ModelFacts(n_head=2, bias=True).merged(ModelFacts(n_head=3)) == ModelFacts(n_head=3, bias=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_transposed_single_row_never_aliases_its_source(dtype: torch.dtype) -> None:
+    """A (1, N) weight is already contiguous once transposed: materialize must still copy it."""
+    from hfexport.architectures import TensorPlan
+
+    source = torch.randn(1, 8, dtype=dtype)
+    out = TensorPlan("w", source, (8, 1), transpose=True).materialize(dtype)
+    assert torch.equal(out, source.t())
+    assert out.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
