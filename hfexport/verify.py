@@ -8,7 +8,6 @@ reports the largest logit difference against a reference forward pass of the sou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .fsutil import sha256_file
 from .safetensors_io import read_header
 from .writer import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 
@@ -92,7 +92,7 @@ def verify_directory(
             if file.stat().st_size != entry.get("size"):
                 report.problems.append(f"{name}: size {file.stat().st_size} != {entry.get('size')} in the manifest")
                 continue
-            if _sha256(file) != entry.get("sha256"):
+            if sha256_file(file) != entry.get("sha256"):
                 report.problems.append(f"{name}: SHA-256 differs from the manifest (the file changed or is corrupt)")
             report.files_checked += 1
     if checkpoint is not None and report.ok:
@@ -177,14 +177,6 @@ def _check_config(config: dict[str, Any], shapes: dict[str, list[int]], report: 
     layers = {k.split(".")[2] for k in shapes if k.startswith("transformer.h.")}
     if layers and len(layers) != config.get("n_layer"):
         report.problems.append(f"config.json says n_layer={config.get('n_layer')}, the weights have {len(layers)}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def logits_difference(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HFExportError
+from .fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def set_latest(root: str | os.PathLike[str], name: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(base)
+    fsync_dir(base)
 
 
 def remove_version(version: Version) -> None:
@@ -129,14 +130,3 @@ def remove_version(version: Version) -> None:
     trash = version.path.parent / f".{version.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.replace(version.path, trash)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

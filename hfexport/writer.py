@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .errors import OutputExistsError, VerificationError
+from .fsutil import fsync_dir, fsync_tree, sha256_file
 from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header, write_safetensors
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def write_hf_directory(
             synced = pool.submit(_fsync_files, shard_files)
             _verify(tmp, result.records, files, result.sha256)
             synced.result()
-        _fsync_dir(tmp)
+        fsync_tree(tmp)
         _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -285,14 +286,14 @@ def _write_all(
         for path in sorted(tmp.rglob("*")):
             rel = path.relative_to(tmp).as_posix()
             if path.is_file() and rel not in digests:
-                digests[rel] = _sha256_file(path)
+                digests[rel] = sha256_file(path)
                 sizes[rel] = path.stat().st_size
         if manifest is not None:
             body = dict(manifest)
             body["files"] = {name: {"size": sizes[name], "sha256": digests[name]} for name in sorted(sizes)}
             _write_file(tmp / MANIFEST_NAME, (json.dumps(body, indent=2, default=str) + "\n").encode())
             sizes[MANIFEST_NAME] = (tmp / MANIFEST_NAME).stat().st_size
-            digests[MANIFEST_NAME] = _sha256_file(tmp / MANIFEST_NAME)
+            digests[MANIFEST_NAME] = sha256_file(tmp / MANIFEST_NAME)
     return _Written(records, sizes, digests)
 
 
@@ -308,14 +309,6 @@ def _write_file(path: Path, content: bytes) -> None:
         fh.write(content)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _save_tokenizer(tokenizer: Any, tmp: Path, protected: set[str]) -> None:
@@ -418,18 +411,6 @@ def _verify(
         raise VerificationError(f"files missing after writing: {missing}")
 
 
-def _fsync_dir(path: Path) -> None:
-    for sub in [p for p in path.rglob("*") if p.is_dir()] + [path]:
-        try:
-            fd = os.open(sub, os.O_RDONLY)
-        except OSError:  # e.g. Windows: directories cannot be opened
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -455,29 +436,18 @@ def _publish(tmp: Path, target: Path) -> None:
             target.rmdir()
         elif _exchange(tmp, target):
             # ``tmp`` now holds the old version; it is removed below by the caller's cleanup path.
-            _fsync_dir_only(target.parent)
+            fsync_dir(target.parent)
             shutil.rmtree(tmp, ignore_errors=True)
             return
         else:
             old = target.parent / f".{target.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
             os.replace(tmp, target)
-            _fsync_dir_only(target.parent)
+            fsync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)
             return
     os.replace(tmp, target)
-    _fsync_dir_only(target.parent)
-
-
-def _fsync_dir_only(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(target.parent)
 
 
 def clean_stale_temporaries(parent: Path, name: str | None = None) -> list[Path]:
