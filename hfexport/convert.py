@@ -204,6 +204,7 @@ def write_export(
     config["torch_dtype"] = dtype_name(dtype)  # transformers < 4.56 reads this name
     config["transformers_version"] = _transformers_version()
     generation = dict(plan.generation_config)
+    _special_ids_from_tokenizer(tokenizer, config, generation)
     generation["_from_model_config"] = True
     n_params = sum(_numel(t.shape) for t in tensors)
     card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": config.get("activation_function")}
@@ -233,6 +234,22 @@ def write_export(
         force=force,
         progress=progress,
     )
+
+
+def _special_ids_from_tokenizer(tokenizer: Any, config: dict[str, Any], generation: dict[str, Any]) -> None:
+    """Fill unknown bos/eos ids from a tokenizer object, so generation stops at end-of-text.
+
+    The GPT-2 default (50256) only applies to GPT-2's vocabulary; a model trained with its own tokenizer
+    (e.g. a small BPE with ``<|endoftext|>`` = 0) gets its ids from that tokenizer.
+    """
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        return
+    vocab = config.get("vocab_size")
+    for key in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, key, None)
+        if config.get(key) is None and isinstance(value, int) and (vocab is None or 0 <= value < vocab):
+            config[key] = value
+            generation[key] = value
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -290,7 +290,7 @@ def _empty(tmp: Path) -> Path:
 
 
 def _random(tmp: Path) -> Path:
-    (tmp / "ckpt.pt").write_bytes(os.urandom(4096))
+    (tmp / "ckpt.pt").write_bytes(os.urandom(4096))  # different bytes each run: any content must be refused cleanly
     return tmp / "ckpt.pt"
 
 

@@ -311,3 +311,19 @@ def test_leftover_temporaries_of_a_killed_run_are_cleaned_at_start(tmp_path: Pat
     assert not stale.exists() and not old.exists()
     assert alive.exists()
     assert os.listdir(tmp_path) == [alive.name]
+
+
+def test_special_token_ids_come_from_the_tokenizer_for_a_small_vocabulary(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(vocab={"<|endoftext|>": 0, "a": 1, "b": 2}, merges=[]))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    path = export_hf(tiny_gpt(), 1, tmp_path, tokenizer=tok)
+    config = json.loads((path / "config.json").read_text())
+    generation = json.loads((path / "generation_config.json").read_text())
+    assert config["eos_token_id"] == config["bos_token_id"] == 0  # not GPT-2's 50256, not null
+    assert generation["eos_token_id"] == 0
+    plain = export_hf(tiny_gpt(), 2, tmp_path)  # no tokenizer: unknown stays unknown
+    assert json.loads((plain / "config.json").read_text())["eos_token_id"] is None
