@@ -167,3 +167,30 @@ def test_lightning_callback_pushes_and_resumed_run_pushes_pending(hub_server, tm
     # documented), and so is the resumed run's final version.
     assert {"step_000004", "step_000006"} <= pushed, pushed
     assert_same_files(exports / "step_000006", "step_000006")
+
+
+# ------------------------------------------------------------------------------------------ hfexport push
+def test_cli_push_version_dir_and_export_root(hub_server, tmp_path: Path, capsys) -> None:
+    from hfexport.cli import main
+
+    export_hf(make_gpt(), 5, tmp_path)
+    version = export_hf(make_gpt(seed=1), 7, tmp_path)  # latest -> step_000007
+    assert main(["push", str(tmp_path / "step_000005"), "--repo_id", REPO]) == 0
+    assert HfApi().model_info(REPO).private is True  # created private by default
+    assert "step_000005" in tags()
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--tag", "release-1"]) == 0  # the root: its latest
+    assert "release-1" in tags()
+    assert_same_files(version, "release-1")
+    assert "pushed" in capsys.readouterr().out
+
+
+def test_cli_push_errors_are_one_line_with_exit_2(hub_server, tmp_path: Path, capsys) -> None:
+    from hfexport.cli import main
+
+    export_hf(make_gpt(), 1, tmp_path)
+    assert main(["push", str(tmp_path / "step_000001"), "--repo_id", REPO, "--token", "hf_wrong"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "token" in err[0] and "hf_wrong" not in err[0]
+    assert main(["push", str(tmp_path / "nowhere"), "--repo_id", REPO]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["push", str(tmp_path / "step_000001"), "--repo_id", "not-a-repo-id"]) == 2
