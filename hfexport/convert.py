@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -206,7 +207,7 @@ def write_export(
     generation = dict(plan.generation_config)
     _special_ids_from_tokenizer(tokenizer, config, generation)
     generation["_from_model_config"] = True
-    n_params = sum(_numel(t.shape) for t in tensors)
+    n_params = sum(math.prod(t.shape) for t in tensors)
     card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": config.get("activation_function")}
     card.update(dict(card_facts or {}))
     files: dict[str, bytes | str] = {
@@ -250,13 +251,6 @@ def _special_ids_from_tokenizer(tokenizer: Any, config: dict[str, Any], generati
         if config.get(key) is None and isinstance(value, int) and (vocab is None or 0 <= value < vocab):
             config[key] = value
             generation[key] = value
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _transformers_version() -> str | None:

@@ -18,6 +18,7 @@ import ctypes.util
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -66,10 +67,7 @@ class OutputTensor:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass

@@ -10,6 +10,7 @@ time (peak memory of one tensor) and the exporter can snapshot everything at onc
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -62,7 +63,7 @@ class ModelFacts:
 
     def merged(self, override: ModelFacts) -> ModelFacts:
         """These facts with every non-``None`` field of ``override`` taking precedence."""
-        merged = {k: v for k, v in vars(self).items()}
+        merged = dict(vars(self))
         merged.update({k: v for k, v in vars(override).items() if v is not None})
         return ModelFacts(**merged)
 
@@ -111,10 +112,7 @@ class TensorPlan:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
