@@ -22,8 +22,9 @@ from . import architectures
 from .architectures import ConversionPlan, ModelFacts, TensorPlan
 from .card import render_model_card
 from .errors import ConversionError
+from .safetensors_io import OutputTensor
 from .sources import load_checkpoint
-from .writer import OutputTensor, WriteResult, write_hf_directory
+from .writer import WriteResult, write_hf_directory
 
 logger = logging.getLogger(__name__)
 
@@ -101,20 +102,21 @@ def plan_conversion(
 
 
 def output_tensors(plan: ConversionPlan, dtype: torch.dtype, *, allow_nonfinite: bool = False) -> list[OutputTensor]:
-    """The plan's tensors in ``dtype``, produced lazily (one alive at a time) and checked for NaN/inf.
+    """The plan's tensors in ``dtype``, produced lazily chunk by chunk into the writer's buffers, checked for NaN/inf.
 
     Args:
         plan: The conversion plan.
-        dtype: The target dtype; each source is cast exactly once.
+        dtype: The target dtype; every source value is cast exactly once.
         allow_nonfinite: Write NaN/inf values instead of refusing them.
     """
     outputs = []
     for tp in plan.tensors:
 
-        def get(tp: TensorPlan = tp) -> torch.Tensor:
-            return check_finite(tp.name, tp.materialize(dtype), dtype, allow_nonfinite, source=tp.source)
+        def fill(out: torch.Tensor, start: int, stop: int, tp: TensorPlan = tp) -> None:
+            tp.fill(out, start, stop)
+            check_finite(tp.name, out, dtype, allow_nonfinite, source=tp.source)
 
-        outputs.append(OutputTensor(tp.name, dtype, tp.shape, get))
+        outputs.append(OutputTensor(tp.name, dtype, tp.shape, fill=fill, whole=tp.transpose))
     return outputs
 
 
@@ -180,6 +182,7 @@ def write_export(
     force: bool = False,
     allow_nonfinite: bool = False,
     progress: bool | None = None,
+    workers: int | None = 1,
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -195,6 +198,8 @@ def write_export(
         force: Replace a non-empty ``output_dir``.
         allow_nonfinite: Write NaN/inf instead of refusing.
         progress: Progress bar (``None``: only on a terminal).
+        workers: Threads producing and writing the weights (``None``: one per CPU, at most 4; ``1``: the calling
+            thread only, what the exporter uses so that a background export leaves the cores to training).
     """
     from . import __version__
 
@@ -234,7 +239,17 @@ def write_export(
         max_shard_size=max_shard_size,
         force=force,
         progress=progress,
+        workers=default_workers() if workers is None else workers,
     )
+
+
+def default_workers() -> int:
+    """Writer threads for a conversion that has the machine to itself: one per CPU, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
 
 
 def _special_ids_from_tokenizer(tokenizer: Any, config: dict[str, Any], generation: dict[str, Any]) -> None:
@@ -336,6 +351,7 @@ def convert_checkpoint(
         force=force,
         allow_nonfinite=allow_nonfinite,
         progress=progress,
+        workers=None,
     )
     logger.info("Converted %s → %s in %.2fs", ckpt.path, result.path, time.perf_counter() - start)
     return out

@@ -1,33 +1,34 @@
 """Streaming safetensors writer and a byte-level reader for verification.
 
-``safetensors.torch.save_file`` needs every tensor in memory at once; hfexport writes a plan one tensor at a
-time instead (the header only needs names, dtypes and shapes, which are known up front), so converting a
-checkpoint costs one or two tensors of extra memory (one being written while the next is produced), not the
-whole model. The format written is the standard one
-(8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then the raw bytes) and is
-read back by ``safetensors.safe_open`` during verification.
+``safetensors.torch.save_file`` needs every tensor in memory at once; hfexport writes a plan chunk by chunk
+instead (the header only needs names, dtypes and shapes, which are known up front, so every tensor's place in
+the file is known before any of it is produced). Each tensor is cut into chunks of about 8 MB along its first
+dimension (a transposed weight is produced whole: its rows are the source's columns), and
+:func:`hfexport.chunkio.write_chunks` produces, writes and checks the chunks with one or more worker threads.
+Memory held: a staging buffer and a read-back buffer per worker, never a whole model. The format written is the
+standard one (8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then the raw
+bytes) and is read back by ``safetensors.safe_open`` during verification.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
+import math
 import struct
-import sys
-import zlib
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
+from .checksum import crc32_concat
+from .chunkio import Chunk, ChunkedFile, write_chunks
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTYPE_NAMES", "TensorRecord", "read_header", "tensor_bytes", "write_safetensors"]
+__all__ = ["DTYPE_NAMES", "OutputTensor", "TensorRecord", "read_header", "tensor_bytes", "write_safetensors"]
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -41,6 +42,48 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+
+CHUNK_BYTES = 8 << 20  # a chunk of a tensor: fits the caches of the checks that follow its production
+WHOLE_MAX = 64 << 20  # tensors that prefer to be produced whole (transposes) are, up to this size
+
+
+@dataclass
+class OutputTensor:
+    """One tensor to write: its header facts up front, its data produced on demand, in pieces.
+
+    Give ``fill`` (preferred) or ``get``.
+
+    Attributes:
+        name: The tensor's name in the file.
+        dtype: Its dtype.
+        shape: Its shape.
+        get: Returns the whole tensor (contiguous, CPU, ``dtype`` and ``shape``).
+        fill: ``fill(out, start, stop)`` writes rows ``start:stop`` (along the first dimension) into ``out``, a
+            contiguous CPU tensor of ``dtype`` and shape ``(stop - start, *shape[1:])`` (for a 0-d tensor:
+            shape ``()``, rows ``0:1``). May be called from several threads at once, for different rows.
+        whole: Prefer one call for the whole tensor (e.g. a transpose, whose output rows are strided columns of
+            its source) as long as it is at most ``WHOLE_MAX`` bytes.
+    """
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    get: Callable[[], torch.Tensor] | None = None
+    fill: Callable[[torch.Tensor, int, int], None] | None = None
+    whole: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def materialize(self) -> torch.Tensor:
+        """The whole tensor, as a new contiguous CPU tensor (what the writer streams, in one piece)."""
+        if self.fill is None:
+            assert self.get is not None, f"OutputTensor {self.name!r} has neither fill nor get"
+            return self.get()
+        out = torch.empty(self.shape, dtype=self.dtype)
+        self.fill(out, 0, self.shape[0] if self.shape else 1)
+        return out
 
 
 @dataclass
@@ -79,103 +122,95 @@ def _header(records: list[TensorRecord], metadata: dict[str, str]) -> bytes:
 
 
 def write_safetensors(
-    fh: BinaryIO,
+    path: str | Path,
     records: list[TensorRecord],
-    tensors: Iterable[torch.Tensor],
+    tensors: Sequence[OutputTensor],
     *,
     metadata: dict[str, str] | None = None,
-    on_bytes: Callable[[memoryview], None] | None = None,
-) -> None:
-    """Write a safetensors file whose tensors arrive one at a time.
-
-    Writing a tensor (the copy into the page cache, its CRC-32 and ``on_bytes``, e.g. a SHA-256) runs on a
-    helper thread while the next tensor is produced (cast, transposed, checked) on the calling thread: all of
-    these release the GIL, so the two overlap. At most two tensors are alive: the one being written and the
-    one being produced.
+    workers: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> ChunkedFile:
+    """Create a safetensors file whose tensors are produced chunk by chunk (see :mod:`hfexport.chunkio`).
 
     Args:
-        fh: A binary file opened for writing.
-        records: Name, dtype and shape of each tensor, in the order ``tensors`` yields them. Their ``crc32``
-            is filled in as the bytes are written.
-        tensors: The tensors (contiguous, CPU), produced lazily so only one or two need to be alive.
+        path: The file to create (it must not exist).
+        records: Name, dtype and shape of each tensor, in file order (``tensors``' order). Their ``crc32`` is
+            filled in.
+        tensors: How to produce each tensor.
         metadata: The header's ``__metadata__``; ``{"format": "pt"}`` by default.
-        on_bytes: Called with every chunk written (e.g. a progress bar or a hash), in file order.
+        workers: Threads producing and writing chunks in parallel (``1``: the calling thread only).
+        on_progress: Called with the byte count of every tensor chunk written and checked.
+
+    Returns:
+        The file's size and CRC-32.
+
+    Raises:
+        ValueError: ``records`` and ``tensors`` disagree, or a ``get`` returned the wrong dtype or shape.
     """
+    if len(records) != len(tensors):
+        raise ValueError(f"{len(records)} tensors announced, {len(tensors)} given")
     head = _header(records, metadata or {"format": "pt"})
-    fh.write(head)
-    if on_bytes:
-        on_bytes(memoryview(head))
-
-    unflushed = [0]
-
-    def write_one(rec: TensorRecord, tensor: torch.Tensor) -> None:
-        data = tensor_bytes(tensor)
-        fh.write(data)
-        unflushed[0] += len(data)
-        if unflushed[0] >= _WRITEBACK_BYTES:  # let the disk work while the next tensors are produced
-            fh.flush()
-            _start_writeback(fh)
-            unflushed[0] = 0
-        rec.crc32 = zlib.crc32(data)
-        if on_bytes:
-            on_bytes(data)
-        del data
-
-    # Pull tensors one by one (not ``zip``: its reused result tuple would keep one more tensor alive).
-    source = iter(tensors)
-    count = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-write") as pool:
-        pending: Future[None] | None = None
-        try:
-            for rec in records:
-                tensor = next(source, None)
-                if tensor is None:
-                    break
-                count += 1
-                if tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
-                    raise ValueError(
-                        f"Tensor {rec.name!r} is {tensor.dtype} {tuple(tensor.shape)}, the header says "
-                        f"{rec.dtype} {rec.shape}"
-                    )
-                if pending is not None:
-                    pending.result()  # in order, and never more than one tensor waiting to be written
-                pending = pool.submit(write_one, rec, tensor)
-                del tensor
-            if pending is not None:
-                pending.result()
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-    if count != len(records) or next(source, None) is not None:
-        raise ValueError(f"{len(records)} tensors announced, {count if count < len(records) else 'more'} given")
+    chunks = [Chunk(0, torch.uint8, (len(head),), data=head)]
+    owners = [-1]
+    offset = len(head)
+    for i, (rec, tensor) in enumerate(zip(records, tensors, strict=True)):
+        if tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
+            raise ValueError(
+                f"Tensor {rec.name!r} is {tensor.dtype} {tuple(tensor.shape)}, the header says {rec.dtype} {rec.shape}"
+            )
+        for chunk in _chunks(tensor, offset):
+            chunks.append(chunk)
+            owners.append(i)
+            offset += chunk.nbytes
+    result = write_chunks(path, chunks, workers=workers, on_progress=on_progress)
+    for i, rec in enumerate(records):
+        rec.crc32 = crc32_concat(
+            (crc, ch.nbytes) for crc, ch, owner in zip(result.chunk_crc32, chunks, owners, strict=True) if owner == i
+        )
+    return result
 
 
-_WRITEBACK_BYTES = 64 << 20
-_SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range: Any = None
+def _chunks(tensor: OutputTensor, offset: int) -> list[Chunk]:
+    """The tensor's chunks, starting at file offset ``offset``."""
+    shape = tuple(tensor.shape)
+    nbytes = tensor.nbytes
+    rows = shape[0] if shape else 1
+    if tensor.fill is None:
+        return [Chunk(offset, tensor.dtype, shape, produce=_from_get(tensor))]
+    fill = tensor.fill
+    if not shape or nbytes <= CHUNK_BYTES or rows <= 1 or (tensor.whole and nbytes <= WHOLE_MAX):
+        return [Chunk(offset, tensor.dtype, shape, produce=lambda out: fill(out, 0, rows))]
+    row_bytes = nbytes // rows
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    chunks = []
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        chunks.append(
+            Chunk(
+                offset,
+                tensor.dtype,
+                (stop - start, *shape[1:]),
+                produce=lambda out, start=start, stop=stop: fill(out, start, stop),
+            )
+        )
+        offset += (stop - start) * row_bytes
+    return chunks
 
 
-def _start_writeback(fh: BinaryIO) -> None:
-    """Start (not wait for) the disk write of a file's dirty pages: Linux ``sync_file_range``, best effort.
+def _from_get(tensor: OutputTensor) -> Callable[[torch.Tensor], None]:
+    assert tensor.get is not None, f"OutputTensor {tensor.name!r} has neither fill nor get"
+    get = tensor.get
 
-    The final ``fsync`` then has little left to do: the disk writes overlap the conversion instead of following
-    it. Elsewhere, or when the call fails, nothing happens (the ``fsync`` still makes the file durable).
-    """
-    global _sync_file_range
-    if _sync_file_range is None:
-        _sync_file_range = False
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-                func = libc.sync_file_range
-                func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                func.restype = ctypes.c_int
-                _sync_file_range = func
-            except (OSError, AttributeError):
-                pass
-    if _sync_file_range:
-        with contextlib.suppress(OSError, ValueError, ctypes.ArgumentError):  # e.g. no fileno(): nothing to start
-            _sync_file_range(fh.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)
+    def produce(out: torch.Tensor) -> None:
+        value = get()
+        if value.dtype != tensor.dtype or tuple(value.shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"Tensor {tensor.name!r} is {value.dtype} {tuple(value.shape)}, the header says "
+                f"{tensor.dtype} {tuple(tensor.shape)}"
+            )
+        out.copy_(value)
+
+    return produce
 
 
 def read_header(fh: BinaryIO) -> tuple[dict[str, Any], int]:

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from .architectures import ConversionPlan, TensorPlan
+from .architectures import ConversionPlan, TensorPlan, transpose_into
 from .convert import check_finite, plan_conversion
 from .errors import ConversionError
+from .safetensors_io import OutputTensor
 from .sources import model_facts, strip_prefixes, unwrap_model
-from .writer import OutputTensor
 
 logger = logging.getLogger(__name__)
 
@@ -197,11 +197,20 @@ def snapshot_outputs(snapshot: Snapshot, *, allow_nonfinite: bool = False) -> li
         transpose = tp.name in snapshot.untransposed
         shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
 
-        def get(tensor: torch.Tensor = tensor, name: str = tp.name, transpose: bool = transpose) -> torch.Tensor:
+        def fill(
+            out: torch.Tensor,
+            start: int,
+            stop: int,
+            tensor: torch.Tensor = tensor,
+            name: str = tp.name,
+            transpose: bool = transpose,
+        ) -> None:
             if transpose:
-                tensor = tensor.t().contiguous()
+                transpose_into(out, tensor, start, stop)
+            else:
+                out.copy_(tensor[start:stop] if tensor.dim() else tensor)
             # A float16 snapshot with inf may come from a finite model: the message says so and suggests bf16.
-            return check_finite(name, tensor, tensor.dtype, allow_nonfinite)
+            check_finite(name, out, out.dtype, allow_nonfinite)
 
-        outputs.append(OutputTensor(tp.name, tensor.dtype, shape, get))
+        outputs.append(OutputTensor(tp.name, tensor.dtype, shape, fill=fill, whole=transpose))
     return outputs

@@ -1,11 +1,13 @@
 """Writing a Hugging Face model directory atomically, then proving it holds what was meant.
 
 Everything goes into a hidden temporary sibling (``.NAME.tmp-PID-XXXX``) of the target: safetensors shards
-(streamed one tensor at a time) and their index, ``config.json`` and the other small files, the tokenizer,
-and ``hfexport.json`` (a manifest with every file's size and SHA-256). Each file and the directory are fsynced,
-the result is verified (names, dtypes, shapes, byte checksums, JSON contents), and only then the directory is
-renamed into place. Replacing an existing directory (``force``) swaps the two atomically where the OS allows
-(Linux ``renameat2(RENAME_EXCHANGE)``), so readers see the old version or the new one, never a mix.
+(produced and written chunk by chunk, each chunk read back and compared as soon as it is written: see
+:mod:`hfexport.chunkio`) and their index, ``config.json`` and the other small files, the tokenizer, and
+``hfexport.json`` (a manifest with every file's size and CRC-32). Each file and the directory are fsynced, the
+result is verified again as a whole (every shard reopened with ``safetensors``: names, dtypes, shapes, offsets,
+sizes; the small files' contents), and only then the directory is renamed into place. Replacing an existing
+directory (``force``) swaps the two atomically where the OS allows (Linux ``renameat2(RENAME_EXCHANGE)``), so
+readers see the old version or the new one, never a mix.
 
 A failure removes the temporary directory; a killed process leaves only a hidden temporary, which
 :func:`clean_stale_temporaries` removes on the next run.
@@ -15,27 +17,25 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .checksum import crc32_file
 from .errors import OutputExistsError, VerificationError
-from .fsutil import fsync_dir, fsync_tree, sha256_file
-from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header, write_safetensors
+from .fsutil import fsync_dir, fsync_tree
+from .safetensors_io import DTYPE_NAMES, OutputTensor, TensorRecord, read_header, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +53,6 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
-_VERIFY_CHUNK = 8 << 20  # bytes re-read at a time by the verification
-
-
-@dataclass
-class OutputTensor:
-    """One tensor to write: its header facts up front, its data on demand (so it can be produced lazily)."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    get: Callable[[], torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass
@@ -77,7 +62,7 @@ class WriteResult:
     Attributes:
         path: The published directory.
         files: File name → size in bytes.
-        sha256: File name → hex digest.
+        crc32: File name → CRC-32 as 8 hex digits (the checksum of zip and gzip).
         tensor_count: Number of tensors written.
         tensor_bytes: Bytes of tensor data written.
         seconds: Wall time of the whole write, verification included.
@@ -85,7 +70,7 @@ class WriteResult:
 
     path: Path
     files: dict[str, int] = field(default_factory=dict)
-    sha256: dict[str, str] = field(default_factory=dict)
+    crc32: dict[str, str] = field(default_factory=dict)
     tensor_count: int = 0
     tensor_bytes: int = 0
     seconds: float = 0.0
@@ -153,6 +138,7 @@ def write_hf_directory(
     max_shard_size: int | str = "5GB",
     force: bool = False,
     progress: bool | None = None,
+    workers: int = 1,
 ) -> WriteResult:
     """Write a complete Hugging Face directory atomically and verify it.
 
@@ -165,6 +151,7 @@ def write_hf_directory(
         max_shard_size: Past this many bytes of tensors, write shards plus ``model.safetensors.index.json``.
         force: Replace a non-empty ``output_dir`` (atomically).
         progress: Show a progress bar; ``None`` shows it only on a terminal.
+        workers: Threads producing and writing the weights in parallel (``1``: the calling thread only).
 
     Returns:
         What was written.
@@ -181,13 +168,12 @@ def write_hf_directory(
     tmp = target.parent / f".{target.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        result = _write_all(tmp, tensors, files, manifest, tokenizer, parse_size(max_shard_size), progress)
+        result = _write_all(tmp, tensors, files, manifest, tokenizer, parse_size(max_shard_size), progress, workers)
         shard_files = sorted({tmp / rec.file for rec in result.records})
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-fsync") as pool:
-            # The disk flush and the verification (which reads the page cache: the same bytes either way) overlap;
-            # nothing is published before both are done.
+            # The disk flush and the final verification overlap; nothing is published before both are done.
             synced = pool.submit(_fsync_files, shard_files)
-            _verify(tmp, result.records, files, result.sha256)
+            _verify(tmp, result.records, files, result.crc32)
             synced.result()
         fsync_tree(tmp)
         _publish(tmp, target)
@@ -197,7 +183,7 @@ def write_hf_directory(
     out = WriteResult(
         path=target,
         files=result.sizes,
-        sha256=result.sha256,
+        crc32=result.crc32,
         tensor_count=len(result.records),
         tensor_bytes=sum(r.nbytes for r in result.records),
         seconds=time.perf_counter() - start,
@@ -216,7 +202,7 @@ def write_hf_directory(
 class _Written:
     records: list[TensorRecord]
     sizes: dict[str, int]
-    sha256: dict[str, str]
+    crc32: dict[str, str]
 
 
 def _shard(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:
@@ -239,6 +225,7 @@ def _write_all(
     tokenizer: Any,
     max_shard: int,
     progress: bool | None,
+    workers: int,
 ) -> _Written:
     from tqdm.auto import tqdm
 
@@ -250,28 +237,23 @@ def _write_all(
     disable = (not sys.stderr.isatty()) if progress is None else not progress
     records: list[TensorRecord] = []
     sizes: dict[str, int] = {}
-    digests: dict[str, str] = {}
+    checksums: dict[str, str] = {}
     with tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=disable, leave=False) as bar:
+        bar_lock = threading.Lock()
+
+        def advance(n: int) -> None:  # called from the writer's worker threads
+            with bar_lock:
+                bar.update(n)
+
         weight_map: dict[str, str] = {}
         for i, shard in enumerate(shards):
             fname = SINGLE_FILE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             recs = [TensorRecord(t.name, t.dtype, t.shape, t.nbytes, file=fname) for t in shard]
-            digest = hashlib.sha256()
-
-            seen_header = [False]
-
-            def on_bytes(chunk: memoryview, digest: Any = digest, seen_header: list[bool] = seen_header) -> None:
-                digest.update(chunk)
-                if seen_header[0]:  # the progress total counts tensor bytes only
-                    bar.update(len(chunk))
-                seen_header[0] = True
-
-            with open(tmp / fname, "wb") as fh:
-                write_safetensors(fh, recs, (t.get() for t in shard), on_bytes=on_bytes)
-                # fsynced by write_hf_directory, while the bytes are verified
+            written = write_safetensors(tmp / fname, recs, shard, workers=workers, on_progress=advance)
+            # fsynced by write_hf_directory, while the directory is verified
             records.extend(recs)
-            sizes[fname] = (tmp / fname).stat().st_size
-            digests[fname] = digest.hexdigest()
+            sizes[fname] = written.size
+            checksums[fname] = f"{written.crc32:08x}"
             weight_map.update({r.name: fname for r in recs})
         small: dict[str, bytes] = {k: (v.encode() if isinstance(v, str) else v) for k, v in files.items()}
         if len(shards) > 1:
@@ -279,20 +261,23 @@ def _write_all(
             small[INDEX_FILE] = (json.dumps(index, indent=2) + "\n").encode()
         for name, content in small.items():
             _write_file(tmp / name, content)
+            sizes[name] = len(content)
+            checksums[name] = f"{zlib.crc32(content):08x}"
         if tokenizer is not None:
             _save_tokenizer(tokenizer, tmp, protected=set(small) | set(sizes))
         for path in sorted(tmp.rglob("*")):
             rel = path.relative_to(tmp).as_posix()
-            if path.is_file() and rel not in digests:
-                digests[rel] = sha256_file(path)
+            if path.is_file() and rel not in checksums:
+                checksums[rel] = f"{crc32_file(path):08x}"
                 sizes[rel] = path.stat().st_size
         if manifest is not None:
             body = dict(manifest)
-            body["files"] = {name: {"size": sizes[name], "sha256": digests[name]} for name in sorted(sizes)}
-            _write_file(tmp / MANIFEST_NAME, (json.dumps(body, indent=2, default=str) + "\n").encode())
-            sizes[MANIFEST_NAME] = (tmp / MANIFEST_NAME).stat().st_size
-            digests[MANIFEST_NAME] = sha256_file(tmp / MANIFEST_NAME)
-    return _Written(records, sizes, digests)
+            body["files"] = {name: {"size": sizes[name], "crc32": checksums[name]} for name in sorted(sizes)}
+            content = (json.dumps(body, indent=2, default=str) + "\n").encode()
+            _write_file(tmp / MANIFEST_NAME, content)
+            sizes[MANIFEST_NAME] = len(content)
+            checksums[MANIFEST_NAME] = f"{zlib.crc32(content):08x}"
+    return _Written(records, sizes, checksums)
 
 
 def _fsync_files(paths: Sequence[Path]) -> None:
@@ -346,9 +331,14 @@ def _save_tokenizer(tokenizer: Any, tmp: Path, protected: set[str]) -> None:
 
 
 def _verify(
-    tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes | str], sha256: Mapping[str, str]
+    tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes | str], checksums: Mapping[str, str]
 ) -> None:
-    """Reopen everything and compare with what was meant to be written."""
+    """Reopen everything and compare it with what was meant to be written.
+
+    The tensor bytes were read back and compared chunk by chunk as they were written (:mod:`hfexport.chunkio`);
+    this checks each shard as a whole, through ``safetensors`` (names, dtypes, shapes, metadata) and its header
+    (offsets, sizes), and the small files' contents.
+    """
     from safetensors import safe_open
 
     by_file: dict[str, list[TensorRecord]] = {}
@@ -372,28 +362,19 @@ def _verify(
                         f"{fname}: {rec.name} is {sl.get_dtype()} {sl.get_shape()}, expected "
                         f"{DTYPE_NAMES[rec.dtype]} {list(rec.shape)}"
                     )
-        # Re-read the bytes through one small reused buffer (not an mmap of the whole file, whose touched pages
-        # would count in this process's RSS: a whole output's worth on top of the mmap'd checkpoint).
         with open(path, "rb", buffering=0) as fh:
             header, data_start = read_header(fh)
             size = os.fstat(fh.fileno()).st_size
-            buffer = memoryview(bytearray(_VERIFY_CHUNK))
-            for rec in recs:
-                begin, end = header[rec.name]["data_offsets"]
-                if end - begin != rec.nbytes:
-                    raise VerificationError(f"{fname}: {rec.name} has {end - begin} bytes, expected {rec.nbytes}")
-                fh.seek(data_start + begin)
-                crc, left = 0, end - begin
-                while left:
-                    n = fh.readinto(buffer[: min(left, len(buffer))])
-                    if not n:
-                        raise VerificationError(f"{fname}: the file ends inside {rec.name}")
-                    crc = zlib.crc32(buffer[:n], crc)
-                    left -= n
-                if crc != rec.crc32:
-                    raise VerificationError(f"{fname}: the bytes of {rec.name} differ from what was written")
-            if size != data_start + sum(r.nbytes for r in recs):
-                raise VerificationError(f"{fname}: file size {size} does not match its header")
+        position = 0
+        for rec in recs:
+            begin, end = header[rec.name]["data_offsets"]
+            if (begin, end) != (position, position + rec.nbytes):
+                raise VerificationError(
+                    f"{fname}: {rec.name} lies at bytes {begin}:{end}, expected {position}:{position + rec.nbytes}"
+                )
+            position = end
+        if size != data_start + position:
+            raise VerificationError(f"{fname}: file size {size} does not match its header")
     for name, content in files.items():
         expected_bytes = content.encode() if isinstance(content, str) else content
         if (tmp / name).read_bytes() != expected_bytes:
@@ -404,7 +385,7 @@ def _verify(
         index = json.loads((tmp / INDEX_FILE).read_text())
         if index["weight_map"] != {r.name: r.file for r in records}:
             raise VerificationError(f"{INDEX_FILE} does not map every tensor to its shard")
-    missing = [name for name in sha256 if not (tmp / name).is_file()]
+    missing = [name for name in checksums if not (tmp / name).is_file()]
     if missing:
         raise VerificationError(f"files missing after writing: {missing}")
 

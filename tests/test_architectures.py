@@ -193,3 +193,28 @@ def test_transposed_single_row_never_aliases_its_source(dtype: torch.dtype) -> N
     out = TensorPlan("w", source, (8, 1), transpose=True).materialize(dtype)
     assert torch.equal(out, source.t())
     assert out.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fill_of_any_row_range_equals_the_materialized_rows(dtype: torch.dtype) -> None:
+    """The writer fills chunks of rows: every range, transposed or not, trimmed or zero, equals those rows."""
+    plan = plan_conversion(sd_of(), ModelFacts(n_head=4, bias=False), vocab_size=50)
+    for tp in plan.tensors:
+        whole = tp.materialize(dtype)
+        rows = tp.shape[0]
+        for start, stop in [(0, rows), (0, 1), (rows - 1, rows), (1, max(2, rows // 3)), (rows // 2, rows)]:
+            out = torch.full((stop - start, *tp.shape[1:]), 7.0, dtype=dtype)
+            tp.fill(out, start, stop)
+            assert torch.equal(out, whole[start:stop]), (tp.name, start, stop)
+
+
+def test_transpose_into_casts_and_transposes_whole_or_by_column_range() -> None:
+    from hfexport.architectures import transpose_into
+
+    src = torch.randn(200, 96)  # more rows than one band, not a multiple of it
+    out = torch.empty(96, 200, dtype=torch.bfloat16)
+    transpose_into(out, src)
+    assert torch.equal(out, src.t().to(torch.bfloat16))
+    part = torch.empty(10, 200, dtype=torch.bfloat16)
+    transpose_into(part, src, 40, 50)
+    assert torch.equal(part, src[:, 40:50].t().to(torch.bfloat16))

@@ -175,7 +175,7 @@ def test_verify_exit_codes(tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFix
         fh.write(b"\xff" * 4)
     assert main(["verify", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "error: model.safetensors: SHA-256" in captured.err
+    assert "error: model.safetensors: CRC-32" in captured.err
     assert "ok" not in captured.out.split()
     assert main(["verify", str(tmp_path / "nothing")]) == 1
 

@@ -216,6 +216,42 @@ def test_sharded_output_loads_with_equal_logits(tmp_path: Path) -> None:
     assert float((hf_logits(out, ids) - ref_logits(model, ids)).abs().max()) <= 1e-5
 
 
+@pytest.mark.parametrize("direct_io", ["1", "0"])
+def test_small_chunks_and_parallel_workers_write_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_io: str
+) -> None:
+    """Tensors cut into many chunks (transposes by column ranges), three workers, direct I/O on or off: the files
+    are byte for byte those of a conversion with the defaults, and load with the model's logits."""
+    from hfexport import convert as convert_module
+    from hfexport import safetensors_io
+    from hfexport.convert import output_tensors, plan_conversion
+    from hfexport.sources import load_checkpoint
+
+    model = make_gpt(21, bias=False, vocab_size=120)
+    ckpt = save_nanogpt(model, tmp_path / "ckpt.pt")
+    reference = convert_checkpoint(ckpt, tmp_path / "reference", dtype="float32", vocab_size=100)
+
+    monkeypatch.setenv("HFEXPORT_DIRECT_IO", direct_io)
+    monkeypatch.setattr(safetensors_io, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(safetensors_io, "WHOLE_MAX", 3000)
+    monkeypatch.setattr(convert_module, "default_workers", lambda: 3)
+    loaded = load_checkpoint(ckpt)
+    outputs = output_tensors(plan_conversion(loaded.state_dict, loaded.facts, vocab_size=100), torch.float32)
+    pieces = {o.name: len(safetensors_io._chunks(o, 0)) for o in outputs}
+    assert pieces["transformer.h.0.mlp.c_fc.weight"] > 4 and pieces["transformer.wte.weight"] > 4
+    out = convert_checkpoint(ckpt, tmp_path / "chunked", dtype="float32", vocab_size=100)
+
+    for name in ("model.safetensors", "config.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    files = json.loads((out / "hfexport.json").read_text())["files"]
+    assert (
+        files["model.safetensors"]
+        == json.loads((reference / "hfexport.json").read_text())["files"]["model.safetensors"]
+    )
+    ids = token_ids(100)
+    assert float((hf_logits(out, ids) - ref_logits(model, ids)[..., :100]).abs().max()) <= 1e-5
+
+
 def make_tokenizer_dir(path: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -65,7 +67,7 @@ def _truncate(path: Path) -> None:
 
 
 DAMAGE = {
-    "flipped_byte": (lambda d: _corrupt_byte(d / "model.safetensors"), "SHA-256"),
+    "flipped_byte": (lambda d: _corrupt_byte(d / "model.safetensors"), "CRC-32"),
     "truncated": (lambda d: _truncate(d / "model.safetensors"), "truncated"),
     "truncated_to_nothing": (lambda d: (d / "model.safetensors").write_bytes(b"\x01"), "not a safetensors file"),
     "config_deleted": (lambda d: (d / "config.json").unlink(), "config.json is missing"),
@@ -84,6 +86,26 @@ def test_damage_is_reported(export: tuple[Path, Path, torch.nn.Module], case: st
     assert not report.ok
     assert any(words in p for p in report.problems), report.problems
     assert report.max_logit_diff is None  # no logits compared on a damaged directory
+
+
+def test_manifest_checksums_crc32_and_earlier_sha256(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    """Manifests carry CRC-32s; the SHA-256s of manifests from earlier development versions are still checked."""
+    out, _, _ = export
+    path = out / "hfexport.json"
+    manifest = json.loads(path.read_text())
+    for name, entry in manifest["files"].items():
+        assert entry["crc32"] == f"{zlib.crc32((out / name).read_bytes()):08x}", name
+        entry.pop("crc32")
+        entry["sha256"] = hashlib.sha256((out / name).read_bytes()).hexdigest()
+    path.write_text(json.dumps(manifest))
+    assert verify_directory(out).ok
+    _corrupt_byte(out / "model.safetensors")
+    report = verify_directory(out)
+    assert report.problems == ["model.safetensors: SHA-256 differs from the manifest (the file changed or is corrupt)"]
+    for entry in manifest["files"].values():
+        entry.pop("sha256")
+    path.write_text(json.dumps(manifest))
+    assert "config.json: no checksum in the manifest" in verify_directory(out).problems
 
 
 def _rewrite_weights(out: Path, edit) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import weakref
+import zlib
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,9 @@ def test_round_trip_with_safetensors(tmp_path: Path, max_shard_size: int | str) 
     assert manifest["step"] == 7
     assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {"hfexport.json"}
     for name, entry in manifest["files"].items():
-        assert entry["size"] == (out / name).stat().st_size
-        assert entry["sha256"] == result.sha256[name]
+        data = (out / name).read_bytes()
+        assert entry["size"] == len(data)
+        assert entry["crc32"] == result.crc32[name] == f"{zlib.crc32(data):08x}", name
     assert (out / "config.json").read_text() == FILES["config.json"]
     assert hidden(tmp_path) == []
 
@@ -183,10 +185,16 @@ def test_parse_size_refuses(text: str | int) -> None:
 
 def test_write_safetensors_counts_and_crc(tmp_path: Path) -> None:
     recs = [TensorRecord("a", torch.float32, (2,), 8), TensorRecord("b", torch.float32, (2,), 8)]
-    with open(tmp_path / "x.safetensors", "wb") as fh, pytest.raises(ValueError):
-        write_safetensors(fh, recs, iter([torch.zeros(2)]))
-    with open(tmp_path / "y.safetensors", "wb") as fh:
-        write_safetensors(fh, recs, iter([torch.zeros(2), torch.ones(2)]))
+    with pytest.raises(ValueError, match="2 tensors announced, 1 given"):
+        write_safetensors(tmp_path / "x.safetensors", recs, tensors_of({"a": torch.zeros(2)}))
+    assert not (tmp_path / "x.safetensors").exists()
+    result = write_safetensors(tmp_path / "y.safetensors", recs, tensors_of({"a": torch.zeros(2), "b": torch.ones(2)}))
+    data = (tmp_path / "y.safetensors").read_bytes()
+    assert result.size == len(data) and result.crc32 == zlib.crc32(data)
+    header, start = read_header(open(tmp_path / "y.safetensors", "rb"))  # noqa: SIM115
+    for rec in recs:
+        begin, end = header[rec.name]["data_offsets"]
+        assert rec.crc32 == zlib.crc32(data[start + begin : start + end]), rec.name
     assert recs[0].crc32 != recs[1].crc32
     assert load_file(str(tmp_path / "y.safetensors"))["b"].tolist() == [1.0, 1.0]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import CheckpointError
-from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan
+from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, transpose_into
 from .gpt2 import ACTIVATIONS, GPT2
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ __all__ = [
     "get",
     "register",
     "registered",
+    "transpose_into",
 ]
 
 _REGISTRY: dict[str, Architecture] = {}

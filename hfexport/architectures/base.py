@@ -3,8 +3,9 @@
 An architecture turns a training state dict (prefixes already stripped) plus the facts its shapes do not
 carry into a :class:`ConversionPlan`: the list of output tensors, each a recipe over a source tensor
 (rename, transpose, keep the first rows, or zeros), and the Hugging Face ``config.json``. Plans are lazy:
-nothing is copied until :meth:`TensorPlan.materialize` is called, so the writer can stream one tensor at a
-time (peak memory of one tensor) and the exporter can snapshot everything at once (training goes on).
+nothing is copied until :meth:`TensorPlan.fill` (a range of rows, into the writer's buffer) or
+:meth:`TensorPlan.materialize` (a whole new tensor) is called, so the writer can stream a checkpoint chunk by
+chunk (peak memory of a few chunks) and the exporter can snapshot everything at once (training goes on).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Architecture", "ConversionPlan", "ModelFacts", "TensorPlan"]
+__all__ = ["Architecture", "ConversionPlan", "ModelFacts", "TensorPlan", "transpose_into"]
+
+_TRANSPOSE_ROWS = 64  # source rows per step of a whole-tensor transposing copy (measured: 64-128 are fastest)
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,49 @@ class TensorPlan:
             out = out.to(device)
         return out
 
+    def fill(self, out: torch.Tensor, start: int = 0, stop: int | None = None) -> None:
+        """Write output rows ``start:stop`` into ``out``, casting to ``out``'s dtype on the way.
+
+        Args:
+            out: A contiguous tensor of shape ``(stop - start, *shape[1:])`` (``()`` for a 0-d output), e.g. a
+                view of the writer's staging buffer.
+            start: First output row.
+            stop: End of the rows; ``None`` means all of them.
+        """
+        if self.source is None:
+            out.zero_()
+            return
+        src = self.source.detach()
+        if self.rows is not None:
+            src = src[: self.rows]
+        if not self.shape:
+            out.copy_(src)
+        elif self.transpose:
+            transpose_into(out, src, start, stop)
+        else:
+            out.copy_(src[start:stop])
+
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+
+def transpose_into(out: torch.Tensor, src: torch.Tensor, start: int = 0, stop: int | None = None) -> None:
+    """``out[:] = src[:, start:stop].t()``, cast to ``out``'s dtype: the transposing copy of a Conv1D weight.
+
+    A whole matrix goes a band of source rows at a time: each band is cast (contiguously, vectorized) and copied
+    into a band of ``out``'s columns, which stays in cache. Measured on a 5120x1280 float32 → bfloat16 weight:
+    about 1.3x the time of a plain cast, against 3.4x for casting then ``.t().contiguous()`` and 5x for one
+    strided cast-and-transpose copy. A range of output rows (a column range of the source) is cast then copied.
+    """
+    cols = src.shape[1]
+    stop = cols if stop is None else stop
+    if start == 0 and stop == cols:
+        for r in range(0, src.shape[0], _TRANSPOSE_ROWS):
+            band = src[r : r + _TRANSPOSE_ROWS]
+            out[:, r : r + _TRANSPOSE_ROWS].copy_(band.to(out.dtype).t())
+    else:
+        out.copy_(src[:, start:stop].to(out.dtype).t())
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

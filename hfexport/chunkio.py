@@ -1,0 +1,477 @@
+"""Writing one large file from chunks produced by worker threads: preallocated, direct I/O, read back, checked.
+
+The safetensors writer turns a shard into a list of :class:`Chunk` objects (byte ranges of the file, each with
+a function that produces its bytes) and calls :func:`write_chunks`. Worker threads take the chunks in file
+order; for each one a worker
+
+1. produces the bytes into its page-aligned staging buffer (cast, transpose, NaN/inf check: the producer's work),
+2. computes their CRC-32 while they are still in the CPU cache,
+3. writes them, reads them back from the file and compares them byte for byte with the staging buffer,
+
+then takes the next chunk. Production releases the GIL (torch), and so do ``zlib.crc32`` and the system
+calls, so the workers run in parallel; a worker waiting for the disk leaves the CPU to the others.
+
+How the bytes reach the disk, and why:
+
+* The file is preallocated (``fallocate``) to its final size. A full disk fails before anything is written, and
+  on ext4 the page-cache writes are several times faster than with delayed allocation (measured: 0.4-2 GiB/s
+  without, 4-5 GiB/s with, on the development VM).
+* Where the file system accepts ``O_DIRECT`` the data bypasses the page cache: a direct write is DMA from the
+  staging buffer, so the CPU is free for the next chunk instead of copying gigabytes into fresh page-cache
+  pages, a checkpoint export does not evict the training data's cache, and the read-back reads what the device
+  holds rather than the cached copy. Direct I/O needs 4096-byte aligned offsets, lengths and memory; a chunk
+  may start anywhere, so it is produced at ``offset % 4096`` in its staging buffer: its whole blocks are then
+  aligned both in memory and in the file and go out as they are, while the partial blocks at its two edges are
+  assembled with the neighbouring chunks' edges (:class:`_EdgeBlocks`) and written once complete.
+* Elsewhere (file systems that refuse ``O_DIRECT``, non-Linux systems, ``HFEXPORT_DIRECT_IO=0``) the chunks are
+  written through the page cache and the kernel is asked to start writing them back early
+  (``sync_file_range``), so the final ``fsync`` has little left to do.
+
+The caller fsyncs the file. The file's CRC-32 is combined from the chunks' (see :mod:`hfexport.checksum`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import logging
+import mmap
+import os
+import sys
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .checksum import crc32_concat
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Chunk", "ChunkedFile", "direct_io_enabled", "write_chunks"]
+
+ALIGN = 4096  # direct I/O alignment of offsets, lengths and memory (covers 512- and 4096-byte sectors)
+_WRITEBACK_BYTES = 64 << 20  # buffered mode: start the disk writing every this many bytes
+_ENV_DIRECT = "HFEXPORT_DIRECT_IO"
+
+
+@dataclass
+class Chunk:
+    """One byte range of the file and how to produce it.
+
+    Attributes:
+        offset: Where the range starts in the file.
+        dtype: The dtype of the tensor the range holds (``torch.uint8`` for raw bytes).
+        shape: The shape of that tensor (its byte size is the range's length).
+        produce: Fills a contiguous tensor of ``dtype`` and ``shape`` with the range's contents. Called from a
+            worker thread, at most once, and never concurrently for the same chunk.
+        data: The range's bytes when they are known up front (e.g. the header); ``produce`` is then unused.
+    """
+
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    produce: Callable[[torch.Tensor], None] | None = None
+    data: bytes | None = None
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for dim in self.shape:
+            n *= dim
+        return n
+
+
+@dataclass
+class ChunkedFile:
+    """What :func:`write_chunks` wrote.
+
+    Attributes:
+        size: The file's size in bytes.
+        crc32: The CRC-32 of the whole file.
+        chunk_crc32: The CRC-32 of each chunk, in the order given.
+        direct: Whether the data went out with direct I/O.
+    """
+
+    size: int
+    crc32: int
+    chunk_crc32: list[int]
+    direct: bool
+
+
+def direct_io_enabled() -> bool:
+    """Whether direct I/O may be tried: Linux, and ``HFEXPORT_DIRECT_IO`` is not ``0``/``false``/``no``/``off``."""
+    if not hasattr(os, "O_DIRECT") or not sys.platform.startswith("linux"):
+        return False
+    return os.environ.get(_ENV_DIRECT, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def write_chunks(
+    path: str | os.PathLike[str],
+    chunks: Sequence[Chunk],
+    *,
+    workers: int = 1,
+    on_progress: Callable[[int], None] | None = None,
+) -> ChunkedFile:
+    """Create ``path`` and write ``chunks`` into it (they must tile the file: each starts where the last ended).
+
+    Args:
+        path: A file that must not exist yet.
+        chunks: The file's byte ranges, in file order, starting at offset 0.
+        workers: Worker threads producing and writing chunks; ``1`` runs everything in the calling thread.
+        on_progress: Called with the byte count of each produced chunk (not of ``data`` chunks such as a header)
+            once it is written and checked, from whichever worker wrote it.
+
+    Returns:
+        The size and CRC-32 of the file and of every chunk.
+
+    Raises:
+        OSError: the file exists, the disk is full (before anything is written when the file system supports
+            preallocation), or any other I/O error.
+        VerificationError: bytes read back differ from the bytes written.
+        Exception: whatever a chunk's ``produce`` raised (the first one in file order when several failed).
+    """
+    position = 0
+    for ch in chunks:
+        if ch.offset != position:
+            raise ValueError(f"chunks must tile the file: one starts at {ch.offset}, expected {position}")
+        if ch.data is not None and len(ch.data) != ch.nbytes:
+            raise ValueError(f"a chunk at {ch.offset} has {len(ch.data)} bytes, its shape says {ch.nbytes}")
+        position += ch.nbytes
+    total = position
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        _preallocate(fd, total)
+        direct = direct_io_enabled()
+        while True:
+            try:
+                with _Session(path, fd, chunks, total, direct=direct) as session:
+                    session.run(max(1, workers), on_progress)
+                break
+            except _DirectIOUnsupportedError as exc:  # opened with O_DIRECT, but the writes are refused: start over
+                logger.debug("direct I/O refused for %s (%s); writing through the page cache", path, exc)
+                direct = False
+        os.ftruncate(fd, total)  # direct mode pads the last block to 4096 bytes
+    finally:
+        os.close(fd)
+    crcs = [c if c is not None else 0 for c in session.crcs]
+    return ChunkedFile(
+        size=total,
+        crc32=crc32_concat(zip(crcs, (ch.nbytes for ch in chunks), strict=True)),
+        chunk_crc32=crcs,
+        direct=session.direct,
+    )
+
+
+class _DirectIOUnsupportedError(Exception):
+    """A direct write or read was refused (``EINVAL``): the file system does not support it after all."""
+
+
+class _Session:
+    """The shared state of one file's workers."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], fd: int, chunks: Sequence[Chunk], total: int, *, direct: bool
+    ) -> None:
+        self.path = path
+        self.fd = fd  # buffered writes
+        self.chunks = chunks
+        self.total = total
+        self.crcs: list[int | None] = [None] * len(chunks)
+        self.lock = threading.Lock()
+        self.next = 0
+        self.failed: list[tuple[int, BaseException]] = []
+        self.stop = threading.Event()
+        self.unflushed = 0
+        self.read_fd = -1
+        self.direct_fd = -1
+        self.want_direct = direct
+        self.direct = False
+        self.edges: _EdgeBlocks | None = None
+        largest = max((ch.nbytes for ch in chunks), default=0)
+        self.buffer_size = _round_up(largest + ALIGN, ALIGN)
+
+    def __enter__(self) -> _Session:
+        if self.want_direct:
+            try:
+                self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
+                self.direct = True
+                self.edges = _EdgeBlocks(self.total)
+            except OSError as exc:  # EINVAL: this file system does not do direct I/O
+                logger.debug("direct I/O unavailable for %s (%s); writing through the page cache", self.path, exc)
+        self.read_fd = self.direct_fd if self.direct else os.open(self.path, os.O_RDONLY)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in {self.direct_fd, self.read_fd} - {-1}:
+            os.close(fd)
+
+    # --- scheduling ---------------------------------------------------------------------------------------------
+
+    def run(self, workers: int, on_progress: Callable[[int], None] | None) -> None:
+        workers = min(workers, max(1, len(self.chunks)))
+        if workers == 1:
+            self._work(on_progress)
+        else:
+            threads = [
+                threading.Thread(target=self._work, args=(on_progress,), name=f"hfexport-write-{i}", daemon=True)
+                for i in range(workers)
+            ]
+            for t in threads:
+                t.start()
+            try:
+                for t in threads:
+                    t.join()
+            except BaseException:  # e.g. KeyboardInterrupt in the caller: stop the workers before leaving
+                self.stop.set()
+                for t in threads:
+                    t.join()
+                raise
+        if self.failed:
+            raise min(self.failed, key=lambda item: item[0])[1]
+        if self.edges is not None and self.edges.pending:
+            raise RuntimeError(f"internal error: {self.edges.pending} partial blocks were never completed")
+
+    def _take(self) -> int | None:
+        with self.lock:
+            if self.stop.is_set() or self.next >= len(self.chunks):
+                return None
+            index = self.next
+            self.next += 1
+            return index
+
+    def _work(self, on_progress: Callable[[int], None] | None) -> None:
+        staging = _AlignedBuffer(self.buffer_size)
+        readback = _AlignedBuffer(self.buffer_size)
+        index = None
+        try:
+            while (index := self._take()) is not None:
+                nbytes = self._one(index, staging, readback)
+                if on_progress is not None and self.chunks[index].data is None:
+                    on_progress(nbytes)
+        except BaseException as exc:
+            with self.lock:
+                self.failed.append((index if index is not None else -1, exc))
+            self.stop.set()
+        finally:
+            staging.close()
+            readback.close()
+
+    # --- one chunk ----------------------------------------------------------------------------------------------
+
+    def _one(self, index: int, staging: _AlignedBuffer, readback: _AlignedBuffer) -> int:
+        ch = self.chunks[index]
+        n = ch.nbytes
+        start = ch.offset % ALIGN if self.direct else 0
+        view = staging.view[start : start + n]
+        if ch.data is not None:
+            view[:] = ch.data
+        elif n:
+            _produce_into(ch, staging.tensor[start : start + n])
+        self.crcs[index] = zlib.crc32(view)
+        if self.direct:
+            self._write_direct(ch.offset, n, staging, readback)
+        else:
+            self._write_buffered(ch.offset, staging, start, n, readback)
+        return n
+
+    def _write_buffered(
+        self, offset: int, staging: _AlignedBuffer, start: int, n: int, readback: _AlignedBuffer
+    ) -> None:
+        _pwrite_all(self.fd, staging.view[start : start + n], offset)
+        with self.lock:
+            self.unflushed += n
+            flush = self.unflushed >= _WRITEBACK_BYTES
+            if flush:
+                self.unflushed = 0
+        if flush:
+            _start_writeback(self.fd)
+        self._check(offset, staging, start, n, readback)
+
+    def _write_direct(self, offset: int, n: int, staging: _AlignedBuffer, readback: _AlignedBuffer) -> None:
+        assert self.edges is not None
+        first = offset - offset % ALIGN  # the file offset of staging's byte 0
+        end = offset + n
+        lo, hi = _round_up(offset, ALIGN), end - end % ALIGN  # the chunk's whole blocks: [lo, hi)
+        if lo < hi:
+            _pwrite_direct(self.direct_fd, staging.view[lo - first : hi - first], lo)
+            self._check(lo, staging, lo - first, hi - lo, readback)
+            pieces = [(offset, lo), (hi, end)]
+        else:
+            pieces = [(offset, end)]
+        for a, b in pieces:
+            if a < b:
+                for block_offset, block in self.edges.add(a, staging.view[a - first : b - first]):
+                    _pwrite_direct(self.direct_fd, block.view, block_offset)
+                    self._check(block_offset, block, 0, min(ALIGN, self.total - block_offset), readback)
+
+    def _check(self, offset: int, source: _AlignedBuffer, start: int, n: int, readback: _AlignedBuffer) -> None:
+        """Read ``n`` bytes at ``offset`` back from the file; they must equal ``source``'s bytes at ``start``."""
+        from .errors import VerificationError
+
+        length = _round_up(n, ALIGN) if self.direct else n
+        got = 0
+        while got < n:
+            k = os.preadv(self.read_fd, [readback.view[got:length]], offset + got)
+            if k <= 0:
+                break
+            got += k
+        if got < n or not _same(source, start, readback, 0, n):
+            raise VerificationError(
+                f"{os.fspath(self.path)}: the {n} bytes written at offset {offset} read back "
+                f"{'short' if got < n else 'different'}: the file system or the disk does not hold what was written"
+            )
+
+
+def _produce_into(ch: Chunk, raw: torch.Tensor) -> None:
+    """Run ``ch.produce`` on a typed view of ``raw`` (or on a temporary when ``raw`` is not aligned for the dtype)."""
+    assert ch.produce is not None
+    itemsize = ch.dtype.itemsize
+    if raw.storage_offset() % itemsize == 0:
+        ch.produce(raw.view(ch.dtype).view(ch.shape))
+    else:  # a dtype whose size does not divide the offset (mixed dtypes in one file): produce, then copy the bytes
+        out = torch.empty(ch.shape, dtype=ch.dtype)
+        ch.produce(out)
+        raw.copy_(out.reshape(-1).view(torch.uint8))
+
+
+class _EdgeBlocks:
+    """Partial 4096-byte blocks being assembled from the edges of neighbouring chunks (direct mode).
+
+    ``add`` copies a piece of the file into the blocks it overlaps and returns the blocks it completed, each as
+    ``(file offset, aligned 4096-byte buffer)``, ready for a direct write. The last block of the file is complete
+    when the file's last byte is in; its tail is zero padding, cut off by ``ftruncate``.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.lock = threading.Lock()
+        self.blocks: dict[int, tuple[_AlignedBuffer, int]] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self.blocks)
+
+    def add(self, offset: int, piece: memoryview) -> list[tuple[int, _AlignedBuffer]]:
+        done = []
+        pos = 0
+        while pos < len(piece):
+            at = offset + pos
+            block = at - at % ALIGN
+            take = min(len(piece) - pos, block + ALIGN - at)
+            with self.lock:
+                buffer, filled = self.blocks.get(block) or (_AlignedBuffer(ALIGN), 0)
+                buffer.view[at - block : at - block + take] = piece[pos : pos + take]
+                filled += take
+                if filled == min(ALIGN, self.total - block):
+                    self.blocks.pop(block, None)
+                    done.append((block, buffer))
+                else:
+                    self.blocks[block] = (buffer, filled)
+            pos += take
+        return done
+
+
+class _AlignedBuffer:
+    """Page-aligned anonymous memory, seen as a ``memoryview`` and as a ``torch.uint8`` tensor."""
+
+    def __init__(self, size: int) -> None:
+        self.map = mmap.mmap(-1, max(size, ALIGN))
+        self.view = memoryview(self.map)
+        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8)
+        self.address = self.tensor.data_ptr()
+
+    def close(self) -> None:
+        del self.tensor
+        with contextlib.suppress(BufferError):  # a view still exported somewhere: the GC unmaps it later
+            self.view.release()
+            self.map.close()
+
+
+def _same(a: _AlignedBuffer, a_start: int, b: _AlignedBuffer, b_start: int, n: int) -> bool:
+    """Whether ``n`` bytes of two buffers are equal (libc ``memcmp``, which runs without the GIL)."""
+    memcmp = _libc_function("memcmp", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], restype=ctypes.c_int)
+    if memcmp is not None:
+        return memcmp(a.address + a_start, b.address + b_start, n) == 0
+    return bytes(a.view[a_start : a_start + n]) == bytes(b.view[b_start : b_start + n])
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def _pwrite_direct(fd: int, data: memoryview, offset: int) -> None:
+    try:
+        _pwrite_all(fd, data, offset)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _DirectIOUnsupportedError(str(exc)) from exc
+        raise
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, f"pwrite wrote {n} bytes")
+        data = data[n:]
+        offset += n
+
+
+_libc: Any = None
+
+
+_functions: dict[str, Any] = {}
+
+
+def _libc_function(name: str, argtypes: list[Any], restype: Any = ctypes.c_int) -> Any:
+    """A libc function through ctypes (Linux only), or ``None``."""
+    global _libc
+    if name in _functions:
+        return _functions[name]
+    if not sys.platform.startswith("linux"):
+        return None
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _libc = False
+    if not _libc:
+        return None
+    func = getattr(_libc, name, None)
+    if func is not None:
+        func.argtypes = argtypes
+        func.restype = restype
+    _functions[name] = func
+    return func
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes for the file (Linux ``fallocate``); raises ``OSError(ENOSPC)`` when they don't fit.
+
+    Where the file system cannot preallocate, nothing happens (the writes allocate as they go).
+    """
+    if size <= 0:
+        return
+    fallocate = _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+    if fallocate is None:
+        return
+    if fallocate(fd, 0, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(err, f"{os.strerror(err)}: cannot reserve {size} bytes for the file")
+        logger.debug("fallocate unavailable (%s); writing without preallocation", os.strerror(err))
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int) -> None:
+    """Start (not wait for) the disk write of a file's dirty pages: Linux ``sync_file_range``, best effort."""
+    func = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    if func is not None:
+        func(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)

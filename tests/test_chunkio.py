@@ -1,0 +1,132 @@
+"""The chunk writer: any tiling of a file, direct and buffered I/O, parallel workers, read-back, errors."""
+
+from __future__ import annotations
+
+import os
+import random
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfexport.chunkio import ALIGN, Chunk, _AlignedBuffer, _Session, direct_io_enabled, write_chunks
+from hfexport.errors import VerificationError
+
+
+def random_file(rng: random.Random) -> tuple[list[Chunk], bytes]:
+    """A header (known bytes) followed by typed chunks of awkward sizes: empty, odd, block-crossing, large."""
+    head = rng.randbytes(rng.choice([0, 8, 4095, 4096, 5000]))
+    chunks = [Chunk(0, torch.uint8, (len(head),), data=head)]
+    parts = [head]
+    offset = len(head)
+    for _ in range(rng.randrange(0, 14)):
+        dtype = rng.choice([torch.bfloat16, torch.float32, torch.uint8])
+        count = rng.choice([0, 1, 3, 1000, 2048, 5000, 70001])
+        raw = torch.randint(
+            0,
+            256,
+            (count * dtype.itemsize,),
+            dtype=torch.uint8,
+            generator=torch.Generator().manual_seed(rng.randrange(1 << 30)),
+        )
+
+        def produce(out: torch.Tensor, raw: torch.Tensor = raw, dtype: torch.dtype = dtype) -> None:
+            out.copy_(raw.view(dtype))
+
+        chunks.append(Chunk(offset, dtype, (count,), produce=produce))
+        parts.append(bytes(raw.numpy()))
+        offset += raw.numel()
+    return chunks, b"".join(parts)
+
+
+def direct_io_works_here(directory: Path) -> bool:
+    if not direct_io_enabled():
+        return False
+    try:
+        fd = os.open(directory / "probe", os.O_RDWR | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(directory / "probe")
+    return True
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_any_tiling_is_written_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str, workers: int
+) -> None:
+    monkeypatch.setenv("HFEXPORT_DIRECT_IO", direct)
+    expect_direct = direct_io_works_here(tmp_path)
+    assert expect_direct is False or direct == "1"
+    rng = random.Random(f"{direct}{workers}")
+    for trial in range(25):
+        chunks, expected = random_file(rng)
+        reported: list[int] = []
+        result = write_chunks(tmp_path / f"f{trial}", chunks, workers=workers, on_progress=reported.append)
+        assert (tmp_path / f"f{trial}").read_bytes() == expected, trial
+        assert result.size == len(expected) and result.crc32 == zlib.crc32(expected)
+        for ch, crc in zip(chunks, result.chunk_crc32, strict=True):
+            assert crc == zlib.crc32(expected[ch.offset : ch.offset + ch.nbytes])
+        assert sum(reported) == len(expected) - chunks[0].nbytes  # produced chunks only, not the header
+        assert result.direct is expect_direct
+
+
+def test_chunks_must_tile_and_the_file_must_be_new(tmp_path: Path) -> None:
+    gap = [Chunk(0, torch.uint8, (2,), data=b"ab"), Chunk(3, torch.uint8, (1,), data=b"c")]
+    with pytest.raises(ValueError, match="must tile the file"):
+        write_chunks(tmp_path / "gap", gap)
+    assert not (tmp_path / "gap").exists()
+    (tmp_path / "taken").write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        write_chunks(tmp_path / "taken", [Chunk(0, torch.uint8, (1,), data=b"x")])
+    assert (tmp_path / "taken").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_first_failure_in_file_order_is_raised(tmp_path: Path, workers: int) -> None:
+    def fine(out: torch.Tensor) -> None:
+        out.fill_(1.0)
+
+    def fail(which: str):  # type: ignore[no-untyped-def]
+        def produce(out: torch.Tensor) -> None:
+            raise RuntimeError(f"chunk {which} failed")
+
+        return produce
+
+    chunks = []
+    for i in range(12):
+        produce = fail(str(i)) if i in (5, 9) else fine
+        chunks.append(Chunk(i * 4000, torch.float32, (1000,), produce=produce))
+    with pytest.raises(RuntimeError, match="chunk 5 failed"):
+        write_chunks(tmp_path / "f", chunks, workers=workers)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_read_back_mismatch_is_a_verification_error(tmp_path: Path, direct: bool) -> None:
+    """The comparison that follows every write: bytes on disk that differ from the staging buffer are refused."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * 64)
+    chunks = [Chunk(0, torch.uint8, (16384,), data=path.read_bytes())]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with _Session(path, fd, chunks, 16384, direct=direct and direct_io_works_here(tmp_path)) as session:
+            meant, readback = _AlignedBuffer(2 * ALIGN), _AlignedBuffer(2 * ALIGN)
+            meant.view[: 2 * ALIGN] = path.read_bytes()[ALIGN : 3 * ALIGN]
+            session._check(ALIGN, meant, 0, 2 * ALIGN, readback)  # equal: no error
+            meant.view[100] ^= 0xFF
+            with pytest.raises(VerificationError, match="read back different"):
+                session._check(ALIGN, meant, 0, 2 * ALIGN, readback)
+            with pytest.raises(VerificationError, match="read back short"):
+                session._check(4 * ALIGN, meant, 0, 20, readback)  # at the end of the file
+    finally:
+        os.close(fd)
+
+
+def test_disabling_direct_io_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in ("0", "false", "OFF", "no"):
+        monkeypatch.setenv("HFEXPORT_DIRECT_IO", value)
+        assert direct_io_enabled() is False
+    monkeypatch.setenv("HFEXPORT_DIRECT_IO", "1")
+    assert direct_io_enabled() is (hasattr(os, "O_DIRECT") and os.uname().sysname == "Linux")
