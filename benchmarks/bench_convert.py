@@ -48,6 +48,7 @@ SIZES = {  # name: (n_layer, n_embd, n_head)
 VOCAB = 50257
 BLOCK = 1024
 METHODS = ("bound", "hfexport", "classic")
+EXTRA_METHODS = ("hfexport_buffered",)  # hfexport with HFEXPORT_DIRECT_IO=0: through the page cache
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GOAL_TIME = 1.10  # (b) / (a)
 GOAL_RSS = 1.15  # peak RSS (b) / checkpoint size
@@ -132,6 +133,11 @@ def run_hfexport(ckpt: Path, out: Path) -> None:
     convert_checkpoint(ckpt, out, dtype="bfloat16", progress=False)
 
 
+def run_hfexport_buffered(ckpt: Path, out: Path) -> None:
+    os.environ["HFEXPORT_DIRECT_IO"] = "0"
+    run_hfexport(ckpt, out)
+
+
 def run_classic(ckpt: Path, out: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -206,7 +212,13 @@ def run_phases(ckpt: Path, out: Path) -> None:
     print(f"  {'sum of phases (serial)':40s} {total:7.2f}s", file=sys.stderr)
 
 
-RUNNERS = {"bound": run_bound, "hfexport": run_hfexport, "classic": run_classic, "phases": run_phases}
+RUNNERS = {
+    "bound": run_bound,
+    "hfexport": run_hfexport,
+    "hfexport_buffered": run_hfexport_buffered,
+    "classic": run_classic,
+    "phases": run_phases,
+}
 
 
 def child(method: str, ckpt: Path, out: Path, profile: bool) -> None:
@@ -264,6 +276,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=list(SIZES), default="774M", help="model shape (default: 774M, ~3.1 GB)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; every round runs each method once")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated methods to run (default: {','.join(METHODS)}; also: {','.join(EXTRA_METHODS)}); "
+        "bound and hfexport are always run",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where the checkpoint and outputs go")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the checkpoint in --workdir")
     parser.add_argument("--profile", action="store_true", help="one cProfile'd run of hfexport (main thread)")
@@ -310,9 +328,13 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             return
 
-        results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+        methods = tuple(dict.fromkeys(["bound", "hfexport", *args.methods.split(",")]))
+        unknown = [m for m in methods if m not in METHODS + EXTRA_METHODS]
+        if unknown:
+            raise SystemExit(f"unknown methods {unknown}; choose from {METHODS + EXTRA_METHODS}")
+        results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
         for r in range(args.repeats):
-            order = METHODS if r % 2 == 0 else METHODS[::-1]  # alternate, so no method always goes first
+            order = methods if r % 2 == 0 else methods[::-1]  # alternate, so no method always goes first
             for method in order:
                 warm(ckpt)
                 out = workdir / f"out-{method}"
@@ -321,7 +343,7 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 results[method].append(res)
                 print(
-                    f"round {r + 1} {method:9s} {res['seconds']:7.2f}s  cpu {res['cpu']:7.2f}s  "
+                    f"round {r + 1} {method:17s} {res['seconds']:7.2f}s  cpu {res['cpu']:7.2f}s  "
                     f"peak RSS {res['peak_rss'] / 1e9:6.2f} GB",
                     flush=True,
                 )
@@ -337,15 +359,21 @@ def report(results: dict[str, list[dict[str, float]]], size: int) -> None:
     med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items()}
     cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in results.items()}
     rss = {m: max(r["peak_rss"] for r in rs) for m, rs in results.items()}
+    # The ratio of each round (methods run back to back) is steadier than the ratio of medians on a shared machine.
+    per_round = {
+        m: statistics.median(r["seconds"] / b["seconds"] for r, b in zip(rs, results["bound"], strict=True))
+        for m, rs in results.items()
+    }
     print(
-        f"\n{'method':10s} {'median s':>9s} {'vs bound':>9s} {'cpu s':>8s} {'vs bound':>9s} "
+        f"\n{'method':17s} {'median s':>9s} {'vs bound':>9s} {'per round':>10s} {'cpu s':>8s} {'vs bound':>9s} "
         f"{'peak RSS GB':>12s} {'RSS/ckpt':>9s}"
     )
-    for m in METHODS:
+    for m in results:
         print(
-            f"{m:10s} {med[m]:9.2f} {med[m] / med['bound']:8.2f}x {cpu[m]:8.2f} {cpu[m] / cpu['bound']:8.2f}x "
-            f"{rss[m] / 1e9:12.2f} {rss[m] / size:8.2f}x"
+            f"{m:17s} {med[m]:9.2f} {med[m] / med['bound']:8.2f}x {per_round[m]:9.2f}x {cpu[m]:8.2f} "
+            f"{cpu[m] / cpu['bound']:8.2f}x {rss[m] / 1e9:12.2f} {rss[m] / size:8.2f}x"
         )
+    print("(per round: the median over rounds of the method's time divided by the bound's time in the same round)")
     t_ratio = med["hfexport"] / med["bound"]
     r_ratio = rss["hfexport"] / size
     print()

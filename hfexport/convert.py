@@ -11,8 +11,10 @@ import json
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ from . import architectures
 from .architectures import ConversionPlan, ModelFacts, TensorPlan
 from .card import render_model_card
 from .errors import ConversionError
+from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint
-from .writer import WriteResult, write_hf_directory
+from .writer import FileContent, WriteResult, write_hf_directory
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +104,27 @@ def plan_conversion(
     )
 
 
-def output_tensors(plan: ConversionPlan, dtype: torch.dtype, *, allow_nonfinite: bool = False) -> list[OutputTensor]:
+def output_tensors(
+    plan: ConversionPlan,
+    dtype: torch.dtype,
+    *,
+    allow_nonfinite: bool = False,
+    release: Callable[[torch.Tensor], object] | None = None,
+) -> list[OutputTensor]:
     """The plan's tensors in ``dtype``, produced lazily chunk by chunk into the writer's buffers, checked for NaN/inf.
 
     Args:
         plan: The conversion plan.
         dtype: The target dtype; every source value is cast exactly once.
         allow_nonfinite: Write NaN/inf values instead of refusing them.
+        release: Called with each source tensor once every output made from it has been produced (e.g.
+            :meth:`hfexport.pages.MappedCheckpoint.release`).
     """
+    users: dict[int, int] = {}
+    for tp in plan.tensors:
+        if tp.source is not None:
+            users[id(tp.source)] = users.get(id(tp.source), 0) + 1
+    lock = threading.Lock()
     outputs = []
     for tp in plan.tensors:
 
@@ -116,7 +132,16 @@ def output_tensors(plan: ConversionPlan, dtype: torch.dtype, *, allow_nonfinite:
             tp.fill(out, start, stop)
             check_finite(tp.name, out, dtype, allow_nonfinite, source=tp.source)
 
-        outputs.append(OutputTensor(tp.name, dtype, tp.shape, fill=fill, whole=tp.transpose))
+        def done(source: torch.Tensor | None = tp.source) -> None:
+            if release is None or source is None:
+                return
+            with lock:
+                users[id(source)] -= 1
+                last = users[id(source)] == 0
+            if last:
+                release(source)
+
+        outputs.append(OutputTensor(tp.name, dtype, tp.shape, fill=fill, whole=tp.transpose, done=done))
     return outputs
 
 
@@ -215,11 +240,6 @@ def write_export(
     n_params = sum(math.prod(t.shape) for t in tensors)
     card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": config.get("activation_function")}
     card.update(dict(card_facts or {}))
-    files: dict[str, bytes | str] = {
-        "config.json": json.dumps(config, indent=2) + "\n",
-        "generation_config.json": json.dumps(generation, indent=2) + "\n",
-        "README.md": render_model_card(card),
-    }
     manifest = {
         "hfexport_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -230,17 +250,25 @@ def write_export(
         "notes": plan.notes,
     }
     manifest.update(dict(manifest_facts or {}))
-    return write_hf_directory(
-        output_dir,
-        tensors,
-        files,
-        manifest=manifest,
-        tokenizer=tokenizer,
-        max_shard_size=max_shard_size,
-        force=force,
-        progress=progress,
-        workers=default_workers() if workers is None else workers,
-    )
+    # The model card needs huggingface_hub (~0.15 s to import): it is rendered while the weights are written.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-card") as pool:
+        readme = pool.submit(render_model_card, card)
+        files: dict[str, FileContent] = {
+            "config.json": json.dumps(config, indent=2) + "\n",
+            "generation_config.json": json.dumps(generation, indent=2) + "\n",
+            "README.md": readme.result,
+        }
+        return write_hf_directory(
+            output_dir,
+            tensors,
+            files,
+            manifest=manifest,
+            tokenizer=tokenizer,
+            max_shard_size=max_shard_size,
+            force=force,
+            progress=progress,
+            workers=default_workers() if workers is None else workers,
+        )
 
 
 def default_workers() -> int:
@@ -337,6 +365,12 @@ def convert_checkpoint(
     plan = plan_conversion(
         ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
     )
+    # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
+    # whole mapped checkpoint (the file stays in the page cache).
+    mapped = MappedCheckpoint(ckpt.path)
+    tensors = output_tensors(
+        plan, torch_dtype, allow_nonfinite=allow_nonfinite, release=mapped.release if mapped else None
+    )
     card = {"model_name": model_name, "step": ckpt.step, "source": f"{ckpt.path.name} ({ckpt.layout})"}
     card.update(ckpt.extra)
     manifest = {"step": ckpt.step, "source": str(ckpt.path), "layout": ckpt.layout}
@@ -344,6 +378,7 @@ def convert_checkpoint(
         plan,
         out,
         dtype=torch_dtype,
+        tensors=tensors,
         card_facts=card,
         manifest_facts=manifest,
         tokenizer=tokenizer,
@@ -353,5 +388,7 @@ def convert_checkpoint(
         progress=progress,
         workers=None,
     )
+    if mapped:
+        logger.debug("Gave back %.1f MB of the checkpoint's mapped pages as they were written", mapped.released / 1e6)
     logger.info("Converted %s → %s in %.2fs", ckpt.path, result.path, time.perf_counter() - start)
     return out

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ class OutputTensor:
             shape ``()``, rows ``0:1``). May be called from several threads at once, for different rows.
         whole: Prefer one call for the whole tensor (e.g. a transpose, whose output rows are strided columns of
             its source) as long as it is at most ``WHOLE_MAX`` bytes.
+        done: Called once every row has been produced (e.g. to release the source's memory).
     """
 
     name: str
@@ -71,6 +73,7 @@ class OutputTensor:
     get: Callable[[], torch.Tensor] | None = None
     fill: Callable[[torch.Tensor, int, int], None] | None = None
     whole: bool = False
+    done: Callable[[], None] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -158,7 +161,10 @@ def write_safetensors(
             raise ValueError(
                 f"Tensor {rec.name!r} is {tensor.dtype} {tuple(tensor.shape)}, the header says {rec.dtype} {rec.shape}"
             )
-        for chunk in _chunks(tensor, offset):
+        pieces = _chunks(tensor, offset)
+        if tensor.done is not None:
+            _call_when_all_produced(pieces, tensor.done)
+        for chunk in pieces:
             chunks.append(chunk)
             owners.append(i)
             offset += chunk.nbytes
@@ -195,6 +201,25 @@ def _chunks(tensor: OutputTensor, offset: int) -> list[Chunk]:
         )
         offset += (stop - start) * row_bytes
     return chunks
+
+
+def _call_when_all_produced(chunks: list[Chunk], done: Callable[[], None]) -> None:
+    """Wrap the chunks' producers so that ``done`` runs after the last of them (from whichever thread)."""
+    left = [len(chunks)]
+    lock = threading.Lock()
+    for chunk in chunks:
+        produce = chunk.produce
+        assert produce is not None
+
+        def counted(out: torch.Tensor, produce: Callable[[torch.Tensor], None] = produce) -> None:
+            produce(out)
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                done()
+
+        chunk.produce = counted
 
 
 def _from_get(tensor: OutputTensor) -> Callable[[torch.Tensor], None]:

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,8 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
+
+FileContent = bytes | str | Callable[[], bytes | str]
 
 
 @dataclass
@@ -131,7 +133,7 @@ def check_output_path(output_dir: Path, *, force: bool) -> None:
 def write_hf_directory(
     output_dir: str | os.PathLike[str],
     tensors: Sequence[OutputTensor],
-    files: Mapping[str, bytes | str],
+    files: Mapping[str, FileContent],
     *,
     manifest: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
@@ -145,7 +147,9 @@ def write_hf_directory(
     Args:
         output_dir: The directory to publish.
         tensors: The tensors, in file order; each is produced (``get()``) just before it is written.
-        files: Other files: name → content (``config.json``, ``generation_config.json``, ``README.md``, ...).
+        files: Other files: name → content (``config.json``, ``generation_config.json``, ``README.md``, ...), or a
+            callable returning the content, called once the weights are written (e.g. a model card being rendered
+            in another thread meanwhile).
         manifest: Facts for ``hfexport.json`` (step, dtype, ...); file sizes and checksums are added.
         tokenizer: A tokenizer object with ``save_pretrained`` or a path (file or directory) to copy in.
         max_shard_size: Past this many bytes of tensors, write shards plus ``model.safetensors.index.json``.
@@ -173,7 +177,7 @@ def write_hf_directory(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-fsync") as pool:
             # The disk flush and the final verification overlap; nothing is published before both are done.
             synced = pool.submit(_fsync_files, shard_files)
-            _verify(tmp, result.records, files, result.crc32)
+            _verify(tmp, result.records, result.small, result.crc32)
             synced.result()
         fsync_tree(tmp)
         _publish(tmp, target)
@@ -203,6 +207,7 @@ class _Written:
     records: list[TensorRecord]
     sizes: dict[str, int]
     crc32: dict[str, str]
+    small: dict[str, bytes]  # the small files' contents, as written
 
 
 def _shard(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:
@@ -220,7 +225,7 @@ def _shard(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputT
 def _write_all(
     tmp: Path,
     tensors: Sequence[OutputTensor],
-    files: Mapping[str, bytes | str],
+    files: Mapping[str, FileContent],
     manifest: Mapping[str, Any] | None,
     tokenizer: Any,
     max_shard: int,
@@ -255,7 +260,7 @@ def _write_all(
             sizes[fname] = written.size
             checksums[fname] = f"{written.crc32:08x}"
             weight_map.update({r.name: fname for r in recs})
-        small: dict[str, bytes] = {k: (v.encode() if isinstance(v, str) else v) for k, v in files.items()}
+        small = {name: _content(value) for name, value in files.items()}
         if len(shards) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             small[INDEX_FILE] = (json.dumps(index, indent=2) + "\n").encode()
@@ -277,7 +282,13 @@ def _write_all(
             _write_file(tmp / MANIFEST_NAME, content)
             sizes[MANIFEST_NAME] = len(content)
             checksums[MANIFEST_NAME] = f"{zlib.crc32(content):08x}"
-    return _Written(records, sizes, checksums)
+    return _Written(records, sizes, checksums, {name: small[name] for name in files})
+
+
+def _content(value: FileContent) -> bytes:
+    if callable(value):
+        value = value()
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def _fsync_files(paths: Sequence[Path]) -> None:
@@ -330,9 +341,7 @@ def _save_tokenizer(tokenizer: Any, tmp: Path, protected: set[str]) -> None:
     shutil.rmtree(staging)
 
 
-def _verify(
-    tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes | str], checksums: Mapping[str, str]
-) -> None:
+def _verify(tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes], checksums: Mapping[str, str]) -> None:
     """Reopen everything and compare it with what was meant to be written.
 
     The tensor bytes were read back and compared chunk by chunk as they were written (:mod:`hfexport.chunkio`);
@@ -376,11 +385,10 @@ def _verify(
         if size != data_start + position:
             raise VerificationError(f"{fname}: file size {size} does not match its header")
     for name, content in files.items():
-        expected_bytes = content.encode() if isinstance(content, str) else content
-        if (tmp / name).read_bytes() != expected_bytes:
+        if (tmp / name).read_bytes() != content:
             raise VerificationError(f"{name} does not hold what was written")
         if name.endswith(".json"):
-            json.loads(expected_bytes)
+            json.loads(content)
     if len(by_file) > 1:
         index = json.loads((tmp / INDEX_FILE).read_text())
         if index["weight_map"] != {r.name: r.file for r in records}:

@@ -130,3 +130,26 @@ def test_disabling_direct_io_by_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert direct_io_enabled() is False
     monkeypatch.setenv("HFEXPORT_DIRECT_IO", "1")
     assert direct_io_enabled() is (hasattr(os, "O_DIRECT") and os.uname().sysname == "Linux")
+
+
+def test_parallel_producers_leave_torch_thread_settings_as_they_were(tmp_path: Path) -> None:
+    """Producers run torch with one intra-op thread each; the caller's setting and new threads' default survive."""
+    import threading
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def produce(out: torch.Tensor) -> None:
+        seen.append(torch.get_num_threads())
+        out.fill_(1.0)
+
+    write_chunks(
+        tmp_path / "f", [Chunk(i * 4000, torch.float32, (1000,), produce=produce) for i in range(8)], workers=2
+    )
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
+    fresh: list[int] = []
+    thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert fresh == [before]
