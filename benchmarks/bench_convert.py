@@ -99,6 +99,28 @@ def build_checkpoint(path: Path, size: str) -> None:
     os.replace(tmp, path)
 
 
+def prepare_memory(state: str, workdir: Path, size: int) -> None:
+    """Put the machine's free memory in the same state before every run, whatever ran before.
+
+    On a virtual machine whose free memory goes back to the host (virtio-balloon free page reporting, which this
+    project's machines have), memory the guest freed more than ~2 s ago costs a host page fault on its next use:
+    writing 1.5 GB into fresh page-cache pages then takes 3-4 s instead of 0.4 s. Which state a run meets would
+    otherwise depend on the method before it (one that wrote through the page cache and was deleted leaves
+    recently freed, "hot" pages behind). ``cold``: wait 10 s, so every freed page has gone back to the host (the
+    steady state of a machine that was not just writing gigabytes). ``hot``: write and delete a scratch file of
+    half the checkpoint's size just before the run (what a run right after another big write meets).
+    """
+    if state == "cold":
+        time.sleep(10)
+    elif state == "hot":
+        scratch = workdir / "scratch.bin"
+        block = b"\1" * (64 << 20)
+        with open(scratch, "wb") as fh:
+            for _ in range(max(1, size // 2 // len(block) + 1)):
+                fh.write(block)
+        scratch.unlink()
+
+
 def warm(path: Path) -> None:
     with open(path, "rb") as fh:
         while fh.read(1 << 24):
@@ -283,6 +305,13 @@ def main() -> None:
         "bound and hfexport are always run",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where the checkpoint and outputs go")
+    parser.add_argument(
+        "--memory",
+        choices=["both", "cold", "hot", "as-is"],
+        default="both",
+        help="free memory before each run: cold (10 s idle), hot (just freed), both (every round in each state; "
+        "default), as-is (no preparation)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the checkpoint in --workdir")
     parser.add_argument("--profile", action="store_true", help="one cProfile'd run of hfexport (main thread)")
     parser.add_argument(
@@ -332,22 +361,28 @@ def main() -> None:
         unknown = [m for m in methods if m not in METHODS + EXTRA_METHODS]
         if unknown:
             raise SystemExit(f"unknown methods {unknown}; choose from {METHODS + EXTRA_METHODS}")
-        results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+        states = ("cold", "hot") if args.memory == "both" else (args.memory,)
+        print(f"free memory before each run: {', '.join(states)} (see --memory)\n")
+        results: dict[str, dict[str, list[dict[str, float]]]] = {st: {m: [] for m in methods} for st in states}
         for r in range(args.repeats):
             order = methods if r % 2 == 0 else methods[::-1]  # alternate, so no method always goes first
-            for method in order:
-                warm(ckpt)
-                out = workdir / f"out-{method}"
-                shutil.rmtree(out, ignore_errors=True)
-                res = spawn(method, ckpt, out)
-                shutil.rmtree(out, ignore_errors=True)
-                results[method].append(res)
-                print(
-                    f"round {r + 1} {method:17s} {res['seconds']:7.2f}s  cpu {res['cpu']:7.2f}s  "
-                    f"peak RSS {res['peak_rss'] / 1e9:6.2f} GB",
-                    flush=True,
-                )
-        report(results, size)
+            for state in states:
+                for method in order:
+                    warm(ckpt)
+                    out = workdir / f"out-{method}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    prepare_memory(state, workdir, size)
+                    res = spawn(method, ckpt, out)
+                    shutil.rmtree(out, ignore_errors=True)
+                    results[state][method].append(res)
+                    print(
+                        f"round {r + 1} {state:4s} {method:17s} {res['seconds']:7.2f}s  cpu {res['cpu']:7.2f}s  "
+                        f"peak RSS {res['peak_rss'] / 1e9:6.2f} GB",
+                        flush=True,
+                    )
+        for state in states:
+            print(f"\n--- free memory {state} ---")
+            report(results[state], size)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -356,6 +391,8 @@ def main() -> None:
 
 
 def report(results: dict[str, list[dict[str, float]]], size: int) -> None:
+    if not results["bound"]:
+        return
     med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in results.items()}
     cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in results.items()}
     rss = {m: max(r["peak_rss"] for r in rs) for m, rs in results.items()}

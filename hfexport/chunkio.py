@@ -16,16 +16,21 @@ How the bytes reach the disk, and why:
 * The file is preallocated (``fallocate``) to its final size. A full disk fails before anything is written, and
   on ext4 the page-cache writes are several times faster than with delayed allocation (measured: 0.4-2 GiB/s
   without, 4-5 GiB/s with, on the development VM).
-* Where the file system accepts ``O_DIRECT`` the data bypasses the page cache: a direct write is DMA from the
-  staging buffer, so the CPU is free for the next chunk instead of copying gigabytes into fresh page-cache
-  pages, a checkpoint export does not evict the training data's cache, and the read-back reads what the device
-  holds rather than the cached copy. Direct I/O needs 4096-byte aligned offsets, lengths and memory; a chunk
-  may start anywhere, so it is produced at ``offset % 4096`` in its staging buffer: its whole blocks are then
-  aligned both in memory and in the file and go out as they are, while the partial blocks at its two edges are
-  assembled with the neighbouring chunks' edges (:class:`_EdgeBlocks`) and written once complete.
-* Elsewhere (file systems that refuse ``O_DIRECT``, non-Linux systems, ``HFEXPORT_DIRECT_IO=0``) the chunks are
-  written through the page cache and the kernel is asked to start writing them back early
-  (``sync_file_range``), so the final ``fsync`` has little left to do.
+* The chunks first go through the page cache (the kernel is asked to start writing them to disk early,
+  ``sync_file_range``, so the final ``fsync`` has little left to do), and the writers time those writes. As soon
+  as ``PROBE_BYTES`` of them went slower than ``SLOW_BYTES_PER_S``, and if the file system accepts ``O_DIRECT``,
+  the rest goes with direct I/O: straight from the staging buffer to the disk (DMA), without copying into fresh
+  page-cache pages. Page-cache writes are that slow where fresh memory is expensive, e.g. on virtual machines
+  that give free memory back to the host (virtio-balloon free page reporting): there the host must back every
+  new page again, and writing 1.5 GB into the page cache takes 3-4 s instead of 0.4 s. Direct I/O also keeps a
+  large export from evicting the training data's cache. ``HFEXPORT_DIRECT_IO`` decides: ``auto`` (default, as
+  above), ``1`` (always direct where possible) or ``0`` (never).
+* Direct I/O needs 4096-byte aligned offsets, lengths and memory. A chunk may start anywhere in the file, so it
+  is always produced at ``offset % 4096`` in its staging buffer: its whole blocks are then aligned both in memory
+  and in the file and go out directly, and the partial blocks at its two edges (< 4 KiB each) go through the
+  page cache. The two never overlap, so the kernel keeps them coherent.
+* The read-back uses the same path as the write: a direct read (what the device holds) for direct writes, the
+  page cache otherwise.
 
 The caller fsyncs the file. The file's CRC-32 is combined from the chunks' (see :mod:`hfexport.checksum`).
 """
@@ -42,6 +47,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,10 +59,12 @@ from .checksum import crc32_concat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Chunk", "ChunkedFile", "direct_io_enabled", "write_chunks"]
+__all__ = ["Chunk", "ChunkedFile", "direct_io_mode", "write_chunks"]
 
 ALIGN = 4096  # direct I/O alignment of offsets, lengths and memory (covers 512- and 4096-byte sectors)
-_WRITEBACK_BYTES = 64 << 20  # buffered mode: start the disk writing every this many bytes
+PROBE_BYTES = 64 << 20  # page-cache writes timed before deciding on direct I/O ("auto")
+SLOW_BYTES_PER_S = 2e9  # page-cache writes slower than this switch "auto" to direct I/O
+_WRITEBACK_BYTES = 64 << 20  # page-cache writes: start the disk writing every this many bytes
 _ENV_DIRECT = "HFEXPORT_DIRECT_IO"
 
 
@@ -95,20 +103,28 @@ class ChunkedFile:
         size: The file's size in bytes.
         crc32: The CRC-32 of the whole file.
         chunk_crc32: The CRC-32 of each chunk, in the order given.
-        direct: Whether the data went out with direct I/O.
+        direct_bytes: How many bytes went out with direct I/O (the rest went through the page cache).
     """
 
     size: int
     crc32: int
     chunk_crc32: list[int]
-    direct: bool
+    direct_bytes: int
 
 
-def direct_io_enabled() -> bool:
-    """Whether direct I/O may be tried: Linux, and ``HFEXPORT_DIRECT_IO`` is not ``0``/``false``/``no``/``off``."""
+def direct_io_mode() -> str:
+    """``HFEXPORT_DIRECT_IO`` as ``"auto"`` (default), ``"always"`` (``1``/``true``/``on``) or ``"never"``.
+
+    ``"never"`` also where direct I/O does not exist (not Linux).
+    """
     if not hasattr(os, "O_DIRECT") or not sys.platform.startswith("linux"):
-        return False
-    return os.environ.get(_ENV_DIRECT, "1").strip().lower() not in ("0", "false", "no", "off")
+        return "never"
+    value = os.environ.get(_ENV_DIRECT, "auto").strip().lower()
+    if value in ("0", "false", "no", "off", "never"):
+        return "never"
+    if value in ("1", "true", "yes", "on", "always"):
+        return "always"
+    return "auto"
 
 
 def write_chunks(
@@ -147,16 +163,8 @@ def write_chunks(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
         _preallocate(fd, total)
-        direct = direct_io_enabled()
-        while True:
-            try:
-                with _Session(path, fd, chunks, total, direct=direct) as session:
-                    session.run(max(1, workers), on_progress)
-                break
-            except _DirectIOUnsupportedError as exc:  # opened with O_DIRECT, but the writes are refused: start over
-                logger.debug("direct I/O refused for %s (%s); writing through the page cache", path, exc)
-                direct = False
-        os.ftruncate(fd, total)  # direct mode pads the last block to 4096 bytes
+        with _Session(path, fd, chunks, total, mode=direct_io_mode()) as session:
+            session.run(max(1, workers), on_progress)
     finally:
         os.close(fd)
     crcs = [c if c is not None else 0 for c in session.crcs]
@@ -164,24 +172,21 @@ def write_chunks(
         size=total,
         crc32=crc32_concat(zip(crcs, (ch.nbytes for ch in chunks), strict=True)),
         chunk_crc32=crcs,
-        direct=session.direct,
+        direct_bytes=session.direct_bytes,
     )
-
-
-class _DirectIOUnsupportedError(Exception):
-    """A direct write or read was refused (``EINVAL``): the file system does not support it after all."""
 
 
 class _Session:
     """The shared state of one file's workers."""
 
     def __init__(
-        self, path: str | os.PathLike[str], fd: int, chunks: Sequence[Chunk], total: int, *, direct: bool
+        self, path: str | os.PathLike[str], fd: int, chunks: Sequence[Chunk], total: int, *, mode: str
     ) -> None:
         self.path = path
-        self.fd = fd  # buffered writes
+        self.fd = fd  # page-cache writes
         self.chunks = chunks
         self.total = total
+        self.mode = mode
         self.crcs: list[int | None] = [None] * len(chunks)
         self.lock = threading.Lock()
         self.write_lock = threading.Lock()
@@ -191,26 +196,27 @@ class _Session:
         self.unflushed = 0
         self.read_fd = -1
         self.direct_fd = -1
-        self.want_direct = direct
-        self.direct = False
-        self.edges: _EdgeBlocks | None = None
+        self.direct = False  # whether chunks now go out with direct I/O
+        self.direct_bytes = 0
+        self.probe_bytes = 0
+        self.probe_seconds = 0.0
         largest = max((ch.nbytes for ch in chunks), default=0)
         self.buffer_size = _round_up(largest + ALIGN, ALIGN)
 
     def __enter__(self) -> _Session:
-        if self.want_direct:
+        self.read_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        if self.mode != "never":
             try:
                 self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
-                self.direct = True
-                self.edges = _EdgeBlocks(self.total)
             except OSError as exc:  # EINVAL: this file system does not do direct I/O
                 logger.debug("direct I/O unavailable for %s (%s); writing through the page cache", self.path, exc)
-        self.read_fd = self.direct_fd if self.direct else os.open(self.path, os.O_RDONLY)
+        self.direct = self.mode == "always" and self.direct_fd != -1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for fd in {self.direct_fd, self.read_fd} - {-1}:
-            os.close(fd)
+        for fd in (self.direct_fd, self.read_fd):
+            if fd != -1:
+                os.close(fd)
 
     # --- scheduling ---------------------------------------------------------------------------------------------
 
@@ -222,8 +228,6 @@ class _Session:
             self._pipeline(workers, on_progress)
         if self.failed:
             raise min(self.failed, key=lambda item: item[0])[1]
-        if self.edges is not None and self.edges.pending:
-            raise RuntimeError(f"internal error: {self.edges.pending} partial blocks were never completed")
 
     def _inline(self, on_progress: Callable[[int], None] | None) -> None:
         """Produce, write and check every chunk in the calling thread."""
@@ -330,10 +334,13 @@ class _Session:
     # --- one chunk ----------------------------------------------------------------------------------------------
 
     def _produce(self, index: int, staging: _AlignedBuffer) -> int:
-        """Put chunk ``index``'s bytes into ``staging`` and take their CRC-32; returns where they start in it."""
+        """Put chunk ``index``'s bytes into ``staging`` and take their CRC-32; returns where they start in it.
+
+        They start at the chunk's file offset modulo 4096, so that the chunk can go out with direct I/O.
+        """
         ch = self.chunks[index]
         n = ch.nbytes
-        start = ch.offset % ALIGN if self.direct else 0
+        start = ch.offset % ALIGN
         view = staging.view[start : start + n]
         if ch.data is not None:
             view[:] = ch.data
@@ -352,52 +359,81 @@ class _Session:
     ) -> None:
         """Write chunk ``index`` from ``staging`` and check it; report its size to ``on_progress``."""
         ch = self.chunks[index]
-        if self.direct:
-            self._write_direct(ch.offset, ch.nbytes, staging, readback)
-        else:
-            self._write_buffered(ch.offset, staging, start, ch.nbytes, readback)
+        end = ch.offset + ch.nbytes
+        lo, hi = _round_up(ch.offset, ALIGN), end - end % ALIGN  # the chunk's whole blocks: [lo, hi)
+        first = ch.offset - start  # the file offset of staging's byte 0 (a multiple of 4096)
+        if self.direct and lo < hi:
+            try:
+                _pwrite_all(self.direct_fd, staging.view[lo - first : hi - first], lo)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                logger.debug("direct write refused (%s); writing through the page cache", exc)
+                self.direct = False  # and this chunk goes out through the page cache below
+            else:
+                self._check(self.direct_fd, lo, staging, lo - first, hi - lo, readback, direct=True)
+                with self.lock:
+                    self.direct_bytes += hi - lo
+                for a, b in ((ch.offset, lo), (hi, end)):  # the partial blocks at the edges
+                    if a < b:
+                        self._write_buffered(a, staging, a - first, b - a, readback, probe=False)
+                self._progress(ch, on_progress)
+                return
+        self._write_buffered(ch.offset, staging, start, ch.nbytes, readback, probe=True)
+        self._progress(ch, on_progress)
+
+    @staticmethod
+    def _progress(ch: Chunk, on_progress: Callable[[int], None] | None) -> None:
         if on_progress is not None and ch.data is None:
             on_progress(ch.nbytes)
 
     def _write_buffered(
-        self, offset: int, staging: _AlignedBuffer, start: int, n: int, readback: _AlignedBuffer
+        self, offset: int, staging: _AlignedBuffer, start: int, n: int, readback: _AlignedBuffer, *, probe: bool
     ) -> None:
-        with self.write_lock:  # one buffered writer at a time: ext4 & co. lock the inode, and contenders spin
+        if not n:
+            return
+        with self.write_lock:  # one page-cache writer at a time: ext4 & co. lock the inode, and contenders spin
+            began = time.perf_counter()
             _pwrite_all(self.fd, staging.view[start : start + n], offset)
+            seconds = time.perf_counter() - began
         with self.lock:
             self.unflushed += n
             flush = self.unflushed >= _WRITEBACK_BYTES
             if flush:
                 self.unflushed = 0
+            if probe and self.mode == "auto" and self.direct_fd != -1 and not self.direct:
+                # Judged over every PROBE_BYTES written: fresh pages can be cheap at first (memory freed moments
+                # ago) and turn expensive once those are used up.
+                self.probe_bytes += n
+                self.probe_seconds += seconds
+                if self.probe_bytes >= PROBE_BYTES:
+                    rate = self.probe_bytes / max(self.probe_seconds, 1e-9)
+                    self.direct = rate < SLOW_BYTES_PER_S
+                    self.probe_bytes, self.probe_seconds = 0, 0.0
+                    if self.direct:
+                        logger.debug("page-cache writes at %.2f GB/s: direct I/O from here on", rate / 1e9)
         if flush:
             _start_writeback(self.fd)
-        self._check(offset, staging, start, n, readback)
+        self._check(self.read_fd, offset, staging, start, n, readback, direct=False)
 
-    def _write_direct(self, offset: int, n: int, staging: _AlignedBuffer, readback: _AlignedBuffer) -> None:
-        assert self.edges is not None
-        first = offset - offset % ALIGN  # the file offset of staging's byte 0
-        end = offset + n
-        lo, hi = _round_up(offset, ALIGN), end - end % ALIGN  # the chunk's whole blocks: [lo, hi)
-        if lo < hi:
-            _pwrite_direct(self.direct_fd, staging.view[lo - first : hi - first], lo)
-            self._check(lo, staging, lo - first, hi - lo, readback)
-            pieces = [(offset, lo), (hi, end)]
-        else:
-            pieces = [(offset, end)]
-        for a, b in pieces:
-            if a < b:
-                for block_offset, block in self.edges.add(a, staging.view[a - first : b - first]):
-                    _pwrite_direct(self.direct_fd, block.view, block_offset)
-                    self._check(block_offset, block, 0, min(ALIGN, self.total - block_offset), readback)
-
-    def _check(self, offset: int, source: _AlignedBuffer, start: int, n: int, readback: _AlignedBuffer) -> None:
+    def _check(
+        self,
+        fd: int,
+        offset: int,
+        source: _AlignedBuffer,
+        start: int,
+        n: int,
+        readback: _AlignedBuffer,
+        *,
+        direct: bool,
+    ) -> None:
         """Read ``n`` bytes at ``offset`` back from the file; they must equal ``source``'s bytes at ``start``."""
         from .errors import VerificationError
 
-        length = _round_up(n, ALIGN) if self.direct else n
+        length = _round_up(n, ALIGN) if direct else n
         got = 0
         while got < n:
-            k = os.preadv(self.read_fd, [readback.view[got:length]], offset + got)
+            k = os.preadv(fd, [readback.view[got:length]], offset + got)
             if k <= 0:
                 break
             got += k
@@ -418,43 +454,6 @@ def _produce_into(ch: Chunk, raw: torch.Tensor) -> None:
         out = torch.empty(ch.shape, dtype=ch.dtype)
         ch.produce(out)
         raw.copy_(out.reshape(-1).view(torch.uint8))
-
-
-class _EdgeBlocks:
-    """Partial 4096-byte blocks being assembled from the edges of neighbouring chunks (direct mode).
-
-    ``add`` copies a piece of the file into the blocks it overlaps and returns the blocks it completed, each as
-    ``(file offset, aligned 4096-byte buffer)``, ready for a direct write. The last block of the file is complete
-    when the file's last byte is in; its tail is zero padding, cut off by ``ftruncate``.
-    """
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.lock = threading.Lock()
-        self.blocks: dict[int, tuple[_AlignedBuffer, int]] = {}
-
-    @property
-    def pending(self) -> int:
-        return len(self.blocks)
-
-    def add(self, offset: int, piece: memoryview) -> list[tuple[int, _AlignedBuffer]]:
-        done = []
-        pos = 0
-        while pos < len(piece):
-            at = offset + pos
-            block = at - at % ALIGN
-            take = min(len(piece) - pos, block + ALIGN - at)
-            with self.lock:
-                buffer, filled = self.blocks.get(block) or (_AlignedBuffer(ALIGN), 0)
-                buffer.view[at - block : at - block + take] = piece[pos : pos + take]
-                filled += take
-                if filled == min(ALIGN, self.total - block):
-                    self.blocks.pop(block, None)
-                    done.append((block, buffer))
-                else:
-                    self.blocks[block] = (buffer, filled)
-            pos += take
-        return done
 
 
 class _AlignedBuffer:
@@ -483,15 +482,6 @@ def _same(a: _AlignedBuffer, a_start: int, b: _AlignedBuffer, b_start: int, n: i
 
 def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
-
-
-def _pwrite_direct(fd: int, data: memoryview, offset: int) -> None:
-    try:
-        _pwrite_all(fd, data, offset)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            raise _DirectIOUnsupportedError(str(exc)) from exc
-        raise
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfexport.chunkio import ALIGN, Chunk, _AlignedBuffer, _Session, direct_io_enabled, write_chunks
+from hfexport import chunkio
+from hfexport.chunkio import ALIGN, Chunk, _AlignedBuffer, _Session, direct_io_mode, write_chunks
 from hfexport.errors import VerificationError
 
 
@@ -41,7 +42,7 @@ def random_file(rng: random.Random) -> tuple[list[Chunk], bytes]:
 
 
 def direct_io_works_here(directory: Path) -> bool:
-    if not direct_io_enabled():
+    if not hasattr(os, "O_DIRECT"):
         return False
     try:
         fd = os.open(directory / "probe", os.O_RDWR | os.O_CREAT | os.O_DIRECT)
@@ -52,14 +53,22 @@ def direct_io_works_here(directory: Path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("direct", ["1", "0"])
+def whole_blocks(chunks: list[Chunk]) -> int:
+    """Bytes in the 4096-byte blocks that lie entirely inside one chunk (what direct I/O writes)."""
+    total = 0
+    for ch in chunks:
+        lo, hi = -(-ch.offset // ALIGN) * ALIGN, (ch.offset + ch.nbytes) // ALIGN * ALIGN
+        total += max(0, hi - lo)
+    return total
+
+
+@pytest.mark.parametrize("direct", ["1", "0", "auto"])
 @pytest.mark.parametrize("workers", [1, 3])
 def test_any_tiling_is_written_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str, workers: int
 ) -> None:
     monkeypatch.setenv("HFEXPORT_DIRECT_IO", direct)
-    expect_direct = direct_io_works_here(tmp_path)
-    assert expect_direct is False or direct == "1"
+    always_direct = direct == "1" and direct_io_works_here(tmp_path)
     rng = random.Random(f"{direct}{workers}")
     for trial in range(25):
         chunks, expected = random_file(rng)
@@ -70,7 +79,32 @@ def test_any_tiling_is_written_exactly(
         for ch, crc in zip(chunks, result.chunk_crc32, strict=True):
             assert crc == zlib.crc32(expected[ch.offset : ch.offset + ch.nbytes])
         assert sum(reported) == len(expected) - chunks[0].nbytes  # produced chunks only, not the header
-        assert result.direct is expect_direct
+        # "1": every whole block goes out directly; "0" never; "auto" only after 64 MB of slow page-cache writes
+        assert result.direct_bytes == (whole_blocks(chunks) if always_direct else 0)
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_auto_switches_to_direct_io_after_slow_page_cache_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
+) -> None:
+    """After PROBE_BYTES of page-cache writes slower than SLOW_BYTES_PER_S, the rest goes out directly."""
+    if not direct_io_works_here(tmp_path):
+        pytest.skip("no direct I/O on this file system")
+    monkeypatch.setenv("HFEXPORT_DIRECT_IO", "auto")
+    monkeypatch.setattr(chunkio, "PROBE_BYTES", 100_000)
+    monkeypatch.setattr(chunkio, "SLOW_BYTES_PER_S", 1e30 if slow else 0.0)  # every rate is slow / none is
+    rng = random.Random(7)
+    chunks, expected = random_file(rng)
+    while len(expected) < 1_000_000 or whole_blocks(chunks) < 600_000:
+        chunks, expected = random_file(rng)
+    result = write_chunks(tmp_path / "f", chunks, workers=2)
+    assert (tmp_path / "f").read_bytes() == expected
+    assert result.crc32 == zlib.crc32(expected)
+    if slow:  # the first ~100 KB went through the page cache, most of the rest directly
+        assert 0 < result.direct_bytes <= whole_blocks(chunks)
+        assert result.direct_bytes >= whole_blocks(chunks) - 200_000 - max(c.nbytes for c in chunks)
+    else:
+        assert result.direct_bytes == 0
 
 
 def test_chunks_must_tile_and_the_file_must_be_new(tmp_path: Path) -> None:
@@ -106,30 +140,34 @@ def test_the_first_failure_in_file_order_is_raised(tmp_path: Path, workers: int)
 @pytest.mark.parametrize("direct", [True, False])
 def test_read_back_mismatch_is_a_verification_error(tmp_path: Path, direct: bool) -> None:
     """The comparison that follows every write: bytes on disk that differ from the staging buffer are refused."""
+    if direct and not direct_io_works_here(tmp_path):
+        pytest.skip("no direct I/O on this file system")
     path = tmp_path / "f"
     path.write_bytes(bytes(range(256)) * 64)
     chunks = [Chunk(0, torch.uint8, (16384,), data=path.read_bytes())]
     fd = os.open(path, os.O_RDWR)
     try:
-        with _Session(path, fd, chunks, 16384, direct=direct and direct_io_works_here(tmp_path)) as session:
+        with _Session(path, fd, chunks, 16384, mode="always" if direct else "never") as session:
+            read_fd = session.direct_fd if direct else session.read_fd
             meant, readback = _AlignedBuffer(2 * ALIGN), _AlignedBuffer(2 * ALIGN)
             meant.view[: 2 * ALIGN] = path.read_bytes()[ALIGN : 3 * ALIGN]
-            session._check(ALIGN, meant, 0, 2 * ALIGN, readback)  # equal: no error
+            session._check(read_fd, ALIGN, meant, 0, 2 * ALIGN, readback, direct=direct)  # equal: no error
             meant.view[100] ^= 0xFF
             with pytest.raises(VerificationError, match="read back different"):
-                session._check(ALIGN, meant, 0, 2 * ALIGN, readback)
-            with pytest.raises(VerificationError, match="read back short"):
-                session._check(4 * ALIGN, meant, 0, 20, readback)  # at the end of the file
+                session._check(read_fd, ALIGN, meant, 0, 2 * ALIGN, readback, direct=direct)
+            with pytest.raises(VerificationError, match="read back short"):  # at the end of the file
+                session._check(read_fd, 4 * ALIGN, meant, 0, 20, readback, direct=direct)
     finally:
         os.close(fd)
 
 
-def test_disabling_direct_io_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value in ("0", "false", "OFF", "no"):
+def test_direct_io_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    linux = hasattr(os, "O_DIRECT") and os.uname().sysname == "Linux"
+    for value, mode in [("0", "never"), ("false", "never"), ("OFF", "never"), ("1", "always"), ("on", "always")]:
         monkeypatch.setenv("HFEXPORT_DIRECT_IO", value)
-        assert direct_io_enabled() is False
-    monkeypatch.setenv("HFEXPORT_DIRECT_IO", "1")
-    assert direct_io_enabled() is (hasattr(os, "O_DIRECT") and os.uname().sysname == "Linux")
+        assert direct_io_mode() == (mode if linux else "never")
+    monkeypatch.delenv("HFEXPORT_DIRECT_IO")
+    assert direct_io_mode() == ("auto" if linux else "never")
 
 
 def test_parallel_producers_leave_torch_thread_settings_as_they_were(tmp_path: Path) -> None:
