@@ -7,18 +7,22 @@ subprocess, alternating the methods round after round, so each gets its own peak
 (a) ``bound``:    mmap-load (``torch.load(weights_only=True, mmap=True)``), cast each distinct tensor to bfloat16,
                   write its bytes to one file, fsync. No transposes, no checks: the work no converter can avoid.
 (b) ``hfexport``: ``hfexport.convert_checkpoint(..., dtype="bfloat16")`` (transposes, finiteness checks,
-                  CRC-32 + SHA-256, fsync, verification by re-reading, atomic publish).
+                  CRC-32, every chunk read back and compared, fsync, structural verification, atomic publish).
 (c) ``classic``:  plain ``torch.load`` (no mmap), strip the prefix, transpose the four Conv1D weights, clone
                   ``lm_head`` apart from ``wte``, ``.contiguous()``, cast to bfloat16, ``safetensors.torch.save_file``
                   (then fsync, so that all three pay for durability alike).
 
 Times are measured inside each child, from before the checkpoint is opened to after the last fsync (interpreter
 start and ``import torch`` excluded, equal for all). Every method reads a warm page cache: the checkpoint is read
-once before each round (dropping the cache would need root and make the numbers depend on the disk).
+once before each run (dropping the cache would need root and make the numbers depend on the disk). Free memory is
+put in the same state before every run (``--memory``, see :func:`prepare_memory`): on a VM that returns free
+memory to the host, writing into fresh page-cache pages otherwise costs 2.5x more or less depending on what ran
+just before.
 
 Usage::
 
-    python benchmarks/bench_convert.py                      # GPT-2 774M shape (~3.1 GB), 3 rounds
+    python benchmarks/bench_convert.py                      # GPT-2 774M shape (~3.1 GB), 3 rounds, cold + hot
+    python benchmarks/bench_convert.py --memory cold --methods bound,hfexport,hfexport_buffered
     python benchmarks/bench_convert.py --size 124M --repeats 5
     python benchmarks/bench_convert.py --workdir /tmp/bench --keep   # reuse the checkpoint next time
     python benchmarks/bench_convert.py --size 124M --phases          # where hfexport's time goes, per phase
@@ -179,11 +183,11 @@ def run_classic(ckpt: Path, out: Path) -> None:
 
 def run_phases(ckpt: Path, out: Path) -> None:
     """hfexport's work, one phase at a time over the whole model (no overlap), to show where time goes."""
-    import hashlib
     import zlib
 
     import torch
 
+    from hfexport.architectures import transpose_into
     from hfexport.convert import _all_finite, plan_conversion
     from hfexport.safetensors_io import tensor_bytes
     from hfexport.sources import load_checkpoint
@@ -200,22 +204,19 @@ def run_phases(ckpt: Path, out: Path) -> None:
     plan = timed("plan", lambda: plan_conversion(ckpt_obj.state_dict, ckpt_obj.facts))
     out.mkdir(parents=True, exist_ok=True)
     crc = 0
-    sha = hashlib.sha256()
     with open(out / "model.bin", "wb") as fh:
         for tp in plan.tensors:
             if tp.source is not None and not tp.transpose:
                 tensor = timed("cast (not transposed)", lambda tp=tp: tp.materialize(torch.bfloat16))
-            elif tp.source is not None:  # what TensorPlan.materialize does, timed in its two steps
-                cast = timed("cast (4 Conv1D weights)", lambda tp=tp: tp.source.to(torch.bfloat16))
-                tensor = timed("transpose (4 Conv1D weights: format work)", lambda c=cast: c.t().contiguous())
-                del cast
+            elif tp.source is not None:  # the four Conv1D weights: cast and transpose in one banded pass
+                tensor = torch.empty(tp.shape, dtype=torch.bfloat16)
+                timed("cast + transpose (4 Conv1D weights)", lambda tp=tp, t=tensor: transpose_into(t, tp.source))
             else:
                 tensor = tp.materialize(torch.bfloat16)
             timed("NaN/inf check (sum)", lambda t=tensor: _all_finite(t))
             data = tensor_bytes(tensor)
             timed("write to page cache", lambda d=data: fh.write(d))
             crc = timed("CRC-32 (at write)", lambda d=data, c=crc: zlib.crc32(d, c))
-            timed("SHA-256 (manifest)", lambda d=data: sha.update(d))
             del data, tensor
         fh.flush()
         timed("fsync", lambda: os.fsync(fh.fileno()))
@@ -227,7 +228,7 @@ def run_phases(ckpt: Path, out: Path) -> None:
             while n := fh.readinto(buffer):
                 c = zlib.crc32(buffer[:n], c)
 
-        timed("verify: re-read + CRC-32", reread)
+        timed("read back + CRC-32 (hfexport compares instead)", reread)
     total = sum(clock.values())
     for name, seconds in clock.items():
         print(f"  {name:40s} {seconds:7.2f}s  {seconds / total:6.1%}", file=sys.stderr)
