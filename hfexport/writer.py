@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +53,6 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
-
-FileContent = bytes | str | Callable[[], bytes | str]
 
 
 @dataclass
@@ -133,7 +131,7 @@ def check_output_path(output_dir: Path, *, force: bool) -> None:
 def write_hf_directory(
     output_dir: str | os.PathLike[str],
     tensors: Sequence[OutputTensor],
-    files: Mapping[str, FileContent],
+    files: Mapping[str, bytes | str],
     *,
     manifest: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
@@ -147,9 +145,7 @@ def write_hf_directory(
     Args:
         output_dir: The directory to publish.
         tensors: The tensors, in file order; each is produced (``get()``) just before it is written.
-        files: Other files: name → content (``config.json``, ``generation_config.json``, ``README.md``, ...), or a
-            callable returning the content, called once the weights are written (e.g. a model card being rendered
-            in another thread meanwhile).
+        files: Other files: name → content (``config.json``, ``generation_config.json``, ``README.md``, ...).
         manifest: Facts for ``hfexport.json`` (step, dtype, ...); file sizes and checksums are added.
         tokenizer: A tokenizer object with ``save_pretrained`` or a path (file or directory) to copy in.
         max_shard_size: Past this many bytes of tensors, write shards plus ``model.safetensors.index.json``.
@@ -225,7 +221,7 @@ def _shard(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputT
 def _write_all(
     tmp: Path,
     tensors: Sequence[OutputTensor],
-    files: Mapping[str, FileContent],
+    files: Mapping[str, bytes | str],
     manifest: Mapping[str, Any] | None,
     tokenizer: Any,
     max_shard: int,
@@ -285,9 +281,7 @@ def _write_all(
     return _Written(records, sizes, checksums, {name: small[name] for name in files})
 
 
-def _content(value: FileContent) -> bytes:
-    if callable(value):
-        value = value()
+def _content(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
 
 
