@@ -65,6 +65,7 @@ ALIGN = 4096  # direct I/O alignment of offsets, lengths and memory (covers 512-
 PROBE_BYTES = 64 << 20  # page-cache writes timed before deciding on direct I/O ("auto")
 SLOW_BYTES_PER_S = 2e9  # page-cache writes slower than this switch "auto" to direct I/O
 _WRITEBACK_BYTES = 64 << 20  # page-cache writes: start the disk writing every this many bytes
+_MAP_READBACK_BYTES = 256 << 10  # page-cache read-backs at least this long compare through a mapping, not a copy
 _ENV_DIRECT = "HFEXPORT_DIRECT_IO"
 
 
@@ -430,6 +431,13 @@ class _Session:
         """Read ``n`` bytes at ``offset`` back from the file; they must equal ``source``'s bytes at ``start``."""
         from .errors import VerificationError
 
+        if not direct and n >= _MAP_READBACK_BYTES:
+            if not self._same_as_mapped(fd, offset, source, start, n):
+                raise VerificationError(
+                    f"{os.fspath(self.path)}: the {n} bytes written at offset {offset} read back different: the "
+                    "file system or the disk does not hold what was written"
+                )
+            return
         length = _round_up(n, ALIGN) if direct else n
         got = 0
         while got < n:
@@ -442,6 +450,24 @@ class _Session:
                 f"{os.fspath(self.path)}: the {n} bytes written at offset {offset} read back "
                 f"{'short' if got < n else 'different'}: the file system or the disk does not hold what was written"
             )
+
+    def _same_as_mapped(self, fd: int, offset: int, source: _AlignedBuffer, start: int, n: int) -> bool:
+        """Compare ``n`` bytes of the file at ``offset`` with ``source`` through a mapping of the page cache.
+
+        Cheaper than reading them into a buffer (no copy) for page-cache writes; short files read as different.
+        """
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapped = mmap.mmap(fd, offset + n - base, offset=base, access=mmap.ACCESS_COPY)
+        except ValueError:  # the file is shorter than what was written
+            return False
+        try:
+            window = ctypes.c_char.from_buffer(mapped)
+            address = ctypes.addressof(window)
+            del window
+            return _memcmp(address + offset - base, source.address + start, n)
+        finally:
+            mapped.close()
 
 
 def _produce_into(ch: Chunk, raw: torch.Tensor) -> None:
@@ -474,10 +500,20 @@ class _AlignedBuffer:
 
 def _same(a: _AlignedBuffer, a_start: int, b: _AlignedBuffer, b_start: int, n: int) -> bool:
     """Whether ``n`` bytes of two buffers are equal (libc ``memcmp``, which runs without the GIL)."""
-    memcmp = _libc_function("memcmp", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], restype=ctypes.c_int)
-    if memcmp is not None:
-        return memcmp(a.address + a_start, b.address + b_start, n) == 0
+    if _libc_function("memcmp", _MEMCMP_ARGS, restype=ctypes.c_int) is not None:
+        return _memcmp(a.address + a_start, b.address + b_start, n)
     return bytes(a.view[a_start : a_start + n]) == bytes(b.view[b_start : b_start + n])
+
+
+_MEMCMP_ARGS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+
+
+def _memcmp(a: int, b: int, n: int) -> bool:
+    """Whether ``n`` bytes at two addresses are equal: libc ``memcmp`` where available, else through ctypes copies."""
+    memcmp = _libc_function("memcmp", _MEMCMP_ARGS, restype=ctypes.c_int)
+    if memcmp is not None:
+        return memcmp(a, b, n) == 0
+    return ctypes.string_at(a, n) == ctypes.string_at(b, n)
 
 
 def _round_up(n: int, k: int) -> int:

@@ -137,26 +137,32 @@ def test_the_first_failure_in_file_order_is_raised(tmp_path: Path, workers: int)
         write_chunks(tmp_path / "f", chunks, workers=workers)
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_read_back_mismatch_is_a_verification_error(tmp_path: Path, direct: bool) -> None:
+@pytest.mark.parametrize(
+    ("direct", "blocks"),
+    [(True, 2), (False, 2), (False, 128)],  # 512 KiB through the page cache: compared through a mapping
+)
+def test_read_back_mismatch_is_a_verification_error(tmp_path: Path, direct: bool, blocks: int) -> None:
     """The comparison that follows every write: bytes on disk that differ from the staging buffer are refused."""
     if direct and not direct_io_works_here(tmp_path):
         pytest.skip("no direct I/O on this file system")
+    size = (blocks + 2) * ALIGN
     path = tmp_path / "f"
-    path.write_bytes(bytes(range(256)) * 64)
-    chunks = [Chunk(0, torch.uint8, (16384,), data=path.read_bytes())]
+    path.write_bytes(os.urandom(size))
+    chunks = [Chunk(0, torch.uint8, (size,), data=path.read_bytes())]
+    n = blocks * ALIGN
     fd = os.open(path, os.O_RDWR)
     try:
-        with _Session(path, fd, chunks, 16384, mode="always" if direct else "never") as session:
+        with _Session(path, fd, chunks, size, mode="always" if direct else "never") as session:
             read_fd = session.direct_fd if direct else session.read_fd
-            meant, readback = _AlignedBuffer(2 * ALIGN), _AlignedBuffer(2 * ALIGN)
-            meant.view[: 2 * ALIGN] = path.read_bytes()[ALIGN : 3 * ALIGN]
-            session._check(read_fd, ALIGN, meant, 0, 2 * ALIGN, readback, direct=direct)  # equal: no error
-            meant.view[100] ^= 0xFF
+            meant, readback = _AlignedBuffer(n), _AlignedBuffer(n)
+            meant.view[:n] = path.read_bytes()[ALIGN : ALIGN + n]
+            session._check(read_fd, ALIGN, meant, 0, n, readback, direct=direct)  # equal: no error
+            meant.view[n - 100] ^= 0xFF
             with pytest.raises(VerificationError, match="read back different"):
-                session._check(read_fd, ALIGN, meant, 0, 2 * ALIGN, readback, direct=direct)
-            with pytest.raises(VerificationError, match="read back short"):  # at the end of the file
-                session._check(read_fd, 4 * ALIGN, meant, 0, 20, readback, direct=direct)
+                session._check(read_fd, ALIGN, meant, 0, n, readback, direct=direct)
+            meant.view[n - 100] ^= 0xFF
+            with pytest.raises(VerificationError, match=r"read back (short|different)"):  # past the end of the file
+                session._check(read_fd, 2 * ALIGN + ALIGN * (blocks // 2), meant, 0, n, readback, direct=direct)
     finally:
         os.close(fd)
 
