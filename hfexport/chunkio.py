@@ -67,6 +67,8 @@ SLOW_BYTES_PER_S = 2e9  # page-cache writes slower than this switch "auto" to di
 _WRITEBACK_BYTES = 64 << 20  # page-cache writes: start the disk writing every this many bytes
 _MAP_READBACK_BYTES = 256 << 10  # page-cache read-backs at least this long compare through a mapping, not a copy
 _ENV_DIRECT = "HFEXPORT_DIRECT_IO"
+# Binary mode matters on Windows (os.open defaults to text mode there); close-on-exec where it exists.
+_OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass
@@ -161,7 +163,7 @@ def write_chunks(
             raise ValueError(f"a chunk at {ch.offset} has {len(ch.data)} bytes, its shape says {ch.nbytes}")
         position += ch.nbytes
     total = position
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o644)
     try:
         _preallocate(fd, total)
         with _Session(path, fd, chunks, total, mode=direct_io_mode()) as session:
@@ -205,10 +207,10 @@ class _Session:
         self.buffer_size = _round_up(largest + ALIGN, ALIGN)
 
     def __enter__(self) -> _Session:
-        self.read_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.read_fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
         if self.mode != "never":
             try:
-                self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
+                self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | _OPEN_FLAGS)
             except OSError as exc:  # EINVAL: this file system does not do direct I/O
                 logger.debug("direct I/O unavailable for %s (%s); writing through the page cache", self.path, exc)
         self.direct = self.mode == "always" and self.direct_fd != -1
@@ -441,7 +443,7 @@ class _Session:
         length = _round_up(n, ALIGN) if direct else n
         got = 0
         while got < n:
-            k = os.preadv(fd, [readback.view[got:length]], offset + got)
+            k = _pread_into(fd, readback.view[got:length], offset + got)
             if k <= 0:
                 break
             got += k
@@ -520,9 +522,31 @@ def _round_up(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
+_HAVE_POSITIONAL_IO = hasattr(os, "pwrite") and hasattr(os, "preadv")
+_seek_lock = threading.Lock()  # serializes seek-then-read/write where positional I/O is missing (Windows)
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    if _HAVE_POSITIONAL_IO:
+        return os.pwrite(fd, data, offset)
+    with _seek_lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, data)
+
+
+def _pread_into(fd: int, buffer: memoryview, offset: int) -> int:
+    if _HAVE_POSITIONAL_IO:
+        return os.preadv(fd, [buffer], offset)
+    with _seek_lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, len(buffer))
+    buffer[: len(data)] = data
+    return len(data)
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
-        n = os.pwrite(fd, data, offset)
+        n = _pwrite(fd, data, offset)
         if n <= 0:
             raise OSError(errno.EIO, f"pwrite wrote {n} bytes")
         data = data[n:]
