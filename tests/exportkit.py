@@ -64,10 +64,15 @@ def assert_file_tensors(directory: Path, state: dict[str, torch.Tensor], dtype: 
         assert torch.equal(got[name], tensor), f"{name} differs from the {dtype} cast of the step's weights"
 
 
+# Logits are compared in float64 on both sides (every exported dtype is exactly representable): the comparison
+# then measures the export, not how two different float32 code paths round.
+
+
 def nanogpt_logits(state: dict[str, torch.Tensor], ids: torch.Tensor, **config: Any) -> torch.Tensor:
-    """Logits of a nanoGPT holding ``state`` (float32 compute)."""
+    """Logits of a nanoGPT holding ``state`` (float64 compute)."""
     model = GPT(GPTConfig(**{**TINY, **config})).eval()
     model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.double()
     with torch.no_grad():
         return model(ids)
 
@@ -75,7 +80,7 @@ def nanogpt_logits(state: dict[str, torch.Tensor], ids: torch.Tensor, **config: 
 def hf_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float64).eval()
     with torch.no_grad():
         return hf(ids).logits
 

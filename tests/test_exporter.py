@@ -6,6 +6,7 @@ taken, and logits through ``AutoModelForCausalLM``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -53,7 +54,7 @@ def test_export_hf_float32_reproduces_logits_and_writes_manifest(tmp_path: Path)
     assert read_latest(tmp_path) == "step_000007"
     ids = token_ids()
     with torch.no_grad():
-        expected = model(ids)
+        expected = copy.deepcopy(model).double()(ids)  # float64, like hf_logits
     assert (hf_logits(path, ids) - expected).abs().max().item() <= 1e-5
     assert_file_tensors(path, state, torch.float32)
 
@@ -119,7 +120,7 @@ def test_transformers_model_is_exported_with_its_own_config_and_tied_weights_onc
     assert (written["n_layer"], written["n_head"], written["activation_function"]) == (2, 4, "gelu")
     ids = token_ids()
     with torch.no_grad():
-        expected = model(ids).logits
+        expected = copy.deepcopy(model).double()(ids).logits  # float64, like hf_logits
     assert (hf_logits(path, ids) - expected).abs().max().item() <= 1e-5
     assert model.config.to_dict() == config_before
     assert model.lm_head.weight is model.transformer.wte.weight
