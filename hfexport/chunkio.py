@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import logging
 import mmap
@@ -51,11 +50,11 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from .checksum import crc32_concat
+from .fsutil import libc_function
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ def write_chunks(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o644)
     try:
         _preallocate(fd, total)
-        with _Session(path, fd, chunks, total, mode=direct_io_mode()) as session:
+        with _Session(path, fd, chunks, mode=direct_io_mode()) as session:
             session.run(max(1, workers), on_progress)
     finally:
         os.close(fd)
@@ -182,13 +181,10 @@ def write_chunks(
 class _Session:
     """The shared state of one file's workers."""
 
-    def __init__(
-        self, path: str | os.PathLike[str], fd: int, chunks: Sequence[Chunk], total: int, *, mode: str
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], fd: int, chunks: Sequence[Chunk], *, mode: str) -> None:
         self.path = path
         self.fd = fd  # page-cache writes
         self.chunks = chunks
-        self.total = total
         self.mode = mode
         self.crcs: list[int | None] = [None] * len(chunks)
         self.lock = threading.Lock()
@@ -434,23 +430,20 @@ class _Session:
         from .errors import VerificationError
 
         if not direct and n >= _MAP_READBACK_BYTES:
-            if not self._same_as_mapped(fd, offset, source, start, n):
-                raise VerificationError(
-                    f"{os.fspath(self.path)}: the {n} bytes written at offset {offset} read back different: the "
-                    "file system or the disk does not hold what was written"
-                )
-            return
-        length = _round_up(n, ALIGN) if direct else n
-        got = 0
-        while got < n:
-            k = _pread_into(fd, readback.view[got:length], offset + got)
-            if k <= 0:
-                break
-            got += k
-        if got < n or not _same(source, start, readback, 0, n):
+            problem = None if self._same_as_mapped(fd, offset, source, start, n) else "different"
+        else:
+            length = _round_up(n, ALIGN) if direct else n
+            got = 0
+            while got < n:
+                k = _pread_into(fd, readback.view[got:length], offset + got)
+                if k <= 0:
+                    break
+                got += k
+            problem = "short" if got < n else None if _same(source, start, readback, 0, n) else "different"
+        if problem:
             raise VerificationError(
-                f"{os.fspath(self.path)}: the {n} bytes written at offset {offset} read back "
-                f"{'short' if got < n else 'different'}: the file system or the disk does not hold what was written"
+                f"{os.fspath(self.path)}: the {n} bytes written at offset {offset} read back {problem}: the file "
+                "system or the disk does not hold what was written"
             )
 
     def _same_as_mapped(self, fd: int, offset: int, source: _AlignedBuffer, start: int, n: int) -> bool:
@@ -501,18 +494,13 @@ class _AlignedBuffer:
 
 
 def _same(a: _AlignedBuffer, a_start: int, b: _AlignedBuffer, b_start: int, n: int) -> bool:
-    """Whether ``n`` bytes of two buffers are equal (libc ``memcmp``, which runs without the GIL)."""
-    if _libc_function("memcmp", _MEMCMP_ARGS, restype=ctypes.c_int) is not None:
-        return _memcmp(a.address + a_start, b.address + b_start, n)
-    return bytes(a.view[a_start : a_start + n]) == bytes(b.view[b_start : b_start + n])
-
-
-_MEMCMP_ARGS = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    """Whether ``n`` bytes of two buffers are equal."""
+    return _memcmp(a.address + a_start, b.address + b_start, n)
 
 
 def _memcmp(a: int, b: int, n: int) -> bool:
-    """Whether ``n`` bytes at two addresses are equal: libc ``memcmp`` where available, else through ctypes copies."""
-    memcmp = _libc_function("memcmp", _MEMCMP_ARGS, restype=ctypes.c_int)
+    """Whether ``n`` bytes at two addresses are equal: libc ``memcmp`` (runs without the GIL) where available."""
+    memcmp = libc_function("memcmp", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t])
     if memcmp is not None:
         return memcmp(a, b, n) == 0
     return ctypes.string_at(a, n) == ctypes.string_at(b, n)
@@ -553,34 +541,6 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
-_libc: Any = None
-
-
-_functions: dict[str, Any] = {}
-
-
-def _libc_function(name: str, argtypes: list[Any], restype: Any = ctypes.c_int) -> Any:
-    """A libc function through ctypes (Linux only), or ``None``."""
-    global _libc
-    if name in _functions:
-        return _functions[name]
-    if not sys.platform.startswith("linux"):
-        return None
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            _libc = False
-    if not _libc:
-        return None
-    func = getattr(_libc, name, None)
-    if func is not None:
-        func.argtypes = argtypes
-        func.restype = restype
-    _functions[name] = func
-    return func
-
-
 def _preallocate(fd: int, size: int) -> None:
     """Reserve ``size`` bytes for the file (Linux ``fallocate``); raises ``OSError(ENOSPC)`` when they don't fit.
 
@@ -588,7 +548,7 @@ def _preallocate(fd: int, size: int) -> None:
     """
     if size <= 0:
         return
-    fallocate = _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+    fallocate = libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
     if fallocate is None:
         return
     if fallocate(fd, 0, 0, size) != 0:
@@ -603,6 +563,6 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 def _start_writeback(fd: int) -> None:
     """Start (not wait for) the disk write of a file's dirty pages: Linux ``sync_file_range``, best effort."""
-    func = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    func = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
     if func is not None:
         func(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)

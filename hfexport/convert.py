@@ -7,6 +7,7 @@ callback differ only in where the state dict comes from and when; all of them go
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -14,7 +15,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,23 @@ def write_export(
     )
 
 
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector, as it was before afterwards.
+
+    A conversion makes many short-lived tensor views; the collector's passes over everything torch and
+    transformers created would cost ~0.15 s of CPU on a 774M conversion (measured). Nothing in a conversion makes
+    reference cycles.
+    """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def default_workers() -> int:
     """Writer threads for a conversion that has the machine to itself: one per CPU, at most 4."""
     try:
@@ -349,86 +367,46 @@ def convert_checkpoint(
     torch_dtype = resolve_dtype(dtype)
     out = Path(output_dir)
     check_output_path(out.expanduser().absolute(), force=force)  # before the (possibly long) load
-    # The writer makes many short-lived tensor views; the cyclic garbage collector's passes over everything
-    # torch and transformers created would cost ~0.15 s of CPU on a 774M conversion (measured). Nothing here
-    # makes reference cycles, so collection is paused for the call and restored after.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return _convert_checkpoint(
-            path,
+    with _collection_paused():
+        start = time.perf_counter()
+        ckpt = load_checkpoint(path)
+        facts = ckpt.facts.merged(ModelFacts(n_head=n_head))
+        chosen = activation or ckpt.activation_hint or "gelu"
+        if activation is None and ckpt.activation_hint:
+            logger.info(
+                "Using activation %r, the GELU of %s checkpoints (override with --activation)",
+                chosen,
+                ckpt.layout,
+            )
+        plan = plan_conversion(
+            ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
+        )
+        # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
+        # whole mapped checkpoint (the file stays in the page cache).
+        mapped = MappedCheckpoint(ckpt.path)
+        tensors = output_tensors(
+            plan, torch_dtype, allow_nonfinite=allow_nonfinite, release=mapped.release if mapped else None
+        )
+        card = {"model_name": model_name, "step": ckpt.step, "source": f"{ckpt.path.name} ({ckpt.layout})"}
+        card.update(ckpt.extra)
+        manifest = {"step": ckpt.step, "source": str(ckpt.path), "layout": ckpt.layout}
+        result = write_export(
+            plan,
             out,
             dtype=torch_dtype,
-            activation=activation,
-            vocab_size=vocab_size,
-            n_head=n_head,
-            untie_embeddings=untie_embeddings,
-            model_name=model_name,
+            tensors=tensors,
+            card_facts=card,
+            manifest_facts=manifest,
             tokenizer=tokenizer,
             max_shard_size=max_shard_size,
             force=force,
             allow_nonfinite=allow_nonfinite,
             progress=progress,
+            workers=None,
         )
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _convert_checkpoint(
-    path: str | os.PathLike[str],
-    out: Path,
-    *,
-    dtype: torch.dtype,
-    activation: str | None,
-    vocab_size: int | None,
-    n_head: int | None,
-    untie_embeddings: bool,
-    model_name: str | None,
-    tokenizer: Any,
-    max_shard_size: int | str,
-    force: bool,
-    allow_nonfinite: bool,
-    progress: bool | None,
-) -> Path:
-    torch_dtype = dtype
-    start = time.perf_counter()
-    ckpt = load_checkpoint(path)
-    facts = ckpt.facts.merged(ModelFacts(n_head=n_head))
-    chosen = activation or ckpt.activation_hint or "gelu"
-    if activation is None and ckpt.activation_hint:
-        logger.info(
-            "Using activation %r, the GELU of %s checkpoints (override with --activation)",
-            chosen,
-            ckpt.layout,
-        )
-    plan = plan_conversion(
-        ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
-    )
-    # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
-    # whole mapped checkpoint (the file stays in the page cache).
-    mapped = MappedCheckpoint(ckpt.path)
-    tensors = output_tensors(
-        plan, torch_dtype, allow_nonfinite=allow_nonfinite, release=mapped.release if mapped else None
-    )
-    card = {"model_name": model_name, "step": ckpt.step, "source": f"{ckpt.path.name} ({ckpt.layout})"}
-    card.update(ckpt.extra)
-    manifest = {"step": ckpt.step, "source": str(ckpt.path), "layout": ckpt.layout}
-    result = write_export(
-        plan,
-        out,
-        dtype=torch_dtype,
-        tensors=tensors,
-        card_facts=card,
-        manifest_facts=manifest,
-        tokenizer=tokenizer,
-        max_shard_size=max_shard_size,
-        force=force,
-        allow_nonfinite=allow_nonfinite,
-        progress=progress,
-        workers=None,
-    )
-    if mapped:
-        logger.debug("Gave back %.1f MB of the checkpoint's mapped pages as they were written", mapped.released / 1e6)
-    logger.info("Converted %s → %s in %.2fs", ckpt.path, result.path, time.perf_counter() - start)
-    return out
+        if mapped:
+            logger.debug(
+                "Gave back %.1f MB of the checkpoint's mapped pages as they were written", mapped.released / 1e6
+            )
+        logger.info("Converted %s → %s in %.2fs", ckpt.path, result.path, time.perf_counter() - start)
+        return out

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["fsync_dir", "fsync_tree", "sha256_file"]
+__all__ = ["fsync_dir", "fsync_tree", "libc_function", "sha256_file"]
+
+_libc: Any = None
+_functions: dict[str, Any] = {}
+
+
+def libc_function(name: str, argtypes: list[Any], restype: Any = ctypes.c_int) -> Any:
+    """A libc function through ctypes (Linux only; ``errno`` kept for ``ctypes.get_errno``), or ``None``."""
+    global _libc
+    if name in _functions:
+        return _functions[name]
+    if not sys.platform.startswith("linux"):
+        return None
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        except OSError:
+            _libc = False
+    if not _libc:
+        return None
+    func = getattr(_libc, name, None)
+    if func is not None:
+        func.argtypes = argtypes
+        func.restype = restype
+    _functions[name] = func
+    return func
 
 
 def fsync_dir(path: Path) -> None:

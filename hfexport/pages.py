@@ -16,7 +16,6 @@ it loaded, uses this. Linux only; elsewhere nothing happens.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
 import os
@@ -25,6 +24,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from .fsutil import libc_function
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +53,12 @@ class MappedCheckpoint:
         self._madvise = None
         if not sys.platform.startswith("linux"):
             return
+        self._madvise = libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
         try:
             st = os.stat(path)
             self.ranges = _private_mappings(st.st_dev, st.st_ino)
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            madvise = libc.madvise
-            madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            madvise.restype = ctypes.c_int
-            self._madvise = madvise
-        except (OSError, AttributeError) as exc:
+        except OSError as exc:
             logger.debug("cannot release checkpoint pages (%s)", exc)
-            self.ranges = []
 
     def __bool__(self) -> bool:
         return bool(self.ranges) and self._madvise is not None

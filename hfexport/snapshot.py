@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .architectures import ConversionPlan, TensorPlan, transpose_into
+from .architectures import ConversionPlan, TensorPlan
 from .convert import check_finite, plan_conversion
 from .errors import ConversionError
 from .safetensors_io import OutputTensor
@@ -197,20 +197,13 @@ def snapshot_outputs(snapshot: Snapshot, *, allow_nonfinite: bool = False) -> li
         transpose = tp.name in snapshot.untransposed
         shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
 
-        def fill(
-            out: torch.Tensor,
-            start: int,
-            stop: int,
-            tensor: torch.Tensor = tensor,
-            name: str = tp.name,
-            transpose: bool = transpose,
-        ) -> None:
-            if transpose:
-                transpose_into(out, tensor, start, stop)
-            else:
-                out.copy_(tensor[start:stop] if tensor.dim() else tensor)
+        # The host copy is already cast (and trimmed): what is left is the plan's fill without them.
+        held = TensorPlan(tp.name, tensor, shape, transpose=transpose)
+
+        def fill(out: torch.Tensor, start: int, stop: int, held: TensorPlan = held) -> None:
+            held.fill(out, start, stop)
             # A float16 snapshot with inf may come from a finite model: the message says so and suggests bf16.
-            check_finite(name, out, out.dtype, allow_nonfinite)
+            check_finite(held.name, out, out.dtype, allow_nonfinite)
 
         outputs.append(OutputTensor(tp.name, tensor.dtype, shape, fill=fill, whole=transpose))
     return outputs

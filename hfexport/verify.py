@@ -93,16 +93,16 @@ def verify_directory(
             if file.stat().st_size != entry.get("size"):
                 report.problems.append(f"{name}: size {file.stat().st_size} != {entry.get('size')} in the manifest")
                 continue
-            if "crc32" in entry or "sha256" in entry:  # SHA-256: manifests of development versions before 0.1.0
-                kind, ok = (
-                    ("CRC-32", f"{crc32_file(file):08x}" == entry["crc32"])
-                    if "crc32" in entry
-                    else ("SHA-256", sha256_file(file) == entry["sha256"])
-                )
-                if not ok:
-                    report.problems.append(f"{name}: {kind} differs from the manifest (the file changed or is corrupt)")
+            if "crc32" in entry:
+                kind, ok = "CRC-32", f"{crc32_file(file):08x}" == entry["crc32"]
+            elif "sha256" in entry:  # manifests of development versions before 0.1.0
+                kind, ok = "SHA-256", sha256_file(file) == entry["sha256"]
             else:
+                kind, ok = "", False
+            if not kind:
                 report.problems.append(f"{name}: no checksum in the manifest")
+            elif not ok:
+                report.problems.append(f"{name}: {kind} differs from the manifest (the file changed or is corrupt)")
             report.files_checked += 1
     if checkpoint is not None and report.ok:
         diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)

@@ -16,7 +16,6 @@ A failure removes the temporary directory; a killed process leaves only a hidden
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import Any
 
 from .checksum import crc32_file
 from .errors import OutputExistsError, VerificationError
-from .fsutil import fsync_dir, fsync_tree
+from .fsutil import fsync_dir, fsync_tree, libc_function
 from .safetensors_io import DTYPE_NAMES, OutputTensor, TensorRecord, read_header, write_safetensors
 
 logger = logging.getLogger(__name__)
@@ -398,14 +397,11 @@ _AT_FDCWD = -100
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2); ``False`` where unsupported."""
-    if not sys.platform.startswith("linux"):
+    renameat2 = libc_function(
+        "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    )
+    if renameat2 is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
     return rc == 0
 
