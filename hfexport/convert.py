@@ -15,19 +15,19 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import architectures
-from .architectures import ConversionPlan, ModelFacts, TensorPlan
+from .architectures import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from .card import render_model_card
 from .errors import ConversionError
 from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
-from .sources import load_checkpoint
+from .sources import load_checkpoint, resolve_checkpoint_path
 from .writer import WriteResult, write_hf_directory
 
 logger = logging.getLogger(__name__)
@@ -93,16 +93,21 @@ def plan_conversion(
 
     Raises:
         CheckpointError: the state dict is not a supported model.
-        ConversionError: a fact is missing or an option is invalid (the message names the fix).
+        ConversionError: a fact is missing or an option is invalid (the message names the fix), or a tensor does
+            not have the shape the config implies (the message names the key, its shape and the expected one).
     """
     arch = architectures.get(architecture) if architecture else architectures.detect(set(state_dict))
-    return arch.plan(
+    plan = arch.plan(
         state_dict,
         facts or ModelFacts(),
         activation=activation,
         vocab_size=vocab_size,
         untie_embeddings=untie_embeddings,
     )
+    # Every entry point (CLI, export_hf, the callback) goes through here: nothing that transformers would refuse
+    # to load is ever written.
+    check_plan(plan, arch.expected_shapes(plan.config))
+    return plan
 
 
 def output_tensors(
@@ -209,6 +214,7 @@ def write_export(
     allow_nonfinite: bool = False,
     progress: bool | None = None,
     workers: int | None = 1,
+    protected: Sequence[str | os.PathLike[str]] = (),
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -221,11 +227,12 @@ def write_export(
         manifest_facts: Facts for ``hfexport.json`` (step, epoch, ...).
         tokenizer: A tokenizer object or path copied into the directory.
         max_shard_size: Shard past this size (``"5GB"`` by default).
-        force: Replace a non-empty ``output_dir``.
+        force: Replace an earlier export of hfexport at ``output_dir`` (never a directory it did not write).
         allow_nonfinite: Write NaN/inf instead of refusing.
         progress: Progress bar (``None``: only on a terminal).
         workers: Threads producing and writing the weights (``None``: one per CPU, at most 4; ``1``: the calling
             thread only, what the exporter uses so that a background export leaves the cores to training).
+        protected: Paths the output directory must not hold (the checkpoint being read).
     """
     from . import __version__
 
@@ -264,6 +271,7 @@ def write_export(
         tokenizer=tokenizer,
         max_shard_size=max_shard_size,
         force=force,
+        protected=protected,
         progress=progress,
         workers=default_workers() if workers is None else workers,
     )
@@ -351,25 +359,36 @@ def convert_checkpoint(
         model_name: Name for the model card.
         tokenizer: A tokenizer directory/file (or object) to copy into the output.
         max_shard_size: Shard the weights past this size.
-        force: Replace a non-empty ``output_dir`` atomically.
+        force: Replace ``output_dir`` atomically if it is an earlier export of hfexport (its ``hfexport.json``
+            lists every file in it). Never replaced, whatever ``force`` says: a directory hfexport did not write,
+            one holding the checkpoint, the working directory or its ancestors, the home directory, a
+            file-system root.
         allow_nonfinite: Write NaN/inf values instead of refusing.
         progress: Progress bar; ``None`` shows it on a terminal only.
 
     Returns:
         The output directory.
 
+    Raises:
+        CheckpointError: the checkpoint cannot be read or is not a supported model.
+        ConversionError: an option is invalid, or a tensor does not have the shape the config implies.
+        OutputPathError: ``output_dir`` must not or cannot be used (checked before the checkpoint is read).
+        OutputExistsError: ``output_dir`` is occupied, or was filled while the export was written.
+
     Example:
         >>> convert_checkpoint("out/ckpt.pt", "hf_model", dtype="float32")  # doctest: +SKIP
         PosixPath('hf_model')
     """
-    from .writer import check_output_path
+    from .writer import check_output_path, parse_size
 
     torch_dtype = resolve_dtype(dtype)
-    out = Path(output_dir)
-    check_output_path(out.expanduser().absolute(), force=force)  # before the (possibly long) load
+    parse_size(max_shard_size)
+    source = resolve_checkpoint_path(path)
+    protected = [source] + ([Path(tokenizer)] if isinstance(tokenizer, (str, os.PathLike)) else [])
+    out = check_output_path(output_dir, force=force, protected=protected)  # before the (possibly long) load
     with _collection_paused():
         start = time.perf_counter()
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(source)
         facts = ckpt.facts.merged(ModelFacts(n_head=n_head))
         chosen = activation or ckpt.activation_hint or "gelu"
         if activation is None and ckpt.activation_hint:
@@ -403,10 +422,11 @@ def convert_checkpoint(
             allow_nonfinite=allow_nonfinite,
             progress=progress,
             workers=None,
+            protected=protected,
         )
         if mapped:
             logger.debug(
                 "Gave back %.1f MB of the checkpoint's mapped pages as they were written", mapped.released / 1e6
             )
         logger.info("Converted %s → %s in %.2fs", ckpt.path, result.path, time.perf_counter() - start)
-        return out
+        return Path(output_dir)

@@ -15,6 +15,7 @@ __all__ = [
     "HubError",
     "HubSetupError",
     "OutputExistsError",
+    "OutputPathError",
     "UnsafeCheckpointError",
     "VerificationError",
 ]
@@ -38,6 +39,11 @@ class ConversionError(HFExportError, ValueError):
 
 class OutputExistsError(HFExportError, FileExistsError):
     """The output path is occupied (a non-empty directory without ``force``, or a file)."""
+
+
+class OutputPathError(HFExportError, ValueError):
+    """The output path must not or cannot be used (empty, a symlink, under a file, the working or home directory,
+    a file-system root, a directory holding the checkpoint being read, a name that is not UTF-8)."""
 
 
 class VerificationError(HFExportError, RuntimeError):

@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import re
+import stat
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path).expanduser()
     if p.is_file():
         return p
+    if p.exists() and not p.is_dir():
+        raise CheckpointError(
+            f"{str(p)!r} is {_file_kind(p)}, not a checkpoint file: pass a .pt/.ckpt file saved with torch.save "
+            "(or a directory holding one)."
+        )
     if p.is_dir():
         for name in ("latest.pt", "ckpt.pt", "last.ckpt"):
             if (p / name).is_file():
@@ -91,7 +97,8 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
         candidates = [c for c in p.iterdir() if c.is_file() and c.suffix in CHECKPOINT_SUFFIXES]
         if not candidates:
             raise CheckpointError(
-                f"No checkpoint in directory {str(p)!r}: expected latest.pt, ckpt.pt or a *.pt/*.ckpt file."
+                f"No checkpoint in directory {str(p)!r}: expected latest.pt, ckpt.pt or a *.pt/*.ckpt file in it. "
+                "Pass the checkpoint file itself."
             )
         return max(candidates, key=lambda c: (c.stat().st_mtime, c.name))
     parent = p.parent
@@ -105,6 +112,18 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
         if len(matches) > 1:
             raise CheckpointError(f"{str(p)!r} matches several files: {[m.name for m in matches]}; name one.")
     raise CheckpointError(f"Checkpoint not found: {str(p)!r} does not exist.")
+
+
+def _file_kind(path: Path) -> str:
+    """``"a FIFO"``, ``"a character device"``, ... for a path that exists but is not a regular file."""
+    mode = path.stat().st_mode
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
@@ -141,53 +160,103 @@ class _DictStandIn(dict):
     """Receives a pickled dict subclass (Lightning's AttributeDict, ...) as a plain dict."""
 
 
+#: A checkpoint's pickle holds only its structure (tensor data lies in separate entries): past this it is refused.
+MAX_PICKLE_BYTES = 256 * 2**20
+#: ``torch.save`` stores every entry uncompressed; an entry expanding more than this is a decompression bomb.
+MAX_EXPANSION = 100
+_SMALL_ENTRY = 2**20  # entries up to this size may compress as they like
+_MAX_STAND_INS = 16
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
+
+
+def check_archive(file: Path) -> None:
+    """Refuse a zip checkpoint whose entries would expand far beyond any real checkpoint, before reading them.
+
+    Only the zip's directory is read (declared sizes, which bound what the reader allocates): a pickle entry
+    larger than :data:`MAX_PICKLE_BYTES`, or any entry larger than 1 MiB that expands more than
+    :data:`MAX_EXPANSION` times its compressed size, is refused.
+
+    Raises:
+        CheckpointError: one line naming the entry, its sizes and what to do.
+    """
+    try:
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(
+            f"{str(file)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}). It may be truncated "
+            "or corrupted; re-save or re-copy it."
+        ) from None
+    for entry in entries:
+        expands = entry.file_size > _SMALL_ENTRY and entry.file_size > MAX_EXPANSION * max(entry.compress_size, 1)
+        if entry.compress_type != zipfile.ZIP_STORED and expands:
+            raise CheckpointError(
+                f"{str(file)!r} is refused: its entry {entry.filename!r} expands from {entry.compress_size} to "
+                f"{entry.file_size} bytes ({entry.file_size // max(entry.compress_size, 1)}x), and torch.save "
+                "stores entries uncompressed (a decompression bomb?). Re-save the weights with torch.save."
+            )
+        if entry.filename.endswith(".pkl") and entry.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"{str(file)!r} is refused: its pickle {entry.filename!r} is {entry.file_size} bytes (at most "
+                f"{MAX_PICKLE_BYTES} expected; tensors are stored apart from it). Re-save the weights alone: "
+                "torch.save(model.state_dict(), 'weights.pt')."
+            )
+
+
 def _safe_load(file: Path) -> Any:
+    """``torch.load(weights_only=True)``, parsing the pickle once in the common case.
+
+    A global that weights-only loading refuses stops the parse where it appears. A plain config holder (a name
+    matching :data:`_CONFIG_GLOBAL` / :data:`_DICT_GLOBAL`) then gets an inert stand-in and the file is parsed
+    again, so only files that pickle such a class pay a second parse; any other global is refused, unexecuted.
+    """
     size = file.stat().st_size
     if size == 0:
         raise CheckpointError(f"{str(file)!r} is empty (0 bytes): the file was not written completely.")
-    stand_ins: list[Any] = []
     is_zip = zipfile.is_zipfile(file)
     if is_zip:
+        check_archive(file)
+    stand_ins: list[Any] = []
+    while True:
         try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
-        except Exception as exc:  # truncated zip, corrupt pickle
+            with torch.serialization.safe_globals(stand_ins):
+                return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
+        except pickle.UnpicklingError as exc:
+            match = _REFUSED_GLOBAL.search(str(exc))
+            name = match.group(1) if match else None
+            known = {n for _, n in stand_ins}
+            if (
+                name is not None
+                and name not in known
+                and len(stand_ins) < _MAX_STAND_INS
+                and (_CONFIG_GLOBAL.search(name) or _DICT_GLOBAL.search(name))
+            ):
+                stand_ins.append((_DictStandIn if _DICT_GLOBAL.search(name) else _ConfigStandIn, name))
+                continue
+            raise _unpickling_error(file, exc, name) from exc
+        except Exception as exc:  # a corrupt file can make the unpickler raise almost anything
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
-                f"{str(file)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}). "
-                "It may be truncated or corrupted; re-save or re-copy it."
+                f"{str(file)!r} is not a readable PyTorch checkpoint ({first}). It may be truncated or corrupted "
+                "(an interrupted save or copy), or not a checkpoint at all."
             ) from exc
-        refused = [g for g in unsafe if not (_CONFIG_GLOBAL.search(g) or _DICT_GLOBAL.search(g))]
-        if refused:
-            raise UnsafeCheckpointError(
-                f"{str(file)!r} refers to {', '.join(refused)}, which loading would have to import and run; "
-                "hfexport only loads plain tensors and config data (torch.load weights_only=True), so nothing "
-                "in this file was executed. If you trust the file, re-save the weights alone: "
-                "torch.save(model.state_dict(), 'weights.pt')."
-            )
-        for name in unsafe:
-            stand_ins.append((_DictStandIn if _DICT_GLOBAL.search(name) else _ConfigStandIn, name))
-    try:
-        with torch.serialization.safe_globals(stand_ins):
-            return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as exc:
-        # torch's message is several paragraphs; the one naming the refused global is the useful one.
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        message = next((line for line in lines if "GLOBAL" in line or "global" in line), lines[-1] if lines else "")
-        if "Unsupported global" in str(exc) or "GLOBAL" in str(exc) or "not an allowed global" in str(exc):
-            raise UnsafeCheckpointError(
-                f"{str(file)!r} needs arbitrary code to be unpickled ({message}); hfexport refuses to run it "
-                "(torch.load weights_only=True) and nothing was executed. If you trust the file, re-save the "
-                "weights alone: torch.save(model.state_dict(), 'weights.pt')."
-            ) from exc
-        raise CheckpointError(
-            f"{str(file)!r} is not a readable PyTorch checkpoint ({message or exc}). It may be truncated or "
-            "corrupted, or not a checkpoint at all."
-        ) from exc
-    except Exception as exc:  # a corrupt file can make the unpickler raise almost anything
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{str(file)!r} is not a readable PyTorch checkpoint ({first}). It may be truncated or corrupted "
-            "(an interrupted save or copy), or not a checkpoint at all."
-        ) from exc
+
+
+def _unpickling_error(file: Path, exc: pickle.UnpicklingError, name: str | None) -> CheckpointError:
+    # torch's message is several paragraphs; the one naming the refused global is the useful one.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = next((line for line in lines if "GLOBAL" in line or "global" in line), lines[-1] if lines else "")
+    if name is not None or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+        what = f"refers to {name}, which loading would have to import and run" if name else f"needs code ({message})"
+        return UnsafeCheckpointError(
+            f"{str(file)!r} {what}; hfexport only loads plain tensors and config data (torch.load "
+            "weights_only=True), so nothing in this file was executed. If you trust the file, re-save the weights "
+            "alone: torch.save(model.state_dict(), 'weights.pt')."
+        )
+    return CheckpointError(
+        f"{str(file)!r} is not a readable PyTorch checkpoint ({message or exc}). It may be truncated or "
+        "corrupted, or not a checkpoint at all."
+    )
 
 
 def _as_mapping(config: Any) -> dict[str, Any] | None:

@@ -15,9 +15,12 @@ A failure removes the temporary directory; a killed process leaves only a hidden
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .checksum import crc32_file
-from .errors import OutputExistsError, VerificationError
+from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
 from .safetensors_io import DTYPE_NAMES, OutputTensor, TensorRecord, read_header, write_safetensors
 
@@ -42,8 +45,10 @@ __all__ = [
     "MANIFEST_NAME",
     "OutputTensor",
     "WriteResult",
+    "check_output_path",
     "clean_stale_temporaries",
     "parse_size",
+    "replace_refusal",
     "write_hf_directory",
 ]
 
@@ -76,14 +81,17 @@ class WriteResult:
 
 
 def parse_size(value: int | str) -> int:
-    """Parse ``"5GB"``, ``"500MB"``, ``"2GiB"`` or a byte count.
+    """Parse ``"5GB"``, ``"500MB"``, ``"2GiB"`` or a byte count (at least 1 byte, finite).
 
     Raises:
-        ValueError: not a size.
+        ValueError: not a size (``"abc"``, ``"inf"``, ``"1e400"``, ``"0.5"`` bytes, ``0``, ``-1MB``).
     """
+    hint = "expected a number of bytes or e.g. '5GB', '500MB', '2GiB' (--max_shard_size)"
+    if isinstance(value, bool):
+        raise ValueError(f"Invalid size {value!r}: {hint}.")
     if isinstance(value, int):
         if value <= 0:
-            raise ValueError(f"Invalid size {value}: must be > 0.")
+            raise ValueError(f"Invalid size {value}: must be at least 1 byte; {hint}.")
         return value
     text = str(value).strip().upper().replace(" ", "")
     units = {
@@ -100,31 +108,164 @@ def parse_size(value: int | str) -> int:
     unit = next((u for u in units if text.endswith(u)), "")
     number, factor = (text[: -len(unit)], units[unit]) if unit else (text, 1)
     try:
-        size = int(float(number) * factor)
+        size = float(number) * factor
     except ValueError:
-        raise ValueError(f"Invalid size {value!r}: expected a number of bytes or e.g. '5GB', '500MB'.") from None
-    if size <= 0:
-        raise ValueError(f"Invalid size {value!r}: must be > 0.")
-    return size
+        raise ValueError(f"Invalid size {value!r}: {hint}.") from None
+    if not math.isfinite(size):
+        raise ValueError(f"Invalid size {value!r}: not a finite number; {hint}.")
+    if size < 1:
+        raise ValueError(f"Invalid size {value!r}: must be at least 1 byte; {hint}.")
+    return int(size)
 
 
-def check_output_path(output_dir: Path, *, force: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty directory without ``force``.
+def check_output_path(
+    output_dir: str | os.PathLike[str],
+    *,
+    force: bool,
+    protected: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """Refuse an output path that cannot or must not receive the export; return it as an absolute path.
+
+    Refused whatever ``force`` says: an empty path (an unset shell variable), a name that is not UTF-8, a symlink,
+    a path under a file, a file, the working directory or one of its ancestors, the home directory, a
+    file-system root or mount point, and a directory holding one of ``protected`` (the checkpoint being read).
+    A non-empty directory is refused without ``force``; with it, only a directory hfexport wrote may be replaced
+    (see :func:`replace_refusal`).
+
+    Args:
+        output_dir: The directory to publish.
+        force: Whether an existing export may be replaced.
+        protected: Paths the output must not hold (the checkpoint file, the tokenizer being copied).
+
+    Returns:
+        The absolute output path (``~`` expanded, symlinks in its parents kept).
 
     Raises:
-        OutputExistsError: with the fix in the message.
+        OutputPathError: the path cannot be used (the message says which and the fix).
+        OutputExistsError: the path is occupied (a file, a non-empty directory, a directory hfexport did not write).
+        OSError: the file system is read-only (``EROFS``; an environment failure, not bad input).
     """
-    if output_dir.is_symlink() and not output_dir.is_dir():
-        raise OutputExistsError(f"Output path {str(output_dir)!r} is a dangling symlink; remove it or pick another.")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputExistsError(
-            f"Output path {str(output_dir)!r} is a file, not a directory. Choose another --output_dir."
+    text = os.fsdecode(os.fspath(output_dir))
+    if not text.strip():
+        raise OutputPathError(
+            "The output directory is an empty string (an unset shell variable?). Pass the directory to create: "
+            "--output_dir DIR (output_dir=...)."
         )
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not force:
-        raise OutputExistsError(
-            f"Output directory {str(output_dir)!r} already exists and is not empty. Pass --force (force=True) "
-            "to replace it atomically, or choose another --output_dir."
+    target = Path(text).expanduser().absolute()
+    try:
+        os.fsencode(target).decode("utf-8")
+    except UnicodeDecodeError:
+        raise OutputPathError(
+            f"Output path {str(target)!r} is not valid UTF-8, which safetensors cannot open. Choose a UTF-8 name "
+            "for --output_dir."
+        ) from None
+    if target.is_symlink():
+        dest = os.readlink(target)
+        raise OutputPathError(
+            f"Output path {str(target)!r} is a symlink (to {dest!r}): publishing renames a directory into place, "
+            "which would replace the link itself. Pass the link's target as --output_dir, or remove the link."
         )
+    existing = target
+    while not existing.exists():  # the nearest existing ancestor, which must be a directory
+        existing = existing.parent
+    if existing != target and not existing.is_dir():
+        raise OutputPathError(
+            f"Output path {str(target)!r} cannot be created: {str(existing)!r} is a file, not a directory. "
+            "Choose another --output_dir."
+        )
+    _check_protected(target, protected)
+    if target.exists() and not target.is_dir():
+        raise OutputExistsError(f"Output path {str(target)!r} is a file, not a directory. Choose another --output_dir.")
+    if _read_only(existing):
+        raise OSError(errno.EROFS, f"{str(existing)!r} is on a read-only file system; choose a writable --output_dir")
+    if target.is_dir() and any(target.iterdir()):
+        if not force:
+            raise OutputExistsError(
+                f"Output directory {str(target)!r} already exists and is not empty. Pass --force (force=True) to "
+                "replace an earlier export of hfexport, or choose another --output_dir."
+            )
+        problem = replace_refusal(target)
+        if problem:
+            raise OutputExistsError(
+                f"--force only replaces a directory that hfexport wrote, and {str(target)!r} {problem}. Nothing was "
+                "changed: move your files away or choose another --output_dir."
+            )
+    return target
+
+
+def _check_protected(target: Path, protected: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse the directories an export must never replace, compared through symlinks."""
+    real = Path(os.path.realpath(target))
+    fix = "Pass a new directory for the export, e.g. --output_dir hf_model."
+    if real == real.parent or os.path.ismount(real):
+        raise OutputPathError(f"Output path {str(target)!r} is a file-system root or mount point. {fix}")
+    cwd = Path.cwd().resolve()
+    if real == cwd or real in cwd.parents:
+        what = "the working directory" if real == cwd else "an ancestor of the working directory"
+        raise OutputPathError(f"Output path {str(target)!r} is {what}. {fix}")
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no home directory known
+        home = None
+    if home is not None and real == home:
+        raise OutputPathError(f"Output path {str(target)!r} is the home directory. {fix}")
+    for path in protected:
+        source = Path(os.path.realpath(os.fspath(path)))
+        if source == real or real in source.parents:
+            raise OutputPathError(f"Output path {str(target)!r} holds {str(path)!r}, which is being read. {fix}")
+
+
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (``False`` where that cannot be told)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # Windows: no statvfs
+        return False
+
+
+def replace_refusal(directory: Path) -> str | None:
+    """Why ``force`` may not replace ``directory``, or ``None`` when it may.
+
+    A directory may be replaced only when hfexport wrote it: its ``hfexport.json`` manifest is there and lists
+    every regular file below it, with the size it was written with (nothing else: no other file, symlink,
+    empty directory or special file). An empty directory may always be used.
+    """
+    found: dict[str, int] = {}
+    foreign: list[str] = []
+    _scan(directory, "", found, foreign)
+    if not found and not foreign:
+        return None
+    if MANIFEST_NAME not in found:
+        return f"has no {MANIFEST_NAME} manifest (it was not written by hfexport)"
+    try:
+        listed = json.loads((directory / MANIFEST_NAME).read_bytes())["files"]
+        sizes = {str(name): int(entry["size"]) for name, entry in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"has an unreadable {MANIFEST_NAME} manifest"
+    extra = foreign + sorted(name for name in found if name not in sizes and name != MANIFEST_NAME)
+    if extra:
+        shown = ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")
+        return f"holds {len(extra)} entr{'y' if len(extra) == 1 else 'ies'} its {MANIFEST_NAME} does not list ({shown})"
+    changed = sorted(name for name, size in found.items() if name in sizes and sizes[name] != size)
+    if changed:
+        return f"holds files changed since hfexport wrote them ({', '.join(changed[:3])})"
+    return None
+
+
+def _scan(directory: Path, prefix: str, found: dict[str, int], foreign: list[str]) -> None:
+    """Regular files below ``directory`` (relative name → size) and everything else (names in ``foreign``)."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_file(follow_symlinks=False):
+                found[rel] = entry.stat(follow_symlinks=False).st_size
+            elif entry.is_dir(follow_symlinks=False):
+                before = len(found) + len(foreign)
+                _scan(Path(entry.path), rel + "/", found, foreign)
+                if len(found) + len(foreign) == before:
+                    foreign.append(rel + "/")
+            else:
+                foreign.append(rel)
 
 
 def write_hf_directory(
@@ -136,6 +277,7 @@ def write_hf_directory(
     tokenizer: Any = None,
     max_shard_size: int | str = "5GB",
     force: bool = False,
+    protected: Sequence[str | os.PathLike[str]] = (),
     progress: bool | None = None,
     workers: int = 1,
 ) -> WriteResult:
@@ -148,7 +290,9 @@ def write_hf_directory(
         manifest: Facts for ``hfexport.json`` (step, dtype, ...); file sizes and checksums are added.
         tokenizer: A tokenizer object with ``save_pretrained`` or a path (file or directory) to copy in.
         max_shard_size: Past this many bytes of tensors, write shards plus ``model.safetensors.index.json``.
-        force: Replace a non-empty ``output_dir`` (atomically).
+        force: Replace an earlier export of hfexport at ``output_dir`` (atomically); never anything else (see
+            :func:`check_output_path`).
+        protected: Paths the output directory must not hold (the checkpoint being read).
         progress: Show a progress bar; ``None`` shows it only on a terminal.
         workers: Threads producing and writing the weights in parallel (``1``: the calling thread only).
 
@@ -156,18 +300,24 @@ def write_hf_directory(
         What was written.
 
     Raises:
-        OutputExistsError: the output path is a file, or a non-empty directory without ``force``.
+        OutputPathError: the output path must not or cannot be used (see :func:`check_output_path`).
+        OutputExistsError: the output path is a file, a non-empty directory without ``force``, a directory that
+            hfexport did not write, or it appeared or was filled while writing (nothing is published then).
         VerificationError: the written files do not hold what was meant (nothing is published).
     """
     start = time.perf_counter()
-    target = Path(output_dir).expanduser().absolute()
-    check_output_path(target, force=force)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = check_output_path(output_dir, force=force, protected=protected)
+    max_shard = parse_size(max_shard_size)
+    created = _make_parents(target.parent)
     clean_stale_temporaries(target.parent, target.name)
     tmp = target.parent / f".{target.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        result = _write_all(tmp, tensors, files, manifest, tokenizer, parse_size(max_shard_size), progress, workers)
+        tmp.mkdir()
+    except BaseException:
+        _remove_created(created)
+        raise
+    try:
+        result = _write_all(tmp, tensors, files, manifest, tokenizer, max_shard, progress, workers)
         shard_files = sorted({tmp / rec.file for rec in result.records})
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-fsync") as pool:
             # The disk flush and the final verification overlap; nothing is published before both are done.
@@ -175,9 +325,11 @@ def write_hf_directory(
             _verify(tmp, result.records, result.small, result.crc32)
             synced.result()
         fsync_tree(tmp)
-        _publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, target, force=force, protected=protected)
+    except BaseException as exc:
+        if not isinstance(exc, _StrandedError):  # never remove a temporary that holds the user's files
+            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created(created)
         raise
     out = WriteResult(
         path=target,
@@ -391,40 +543,175 @@ def _verify(tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes], 
         raise VerificationError(f"files missing after writing: {missing}")
 
 
+def _make_parents(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing ancestors; return those this call created, outermost first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    created = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # made meanwhile by someone else: theirs, not ours to remove
+            continue
+        except BaseException:
+            _remove_created(created)
+            raise
+        created.append(path)
+    return created
+
+
+def _remove_created(created: Sequence[Path]) -> None:
+    """Remove the directories :func:`_make_parents` created, innermost first, as long as they are empty."""
+    for path in reversed(created):
+        try:
+            path.rmdir()
+        except OSError:  # not empty (someone else's files) or gone: leave it and what is above it
+            return
+
+
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2); ``False`` where unsupported."""
+class _StrandedError(OutputExistsError):
+    """A swap could not be undone: the temporary path holds the user's previous directory (never removed)."""
+
+
+def _renameat2(a: Path, b: Path, flags: int) -> int | None:
+    """Linux ``renameat2(a, b, flags)``: ``0``, or the ``errno`` of a failure; ``None`` where unsupported."""
     renameat2 = libc_function(
         "renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     )
     if renameat2 is None:
-        return False
-    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
+        return None
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
+        return 0
+    err = ctypes.get_errno()
+    return None if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) else err  # old kernel / file system
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    """Move the finished temporary directory into place (replacing ``target`` if it exists)."""
-    if target.is_dir() and not target.is_symlink():
-        if not any(target.iterdir()):
-            target.rmdir()
-        elif _exchange(tmp, target):
-            # ``tmp`` now holds the old version; it is removed below by the caller's cleanup path.
-            fsync_dir(target.parent)
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        else:
-            old = target.parent / f".{target.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-    os.replace(tmp, target)
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); ``False`` where unsupported."""
+    return _renameat2(a, b, _RENAME_EXCHANGE) == 0
+
+
+def _appeared(target: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{str(target)!r} appeared or was filled while the export was written (by another program?); its contents "
+        "are kept and nothing was published. Move them away, or choose another --output_dir."
+    )
+
+
+def _rename_noreplace(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target`` unless ``target`` holds anything.
+
+    ``renameat2(RENAME_NOREPLACE)`` where available; otherwise (and onto an empty directory) a plain
+    ``rename(2)``, which replaces only an empty directory and fails on a non-empty one, atomically either way.
+
+    Raises:
+        OutputExistsError: ``target`` exists and is not an empty directory.
+    """
+    err = _renameat2(tmp, target, _RENAME_NOREPLACE)
+    if err == 0:
+        return
+    if err is not None and err != errno.EEXIST:
+        raise OSError(err, os.strerror(err), str(target))
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise _appeared(target)
+    try:
+        if os.name == "nt" and target.is_dir():
+            target.rmdir()  # Windows' rename never replaces a directory; rmdir refuses a non-empty one
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR) or target.exists():
+            raise _appeared(target) from exc
+        raise
+
+
+def _changed(target: Path, problem: str) -> OutputExistsError:
+    return OutputExistsError(
+        f"--force only replaces a directory that hfexport wrote, and {str(target)!r} changed while the export was "
+        f"written: it now {problem}. It was kept as it is and nothing was published; move your files away or "
+        "choose another --output_dir."
+    )
+
+
+def _publish(tmp: Path, target: Path, *, force: bool, protected: Sequence[str | os.PathLike[str]] = ()) -> None:
+    """Move the finished temporary directory into place.
+
+    Without ``force`` nothing is replaced but an empty directory. With ``force``, a non-empty ``target`` is
+    checked again now (it must still be an export of hfexport), swapped atomically with the temporary, and the
+    old version (then at the temporary's path) checked once more before its files are removed: if anything
+    appeared in it meanwhile, the swap is undone and the user's directory stays as it was.
+
+    Raises:
+        OutputExistsError: ``target`` appeared, was filled, or is no longer an export of hfexport.
+    """
+    if not (force and target.is_dir() and not target.is_symlink() and any(target.iterdir())):
+        _rename_noreplace(tmp, target)
+        fsync_dir(target.parent)
+        return
+    check_output_path(target, force=True, protected=protected)
+    if _exchange(tmp, target):
+        old = tmp  # the swap put the previous version at the temporary's path
+        problem = replace_refusal(old)
+        if problem:
+            if not _exchange(tmp, target):
+                raise _StrandedError(
+                    f"{str(target)!r} changed while the export was written and the swap could not be undone: "
+                    f"your previous directory is at {str(tmp)!r}, untouched; move it back."
+                )
+            raise _changed(target, problem)
+        fsync_dir(target.parent)
+        _remove_export(old)
+        return
+    old = target.parent / f".{target.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(target, old)
+    problem = replace_refusal(old)
+    if problem:
+        os.rename(old, target)
+        raise _changed(target, problem)
+    try:
+        _rename_noreplace(tmp, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
     fsync_dir(target.parent)
+    _remove_export(old)
+
+
+def _remove_export(directory: Path) -> None:
+    """Remove a replaced export: the files its manifest lists, then its directories, if they are empty.
+
+    Anything else (a file that appeared at the last moment) is kept, with the directory, and logged.
+    """
+    try:
+        listed = json.loads((directory / MANIFEST_NAME).read_bytes())["files"]
+        names = [str(name) for name in listed] + [MANIFEST_NAME]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = []
+    root = directory.resolve()
+    for name in names:
+        path = directory / name
+        if root in path.resolve().parents:  # never outside the directory ("../x" in a manifest)
+            try:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+            except OSError:
+                pass
+    for sub in sorted((p for p in directory.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    try:
+        directory.rmdir()
+    except OSError:
+        logger.warning(
+            "Kept %s (the replaced export): it holds files hfexport did not write. Remove it once checked.",
+            directory,
+        )
 
 
 def clean_stale_temporaries(parent: Path, name: str | None = None) -> list[Path]:

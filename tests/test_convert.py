@@ -431,14 +431,17 @@ def test_busy_output_dir_refused_then_forced(tmp_path: Path) -> None:
     ckpt = save_nanogpt(model, tmp_path / "ckpt.pt")
     out = tmp_path / "exports" / "hf"
     out.mkdir(parents=True)
-    (out / "old.txt").write_text("previous export")
+    (out / "old.txt").write_text("previous work")
     with pytest.raises(OutputExistsError, match="--force"):
         convert_checkpoint(ckpt, out, dtype="float32")
+    with pytest.raises(OutputExistsError, match=r"only replaces a directory that hfexport wrote.*no hfexport\.json"):
+        convert_checkpoint(ckpt, out, dtype="float32", force=True)  # not an export: never replaced
     assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert leftovers(out.parent, "hf") == []
 
+    (out / "old.txt").unlink()
+    convert_checkpoint(save_nanogpt(make_gpt(8), tmp_path / "older.pt"), out, dtype="float32")  # an earlier export
     convert_checkpoint(ckpt, out, dtype="float32", force=True)
-    assert not (out / "old.txt").exists()
     assert (out / "model.safetensors").is_file()
     assert leftovers(out.parent, "hf") == []
     assert sorted(p.name for p in out.parent.iterdir()) == ["hf"]

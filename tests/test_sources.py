@@ -374,3 +374,136 @@ def test_unwrap_model_compiled() -> None:
     assert unwrap_model(torch.compile(model)) is model
     with pytest.raises(CheckpointError, match=r"nn\.Module"):
         unwrap_model("not a model")
+
+
+# --- archives that expand far beyond their size, and files that are not checkpoints -------------------------------
+
+
+def _write_zip(path: Path, entries: list[tuple[str, int, bytes, int, int]]) -> None:
+    """A zip written by hand: (name, method, data as stored, uncompressed size, CRC-32) per entry."""
+    import struct
+
+    local, central = b"", b""
+    for name, method, data, size, crc in entries:
+        fname = name.encode()
+        fields = struct.pack("<HHHHHIIIHH", 20, 0, method, 0, 0x21, crc, len(data), size, len(fname), 0)
+        central += b"PK\x01\x02" + struct.pack("<H", 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, len(local))
+        central += fname
+        local += b"PK\x03\x04" + fields + fname + data
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), len(local), 0)
+    path.write_bytes(local + central + end)
+
+
+def deflate_bomb(path: Path, expanded: int) -> None:
+    """A torch-zip-shaped checkpoint whose ``data.pkl`` is a pickled string of ``expanded`` bytes, deflated.
+
+    Each 1 MiB of the string deflates (with a full flush, so every block compresses to the same bytes) to about
+    1 KB: the file is ~1000x smaller than what its pickle expands to. Built in well under a second.
+    """
+    import struct
+    import zlib
+
+    block = b"a" * 2**20
+    head = b"\x80\x02X" + struct.pack("<I", expanded)  # protocol 2, BINUNICODE of `expanded` bytes
+    tail = b"q\x00."
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = [deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH)]
+    chunk = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(head)
+    for _ in range(expanded // len(block)):
+        stream.append(chunk)
+        crc = zlib.crc32(block, crc)
+    stream.append(deflate.compress(tail) + deflate.flush())
+    crc = zlib.crc32(tail, crc)
+    pickle_size = len(head) + expanded + len(tail)
+    _write_zip(
+        path,
+        [
+            ("archive/data.pkl", 8, b"".join(stream), pickle_size, crc),
+            ("archive/byteorder", 0, b"little", 6, zlib.crc32(b"little")),
+            ("archive/version", 0, b"3\n", 2, zlib.crc32(b"3\n")),
+        ],
+    )
+
+
+_PEAK_PROBE = """
+import resource, sys, time
+import hfexport.sources as sources
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    sources.load_checkpoint(sys.argv[1])
+    message = "loaded"
+except Exception as exc:
+    message = f"{type(exc).__name__}: {exc}"
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(grown // 1024, time.perf_counter() - start)
+print(message)
+"""
+
+
+def test_deflated_pickle_bomb_is_refused_without_expanding_it(tmp_path: Path) -> None:
+    """A 1 MB file whose pickle expands to 1 GiB: refused from the zip's directory, in one line, in little memory."""
+    import subprocess
+
+    path = tmp_path / "bomb.pt"
+    deflate_bomb(path, 2**30)
+    assert path.stat().st_size < 2 * 10**6
+    done = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures, message = done.stdout.strip().split("\n", 1)
+    grown_mb, seconds = figures.split()
+    assert int(grown_mb) < 64, f"peak memory grew by {grown_mb} MB while refusing a 1 MB file"
+    assert float(seconds) < 5
+    assert message.startswith("CheckpointError: "), message
+    assert "\n" not in message and "data.pkl" in message and "expands" in message
+
+
+def test_oversized_stored_pickle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hfexport.sources as sources
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": make_gpt(0).state_dict(), "notes": "x" * 5000}, path)
+    monkeypatch.setattr(sources, "MAX_PICKLE_BYTES", 4096)  # the real bound is 256 MiB: too big for a test file
+    with pytest.raises(CheckpointError, match=r"pickle '.*data\.pkl' is \d+ bytes"):
+        load_checkpoint(path)
+
+
+def test_a_plain_checkpoint_is_unpickled_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain nanoGPT checkpoint is unpickled once (no separate scan of its pickle before loading it)."""
+    model = make_gpt(3)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model.model_args()}, path)
+    calls = []
+    real_load = torch.load
+
+    def counting_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.setattr(
+        torch.serialization,
+        "get_unsafe_globals_in_checkpoint",
+        lambda *a, **k: pytest.fail("the pickle was scanned before being loaded"),
+    )
+    assert_same_weights(load_checkpoint(path).state_dict, model)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char_device", "directory_named_pt"])
+def test_non_files_given_as_the_checkpoint_are_named(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        path = tmp_path / "ckpt.pt"
+        os.mkfifo(path)
+        words = "is a FIFO"
+    elif kind == "char_device":
+        path = Path("/dev/zero")
+        words = "is a character device"
+    else:
+        path = tmp_path / "ckpt.pt"
+        path.mkdir()
+        words = "No checkpoint in directory"
+    with pytest.raises(CheckpointError, match=words) as info:
+        load_checkpoint(path)  # never opened: a FIFO would block, /dev/zero never ends
+    assert "does not exist" not in str(info.value)

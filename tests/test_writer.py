@@ -19,8 +19,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from hfexport import OutputExistsError, convert_checkpoint
+from hfexport import writer
+from hfexport.errors import OutputPathError
 from hfexport.safetensors_io import TensorRecord, read_header, write_safetensors
-from hfexport.writer import OutputTensor, clean_stale_temporaries, parse_size, write_hf_directory
+from hfexport.writer import (
+    MANIFEST_NAME,
+    OutputTensor,
+    check_output_path,
+    clean_stale_temporaries,
+    parse_size,
+    write_hf_directory,
+)
 
 FILES = {"config.json": '{"model_type": "test"}\n', "README.md": "# test\n"}
 
@@ -143,7 +152,7 @@ def test_duplicate_names_refused(tmp_path: Path) -> None:
 
 def test_force_replaces_atomically_without_leftovers(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    write_hf_directory(out, tensors_of({"a": torch.zeros(3)}), FILES)
+    write_hf_directory(out, tensors_of({"a": torch.zeros(3)}), FILES, manifest={})
     with pytest.raises(OutputExistsError):
         write_hf_directory(out, tensors_of({"a": torch.ones(3)}), FILES)
     assert torch.equal(load_file(str(out / "model.safetensors"))["a"], torch.zeros(3))
@@ -177,7 +186,7 @@ def test_parse_size(text: str | int, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1MB", 0, "0B"])
+@pytest.mark.parametrize("text", ["", "abc", "-1MB", 0, "0B", "inf", "1e400", "0.5", "nan", "-inf GB", True])
 def test_parse_size_refuses(text: str | int) -> None:
     with pytest.raises(ValueError, match="Invalid size"):
         parse_size(text)
@@ -211,6 +220,180 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None
     other.mkdir()
     assert clean_stale_temporaries(tmp_path, "out") == [stale]
     assert sorted(hidden(tmp_path)) == sorted([alive.name, other.name])
+
+
+# --- what --force may replace, and a target that fills up while the export is written --------------------------
+
+
+def an_export(path: Path, value: float = 0.0) -> Path:
+    write_hf_directory(path, tensors_of({"a": torch.full((3,), value)}), FILES, manifest={"step": 1})
+    return path
+
+
+def _extra_file(out: Path) -> None:
+    (out / "notes.txt").write_text("mine")
+
+
+def _changed_file(out: Path) -> None:
+    (out / "README.md").write_text("# my own model card, longer than the one written\n")
+
+
+def _symlink(out: Path) -> None:
+    (out / "link").symlink_to("/etc")
+
+
+def _empty_subdir(out: Path) -> None:
+    (out / "runs").mkdir()
+
+
+def _nested_file(out: Path) -> None:
+    (out / "runs").mkdir()
+    (out / "runs" / "events.log").write_text("mine")
+
+
+def _no_manifest(out: Path) -> None:
+    (out / MANIFEST_NAME).unlink()
+
+
+def _bad_manifest(out: Path) -> None:
+    (out / MANIFEST_NAME).write_text('["not", "a", "manifest"]')
+
+
+FOREIGN = {
+    "extra_file": (_extra_file, "does not list (notes.txt)"),
+    "changed_file": (_changed_file, "changed since hfexport wrote them (README.md)"),
+    "symlink": (_symlink, "does not list (link)"),
+    "empty_subdir": (_empty_subdir, "does not list (runs/)"),
+    "nested_file": (_nested_file, "does not list (runs/events.log)"),
+    "no_manifest": (_no_manifest, "no hfexport.json"),
+    "bad_manifest": (_bad_manifest, "unreadable hfexport.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_force_replaces_only_what_hfexport_wrote(tmp_path: Path, case: str) -> None:
+    spoil, words = FOREIGN[case]
+    out = an_export(tmp_path / "out")
+    spoil(out)
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    with pytest.raises(OutputExistsError, match="only replaces a directory that hfexport wrote") as info:
+        write_hf_directory(out, tensors_of({"b": torch.ones(3)}), FILES, manifest={}, force=True)
+    assert words in str(info.value)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert hidden(tmp_path) == []
+
+
+def test_force_never_replaces_protected_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The working directory, its ancestors, home, a root and a directory holding the checkpoint: never, even empty
+    or an earlier export."""
+    work = an_export(tmp_path / "work")
+    monkeypatch.chdir(work)
+    home = an_export(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(home))
+    holder = an_export(tmp_path / "holder")
+    cases = {
+        "": "empty string",
+        ".": "is the working directory",
+        str(work): "is the working directory",
+        str(tmp_path): "an ancestor of the working directory",
+        "~": "is the home directory",
+        "/": "file-system root",
+        str(holder): "which is being read",
+    }
+    for path, words in cases.items():
+        with pytest.raises(OutputPathError, match=words):
+            check_output_path(path, force=True, protected=[holder / "model.safetensors"])
+    with pytest.raises(OutputPathError, match="which is being read"):
+        write_hf_directory(holder, tensors_of({"b": torch.ones(3)}), FILES, force=True, protected=[holder / "x.pt"])
+    assert (holder / MANIFEST_NAME).is_file()
+    assert (work / MANIFEST_NAME).is_file() and (home / MANIFEST_NAME).is_file()
+
+
+def test_unusable_output_paths_are_refused_before_writing(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    cases = {
+        tmp_path / "file" / "sub" / "out": "is a file, not a directory",
+        tmp_path / "link": "is a symlink",
+        Path(os.fsdecode(bytes(tmp_path) + b"/\xff\xfe")): "not valid UTF-8",
+    }
+    for path, words in cases.items():
+        with pytest.raises(OutputPathError, match=words):
+            write_hf_directory(path, tensors_of({"a": torch.zeros(2)}), FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link", "real"]
+    assert list(real.iterdir()) == []
+
+
+def _fill_before_publish(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
+    """Another program writes into the target once the export is written, just before it is renamed into place
+    (right after the writer's last fsync of its temporary)."""
+    real_fsync_tree = writer.fsync_tree
+
+    def fsync_then_another_program(path: Path) -> None:
+        real_fsync_tree(path)
+        target.mkdir(exist_ok=True)
+        (target / "user.txt").write_text("written meanwhile")
+
+    monkeypatch.setattr(writer, "fsync_tree", fsync_then_another_program)
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_target_filled_during_the_write_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    out = tmp_path / "out" / "x"
+    if exists:
+        out.mkdir(parents=True)  # empty when the export starts: fine to use
+    _fill_before_publish(monkeypatch, out)
+    with pytest.raises(OutputExistsError, match="appeared or was filled while the export was written"):
+        write_hf_directory(out, tensors_of({"a": torch.zeros(2)}), FILES, manifest={})
+    assert sorted(p.name for p in out.iterdir()) == ["user.txt"]
+    assert (out / "user.txt").read_text() == "written meanwhile"
+    assert hidden(out.parent) == []
+
+
+def test_forced_target_spoiled_during_the_write_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = an_export(tmp_path / "out", 5.0)
+    _fill_before_publish(monkeypatch, out)
+    with pytest.raises(OutputExistsError, match="only replaces a directory that hfexport wrote"):
+        write_hf_directory(out, tensors_of({"a": torch.ones(2)}), FILES, manifest={}, force=True)
+    assert (out / "user.txt").read_text() == "written meanwhile"
+    assert torch.equal(load_file(str(out / "model.safetensors"))["a"], torch.full((3,), 5.0))
+    assert hidden(tmp_path) == []
+
+
+def test_forced_swap_is_undone_when_the_old_version_changed_at_the_last_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file lands in the old version between the publish-time check and the swap: the swap is undone."""
+    out = an_export(tmp_path / "out", 5.0)
+    real_exchange = writer._exchange
+    calls = []
+
+    def exchange_after_a_write(a: Path, b: Path) -> bool:
+        if not calls:
+            (out / "user.txt").write_text("written at the last moment")
+        calls.append((a, b))
+        return real_exchange(a, b)
+
+    monkeypatch.setattr(writer, "_exchange", exchange_after_a_write)
+    with pytest.raises(OutputExistsError, match=r"changed while the export was written.*user\.txt"):
+        write_hf_directory(out, tensors_of({"a": torch.ones(2)}), FILES, manifest={}, force=True)
+    assert len(calls) == 2  # swapped, then swapped back
+    assert (out / "user.txt").read_text() == "written at the last moment"
+    assert torch.equal(load_file(str(out / "model.safetensors"))["a"], torch.full((3,), 5.0))
+    assert hidden(tmp_path) == []
+
+
+def test_failed_write_removes_the_parents_it_created(tmp_path: Path) -> None:
+    (tmp_path / "existing").mkdir()
+    out = tmp_path / "existing" / "new" / "deeper" / "out"
+    values = {"a": torch.zeros(2)}
+    with pytest.raises(ValueError, match="duplicate"):
+        write_hf_directory(out, tensors_of(values) + tensors_of(values), FILES)
+    assert list((tmp_path / "existing").iterdir()) == []  # "existing" was there before: kept
 
 
 # --- a real kill in the middle of a conversion -----------------------------------------------------------------

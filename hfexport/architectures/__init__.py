@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import CheckpointError
-from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, transpose_into
+from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, check_plan, transpose_into
 from .gpt2 import ACTIVATIONS, GPT2
 
 logger = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ __all__ = [
     "ConversionPlan",
     "ModelFacts",
     "TensorPlan",
+    "check_plan",
     "detect",
     "get",
     "register",

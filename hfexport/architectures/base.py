@@ -18,9 +18,20 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import ConversionError
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Architecture", "ConversionPlan", "ModelFacts", "TensorPlan", "transpose_into"]
+__all__ = [
+    "Architecture",
+    "ConversionPlan",
+    "ModelFacts",
+    "TensorPlan",
+    "check_plan",
+    "config_dim",
+    "positive_int",
+    "transpose_into",
+]
 
 _TRANSPOSE_ROWS = 64  # source rows per step of a whole-tensor transposing copy (measured: 64-128 are fastest)
 
@@ -187,8 +198,95 @@ class ConversionPlan:
         return list(seen.values())
 
 
+def config_dim(config: Mapping[str, Any], key: str) -> int:
+    """``config[key]`` as a size (an ``int`` >= 0, never a bool, float or string).
+
+    Raises:
+        ConversionError: naming the key and the value found.
+    """
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConversionError(
+            f"config {key}={value!r} ({type(value).__name__}) is not a size: expected an integer >= 0."
+        )
+    return value
+
+
+def positive_int(name: str, value: Any, fix: str) -> int:
+    """``value`` if it is an ``int`` >= 1 (never a bool, ``4.0`` or ``"4"``), else a message naming it and the fix.
+
+    Raises:
+        ConversionError: ``value`` is not a positive integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConversionError(f"{name}={value!r} ({type(value).__name__}) is not a positive integer. {fix}")
+    return value
+
+
+def check_plan(plan: ConversionPlan, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a plan whose tensors are not what its ``config.json`` says, before anything is written.
+
+    ``expected`` maps every key of the Hugging Face model that ``plan.config`` describes to the shape it must
+    have: what :meth:`Architecture.expected_shapes` returns. Checked, naming the key, its shape and the expected
+    one: the plan has exactly these keys; no dimension is 0 (an empty vocabulary, ...); each output has its
+    expected shape; each source tensor has that shape too (in the source's layout: transposed for ``transpose``,
+    any number of rows >= ``rows`` when rows are kept); every row-trimmed (vocabulary) source has the same number
+    of rows; every source is a real floating-point tensor (complex or integer weights are refused, not cast).
+
+    Raises:
+        ConversionError: the first mismatch found.
+    """
+    names = [tp.name for tp in plan.tensors]
+    missing = [key for key in expected if key not in set(names)]
+    extra = [name for name in names if name not in expected]
+    if missing or extra:
+        raise ConversionError(
+            f"The {plan.architecture} plan does not match its config: missing {missing[:5]}, unexpected {extra[:5]}."
+        )
+    vocab_rows: dict[str, int] = {}
+    for tp in plan.tensors:
+        want = tuple(expected[tp.name])
+        if 0 in want:
+            raise ConversionError(
+                f"{tp.name} has shape {want}: a dimension of 0 rows or columns (an empty vocabulary or width) "
+                "cannot be exported; the checkpoint is not a trained model."
+            )
+        if tuple(tp.shape) != want:
+            raise ConversionError(f"{tp.name} would be written with shape {tuple(tp.shape)}, expected {want}.")
+        src = tp.source
+        if src is None:
+            continue
+        if not src.dtype.is_floating_point:
+            raise ConversionError(
+                f"{tp.name} is {str(src.dtype).removeprefix('torch.')}: only real floating-point weights can be "
+                "exported (a cast would drop imaginary parts or invent precision). Fix the checkpoint's weights."
+            )
+        shape = tuple(src.shape)
+        layout = tuple(reversed(want)) if tp.transpose else want  # what the source must look like
+        if tp.rows is not None:
+            vocab_rows[tp.name] = shape[0] if shape else 0
+            ok = len(shape) == len(layout) and shape[1:] == layout[1:] and shape[0] >= tp.rows
+            layout = (f">={tp.rows}", *layout[1:])  # type: ignore[assignment]
+        else:
+            ok = shape == layout
+        if not ok:
+            shown = "(" + ", ".join(map(str, layout)) + ("," if len(layout) == 1 else "") + ")"
+            raise ConversionError(f"{tp.name} has shape {shape}, expected {shown} (from the model's config).")
+    if len(set(vocab_rows.values())) > 1:
+        shown = ", ".join(f"{name} has {rows}" for name, rows in vocab_rows.items())
+        raise ConversionError(f"The vocabulary tensors disagree on their number of rows: {shown}.")
+
+
 class Architecture(Protocol):
-    """A source model family (e.g. nanoGPT-style GPT-2). Register instances with ``register``."""
+    """A source model family (e.g. nanoGPT-style GPT-2). Register instances with ``register``.
+
+    A family provides three things: :meth:`detect` (is this state dict mine?), :meth:`plan` (the output tensors
+    and ``config.json``) and :meth:`expected_shapes` (the shape of every key of the Hugging Face model a
+    ``config.json`` describes). :func:`hfexport.convert.plan_conversion` runs :func:`check_plan` on every plan
+    with the family's ``expected_shapes``, for the CLI and for live models alike, so a family only states the
+    shapes; it needs no checks of its own beyond what it must read to build the config (e.g. that ``wte`` is a
+    matrix, that ``n_head`` is a positive integer dividing ``n_embd``).
+    """
 
     name: str
 
@@ -206,4 +304,10 @@ class Architecture(Protocol):
         untie_embeddings: bool,
     ) -> ConversionPlan:
         """Build the conversion plan; raise ``ConversionError`` naming what is missing and how to provide it."""
+        ...
+
+    def expected_shapes(self, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        """Every tensor key of the Hugging Face model ``config`` (this family's ``config.json``) describes, with
+        the shape ``from_pretrained`` requires; raise ``ConversionError`` for a config value that is not a size
+        (see :func:`config_dim`)."""
         ...

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from ..errors import ConversionError
-from .base import ConversionPlan, ModelFacts, TensorPlan
+from .base import ConversionPlan, ModelFacts, TensorPlan, config_dim, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,22 @@ LAYER_KEYS: dict[str, str] = {
     "mlp.c_fc.bias": "mlp.c_fc.bias",
     "mlp.c_proj.weight": "mlp.c_proj.weight",
     "mlp.c_proj.bias": "mlp.c_proj.bias",
+}
+
+#: Per-layer shapes in the Hugging Face model, from n_embd (E) and the MLP width (I, 4E unless n_inner says).
+LAYER_SHAPES: dict[str, Callable[[int, int], tuple[int, ...]]] = {
+    "ln_1.weight": lambda e, i: (e,),
+    "ln_1.bias": lambda e, i: (e,),
+    "attn.c_attn.weight": lambda e, i: (e, 3 * e),
+    "attn.c_attn.bias": lambda e, i: (3 * e,),
+    "attn.c_proj.weight": lambda e, i: (e, e),
+    "attn.c_proj.bias": lambda e, i: (e,),
+    "ln_2.weight": lambda e, i: (e,),
+    "ln_2.bias": lambda e, i: (e,),
+    "mlp.c_fc.weight": lambda e, i: (e, i),
+    "mlp.c_fc.bias": lambda e, i: (i,),
+    "mlp.c_proj.weight": lambda e, i: (i, e),
+    "mlp.c_proj.bias": lambda e, i: (e,),
 }
 
 #: nn.Linear stores (out, in); HF GPT-2 uses Conv1D, which stores (in, out).
@@ -86,8 +102,8 @@ class GPT2:
                 + "; ".join(f"{k} = {v}" for k, v in ACTIVATIONS.items())
             )
         sd = {k: v for k, v in state_dict.items() if not IGNORED.search(k)}
-        wte = _require(sd, "transformer.wte.weight")
-        wpe = _require(sd, "transformer.wpe.weight")
+        wte = _require_matrix(sd, "transformer.wte.weight", "(vocab_size, n_embd)")
+        wpe = _require_matrix(sd, "transformer.wpe.weight", "(block_size, n_embd)")
         trained_vocab, n_embd = wte.shape
         n_positions = wpe.shape[0]
 
@@ -104,6 +120,8 @@ class GPT2:
                 "The checkpoint does not say how many attention heads the model has (n_head): its shapes "
                 f"cannot tell. Pass it: --n_head N (CLI) or config={{'n_head': N}} (n_embd is {n_embd})."
             )
+        fix = f"It must divide n_embd={n_embd}: pass the right one with --n_head N (config={{'n_head': N}})."
+        n_head = positive_int("n_head", n_head, fix)
         if n_embd % n_head:
             raise ConversionError(f"n_head={n_head} does not divide n_embd={n_embd}; pass the right --n_head.")
 
@@ -156,13 +174,14 @@ class GPT2:
 
         tied = True
         head = sd.get("lm_head.weight")
-        if head is not None and not _same_storage(head, wte) and not torch.equal(head, wte):
+        if head is not None and not _same_storage(head, wte) and not _equal(head, wte):
             # A model trained with an untied head: its head must be written, or transformers ties wte to it.
             tied = False
         if untie_embeddings or not tied:
             source = head if head is not None else wte
+            # Trimmed like wte (never to fit a head of another size: check_plan refuses that).
             tensors.append(
-                TensorPlan("lm_head.weight", source, (out_vocab, n_embd), rows=_rows(out_vocab, source.shape[0]))
+                TensorPlan("lm_head.weight", source, (out_vocab, n_embd), rows=_rows(out_vocab, trained_vocab))
             )
             tied = False
 
@@ -207,6 +226,24 @@ class GPT2:
             notes.append("bias=False model: zero biases written")
         return ConversionPlan("gpt2", tensors, config, generation_config, notes)
 
+    def expected_shapes(self, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shape of every ``GPT2LMHeadModel`` key for ``config`` (Conv1D weights as HF stores them: (in, out))."""
+        vocab, positions, embd, n_layer = (
+            config_dim(config, k) for k in ("vocab_size", "n_positions", "n_embd", "n_layer")
+        )
+        inner = embd * 4 if config.get("n_inner") is None else config_dim(config, "n_inner")
+        shapes: dict[str, tuple[int, ...]] = {
+            "transformer.wte.weight": (vocab, embd),
+            "transformer.wpe.weight": (positions, embd),
+        }
+        for i in range(n_layer):
+            shapes.update({f"transformer.h.{i}.{key}": shape(embd, inner) for key, shape in LAYER_SHAPES.items()})
+        shapes["transformer.ln_f.weight"] = (embd,)
+        shapes["transformer.ln_f.bias"] = (embd,)
+        if not config.get("tie_word_embeddings", True):
+            shapes["lm_head.weight"] = (vocab, embd)
+        return shapes
+
 
 def _rows(out_vocab: int, trained: int) -> int | None:
     return out_vocab if out_vocab != trained else None
@@ -217,6 +254,21 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.shape == b.shape
     except (RuntimeError, NotImplementedError):  # meta / DTensor without local storage
         return a is b
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype and values (``torch.equal`` raises on some dtype pairs)."""
+    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+
+
+def _require_matrix(sd: Mapping[str, torch.Tensor], key: str, layout: str) -> torch.Tensor:
+    tensor = _require(sd, key)
+    if tensor.dim() != 2:
+        raise ConversionError(
+            f"{key} has shape {tuple(tensor.shape)}, expected a matrix {layout}: the checkpoint is not a "
+            "nanoGPT-style GPT-2 or is corrupt."
+        )
+    return tensor
 
 
 def _require(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
