@@ -1,15 +1,18 @@
 """The ``hfexport`` command line: ``convert``, ``verify``, ``list`` and ``push``.
 
-Bad input prints one line, ``error: ...`` naming the problem and the fix, and exits with status 2 (``--debug``
-shows the traceback). Unexpected failures exit with status 1.
+Bad input (arguments argparse rejects included) prints one line, ``error: ...`` naming the problem and the fix,
+and exits with status 2 (``--debug`` shows the traceback). An environment failure (a full or read-only disk, an
+I/O error) prints one line too and exits with status 1, as do unexpected failures.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .architectures import ACTIVATIONS
@@ -21,6 +24,22 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_parser", "main"]
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+#: Failures of the machine, not of the input: errno → what to do about it.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free some space or write to another disk (--output_dir)",
+    errno.EDQUOT: "free some space within your quota or write to another disk (--output_dir)",
+    errno.EROFS: "choose an --output_dir on a writable file system",
+    errno.EIO: "the disk reported an I/O error; check it, or write to another disk (--output_dir)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose rejections are one line, ``error: ...`` and where to find the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -40,7 +59,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hfexport`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hfexport",
         description="Export nanoGPT-style GPT-2 checkpoints to verified Hugging Face directories.",
     )
@@ -92,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="5GB",
         help="shard the weights past this size (default: 5GB)",
     )
-    c.add_argument("--force", action="store_true", help="replace a non-empty --output_dir (atomically)")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --output_dir if it holds an earlier export of hfexport (atomically); never anything else",
+    )
     c.add_argument(
         "--allow_nonfinite",
         "--allow-nonfinite",
@@ -253,6 +276,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:
+        if args.debug:
+            raise
+        fix = _ENVIRONMENT_ERRORS.get(exc.errno or 0)
+        where = f" ({exc.filename})" if exc.filename else ""
+        if fix is None:
+            print(
+                f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr
+            )
+        else:
+            print(f"error: {exc.strerror or exc}{where}; nothing was published: {fix}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as exc:  # unexpected: still one line, but a different status
         if args.debug:
             raise
@@ -260,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -177,7 +177,7 @@ def check_output_path(
     if target.exists() and not target.is_dir():
         raise OutputExistsError(f"Output path {str(target)!r} is a file, not a directory. Choose another --output_dir.")
     if _read_only(existing):
-        raise OSError(errno.EROFS, f"{str(existing)!r} is on a read-only file system; choose a writable --output_dir")
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(existing))
     if target.is_dir() and any(target.iterdir()):
         if not force:
             raise OutputExistsError(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,214 @@ def test_subprocess_convert_and_error(tmp_path: Path, ckpt: Path) -> None:
     assert "--allow_nonfinite" in lines[0]
     assert not (tmp_path / "hf2").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".hf2")] == []
+
+
+def test_argument_errors_are_one_line_with_a_help_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["convert", "x.pt"],
+        ["convert", "x.pt", "--output_dir", "o", "--dtype", "int8"],
+        ["convert", "x.pt", "--output_dir", "o", "--n_head", "0"],
+        ["convert", "x.pt", "--output_dir", "o", "--n_head", "four"],
+        ["frobnicate"],
+        [],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith("error: ") and "--help" in err, err
+
+
+# --- what --force may replace: never the user's files -------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _save_ckpt(path: Path, **edits: object) -> Path:
+    model = make_gpt(0)
+    args = {**model.model_args(), **edits}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "model_args": args}, path)
+    return path
+
+
+def test_force_never_replaces_the_directory_holding_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _save_ckpt(tmp_path / "t1" / "ckpt.pt")
+    (tmp_path / "t1" / "notes.txt").write_text("days of work")
+    before = _tree(tmp_path)
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "t1"), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert error_lines(err) == err.splitlines() and len(err.splitlines()) == 1, err
+    assert "ckpt.pt" in err and "being read" in err
+    assert _tree(tmp_path) == before
+
+
+def test_force_never_replaces_the_working_directory_or_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _save_ckpt(tmp_path / "elsewhere" / "ckpt.pt")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "train.py").write_text("print('mine')")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("secret")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    before = _tree(tmp_path)
+    for output_dir, words in (("", "empty string"), (".", "working directory"), ("~", "home directory")):
+        assert main(["convert", str(ckpt), "--output_dir", output_dir, "--force", "--no_progress"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert _tree(tmp_path) == before
+
+
+def test_force_replaces_an_earlier_export_but_not_a_user_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _save_ckpt(tmp_path / "ckpt.pt")
+    out = tmp_path / "hf"
+    assert main(["convert", str(ckpt), "--output_dir", str(out), "--quiet", "--no_progress"]) == 0
+    assert main(["convert", str(ckpt), "--output_dir", str(out), "--force", "--quiet", "--no_progress"]) == 0
+    (out / "my_eval.json").write_text("{}")
+    before = _tree(tmp_path)
+    assert main(["convert", str(ckpt), "--output_dir", str(out), "--force", "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "my_eval.json" in err and "hfexport wrote" in err, err
+    assert _tree(tmp_path) == before
+
+
+# --- every expected failure is one line, and leaves nothing -------------------------------------------------------
+
+
+def _n_head(value: object) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        return ["convert", str(_save_ckpt(tmp / "c.pt", n_head=value)), "--output_dir", str(tmp / "out" / "hf")]
+
+    return make
+
+
+def _shard_size(size: str) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        ckpt = _save_ckpt(tmp / "c.pt")
+        return ["convert", str(ckpt), "--output_dir", str(tmp / "out" / "hf"), "--max_shard_size", size]
+
+    return make
+
+
+def _fifo(tmp: Path) -> list[str]:
+    os.mkfifo(tmp / "pipe.pt")
+    return ["convert", str(tmp / "pipe.pt"), "--output_dir", str(tmp / "out" / "hf")]
+
+
+def _dev_zero(tmp: Path) -> list[str]:
+    return ["convert", "/dev/zero", "--output_dir", str(tmp / "out" / "hf")]
+
+
+def _one_dim_wte(tmp: Path) -> list[str]:
+    model = make_gpt(0)
+    state = model.state_dict()
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][:, 0].clone()
+    torch.save({"model": state, "model_args": model.model_args()}, tmp / "c.pt")
+    return ["convert", str(tmp / "c.pt"), "--output_dir", str(tmp / "out" / "hf")]
+
+
+def _under_a_file(tmp: Path) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return ["convert", str(_save_ckpt(tmp / "c.pt")), "--output_dir", str(tmp / "afile" / "sub" / "hf")]
+
+
+def _symlinked_output(tmp: Path) -> list[str]:
+    (tmp / "real").mkdir()
+    (tmp / "link").symlink_to(tmp / "real")
+    return ["convert", str(_save_ckpt(tmp / "c.pt")), "--output_dir", str(tmp / "link")]
+
+
+def _non_utf8_output(tmp: Path) -> list[str]:
+    name = os.fsdecode(bytes(tmp / "out") + b"/\xff\xfe")
+    return ["convert", str(_save_ckpt(tmp / "c.pt")), "--output_dir", name]
+
+
+def _nan_deep_output(tmp: Path) -> list[str]:
+    model = make_gpt(0)
+    state = model.state_dict()
+    state["transformer.h.1.mlp.c_fc.weight"][0, 0] = float("nan")
+    torch.save({"model": state, "model_args": model.model_args()}, tmp / "c.pt")
+    return ["convert", str(tmp / "c.pt"), "--output_dir", str(tmp / "new" / "deeper" / "hf")]
+
+
+ONE_LINE = {
+    "n_head_0": (_n_head(0), "n_head=0"),
+    "n_head_str": (_n_head("4"), "n_head='4' (str) is not a positive integer"),
+    "n_head_float": (_n_head(4.0), "n_head=4.0 (float)"),
+    "n_head_negative": (_n_head(-4), "n_head=-4"),
+    "shard_inf": (_shard_size("inf"), "not a finite number"),
+    "shard_1e400": (_shard_size("1e400"), "not a finite number"),
+    "shard_half_byte": (_shard_size("0.5"), "at least 1 byte"),
+    "fifo": (_fifo, "is a FIFO"),
+    "dev_zero": (_dev_zero, "is a character device"),
+    "one_dim_wte": (_one_dim_wte, "transformer.wte.weight has shape (96,), expected a matrix"),
+    "under_a_file": (_under_a_file, "is a file, not a directory"),
+    "symlinked_output": (_symlinked_output, "is a symlink"),
+    "non_utf8_output": (_non_utf8_output, "not valid UTF-8"),
+    "nan_in_new_parents": (_nan_deep_output, "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_LINE))
+def test_expected_failures_are_one_line_and_leave_nothing(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make, words = ONE_LINE[case]
+    argv = make(tmp_path)
+    before = _tree(tmp_path)
+    rc = main([*argv, "--no_progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert words in err, err
+    assert "unexpected" not in err
+    assert _tree(tmp_path) == before  # nothing written, no parent directory left behind
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir()
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, timeout=20
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode(errors='replace').strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"), [("size=1m", "No space left on device"), ("ro", "Read-only file system")]
+)
+def test_environment_failures_exit_1_with_one_line(
+    tmp_path: Path, options: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = make_gpt(0, vocab_size=4096, n_embd=64)  # ~2 MB of float32 weights: more than the 1 MB disk
+    torch.save({"model": model.state_dict(), "model_args": model.model_args()}, tmp_path / "c.pt")
+    with _tmpfs(tmp_path / "disk", options) as disk:
+        out = disk / "new" / "hf"
+        rc = main(["convert", str(tmp_path / "c.pt"), "--output_dir", str(out), "--dtype", "float32", "--no_progress"])
+        err = capsys.readouterr().err
+        assert rc == 1, err
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
+        assert "unexpected" not in err and "--output_dir" in err
+        assert list(disk.iterdir()) == []  # no partial export, no parent left

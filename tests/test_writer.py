@@ -18,8 +18,7 @@ from nanogpt import make_gpt
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from hfexport import OutputExistsError, convert_checkpoint
-from hfexport import writer
+from hfexport import OutputExistsError, convert_checkpoint, writer
 from hfexport.errors import OutputPathError
 from hfexport.safetensors_io import TensorRecord, read_header, write_safetensors
 from hfexport.writer import (
