@@ -218,3 +218,115 @@ def test_transpose_into_casts_and_transposes_whole_or_by_column_range() -> None:
     part = torch.empty(10, 200, dtype=torch.bfloat16)
     transpose_into(part, src, 40, 50)
     assert torch.equal(part, src[:, 40:50].t().to(torch.bfloat16))
+
+
+# --- every tensor's shape is checked against the config, before anything is written ---------------------------
+
+
+def _narrow_mlp(sd: dict[str, torch.Tensor]) -> None:
+    """Layer 1 is half as wide in its MLP as layer 0 (and as the config says: 4 * n_embd)."""
+    sd["transformer.h.1.mlp.c_fc.weight"] = torch.randn(64, 32)
+    sd["transformer.h.1.mlp.c_fc.bias"] = torch.randn(64)
+    sd["transformer.h.1.mlp.c_proj.weight"] = torch.randn(32, 64)
+
+
+def _narrow_wpe(sd: dict[str, torch.Tensor]) -> None:
+    sd["transformer.wpe.weight"] = torch.randn(16, 16)
+
+
+def _empty_vocab(sd: dict[str, torch.Tensor]) -> None:
+    sd["transformer.wte.weight"] = torch.zeros(0, 32)
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+
+
+def _tall_head(sd: dict[str, torch.Tensor]) -> None:
+    sd["lm_head.weight"] = torch.randn(100, 32)  # wte has 96 rows
+
+
+def _complex(sd: dict[str, torch.Tensor]) -> None:
+    sd["transformer.h.0.attn.c_attn.weight"] = torch.randn(96, 32, dtype=torch.complex64)
+
+
+def _integer(sd: dict[str, torch.Tensor]) -> None:
+    sd["transformer.h.0.ln_1.weight"] = torch.ones(32, dtype=torch.int64)
+
+
+def _wide_c_proj(sd: dict[str, torch.Tensor]) -> None:
+    sd["transformer.h.0.attn.c_proj.weight"] = torch.randn(32, 40)
+
+
+SHAPE_REFUSALS = {
+    "inconsistent_layer_widths": (
+        _narrow_mlp,
+        {},
+        "transformer.h.1.mlp.c_fc.weight has shape (64, 32), expected (128, 32)",
+    ),
+    "wpe_narrower_than_wte": (_narrow_wpe, {}, "transformer.wpe.weight has shape (16, 16), expected (16, 32)"),
+    "zero_row_vocabulary": (_empty_vocab, {}, "transformer.wte.weight has shape (0, 32)"),
+    "lm_head_taller_than_wte": (_tall_head, {}, "lm_head.weight has shape (100, 32), expected (96, 32)"),
+    "lm_head_taller_when_trimmed": (
+        _tall_head,
+        {"vocab_size": 50},
+        "transformer.wte.weight has 96, lm_head.weight has 100",
+    ),
+    "complex_weights": (_complex, {}, "transformer.h.0.attn.c_attn.weight is complex64"),
+    "integer_weights": (_integer, {}, "transformer.h.0.ln_1.weight is int64"),
+    "square_looking_c_proj": (
+        _wide_c_proj,
+        {},
+        "transformer.h.0.attn.c_proj.weight has shape (32, 40), expected (32, 32)",
+    ),
+    "n_head_negative": (lambda sd: None, {"facts": ModelFacts(n_head=-4)}, "n_head=-4 (int) is not a positive integer"),
+    "n_head_float": (lambda sd: None, {"facts": ModelFacts(n_head=4.0)}, "n_head=4.0 (float)"),  # type: ignore[arg-type]
+    "n_head_string": (lambda sd: None, {"facts": ModelFacts(n_head="4")}, "n_head='4' (str)"),  # type: ignore[arg-type]
+    "n_head_zero": (lambda sd: None, {"facts": ModelFacts(n_head=0)}, "n_head=0"),
+    "n_head_bool": (lambda sd: None, {"facts": ModelFacts(n_head=True)}, "n_head=True (bool)"),
+}
+
+
+@pytest.mark.parametrize("case", list(SHAPE_REFUSALS))
+def test_tensors_that_do_not_fit_the_config_are_refused(case: str) -> None:
+    edit, kwargs, words = SHAPE_REFUSALS[case]
+    sd = sd_of()
+    edit(sd)
+    with pytest.raises(ConversionError) as info:
+        plan_conversion(sd, **{"facts": FACTS, **kwargs})
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_expected_shapes_follow_the_config() -> None:
+    plan = plan_conversion(sd_of(n_layer=3), FACTS, untie_embeddings=True)
+    shapes = get("gpt2").expected_shapes(plan.config)
+    assert shapes == {t.name: t.shape for t in plan.tensors}
+    assert shapes["transformer.h.2.mlp.c_fc.weight"] == (32, 128)
+    assert shapes["lm_head.weight"] == (96, 32)
+    with pytest.raises(ConversionError, match=r"config n_embd='32' \(str\) is not a size"):
+        get("gpt2").expected_shapes({**plan.config, "n_embd": "32"})
+
+
+def test_check_plan_is_generic() -> None:
+    """Another family reuses the same check with the shapes its config implies."""
+    from hfexport.architectures import ConversionPlan, TensorPlan, check_plan
+
+    weight = torch.randn(4, 3)
+    plan = ConversionPlan("toy", [TensorPlan("w", weight, (3, 4), transpose=True)], {})
+    check_plan(plan, {"w": (3, 4)})
+    with pytest.raises(ConversionError, match=r"w has shape \(4, 3\), expected \(5, 3\)"):
+        check_plan(ConversionPlan("toy", [TensorPlan("w", weight, (3, 5), transpose=True)], {}), {"w": (3, 5)})
+    with pytest.raises(ConversionError, match=r"missing \['b'\]"):
+        check_plan(plan, {"w": (3, 4), "b": (4,)})
+
+
+def test_live_model_with_a_mismatched_layer_is_never_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """export_hf (the training path) goes through the same check as the CLI."""
+    from hfexport import export_hf
+
+    model = make_gpt(0)
+    model.transformer.h[1].mlp.c_fc = torch.nn.Linear(32, 64)
+    model.transformer.h[1].mlp.c_proj = torch.nn.Linear(64, 32)
+    with pytest.raises(ConversionError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight has shape \(64, 32\)"):
+        export_hf(model, 1, output_dir=tmp_path / "exports", dtype="float32")
+    assert not (tmp_path / "exports").exists() or not any(
+        p.name.startswith("step_") for p in (tmp_path / "exports").iterdir()
+    )

@@ -251,10 +251,10 @@ def check_plan(plan: ConversionPlan, expected: Mapping[str, tuple[int, ...]]) ->
                 f"{tp.name} has shape {want}: a dimension of 0 rows or columns (an empty vocabulary or width) "
                 "cannot be exported; the checkpoint is not a trained model."
             )
-        if tuple(tp.shape) != want:
-            raise ConversionError(f"{tp.name} would be written with shape {tuple(tp.shape)}, expected {want}.")
         src = tp.source
         if src is None:
+            if tuple(tp.shape) != want:
+                raise ConversionError(f"{tp.name} would be written with shape {tuple(tp.shape)}, expected {want}.")
             continue
         if not src.dtype.is_floating_point:
             raise ConversionError(
@@ -272,6 +272,8 @@ def check_plan(plan: ConversionPlan, expected: Mapping[str, tuple[int, ...]]) ->
         if not ok:
             shown = "(" + ", ".join(map(str, layout)) + ("," if len(layout) == 1 else "") + ")"
             raise ConversionError(f"{tp.name} has shape {shape}, expected {shown} (from the model's config).")
+        if tuple(tp.shape) != want:
+            raise ConversionError(f"{tp.name} would be written with shape {tuple(tp.shape)}, expected {want}.")
     if len(set(vocab_rows.values())) > 1:
         shown = ", ".join(f"{name} has {rows}" for name, rows in vocab_rows.items())
         raise ConversionError(f"The vocabulary tensors disagree on their number of rows: {shown}.")
