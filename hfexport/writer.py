@@ -199,8 +199,11 @@ def _check_protected(target: Path, protected: Sequence[str | os.PathLike[str]]) 
     fix = "Pass a new directory for the export, e.g. --output_dir hf_model."
     if real == real.parent or os.path.ismount(real):
         raise OutputPathError(f"Output path {str(target)!r} is a file-system root or mount point. {fix}")
-    cwd = Path.cwd().resolve()
-    if real == cwd or real in cwd.parents:
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working directory was removed: nothing to protect there
+        cwd = None
+    if cwd is not None and (real == cwd or real in cwd.parents):
         what = "the working directory" if real == cwd else "an ancestor of the working directory"
         raise OutputPathError(f"Output path {str(target)!r} is {what}. {fix}")
     try:

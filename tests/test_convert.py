@@ -495,3 +495,30 @@ def test_finiteness_check_fast_path_is_exact(dtype: torch.dtype) -> None:
         small[3] = bad
         with pytest.raises(ConversionError):
             check_finite("w", small, dtype, False)
+
+
+def test_force_in_python_follows_the_same_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """convert_checkpoint(force=True) never replaces the checkpoint's directory, the working directory or a user's."""
+    from hfexport.errors import OutputPathError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = save_nanogpt(make_gpt(9), run / "ckpt.pt")
+    (run / "train.log").write_text("step 1000 loss 2.1")
+    before = sorted((p.name, p.read_bytes()) for p in run.iterdir())
+    with pytest.raises(OutputPathError, match="being read"):
+        convert_checkpoint(ckpt, run, dtype="float32", force=True)
+    monkeypatch.chdir(run)
+    for output_dir in ("", ".", run):
+        with pytest.raises(OutputPathError):
+            convert_checkpoint(ckpt, output_dir, dtype="float32", force=True)
+    assert sorted((p.name, p.read_bytes()) for p in run.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_failed_conversion_removes_only_the_parents_it_created(tmp_path: Path) -> None:
+    ckpt = _with_state(tmp_path, _nan)
+    (tmp_path / "exports").mkdir()
+    with pytest.raises(ConversionError, match="NaN"):
+        convert_checkpoint(ckpt, tmp_path / "exports" / "run1" / "step_1" / "hf", dtype="float32")
+    assert list((tmp_path / "exports").iterdir()) == []
