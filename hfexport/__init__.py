@@ -21,6 +21,7 @@ from .errors import (
     HubError,
     HubSetupError,
     OutputExistsError,
+    OutputPathError,
     UnsafeCheckpointError,
     VerificationError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "HubError",
     "HubSetupError",
     "OutputExistsError",
+    "OutputPathError",
     "UnsafeCheckpointError",
     "VerificationError",
     "__version__",
