@@ -223,23 +223,31 @@ def _safe_load(file: Path) -> Any:
                 return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError as exc:
             match = _REFUSED_GLOBAL.search(str(exc))
-            name = match.group(1) if match else None
+            names = [match.group(1)] if match else _scanned_globals(file, exc) if is_zip and not stand_ins else []
             known = {n for _, n in stand_ins}
-            if (
-                name is not None
-                and name not in known
-                and len(stand_ins) < _MAX_STAND_INS
-                and (_CONFIG_GLOBAL.search(name) or _DICT_GLOBAL.search(name))
-            ):
-                stand_ins.append((_DictStandIn if _DICT_GLOBAL.search(name) else _ConfigStandIn, name))
+            new = [n for n in names if n not in known]
+            refused = [n for n in new if not (_CONFIG_GLOBAL.search(n) or _DICT_GLOBAL.search(n))]
+            if new and not refused and len(stand_ins) + len(new) <= _MAX_STAND_INS:
+                stand_ins.extend((_DictStandIn if _DICT_GLOBAL.search(n) else _ConfigStandIn, n) for n in new)
                 continue
-            raise _unpickling_error(file, exc, name) from exc
+            raise _unpickling_error(file, exc, ", ".join(refused or names) or None) from exc
         except Exception as exc:  # a corrupt file can make the unpickler raise almost anything
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
                 f"{str(file)!r} is not a readable PyTorch checkpoint ({first}). It may be truncated or corrupted "
                 "(an interrupted save or copy), or not a checkpoint at all."
             ) from exc
+
+
+def _scanned_globals(file: Path, exc: pickle.UnpicklingError) -> list[str]:
+    """The refused globals of a zip checkpoint, by a scan of its pickle: only when torch's message did not name
+    one (a torch version that words it differently)."""
+    if "GLOBAL" not in str(exc) and "global" not in str(exc):
+        return []
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(file)))
+    except Exception:  # the file is unreadable: the original error says so
+        return []
 
 
 def _unpickling_error(file: Path, exc: pickle.UnpicklingError, name: str | None) -> CheckpointError:

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import pickle
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -89,8 +90,16 @@ class GPTConfig:
 """
 
 
-def test_build_nanogpt_layout_never_imports_the_config_class(tmp_path: Path) -> None:
-    """build-nanogpt pickles its GPTConfig dataclass; loading must read its fields without importing it."""
+@pytest.mark.parametrize("torch_names_the_global", [True, False])
+def test_build_nanogpt_layout_never_imports_the_config_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_names_the_global: bool
+) -> None:
+    """build-nanogpt pickles its GPTConfig dataclass; loading must read its fields without importing it (also with a
+    torch whose refusal message hfexport cannot read: the pickle is then scanned for the global)."""
+    import hfexport.sources as sources
+
+    if not torch_names_the_global:
+        monkeypatch.setattr(sources, "_REFUSED_GLOBAL", re.compile(r"(?!)"))
     name = f"bn_model_{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "IMPORTED"
     module_dir = tmp_path / "mod"
@@ -239,8 +248,15 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.parametrize("torch_names_the_global", [True, False])
 @pytest.mark.parametrize("fmt", ["zip", "legacy", "plain_pickle"])
-def test_pickle_carrying_code_is_refused_unexecuted(tmp_path: Path, fmt: str) -> None:
+def test_pickle_carrying_code_is_refused_unexecuted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, torch_names_the_global: bool
+) -> None:
+    import hfexport.sources as sources
+
+    if not torch_names_the_global:
+        monkeypatch.setattr(sources, "_REFUSED_GLOBAL", re.compile(r"(?!)"))
     marker = tmp_path / "PWNED"
     payload = {"model": make_gpt(0).state_dict(), "hook": RunsCode(marker)}
     path = tmp_path / "evil.pt"

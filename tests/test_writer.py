@@ -338,10 +338,18 @@ def _fill_before_publish(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
     monkeypatch.setattr(writer, "fsync_tree", fsync_then_another_program)
 
 
+def _without_renameat2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a system without renameat2 (macOS, old kernels, file systems without RENAME_NOREPLACE/EXCHANGE)."""
+    monkeypatch.setattr(writer, "_renameat2", lambda a, b, flags: None)
+
+
+@pytest.mark.parametrize("renameat2", [True, False])
 @pytest.mark.parametrize("exists", [False, True])
 def test_target_filled_during_the_write_is_never_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool, renameat2: bool
 ) -> None:
+    if not renameat2:
+        _without_renameat2(monkeypatch)
     out = tmp_path / "out" / "x"
     if exists:
         out.mkdir(parents=True)  # empty when the export starts: fine to use
@@ -353,7 +361,12 @@ def test_target_filled_during_the_write_is_never_replaced(
     assert hidden(out.parent) == []
 
 
-def test_forced_target_spoiled_during_the_write_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_forced_target_spoiled_during_the_write_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
+    if not renameat2:
+        _without_renameat2(monkeypatch)
     out = an_export(tmp_path / "out", 5.0)
     _fill_before_publish(monkeypatch, out)
     with pytest.raises(OutputExistsError, match="only replaces a directory that hfexport wrote"):
@@ -383,6 +396,18 @@ def test_forced_swap_is_undone_when_the_old_version_changed_at_the_last_moment(
     assert len(calls) == 2  # swapped, then swapped back
     assert (out / "user.txt").read_text() == "written at the last moment"
     assert torch.equal(load_file(str(out / "model.safetensors"))["a"], torch.full((3,), 5.0))
+    assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_force_replaces_an_export_and_removes_only_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
+    if not renameat2:
+        _without_renameat2(monkeypatch)
+    out = an_export(tmp_path / "out", 5.0)
+    write_hf_directory(out, tensors_of({"b": torch.ones(2)}), FILES, manifest={}, force=True)
+    assert set(load_file(str(out / "model.safetensors"))) == {"b"}
     assert hidden(tmp_path) == []
 
 
