@@ -671,6 +671,10 @@ def _publish(tmp: Path, target: Path, *, force: bool, protected: Sequence[str | 
         fsync_dir(target.parent)
         _remove_export(old)
         return
+    if not target.exists():  # removed meanwhile: nothing left to replace
+        _rename_noreplace(tmp, target)
+        fsync_dir(target.parent)
+        return
     old = target.parent / f".{target.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.rename(target, old)
     problem = replace_refusal(old)
