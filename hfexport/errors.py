@@ -15,6 +15,7 @@ __all__ = [
     "HubError",
     "HubSetupError",
     "OutputExistsError",
+    "PushVerificationError",
     "UnsafeCheckpointError",
     "VerificationError",
 ]
@@ -54,3 +55,7 @@ class HubError(HFExportError, RuntimeError):
 
 class HubSetupError(HubError):
     """The Hub repository cannot be used (bad token, forbidden repository, ...); raised before training."""
+
+
+class PushVerificationError(HubError):
+    """What a commit holds on the Hub differs from the local files (size or hash); the push is retried."""

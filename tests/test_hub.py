@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from hfexport.errors import HubError, HubSetupError
 from hfexport.hub import HubOptions, HubPusher, push_version, resolve_push_dir
+from hfexport.journal import PushJournal
 
 REPO = "tester/gpt2-run"
 TOKEN = "hf_test_token"
@@ -121,13 +122,13 @@ def test_large_files_go_through_lfs(hub_server, tmp_path):
 def test_revision_mirrors_the_directory(hub_server, tmp_path):
     options = ready(hub_server)
     first = make_version(tmp_path, 500)
-    (first / "extra.txt").write_text("only in the first version")
+    (first / "generation_config.json").write_text("{}")  # only in the first version
     push_version(first, options, step=500)
     push_version(make_version(tmp_path, 1000), options, step=1000)
 
     api = HfApi()
-    assert "extra.txt" in api.list_repo_files(REPO, revision="step_000500")
-    assert "extra.txt" not in api.list_repo_files(REPO, revision="step_001000")
+    assert "generation_config.json" in api.list_repo_files(REPO, revision="step_000500")
+    assert "generation_config.json" not in api.list_repo_files(REPO, revision="step_001000")
 
 
 def test_step_unknown_uses_the_directory_name(hub_server, tmp_path):
@@ -282,8 +283,8 @@ def test_close_without_any_push(hub_server):
     assert hub_server.requests == []
 
 
-def test_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_path, caplog):
-    pusher = HubPusher(fast_options())
+def test_latest_mode_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_path, caplog):
+    pusher = HubPusher(fast_options(push_mode="latest"))
     pusher.setup()
     hub_server.inject(r"/commit/", status=None, delay_s=0.5, times=1)  # the first push is slow
     versions = {step: make_version(tmp_path, step) for step in (1, 2, 3, 4, 5)}
@@ -303,8 +304,47 @@ def test_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_pat
         pusher.close()
 
     assert [r.step for r in pusher.results] == [1, 4, 5]
-    assert "Skipping the Hub push of step_000002" in caplog.text
+    assert "Skipping the Hub push of step_000002 (hub_push='latest')" in caplog.text
+    assert "Skipping the Hub push of step_000003" in caplog.text
     assert not pusher.is_pending(versions[5])
+    assert pusher.skipped == [versions[2].absolute(), versions[3].absolute()]
+    journal = PushJournal(tmp_path).versions(REPO, "main")
+    assert {name: e["state"] for name, e in journal.items()} == {
+        "step_000001": "pushed",
+        "step_000002": "skipped",
+        "step_000003": "skipped",
+        "step_000004": "pushed",
+        "step_000005": "pushed",
+    }
+    assert {t.name for t in HfApi().list_repo_refs(REPO).tags} == {"step_000001", "step_000004", "step_000005"}
+
+
+def test_every_version_is_pushed_in_order_by_default_and_falling_behind_is_said_once(hub_server, tmp_path, caplog):
+    pusher = HubPusher(fast_options())
+    pusher.setup()
+    hub_server.inject(r"/commit/", status=None, delay_s=0.5, times=1)  # the first push is slow
+    versions = {step: make_version(tmp_path, step) for step in (1, 2, 3, 4, 5)}
+
+    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+        pusher.submit(versions[1], step=1)
+        deadline = time.monotonic() + 5
+        while not hub_server.requests_to(r"/commit/") and time.monotonic() < deadline:
+            time.sleep(0.01)  # step 1 is in flight
+        for step in (2, 3, 4, 5):
+            pusher.submit(versions[step], step=step)
+        assert all(pusher.is_pending(versions[step]) for step in (2, 3, 4, 5))
+        pusher.close()
+
+    assert [r.step for r in pusher.results] == [1, 2, 3, 4, 5]
+    assert pusher.skipped == [] and "Skipping" not in caplog.text
+    behind = [r.getMessage() for r in caplog.records if "are behind" in r.getMessage()]
+    assert len(behind) == 1, behind  # at most once a minute
+    assert "2 version(s) wait (oldest step_000002)" in behind[0]
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)][:5]
+    assert titles == [f"Export step {step}" for step in (5, 4, 3, 2, 1)]  # committed in step order
+    for step, version in versions.items():
+        downloaded = hf_hub_download(REPO, "model.safetensors", revision=version.name, cache_dir=tmp_path / "c")
+        assert Path(downloaded).read_bytes() == (version / "model.safetensors").read_bytes()
 
 
 def test_pending_keeps_failed_versions(hub_server, tmp_path):
@@ -317,7 +357,8 @@ def test_pending_keeps_failed_versions(hub_server, tmp_path):
     pusher.wait()
 
     assert pusher.pending() == [(500, version.absolute())]
-    assert not pusher.is_pending(version)  # not queued any more: rotation may not need it, resume does
+    assert pusher.is_pending(version)  # failed, not pushed: rotation must keep it
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == [(500, "step_000500")]
     pusher.submit(version, step=500)  # resubmitted (e.g. after a resume): now it succeeds
     pusher.close()
     assert pusher.pending() == []
