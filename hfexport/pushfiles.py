@@ -70,6 +70,8 @@ def publishable_files(version_dir: Path) -> list[str]:
                 f"`hfexport verify {version_dir}`."
             ) from exc
         names = sorted({*listed, MANIFEST_NAME})
+        for name in names:
+            _check_relative(version_dir, name)
         missing = [n for n in names if not (version_dir / n).is_file() and not (version_dir / n).is_symlink()]
         if missing:
             raise HubError(
@@ -97,10 +99,14 @@ def publishable_files(version_dir: Path) -> list[str]:
     return names
 
 
-def _check_inside(version_dir: Path, base: Path, name: str) -> None:
+def _check_relative(version_dir: Path, name: str) -> None:
     rel = PurePosixPath(name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\\" in name:
         raise HubError(f"Refusing to push {version_dir.name}: {name!r} is not a path inside the version directory.")
+
+
+def _check_inside(version_dir: Path, base: Path, name: str) -> None:
+    _check_relative(version_dir, name)
     path = version_dir / name
     resolved = path.resolve()
     if not resolved.is_relative_to(base):

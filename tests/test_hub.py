@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ from safetensors.torch import save_file
 from hfexport.errors import HubError, HubSetupError
 from hfexport.hub import HubOptions, HubPusher, push_version, resolve_push_dir
 from hfexport.journal import PushJournal
+from hfexport.pushfiles import publishable_files
+from hub_server import git_blob_sha1
 
 REPO = "tester/gpt2-run"
 TOKEN = "hf_test_token"
@@ -508,3 +511,172 @@ def test_local_hub_answers_like_the_hub(hub_server, tmp_path):
         HfApi(token="hf_wrong").upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id=REPO)
     with pytest.raises(Exception, match="403"):
         HfApi(token="hf_other_token").create_tag(REPO, tag="v1")
+
+
+# ------------------------------------------------------------------------------------ verification on the Hub
+@pytest.mark.parametrize("lfs", [False, True])
+def test_a_corrupted_copy_on_the_hub_is_detected_and_sent_again(hub_server, tmp_path, caplog, lfs):
+    options = ready(hub_server)
+    if lfs:
+        hub_server.lfs_min_size = 200  # the weights become an LFS file: checked by its sha256
+    hub_server.corrupt(r"model\.safetensors$", times=1)
+    version = make_version(tmp_path, 500)
+
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+        result = push_version(version, options, step=500)
+
+    assert result.attempts == 2
+    assert "does not hold the local files" in caplog.text and "model.safetensors" in caplog.text
+    stored = hub_server.repo(REPO).resolve("step_000500").files["model.safetensors"]
+    assert stored == (version / "model.safetensors").read_bytes()
+    assert PushJournal(tmp_path).versions(REPO, "main")["step_000500"]["commit"] == result.commit_oid
+
+
+def test_a_push_that_never_lands_intact_fails_and_is_not_tagged(hub_server, tmp_path):
+    options = ready(hub_server, max_retries=1)
+    hub_server.corrupt(r"config\.json$", times=99)
+
+    with pytest.raises(HubError, match=r"after 2 attempt.*config\.json"):
+        push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert HfApi().list_repo_refs(REPO).tags == []
+    entry = PushJournal(tmp_path).versions(REPO, "main")["step_000500"]
+    assert entry["state"] == "failed" and "config.json" in entry["error"]
+
+
+def test_the_test_hub_lists_files_as_the_hub_does(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.lfs_min_size = 200
+    version = make_version(tmp_path, 500)
+    result = push_version(version, options, step=500)
+    api = HfApi()
+
+    tree = {f.path: f for f in api.list_repo_tree(REPO, revision=result.commit_oid, recursive=True)}
+    weights, config = tree["model.safetensors"], tree["config.json"]
+    data = (version / "model.safetensors").read_bytes()
+    assert weights.size == len(data) and weights.lfs.sha256 == hashlib.sha256(data).hexdigest()
+    assert weights.lfs.size == len(data) and weights.lfs.pointer_size > 0
+    assert config.lfs is None and config.blob_id == git_blob_sha1((version / "config.json").read_bytes())
+    info = api.get_paths_info(REPO, ["config.json", "model.safetensors", "missing"], revision=result.commit_oid)
+    assert {i.path: (i.size, i.blob_id) for i in info} == {p: (tree[p].size, tree[p].blob_id) for p in tree if p in (
+        "config.json",
+        "model.safetensors",
+    )}
+
+
+# ------------------------------------------------------------------------------------------ bounded time
+def test_a_hub_that_never_answers_a_commit_fails_within_the_bound(hub_server, tmp_path):
+    options = ready(hub_server, max_retries=1, timeout_s=1.0)
+    hub_server.inject(r"/commit/", hang=True, times=None)
+
+    started = time.monotonic()
+    with pytest.raises(HubError, match="after 2 attempt"):
+        push_version(make_version(tmp_path, 500), options, step=500)
+    elapsed = time.monotonic() - started
+
+    assert len(hub_server.requests_to(r"/commit/", method="POST")) == 2
+    assert 2 * 1.0 <= elapsed < 2 * 1.0 + 3.0  # timeout × attempts, plus the backoff and the other requests
+
+
+def test_the_set_up_check_is_bounded_when_the_hub_never_answers(hub_server):
+    hub_server.inject(r"/api/whoami-v2", hang=True, times=None)
+
+    started = time.monotonic()
+    with pytest.raises(HubSetupError, match="after 2 attempt"):
+        HubPusher(fast_options(max_retries=1, timeout_s=0.5)).setup()
+
+    assert time.monotonic() - started < 2 * 0.5 + 2.0
+
+
+def test_requests_made_outside_a_push_keep_no_timeout(hub_server):
+    from huggingface_hub.utils import get_session
+
+    from hfexport.hub import bounded_requests
+
+    seen = []
+
+    def record(request):
+        seen.append(dict(request.extensions.get("timeout") or {}))
+
+    with bounded_requests(2.0):
+        session = get_session()
+        session.event_hooks = {**session.event_hooks, "request": [*session.event_hooks["request"], record]}
+        try:
+            HfApi().whoami()
+        finally:
+            hooks = [h for h in session.event_hooks["request"] if h is not record]
+            session.event_hooks = {**session.event_hooks, "request": hooks}
+    assert seen and set(seen[0].values()) == {2.0}
+    session.event_hooks = {**session.event_hooks, "request": [*session.event_hooks["request"], record]}
+    try:
+        HfApi().whoami()
+    finally:
+        session.event_hooks = {**session.event_hooks, "request": [h for h in session.event_hooks["request"] if h is not record]}
+    assert set(seen[1].values()) == {None}
+
+
+def test_repeated_rate_limits_say_the_interval_is_too_fast(hub_server, tmp_path, caplog):
+    options = ready(hub_server)
+    hub_server.inject(r"/commit/", status=429, times=2, retry_after=0)
+
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+        result = push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert result.attempts == 3
+    assert "faster than the Hub allows" in caplog.text and "hub_push='latest'" in caplog.text
+
+
+# ------------------------------------------------------------------------------------ what may be published
+def test_only_the_versions_own_files_are_pushed(hub_server, tmp_path, caplog):
+    options = ready(hub_server)
+    version = make_version(tmp_path, 500)
+    (version / "notes-with-secrets.txt").write_text("password=hunter2")
+    (version / "sub").mkdir()
+    (version / "sub" / "id_rsa").write_text("PRIVATE KEY")
+
+    with caplog.at_level(logging.INFO, logger="hfexport.pushfiles"):
+        push_version(version, options, step=500)
+
+    assert sorted(HfApi().list_repo_files(REPO)) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert "notes-with-secrets.txt" in caplog.text and "standard model files" in caplog.text
+
+
+def test_a_manifest_decides_what_is_pushed_and_symlinks_leaving_the_directory_are_refused(hub_server, tmp_path):
+    options = ready(hub_server)
+    version = make_version(tmp_path / "root", 500)
+    secret = tmp_path / "secretdir"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("PRIVATE KEY")
+    names = ["README.md", "config.json", "model.safetensors"]
+    manifest = {"files": {n: {"size": (version / n).stat().st_size} for n in names}}
+    (version / "hfexport.json").write_text(json.dumps(manifest))
+    (version / "stray.txt").write_text("not in the manifest")
+    assert publishable_files(version) == sorted([*names, "hfexport.json"])
+
+    os.symlink(secret / "id_rsa", version / "tokenizer.json")
+    manifest["files"]["tokenizer.json"] = {"size": 11}
+    (version / "hfexport.json").write_text(json.dumps(manifest))
+    with pytest.raises(HubError, match=r"tokenizer\.json is a symlink.*outside"):
+        push_version(version, options, step=500)
+    manifest["files"] = {"../secretdir/id_rsa": {"size": 11}}
+    (version / "hfexport.json").write_text(json.dumps(manifest))
+    with pytest.raises(HubError, match="not a path inside"):
+        publishable_files(version)
+    assert hub_server.requests_to(r"/commit/") == []
+
+
+@pytest.mark.parametrize("kind", ["text", "symlink", "symlinked-version"])
+def test_a_latest_pointing_outside_the_root_is_refused(tmp_path, kind):
+    root = tmp_path / "root"
+    make_version(root, 500)
+    outside = make_version(tmp_path / "secretdir", 1)
+    if kind == "text":
+        (root / "latest").write_text("../secretdir/step_000001\n")
+    elif kind == "symlink":
+        os.symlink(outside, root / "latest")
+    else:  # a version-looking name inside the root that is itself a symlink leaving it
+        os.symlink(outside, root / "step_000900")
+        os.symlink("step_000900", root / "latest")
+
+    with pytest.raises(HubError, match="Refusing to push"):
+        resolve_push_dir(root)
