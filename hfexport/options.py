@@ -104,7 +104,9 @@ class ExportOptions:
             or not isinstance(self.hub_timeout_s, (int, float))
             or not self.hub_timeout_s > 0
         ):
-            raise ValueError(f"Invalid value for hub_timeout_s={self.hub_timeout_s!r}. Must be a number of seconds > 0.")
+            raise ValueError(
+                f"Invalid value for hub_timeout_s={self.hub_timeout_s!r}. Must be a number of seconds > 0."
+            )
         parse_size(self.max_shard_size)
         if self.push_to_hub and not self.repo_id:
             raise ValueError('push_to_hub=True needs repo_id="namespace/name" (the Hub model repository).')

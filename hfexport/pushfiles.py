@@ -95,7 +95,9 @@ def publishable_files(version_dir: Path) -> list[str]:
         _check_inside(version_dir, base, name)
     stray = sorted(set(present) - set(names))
     if stray:
-        logger.info("Not pushing %d file(s) of %s that are not part of the version: %s", len(stray), version_dir.name, stray)
+        logger.info(
+            "Not pushing %d file(s) of %s that are not part of the version: %s", len(stray), version_dir.name, stray
+        )
     return names
 
 
@@ -159,4 +161,6 @@ def verify_remote(remote: Iterable[Any], version_dir: Path, names: list[str], wh
         elif entry.blob_id != git_blob_id(local):
             problems.append(f"{name}: git blob id {entry.blob_id} on the Hub differs from the local file's")
     if problems:
-        raise PushVerificationError(f"{what}: the commit on the Hub does not hold the local files: {'; '.join(problems)}")
+        raise PushVerificationError(
+            f"{what}: the commit on the Hub does not hold the local files: {'; '.join(problems)}"
+        )

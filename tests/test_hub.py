@@ -558,10 +558,15 @@ def test_the_test_hub_lists_files_as_the_hub_does(hub_server, tmp_path):
     assert weights.lfs.size == len(data) and weights.lfs.pointer_size > 0
     assert config.lfs is None and config.blob_id == git_blob_sha1((version / "config.json").read_bytes())
     info = api.get_paths_info(REPO, ["config.json", "model.safetensors", "missing"], revision=result.commit_oid)
-    assert {i.path: (i.size, i.blob_id) for i in info} == {p: (tree[p].size, tree[p].blob_id) for p in tree if p in (
-        "config.json",
-        "model.safetensors",
-    )}
+    assert {i.path: (i.size, i.blob_id) for i in info} == {
+        p: (tree[p].size, tree[p].blob_id)
+        for p in tree
+        if p
+        in (
+            "config.json",
+            "model.safetensors",
+        )
+    }
 
 
 # ------------------------------------------------------------------------------------------ bounded time
@@ -611,7 +616,10 @@ def test_requests_made_outside_a_push_keep_no_timeout(hub_server):
     try:
         HfApi().whoami()
     finally:
-        session.event_hooks = {**session.event_hooks, "request": [h for h in session.event_hooks["request"] if h is not record]}
+        session.event_hooks = {
+            **session.event_hooks,
+            "request": [h for h in session.event_hooks["request"] if h is not record],
+        }
     assert set(seen[1].values()) == {None}
 
 
