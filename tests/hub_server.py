@@ -534,7 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _tree(commit: Commit, sub_path: str) -> list[dict[str, Any]]:
         prefix = sub_path.strip("/") + "/" if sub_path.strip("/") else ""
         entries: dict[str, dict[str, Any]] = {}
-        for path, data in sorted(commit.files.items()):
+        for path in sorted(commit.files):
             if not path.startswith(prefix):
                 continue
             parts = path[len(prefix) :].split("/")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import git_blob_sha1
 from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import save_file
 
@@ -18,7 +19,6 @@ from hfexport.errors import HubError, HubSetupError
 from hfexport.hub import HubOptions, HubPusher, push_version, resolve_push_dir
 from hfexport.journal import PushJournal
 from hfexport.pushfiles import publishable_files
-from hub_server import git_blob_sha1
 
 REPO = "tester/gpt2-run"
 TOKEN = "hf_test_token"
@@ -345,7 +345,7 @@ def test_every_version_is_pushed_in_order_by_default_and_falling_behind_is_said_
     assert "2 version(s) wait (oldest step_000002)" in behind[0]
     titles = [c.title for c in HfApi().list_repo_commits(REPO)][:5]
     assert titles == [f"Export step {step}" for step in (5, 4, 3, 2, 1)]  # committed in step order
-    for step, version in versions.items():
+    for version in versions.values():
         downloaded = hf_hub_download(REPO, "model.safetensors", revision=version.name, cache_dir=tmp_path / "c")
         assert Path(downloaded).read_bytes() == (version / "model.safetensors").read_bytes()
 
