@@ -11,7 +11,8 @@ Guarantees:
     * an export holds the weights of its step, even when training changes them right after the call;
     * at most one snapshot waits for the writer; with ``if_busy="wait"`` no requested version is lost;
     * a background failure is logged at once and raised from the next call (``on_error="raise"``);
-    * rotation deletes only versions this exporter created, never ``latest``, never one still being pushed.
+    * rotation deletes only versions this exporter created, never ``latest``, never one not pushed yet (queued,
+      in flight or failed).
 
 Example:
     ```python

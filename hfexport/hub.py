@@ -225,7 +225,8 @@ def _with_retries(
     fn: Callable[[], T],
     *,
     error_cls: type[HubError] = HubError,
-    hint: str = "the version is still on disk and can be pushed later with `hfexport push`",
+    hint: str = "the version stays on disk, journaled as not pushed: `hfexport push ROOT --repo_id ID --pending` "
+    "(or a new run on the same export root) pushes it later",
 ) -> tuple[T, int]:
     """Run ``fn()`` under the retry policy of ``options``: ``(result, attempts)``, or raise ``error_cls``.
 
