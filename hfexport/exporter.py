@@ -257,6 +257,7 @@ class HFExporter:
                 self._worker = None
             if self._pusher is not None:
                 self._pusher.close()
+                self._rotate()  # versions kept only until their push succeeded may go now
         finally:
             self._closed = True
             self._finalizer.detach()

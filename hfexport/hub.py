@@ -38,7 +38,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -156,6 +156,12 @@ class PushFailure:
     version_dir: Path
     step: int
     error: BaseException
+
+    @property
+    def transient(self) -> bool:
+        """Whether it failed on errors that pass (the Hub or the network down): worth pushing again later."""
+        cause = self.error.__cause__
+        return cause is not None and _is_transient(cause)
 
 
 # ------------------------------------------------------------------------------------------- retry policy
@@ -522,8 +528,10 @@ class HubPusher:
     a warning says how many wait (at most once a minute). With ``push_mode="latest"`` intermediate versions still
     waiting are coalesced: only the newest one, plus any final one, is pushed, and the skipped ones are logged. A
     failed push is logged, journaled and recorded in :attr:`failures`; with ``on_push_error="raise"`` it is raised by
-    :meth:`check` and :meth:`close`. A version not pushed yet (queued, in flight or failed) is
-    :meth:`is_pending`, so that rotation keeps it.
+    :meth:`check` and :meth:`close`. With ``push_mode="every"``, versions that failed because the Hub or the network
+    was down are pushed again, in step order, before the next version submitted; while the Hub stays down each gets
+    one attempt (so a backlog costs one timeout per version), until a push succeeds. A version not pushed yet
+    (queued, in flight or failed) is :meth:`is_pending`, so that rotation keeps it.
 
     Args:
         options: Where and how to push.
@@ -557,6 +565,7 @@ class HubPusher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._behind_logged_at: float | None = None
+        self._hub_down = False  # the last push failed for good on errors that pass: one attempt each until one works
 
     @property
     def api(self) -> HfApi:
@@ -650,6 +659,17 @@ class HubPusher:
         with self._cond:
             self._queue = [j for j in self._queue if j.version_dir != job.version_dir]
             self._queue.append(job)
+            # Versions whose push failed because the Hub or the network was down go again, before this one (step
+            # order), each time a new version arrives.
+            retry = [
+                f
+                for f in self._failures
+                if self.options.push_mode == "every"
+                and f.transient
+                and f.version_dir.is_dir()
+                and all(j.version_dir != f.version_dir for j in self._active())
+            ]
+            self._queue += [_Job(f.step, False, f.version_dir) for f in retry]
             self._queue.sort()
             skipped = self._coalesce() if self.options.push_mode == "latest" else []
             self._log_if_behind()
@@ -766,7 +786,7 @@ class HubPusher:
 
     @property
     def failures(self) -> list[PushFailure]:
-        """The pushes that failed, in order, each with its :class:`~hfexport.errors.HubError`."""
+        """The versions whose push failed (and has not succeeded since), in step order, each with its error."""
         with self._cond:
             return list(self._failures)
 
@@ -787,15 +807,20 @@ class HubPusher:
                 job = self._in_flight = self._queue.pop(0)
             result: PushResult | None = None
             failure: PushFailure | None = None
+            # While the Hub is down, one attempt per version (not the whole retry policy each), so that a backlog
+            # costs one timeout per version, not (max_retries + 1) of them; the first success restores the policy.
+            options = replace(self.options, max_retries=0) if self._hub_down else self.options
             try:
                 self.setup()
-                result = push_version(job.version_dir, self.options, step=job.step, api=self.api)
+                result = push_version(job.version_dir, options, step=job.step, api=self.api)
+                self._hub_down = False
             except Exception as exc:
                 error = exc
                 if not isinstance(exc, HubError):
                     error = HubError(f"Pushing {job.version_dir.name} failed: {_describe(exc)}")
                     error.__cause__ = exc
                 failure = PushFailure(job.version_dir, job.step, error)
+                self._hub_down = failure.transient
                 _journal(job.version_dir, self.options, job.step, "failed", error=str(error))
                 logger.warning(
                     "Hub push of %s failed%s: %s",
@@ -809,6 +834,7 @@ class HubPusher:
                     self._results.append(result)
                 if failure is not None:
                     self._failures.append(failure)
+                    self._failures.sort(key=lambda f: f.step)
                 self._checked = min(self._checked, len(self._failures))
                 self._in_flight = None
                 self._cond.notify_all()

@@ -442,3 +442,28 @@ def test_cli_list_shows_the_push_state_of_each_version(hub_server, tmp_path: Pat
     commit = PushJournal(tmp_path).versions(REPO, "main")["step_000001"]["commit"]
     assert f"hub {REPO}@main: pushed (commit {commit[:10]})" in out
     assert f"hub {REPO}@main: failed" in out and "503" in out
+
+
+def test_once_the_hub_is_back_the_failed_versions_arrive_in_the_same_run_in_order(hub_server, tmp_path: Path) -> None:
+    model = make_gpt()
+    exporter = HFExporter(tmp_path, every_n_steps=1, keep_last_n=1, push_to_hub=True, repo_id=REPO, **FAST)
+    hub_server.inject(r"/commit/", status=503, times=None)
+    for step in (1, 2, 3):
+        exporter.maybe_export(model, step)
+    exporter.wait()
+    exporter.pusher.wait()
+    assert [f.step for f in exporter.pusher.failures] == [1, 2, 3]
+    # Once step 1 failed for good (after its retries), the others got one attempt each, not the whole policy.
+    first = hub_server.requests_to(r"/commit/", method="POST")[: FAST["hub_max_retries"] + 1]
+    assert all(b"Export step 1" in r.body for r in first)
+    assert all("after 1 attempt(s)" in str(f.error) for f in exporter.pusher.failures[1:])
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000001", "step_000002", "step_000003"]
+
+    hub_server.reset(repos=False)  # the Hub is back
+    exporter.maybe_export(model, 4)
+    exporter.close()
+    assert tags() == {"step_000001", "step_000002", "step_000003", "step_000004"}
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)][:4]
+    assert titles == ["Export step 4", "Export step 3", "Export step 2", "Export step 1"]
+    assert exporter.pusher.failures == [] and exporter.state_dict()["pending_pushes"] == []
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000004"]  # pushed: now rotated
