@@ -81,6 +81,7 @@ class Injection:
     delay_s: float
     drop: bool
     hang: bool = False
+    hang_after: bool = False
 
 
 @dataclass
@@ -171,15 +172,17 @@ class HubServer:
         drop: bool = False,
         method: str | None = None,
         hang: bool = False,
+        hang_after: bool = False,
     ) -> Injection:
         """Make the next ``times`` requests whose path matches ``path_regex`` (``re.search``) misbehave.
 
         ``delay_s`` sleeps before answering (a slow answer: with ``status=None`` the request is then served
         normally); ``drop`` closes the connection without an answer; ``hang`` reads the request and never answers
-        (until :meth:`reset`; nothing is applied); otherwise ``status`` is answered, with a ``Retry-After`` header
+        (until :meth:`reset`; nothing is applied); ``hang_after`` applies the request (e.g. a commit lands) and then
+        never answers; otherwise ``status`` is answered, with a ``Retry-After`` header
         when ``retry_after`` is given. ``times=None`` keeps the failure forever.
         """
-        inj = Injection(re.compile(path_regex), method, status, times, retry_after, delay_s, drop, hang)
+        inj = Injection(re.compile(path_regex), method, status, times, retry_after, delay_s, drop, hang, hang_after)
         with self.lock:
             self.injections.append(inj)
         return inj
@@ -302,6 +305,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug in this server: answer 500 rather than hang the client
             status, payload, headers = 500, {"error": f"test server error: {e!r}"}, {}
         record.status = status
+        if inj is not None and inj.hang_after:
+            record.status = None
+            hub._release.wait()  # applied, but the answer never comes (until the test Hub is reset)
+            self.close_connection = True
+            return
         self._send(status, payload, headers, head=method == "HEAD")
 
     def _send(self, status: int, payload: Any, headers: dict[str, str], head: bool = False) -> None:

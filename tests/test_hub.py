@@ -688,3 +688,17 @@ def test_a_latest_pointing_outside_the_root_is_refused(tmp_path, kind):
 
     with pytest.raises(HubError, match="Refusing to push"):
         resolve_push_dir(root)
+
+
+def test_a_commit_that_lands_but_is_never_answered_is_not_committed_twice(hub_server, tmp_path):
+    options = ready(hub_server, timeout_s=1.0)
+    hub_server.inject(r"/commit/", hang_after=True, times=1)  # the commit lands; its answer never comes
+    version = make_version(tmp_path, 500)
+
+    result = push_version(version, options, step=500)
+
+    assert result.attempts == 2
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)]
+    assert titles.count("Export step 500") == 1  # the retry found the files already there: no second commit
+    tags = {t.name: t.target_commit for t in HfApi().list_repo_refs(REPO).tags}
+    assert tags == {"step_000500": result.commit_oid} and result.commit_oid == hub_server.repo(REPO).branches["main"]
