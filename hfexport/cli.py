@@ -33,6 +33,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("--quiet", "-q", action="store_true", help="only print errors")
@@ -145,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--timeout_s",
         "--timeout-s",
-        type=float,
+        type=_positive_seconds,
         default=60.0,
         help="timeout of every Hub request, in seconds (default: 60)",
     )

@@ -353,6 +353,17 @@ def _private_strings(tmp_path: Path) -> list[str]:
     return found
 
 
+def _tokenizer(path: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    chars = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65 characters
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 def test_no_local_path_user_or_host_in_any_pushed_file(hub_server, tmp_path: Path) -> None:
     from hfexport.cli import main
 
@@ -363,10 +374,12 @@ def test_no_local_path_user_or_host_in_any_pushed_file(hub_server, tmp_path: Pat
     out = tmp_path / "exported"
     assert main(["convert", str(ckpt), "--output_dir", str(out), "--no_progress", "--quiet"]) == 0
     assert main(["push", str(out), "--repo_id", REPO, "--tag", "converted", "--quiet"]) == 0
-    with HFExporter(tmp_path / "exports", push_to_hub=True, repo_id=REPO, **FAST) as exporter:
-        exporter.export(model, 7, final=True, loss=1.5)
+    tokenizer = _tokenizer(tmp_path / "tok")  # loaded from a local path: its files must not name it
+    with HFExporter(tmp_path / "exports", push_to_hub=True, repo_id=REPO, tokenizer=tokenizer, **FAST) as exporter:
+        exporter.export(make_gpt(vocab_size=65), 7, final=True, loss=1.5)
 
     api = HfApi()
+    assert "tokenizer_config.json" in api.list_repo_files(REPO, revision="step_000007")
     for revision in ("converted", "step_000007"):
         files = [f for f in api.list_repo_files(REPO, revision=revision) if f != ".gitattributes"]
         assert "hfexport.json" in files
