@@ -480,3 +480,40 @@ def test_once_the_hub_is_back_the_failed_versions_arrive_in_the_same_run_in_orde
     assert titles == ["Export step 4", "Export step 3", "Export step 2", "Export step 1"]
     assert exporter.pusher.failures == [] and exporter.state_dict()["pending_pushes"] == []
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000004"]  # pushed: now rotated
+
+
+def test_the_exporter_set_up_is_bounded_when_the_hub_never_answers(hub_server, tmp_path: Path) -> None:
+    hub_server.inject(r"/api/whoami-v2", hang=True, times=None)
+    started = time.monotonic()
+    with pytest.raises(HubSetupError, match="after 2 attempt"):
+        HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, hub_timeout_s=0.5, hub_max_retries=1, hub_backoff_s=0.01)
+    assert time.monotonic() - started < 2 * 0.5 + 2.0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"hub_push": "sometimes"}, "hub_push"),
+        ({"hub_timeout_s": 0}, "hub_timeout_s"),
+        ({"hub_timeout_s": "1"}, "hub_timeout_s"),
+    ],
+)
+def test_new_hub_options_are_validated(tmp_path: Path, option, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, **option)
+
+
+def test_latest_mode_through_the_exporter_says_what_it_skipped(hub_server, tmp_path: Path, caplog) -> None:
+    model = make_gpt()
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, hub_push="latest", **FAST)
+    hub_server.inject(r"/commit/", status=None, delay_s=2.0, times=1)  # the first push is slow
+    with caplog.at_level("INFO", logger="hfexport.hub"):
+        for step in (1, 2, 3, 4):
+            exporter.maybe_export(model, step)
+        exporter.close()
+    assert "step_000001" in tags() and "step_000004" in tags()
+    skipped = [p.name for p in exporter.pusher.skipped]
+    assert skipped and set(skipped) == {"step_000002", "step_000003"} - tags()
+    assert all(f"Skipping the Hub push of {name}" in caplog.text for name in skipped)
+    journal = PushJournal(tmp_path).versions(REPO, "main")
+    assert all(journal[name]["state"] == "skipped" for name in skipped)
