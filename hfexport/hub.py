@@ -30,27 +30,32 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import importlib
-import json
 import logging
-import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .errors import HubError, HubSetupError, PushVerificationError
+from .errors import HubError, HubSetupError
+from .hubretry import MAX_RETRY_AFTER_S, bounded_requests, describe, http_status, is_transient, with_retries
 from .journal import PushJournal
 from .pushfiles import publishable_files, verify_remote
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-__all__ = ["HubOptions", "HubPusher", "PushFailure", "PushResult", "push_version", "resolve_push_dir"]
+__all__ = [
+    "MAX_RETRY_AFTER_S",
+    "HubOptions",
+    "HubPusher",
+    "PushFailure",
+    "PushResult",
+    "bounded_requests",
+    "push_version",
+    "resolve_push_dir",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,8 +66,6 @@ _STEP_DIR = re.compile(r"step_(\d+)")
 _VERSION_DIR = re.compile(r"step_\d{6,}")
 # While pushes fall behind, say so at most this often (seconds).
 BEHIND_LOG_INTERVAL_S = 60.0
-# A Retry-After longer than this is shortened: the push is retried later rather than parked for hours.
-MAX_RETRY_AFTER_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -161,168 +164,7 @@ class PushFailure:
     def transient(self) -> bool:
         """Whether it failed on errors that pass (the Hub or the network down): worth pushing again later."""
         cause = self.error.__cause__
-        return cause is not None and _is_transient(cause)
-
-
-# ------------------------------------------------------------------------------------------- retry policy
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Network-level errors worth retrying, for whichever HTTP stack this huggingface_hub version uses."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, json.JSONDecodeError]
-    for module, names in (
-        ("httpx2", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
-        ("httpx", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
-        ("requests", ("ConnectionError", "Timeout")),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        errors += [getattr(mod, name) for name in names if hasattr(mod, name)]
-    return tuple(errors)
-
-
-def _http_status(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _retry_after_s(error: BaseException) -> float | None:
-    """The ``Retry-After`` of an HTTP error, in seconds (a number or an HTTP date), if any."""
-    headers = getattr(getattr(error, "response", None), "headers", None) or {}
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
-def _is_transient(error: BaseException) -> bool:
-    if isinstance(error, PushVerificationError):
-        return True  # what landed differs from what was sent: sending again is the fix
-    status = _http_status(error)
-    if status is not None:
-        return status >= 500 or status in (408, 429)
-    return isinstance(error, _transient_errors())
-
-
-def _retry_delay(error: BaseException, retry: int, options: HubOptions) -> float:
-    """Exponential backoff with jitter for retry number ``retry`` (1-based), at least the ``Retry-After``."""
-    delay = min(options.backoff_max_s, options.backoff_base_s * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
-    retry_after = _retry_after_s(error) if _http_status(error) in (429, 503) else None
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
-    return delay
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _with_retries(
-    what: str,
-    options: HubOptions,
-    fn: Callable[[], T],
-    *,
-    error_cls: type[HubError] = HubError,
-    hint: str = "the version stays on disk, journaled as not pushed: `hfexport push ROOT --repo_id ID --pending` "
-    "(or a new run on the same export root) pushes it later",
-) -> tuple[T, int]:
-    """Run ``fn()`` under the retry policy of ``options``: ``(result, attempts)``, or raise ``error_cls``.
-
-    Every request ``fn`` makes through ``huggingface_hub`` has ``options.timeout_s`` as its timeout.
-    """
-    attempt = 0
-    rate_limited = 0
-    while True:
-        attempt += 1
-        try:
-            with bounded_requests(options.timeout_s):
-                return fn(), attempt
-        except Exception as error:
-            if _http_status(error) == 429:
-                rate_limited += 1
-                if rate_limited == 2:
-                    logger.warning(
-                        "The Hub keeps rate-limiting %s (HTTP 429): the export interval is faster than the Hub "
-                        "allows commits to %s. Use hub_push='latest' (push only the newest waiting version) or a "
-                        "larger export interval.",
-                        what,
-                        options.repo_id,
-                    )
-            if not _is_transient(error):
-                raise error_cls(f"{what} failed: {_describe(error)} (not retried: the error is permanent).") from error
-            if attempt > options.max_retries:
-                raise error_cls(
-                    f"{what} failed after {attempt} attempt(s): {_describe(error)}. The Hub or the network "
-                    f"may be down; {hint}."
-                ) from error
-            delay = _retry_delay(error, attempt, options)
-            logger.warning(
-                "%s failed (attempt %d of %d): %s; retrying in %.1f s",
-                what,
-                attempt,
-                options.max_retries + 1,
-                _describe(error),
-                delay,
-            )
-            time.sleep(delay)
-
-
-# -------------------------------------------------------------------------------------- request timeouts
-# huggingface_hub sends every request through one shared HTTP client that has no timeout. While hfexport talks to
-# the Hub, a request hook gives the requests that carry no timeout of their own (all of hfexport's, including LFS
-# uploads made on the client's worker threads) the push's timeout; other requests are left as they are.
-_ACTIVE_TIMEOUTS: list[float] = []
-_ACTIVE_LOCK = threading.Lock()
-
-
-def _timeout_hook(request: object) -> None:
-    with _ACTIVE_LOCK:
-        timeout = min(_ACTIVE_TIMEOUTS) if _ACTIVE_TIMEOUTS else None
-    extensions = getattr(request, "extensions", None)
-    if timeout is None or not isinstance(extensions, dict):
-        return
-    current = extensions.get("timeout") or {}
-    if all(value is None for value in current.values()):
-        extensions["timeout"] = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-
-
-def _install_timeout_hook() -> None:
-    from huggingface_hub.utils import get_session
-
-    session = get_session()  # recreated after a fork or a new client factory: checked every time
-    hooks = getattr(session, "event_hooks", None)
-    if hooks is None:
-        raise HubError(
-            "This huggingface_hub version's HTTP client cannot be given timeouts; hfexport needs huggingface_hub "
-            ">= 1.0 (pip install -U huggingface_hub)."
-        )
-    if _timeout_hook not in hooks.get("request", []):
-        session.event_hooks = {**hooks, "request": [*hooks.get("request", []), _timeout_hook]}
-
-
-@contextlib.contextmanager
-def bounded_requests(timeout_s: float) -> Iterator[None]:
-    """Give every ``huggingface_hub`` request made meanwhile (that has none) a timeout of ``timeout_s``.
-
-    Args:
-        timeout_s: Seconds for connecting, and for each read or write of the request.
-    """
-    _install_timeout_hook()
-    with _ACTIVE_LOCK:
-        _ACTIVE_TIMEOUTS.append(float(timeout_s))
-    try:
-        yield
-    finally:
-        with _ACTIVE_LOCK:
-            _ACTIVE_TIMEOUTS.remove(float(timeout_s))
+        return cause is not None and is_transient(cause)
 
 
 # ------------------------------------------------------------------------------------------ one push
@@ -390,7 +232,7 @@ def _set_tag(api: HfApi, options: HubOptions, tag: str, oid: str, message: str) 
         api.create_tag(options.repo_id, tag=tag, revision=oid, tag_message=message)
         return
     except HfHubHTTPError as error:
-        if _http_status(error) != 409:
+        if http_status(error) != 409:
             raise
     refs = api.list_repo_refs(options.repo_id)
     current = next((t.target_commit for t in refs.tags if t.name == tag), None)
@@ -481,7 +323,7 @@ def push_version(
 
     started = time.monotonic()
     try:
-        oid, attempts = _with_retries(what, options, attempt)
+        oid, attempts = with_retries(what, options, attempt)
     except HubError as error:
         _journal(version_dir, options, step, "failed", error=str(error))
         raise
@@ -593,7 +435,7 @@ class HubPusher:
         opts, api = self.options, self.api
         endpoint = getattr(api, "endpoint", "the Hub")
         try:
-            user, _ = _with_retries(
+            user, _ = with_retries(
                 f"Checking the Hub token at {endpoint}",
                 opts,
                 lambda: api.whoami()["name"],
@@ -606,7 +448,7 @@ class HubPusher:
                     f"No Hugging Face token found for pushing to {opts.repo_id}: set HF_TOKEN, run "
                     f"`hf auth login`, or pass {self.token_hint}"
                 ) from error.__cause__
-            if _http_status(error.__cause__) == 401:
+            if http_status(error.__cause__) == 401:
                 raise HubSetupError(
                     f"The Hub rejected the token (401 Unauthorized at {endpoint}) while preparing to push "
                     f"to {opts.repo_id}: set HF_TOKEN or pass {self.token_hint} with a valid token that has "
@@ -621,11 +463,11 @@ class HubPusher:
             return api.repo_info(opts.repo_id).private
 
         try:
-            private, _ = _with_retries(
+            private, _ = with_retries(
                 f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError, hint="try again later"
             )
         except HubSetupError as error:
-            status = _http_status(error.__cause__)
+            status = http_status(error.__cause__)
             if status in (401, 403):
                 reason = "403 Forbidden" if status == 403 else "401 Unauthorized"
                 raise HubSetupError(
@@ -817,7 +659,7 @@ class HubPusher:
             except Exception as exc:
                 error = exc
                 if not isinstance(exc, HubError):
-                    error = HubError(f"Pushing {job.version_dir.name} failed: {_describe(exc)}")
+                    error = HubError(f"Pushing {job.version_dir.name} failed: {describe(exc)}")
                     error.__cause__ = exc
                 failure = PushFailure(job.version_dir, job.step, error)
                 self._hub_down = failure.transient
