@@ -58,3 +58,20 @@ def test_an_unreadable_journal_reads_as_empty_with_a_warning(tmp_path: Path, cap
 def test_unknown_state_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="state"):
         PushJournal(tmp_path).record("me/a", "main", "step_000002", 2, "lost")
+
+
+def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
+    import threading
+
+    def write(worker: int) -> None:
+        journal = PushJournal(tmp_path)  # a journal object per thread, as the writer and the pusher have
+        for i in range(10):
+            journal.record("me/a", "main", f"step_{worker * 100 + i:06d}", worker * 100 + i, "pending")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(PushJournal(tmp_path).unpushed("me/a", "main")) == 60
