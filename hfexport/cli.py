@@ -17,7 +17,7 @@ from typing import NoReturn
 from . import __version__
 from .architectures import ACTIVATIONS
 from .convert import DTYPES
-from .errors import HFExportError
+from .errors import HFExportError, HubError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,26 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
     return value
 
 
@@ -142,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(ls)
 
     push = sub.add_parser("push", help="push a version directory (or an export root's latest) to the Hub")
-    push.add_argument("directory", metavar="DIR", help="a version directory, or an export root (pushes its latest)")
+    push.add_argument(
+        "directory",
+        metavar="DIR",
+        help="a version directory, or an export root (pushes its latest; with --pending, every unpushed version)",
+    )
     push.add_argument("--repo_id", "--repo-id", required=True, help="namespace/name of the Hub model repository")
     vis = push.add_mutually_exclusive_group()
     vis.add_argument(
@@ -156,6 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default="main", help="branch to commit to (default: main)")
     push.add_argument("--tag", default=None, help="tag for the commit (default: the version directory's name)")
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` cache)")
+    push.add_argument(
+        "--pending",
+        action="store_true",
+        help="push every version of the export root DIR that its push journal lists as not pushed, in step order",
+    )
+    push.add_argument(
+        "--timeout_s",
+        "--timeout-s",
+        type=_positive_seconds,
+        default=60.0,
+        help="timeout of every Hub request, in seconds (default: 60)",
+    )
+    push.add_argument(
+        "--max_retries",
+        "--max-retries",
+        type=_non_negative_int,
+        default=6,
+        help="retries of a failed request (connection errors, timeouts, HTTP 5xx and 429; default: 6)",
+    )
     push.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     _add_common(push)
     return parser
@@ -204,6 +247,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 def _run_list(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .journal import PushJournal
     from .versions import list_versions, read_latest
 
     root = Path(args.root)
@@ -211,21 +255,59 @@ def _run_list(args: argparse.Namespace) -> int:
         raise HFExportError(f"{args.root!r} is not a directory; pass an export root such as hf_exports.")
     latest = read_latest(root)
     versions = list_versions(root)
+    states = PushJournal(root).states()
     for version in versions:
         size = sum(f.stat().st_size for f in version.path.iterdir() if f.is_file())
         mark = "  <- latest" if version.name == latest else ""
         print(f"{version.name}  step {version.step:>8}  {size / 1e6:9.1f} MB{mark}")
+        for target, entry in states.get(version.name, []):
+            state = entry.get("state", "?")
+            detail = f" (commit {str(entry['commit'])[:10]})" if entry.get("commit") else ""
+            if state == "failed" and entry.get("error"):
+                detail = f": {str(entry['error']).splitlines()[0][:160]}"
+            print(f"    hub {target}: {state}{detail}")
     if not versions:
         print("no versions")
     return 0
 
 
 def _run_push(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
 
+    if not args.debug:  # no per-request HTTP lines at INFO
+        for noisy in ("httpx2", "httpx", "httpcore", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    options = HubOptions(
+        repo_id=args.repo_id,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        on_push_error="raise",
+        timeout_s=args.timeout_s,
+        max_retries=args.max_retries,
+    )
+    if args.pending:
+        root = Path(args.directory)
+        if not root.is_dir() or args.tag:
+            raise HFExportError(
+                f"--pending needs an export root (a directory holding step_XXXXXX/), got {args.directory!r}"
+                + (" and cannot be combined with --tag" if args.tag else "")
+            )
+        pusher = HubPusher(options, token_hint="--token")
+        pusher.setup()
+        queued = pusher.resume(root)
+        pusher.close()  # raises when any of them failed (after its retries)
+        if not args.quiet:
+            if queued:
+                pushed = ", ".join(path.name for _, path in queued)
+                print(f"pushed {len(queued)} pending version(s) to {args.repo_id}@{args.revision}: {pushed}")
+            else:
+                print(f"nothing pending for {args.repo_id}@{args.revision} in {root}")
+        return 0
     directory = resolve_push_dir(args.directory)
-    options = HubOptions(repo_id=args.repo_id, token=args.token, private=args.private, revision=args.revision)
-    pusher = HubPusher(options)
+    pusher = HubPusher(options, token_hint="--token")
     pusher.setup()  # token check, repository creation (private unless --public), branch
     result = push_version(directory, options, tag=args.tag, progress=not args.no_progress, api=pusher.api)
     if not args.quiet:
@@ -249,6 +331,20 @@ def _configure_logging(level: int) -> None:
     logging.basicConfig(level=level, handlers=[progress, problems])
 
 
+def _hub_down(exc: HubError) -> bool:
+    """Whether a Hub failure is the network's or the Hub's (down, rate-limited, a corrupt copy, still failing after
+    every retry: exit 1), as opposed to the user's to fix (no or bad token, a repository they can't write, a path
+    that is not a version: exit 2)."""
+    from .hubretry import is_transient
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if is_transient(cause):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hfexport`` command; returns the exit status."""
     parser = build_parser()
@@ -263,6 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was published", file=sys.stderr)
         return 130
+    except HubError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE if _hub_down(exc) else EXIT_BAD_INPUT
     except (
         HFExportError,
         ValueError,

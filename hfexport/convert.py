@@ -408,7 +408,7 @@ def convert_checkpoint(
         )
         card = {"model_name": model_name, "step": ckpt.step, "source": f"{ckpt.path.name} ({ckpt.layout})"}
         card.update(ckpt.extra)
-        manifest = {"step": ckpt.step, "source": str(ckpt.path), "layout": ckpt.layout}
+        manifest = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no local path: it is pushed
         result = write_export(
             plan,
             out,

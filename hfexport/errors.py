@@ -16,6 +16,7 @@ __all__ = [
     "HubSetupError",
     "OutputExistsError",
     "OutputPathError",
+    "PushVerificationError",
     "UnsafeCheckpointError",
     "VerificationError",
 ]
@@ -60,3 +61,7 @@ class HubError(HFExportError, RuntimeError):
 
 class HubSetupError(HubError):
     """The Hub repository cannot be used (bad token, forbidden repository, ...); raised before training."""
+
+
+class PushVerificationError(HubError):
+    """What a commit holds on the Hub differs from the local files (size or hash); the push is retried."""

@@ -11,7 +11,8 @@ Guarantees:
     * an export holds the weights of its step, even when training changes them right after the call;
     * at most one snapshot waits for the writer; with ``if_busy="wait"`` no requested version is lost;
     * a background failure is logged at once and raised from the next call (``on_error="raise"``);
-    * rotation deletes only versions this exporter created, never ``latest``, never one still being pushed.
+    * rotation deletes only versions this exporter created, never ``latest``, never one not pushed yet (queued,
+      in flight or failed).
 
 Example:
     ```python
@@ -138,6 +139,7 @@ class HFExporter:
 
                 self._pusher = HubPusher(hub)
                 self._pusher.setup()
+                self._pusher.resume(self.root)  # versions a previous run on this root left unpushed (journal)
         # Pending work is finished even if close() is forgotten (the final version must not be lost).
         self._finalizer = weakref.finalize(self, _drain_at_exit, self._queue, self._idle)
         atexit.register(self._finalizer)
@@ -255,6 +257,7 @@ class HFExporter:
                 self._worker = None
             if self._pusher is not None:
                 self._pusher.close()
+                self._rotate()  # versions kept only until their push succeeded may go now
         finally:
             self._closed = True
             self._finalizer.detach()
@@ -292,9 +295,7 @@ class HFExporter:
         self.created = [name for name in state.get("created", []) if name in existing]
         if self._pusher is not None:
             for step, path in state.get("pending_pushes", []):
-                if Path(path).is_dir():
-                    logger.info("Re-queueing the Hub push of %s, pending when the previous run stopped", path)
-                    self._pusher.submit(Path(path), step=int(step))
+                self._pusher.resubmit(Path(path), step=int(step))  # unless the journal says it was pushed since
 
     def __enter__(self) -> HFExporter:
         return self
@@ -378,19 +379,23 @@ class HFExporter:
             return
         latest = read_latest(self.root)
         mine = [v for v in self.versions() if v.name in self.created]
-        excess = len(mine) - keep
-        for version in mine:
-            if excess <= 0:
-                break
+        kept_for_hub = []
+        for version in mine[: max(0, len(mine) - keep)]:  # older than the newest keep_last_n
             if version.name == latest:
                 continue
             if self._pusher is not None and self._pusher.is_pending(version.path):
-                logger.info("Keeping %s for now: its Hub push is pending", version.path)
+                kept_for_hub.append(version.name)  # not pushed yet (queued, in flight or failed): never deleted
                 continue
             remove_version(version)
             self.created.remove(version.name)
-            excess -= 1
             logger.info("Removed %s (keep_last_n=%d)", version.path, keep)
+        if kept_for_hub:
+            logger.info(
+                "Keeping %d version(s) past keep_last_n=%d until their Hub push succeeds: %s",
+                len(kept_for_hub),
+                keep,
+                ", ".join(kept_for_hub),
+            )
 
 
 def _step_of(name: str) -> int:

@@ -6,9 +6,16 @@ Files that did not change since the previous version (a tokenizer, a model card)
 reports their remote ids and the client skips them. The revision mirrors the directory: files of an earlier
 version that the new one lacks are deleted in the same commit (``.gitattributes`` excepted).
 
-Pushes are retried with exponential backoff on the failures that pass (connection errors, timeouts, HTTP 5xx
-and 429, honouring ``Retry-After``); other HTTP errors fail at once. :class:`HubPusher` runs them on one
-background thread so that training never waits for the network, and never dies because of it unless asked to.
+Only the version's own files are published (:func:`~hfexport.pushfiles.publishable_files`), and each commit is
+verified on the Hub before it is tagged: its files are listed at the commit and their sizes and hashes compared
+with the local ones (:func:`~hfexport.pushfiles.verify_remote`).
+
+Every request has a timeout (``timeout_s``: connect and each read or write, so an upload that keeps sending is
+not cut). Pushes are retried with exponential backoff on the failures that pass (connection errors, timeouts,
+HTTP 5xx and 429, honouring ``Retry-After``, a verification mismatch); other HTTP errors fail at once.
+:class:`HubPusher` runs them on one background thread, in step order, so that training never waits for the
+network, and never dies because of it unless asked to. Each version's state (pending, failed, pushed at a commit,
+skipped) is kept in the export root's push journal (:mod:`hfexport.journal`), from which a restarted run resumes.
 
 Example:
     ```python
@@ -22,26 +29,33 @@ Example:
 
 from __future__ import annotations
 
-import glob
-import importlib
-import json
+import contextlib
 import logging
-import random
 import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import HubError, HubSetupError
+from .hubretry import MAX_RETRY_AFTER_S, bounded_requests, describe, http_status, is_transient, with_retries
+from .journal import PushJournal
+from .pushfiles import publishable_files, verify_remote
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-__all__ = ["HubOptions", "HubPusher", "PushFailure", "PushResult", "push_version", "resolve_push_dir"]
+__all__ = [
+    "MAX_RETRY_AFTER_S",
+    "HubOptions",
+    "HubPusher",
+    "PushFailure",
+    "PushResult",
+    "bounded_requests",
+    "push_version",
+    "resolve_push_dir",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,8 +63,9 @@ T = TypeVar("T")
 # Hub repository names: letters, digits, "-", "_", "."; no "--" or ".."; at most 96 characters.
 _REPO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _STEP_DIR = re.compile(r"step_(\d+)")
-# A Retry-After longer than this is shortened: the push is retried later rather than parked for hours.
-MAX_RETRY_AFTER_S = 600.0
+_VERSION_DIR = re.compile(r"step_\d{6,}")
+# While pushes fall behind, say so at most this often (seconds).
+BEHIND_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,11 @@ class HubOptions:
         backoff_base_s: The first retry delay; it doubles on each retry, with jitter.
         backoff_max_s: The longest retry delay. A ``Retry-After`` sent with a 429 or 503 is honoured even
             when longer, up to :data:`MAX_RETRY_AFTER_S`, so the total time spent waiting stays bounded.
+        push_mode: ``"every"`` pushes every version, in step order (none is ever skipped); ``"latest"`` pushes
+            only the newest waiting version when pushes fall behind (the skipped ones are logged and journaled;
+            a final version is always pushed).
+        timeout_s: The timeout of every Hub request, set-up check included: connecting, and each read or write
+            (an upload that keeps sending is not cut). A request that times out is a failed attempt, retried.
 
     Raises:
         ValueError: An option is invalid (the message says which and why).
@@ -85,6 +105,8 @@ class HubOptions:
     max_retries: int = 6
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    push_mode: Literal["every", "latest"] = "every"
+    timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         parts = self.repo_id.split("/") if isinstance(self.repo_id, str) else []
@@ -107,6 +129,10 @@ class HubOptions:
             raise ValueError(f"Invalid value for max_retries={self.max_retries!r}. Must be an int >= 0.")
         if not self.backoff_base_s >= 0:
             raise ValueError(f"Invalid value for backoff_base_s={self.backoff_base_s!r}. Must be >= 0.")
+        if self.push_mode not in ("every", "latest"):
+            raise ValueError(f"Invalid value for hub_push={self.push_mode!r}. Must be 'every' or 'latest'.")
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
+            raise ValueError(f"Invalid value for hub_timeout_s={self.timeout_s!r}. Must be a number of seconds > 0.")
         if not self.backoff_max_s >= self.backoff_base_s:
             raise ValueError(
                 f"Invalid value for backoff_max_s={self.backoff_max_s!r}. Must be >= backoff_base_s "
@@ -134,98 +160,11 @@ class PushFailure:
     step: int
     error: BaseException
 
-
-# ------------------------------------------------------------------------------------------- retry policy
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Network-level errors worth retrying, for whichever HTTP stack this huggingface_hub version uses."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, json.JSONDecodeError]
-    for module, names in (
-        ("httpx2", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
-        ("httpx", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
-        ("requests", ("ConnectionError", "Timeout")),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        errors += [getattr(mod, name) for name in names if hasattr(mod, name)]
-    return tuple(errors)
-
-
-def _http_status(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _retry_after_s(error: BaseException) -> float | None:
-    """The ``Retry-After`` of an HTTP error, in seconds (a number or an HTTP date), if any."""
-    headers = getattr(getattr(error, "response", None), "headers", None) or {}
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
-def _is_transient(error: BaseException) -> bool:
-    status = _http_status(error)
-    if status is not None:
-        return status >= 500 or status in (408, 429)
-    return isinstance(error, _transient_errors())
-
-
-def _retry_delay(error: BaseException, retry: int, options: HubOptions) -> float:
-    """Exponential backoff with jitter for retry number ``retry`` (1-based), at least the ``Retry-After``."""
-    delay = min(options.backoff_max_s, options.backoff_base_s * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
-    retry_after = _retry_after_s(error) if _http_status(error) in (429, 503) else None
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
-    return delay
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _with_retries(
-    what: str,
-    options: HubOptions,
-    fn: Callable[[], T],
-    *,
-    error_cls: type[HubError] = HubError,
-    hint: str = "the version is still on disk and can be pushed later with `hfexport push`",
-) -> tuple[T, int]:
-    """Run ``fn()`` under the retry policy of ``options``: ``(result, attempts)``, or raise ``error_cls``."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn(), attempt
-        except Exception as error:
-            if not _is_transient(error):
-                raise error_cls(f"{what} failed: {_describe(error)} (not retried: the error is permanent).") from error
-            if attempt > options.max_retries:
-                raise error_cls(
-                    f"{what} failed after {attempt} attempt(s): {_describe(error)}. The Hub or the network "
-                    f"may be down; {hint}."
-                ) from error
-            delay = _retry_delay(error, attempt, options)
-            logger.warning(
-                "%s failed (attempt %d of %d): %s; retrying in %.1f s",
-                what,
-                attempt,
-                options.max_retries + 1,
-                _describe(error),
-                delay,
-            )
-            time.sleep(delay)
+    @property
+    def transient(self) -> bool:
+        """Whether it failed on errors that pass (the Hub or the network down): worth pushing again later."""
+        cause = self.error.__cause__
+        return cause is not None and is_transient(cause)
 
 
 # ------------------------------------------------------------------------------------------ one push
@@ -246,21 +185,30 @@ def resolve_push_dir(path: str | Path) -> Path:
         The version directory, resolved (so its name is the version's, never ``latest``).
 
     Raises:
-        HubError: ``path`` is neither a version directory nor an export root with a valid ``latest``.
+        HubError: ``path`` is neither a version directory nor an export root with a valid ``latest``, or its
+            ``latest`` designates anything but a version directory inside that root (``../elsewhere``, a symlink
+            leaving the root).
     """
     path = Path(path)
     latest = path / "latest" if path.is_dir() else path
     if latest.name == "latest" and (latest.is_symlink() or latest.exists()):
+        root = latest.parent.resolve()
         if latest.is_symlink() or latest.is_dir():
             target = latest.resolve()
         else:
-            target = latest.parent / latest.read_text(encoding="utf-8").strip()
-        if not target.is_dir() or target.name in ("", "latest"):
+            target = (latest.parent / latest.read_text(encoding="utf-8").strip()).resolve()
+        inside = target.parent == root and _VERSION_DIR.fullmatch(target.name) is not None
+        if not inside or (root / target.name).is_symlink():
+            raise HubError(
+                f"Refusing to push: {latest} points at {target}, which is not a version directory (step_XXXXXX) "
+                f"of the export root {root}. Pass a version directory such as hf_exports/step_000500 instead."
+            )
+        if not target.is_dir():
             raise HubError(
                 f"{latest} points at {target}, which is not a version directory. Pass a version directory "
                 "such as hf_exports/step_000500 instead."
             )
-        return target.resolve()
+        return target
     if path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.safetensors"))):
         return path.resolve()
     if not path.exists():
@@ -284,7 +232,7 @@ def _set_tag(api: HfApi, options: HubOptions, tag: str, oid: str, message: str) 
         api.create_tag(options.repo_id, tag=tag, revision=oid, tag_message=message)
         return
     except HfHubHTTPError as error:
-        if _http_status(error) != 409:
+        if http_status(error) != 409:
             raise
     refs = api.list_repo_refs(options.repo_id)
     current = next((t.target_commit for t in refs.tags if t.name == tag), None)
@@ -305,8 +253,12 @@ def push_version(
     api: HfApi | None = None,
     progress: bool = False,
 ) -> PushResult:
-    """Push one version directory as one commit on ``options.revision``, then tag it. Synchronous.
+    """Push one version directory as one commit on ``options.revision``, verify it, then tag it. Synchronous.
 
+    Only the version's own files are sent (:func:`~hfexport.pushfiles.publishable_files`); files of the previous
+    version that this one lacks are deleted in the same commit. The commit's files are then listed on the Hub and
+    compared with the local ones (size, and LFS SHA-256 or git blob id); a mismatch is a failed attempt, retried.
+    The result is recorded in the export root's push journal when the directory is a ``step_XXXXXX`` version.
     The repository (and the branch) must exist: call :meth:`HubPusher.setup` first.
 
     Args:
@@ -319,10 +271,11 @@ def push_version(
         progress: Log each file and its size before uploading.
 
     Returns:
-        What was pushed: the commit id, the tag, the number of attempts and the time taken.
+        What was pushed: the verified commit id, the tag, the number of attempts and the time taken.
 
     Raises:
-        HubError: The push failed for good (a permanent error, or retries exhausted); the cause is chained.
+        HubError: The push failed for good (a permanent error, retries exhausted, a file that may not be
+            published); the cause is chained.
 
     Example:
         ```python
@@ -339,36 +292,45 @@ def push_version(
     title = commit_message or (f"Export step {step}" if step is not None else f"Export {version_dir.name}")
     description = f"Pushed by hfexport from the version directory `{version_dir.name}`."
     api = api if api is not None else _make_api(options)
+    names = publishable_files(version_dir)
     if progress:
-        for f in sorted(p for p in version_dir.rglob("*") if p.is_file()):
-            logger.info("  %s (%.1f MB)", f.relative_to(version_dir), f.stat().st_size / 1e6)
-
-    local = {p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file()}
+        for name in names:
+            logger.info("  %s (%.1f MB)", name, (version_dir / name).stat().st_size / 1e6)
+    what = f"Pushing {version_dir.name} to {options.repo_id}@{options.revision}"
 
     def attempt() -> str:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
         # A cheap request the client does not retry by itself: when the Hub is down, this attempt fails in
         # milliseconds and our own backoff decides what next. It also lists the files now on the revision.
         remote = api.repo_info(options.repo_id, revision=options.revision).siblings or []
         # The revision mirrors the directory: files of the previous version that this one lacks are deleted.
-        stale = sorted({s.rfilename for s in remote} - local - {".gitattributes"})
-        info = api.upload_folder(
-            repo_id=options.repo_id,
-            folder_path=version_dir,
-            revision=options.revision,
+        stale = sorted({s.rfilename for s in remote} - set(names) - {".gitattributes"})
+        operations: list[Any] = [CommitOperationAdd(name, str(version_dir / name)) for name in names]
+        operations += [CommitOperationDelete(name) for name in stale]
+        info = api.create_commit(
+            options.repo_id,
+            operations,
             commit_message=title,
             commit_description=description,
-            delete_patterns=[glob.escape(name) for name in stale] or None,
+            revision=options.revision,
         )
+        listed = api.list_repo_tree(options.repo_id, revision=info.oid, recursive=True)
+        verify_remote(listed, version_dir, names, f"{what} (commit {str(info.oid)[:10]})")
         if tag:
             _set_tag(api, options, tag, info.oid, title)
         return info.oid
 
     started = time.monotonic()
-    what = f"Pushing {version_dir.name} to {options.repo_id}@{options.revision}"
-    oid, attempts = _with_retries(what, options, attempt)
+    try:
+        oid, attempts = with_retries(what, options, attempt)
+    except HubError as error:
+        _journal(version_dir, options, step, "failed", error=str(error))
+        raise
     seconds = time.monotonic() - started
+    _journal(version_dir, options, step, "pushed", commit=oid, tag=tag)
     logger.info(
-        "Pushed %s to %s@%s: commit %s%s (%.1f s, %d attempt(s)).",
+        "Pushed %s to %s@%s: commit %s%s, verified (%.1f s, %d attempt(s)).",
         version_dir.name,
         options.repo_id,
         options.revision,
@@ -378,6 +340,18 @@ def push_version(
         attempts,
     )
     return PushResult(version_dir, step, oid, tag, attempts, seconds)
+
+
+def _journal(version_dir: Path, options: HubOptions, step: int | None, state: str, **extra: Any) -> None:
+    """Record a version's push state in its export root's journal (``step_XXXXXX`` directories only)."""
+    if step is None or not _VERSION_DIR.fullmatch(version_dir.name):
+        return
+    try:
+        PushJournal(version_dir.parent).record(
+            options.repo_id, options.revision, version_dir.name, step, state, **extra
+        )
+    except OSError as exc:
+        logger.warning("Could not record the push state of %s in the push journal: %s", version_dir.name, exc)
 
 
 # ------------------------------------------------------------------------------------- background pusher
@@ -391,27 +365,35 @@ class _Job:
 class HubPusher:
     """Pushes versions in the background, one at a time, in step order.
 
-    :meth:`submit` only queues (it never waits for the network). When pushes fall behind, intermediate
-    versions still waiting are coalesced: only the newest one, plus any final one, is pushed. A failed push is
-    logged and recorded in :attr:`failures`; with ``on_push_error="raise"`` it is raised by :meth:`check` and
-    :meth:`close`.
+    :meth:`submit` only queues (it never waits for the network) and marks the version pending in the export
+    root's push journal. With ``push_mode="every"`` (the default) every version is pushed; while pushes fall behind,
+    a warning says how many wait (at most once a minute). With ``push_mode="latest"`` intermediate versions still
+    waiting are coalesced: only the newest one, plus any final one, is pushed, and the skipped ones are logged. A
+    failed push is logged, journaled and recorded in :attr:`failures`; with ``on_push_error="raise"`` it is raised by
+    :meth:`check` and :meth:`close`. With ``push_mode="every"``, versions that failed because the Hub or the network
+    was down are pushed again, in step order, before the next version submitted; while the Hub stays down each gets
+    one attempt (so a backlog costs one timeout per version), until a push succeeds. A version not pushed yet
+    (queued, in flight or failed) is :meth:`is_pending`, so that rotation keeps it.
 
     Args:
         options: Where and how to push.
         api: An ``HfApi`` to use (default: one built from ``options.token``).
+        token_hint: How the user passes a token, for error messages (``"hub_token=..."``, ``"--token"``).
 
     Example:
         ```python
         pusher = HubPusher(HubOptions("me/gpt2-run"))
         pusher.setup()
+        pusher.resume(Path("hf_exports"))  # versions a previous run left unpushed
         pusher.submit(Path("hf_exports/step_000500"), step=500)
         pusher.submit(Path("hf_exports/step_001000"), step=1000, final=True)
         pusher.close()
         ```
     """
 
-    def __init__(self, options: HubOptions, *, api: HfApi | None = None) -> None:
+    def __init__(self, options: HubOptions, *, api: HfApi | None = None, token_hint: str = "hub_token=...") -> None:
         self.options = options
+        self.token_hint = token_hint
         self._api = api
         self._cond = threading.Condition()
         self._setup_lock = threading.Lock()
@@ -420,9 +402,12 @@ class HubPusher:
         self._in_flight: _Job | None = None
         self._failures: list[PushFailure] = []
         self._results: list[PushResult] = []
+        self._skipped: list[Path] = []
         self._checked = 0  # failures already raised by check()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._behind_logged_at: float | None = None
+        self._hub_down = False  # the last push failed for good on errors that pass: one attempt each until one works
 
     @property
     def api(self) -> HfApi:
@@ -450,7 +435,7 @@ class HubPusher:
         opts, api = self.options, self.api
         endpoint = getattr(api, "endpoint", "the Hub")
         try:
-            user, _ = _with_retries(
+            user, _ = with_retries(
                 f"Checking the Hub token at {endpoint}",
                 opts,
                 lambda: api.whoami()["name"],
@@ -461,12 +446,12 @@ class HubPusher:
             if isinstance(error.__cause__, LocalTokenNotFoundError):
                 raise HubSetupError(
                     f"No Hugging Face token found for pushing to {opts.repo_id}: set HF_TOKEN, run "
-                    "`hf auth login`, or pass hub_token=..."
+                    f"`hf auth login`, or pass {self.token_hint}"
                 ) from error.__cause__
-            if _http_status(error.__cause__) == 401:
+            if http_status(error.__cause__) == 401:
                 raise HubSetupError(
                     f"The Hub rejected the token (401 Unauthorized at {endpoint}) while preparing to push "
-                    f"to {opts.repo_id}: set HF_TOKEN or pass hub_token=... with a valid token that has "
+                    f"to {opts.repo_id}: set HF_TOKEN or pass {self.token_hint} with a valid token that has "
                     "write access."
                 ) from error.__cause__
             raise
@@ -478,11 +463,11 @@ class HubPusher:
             return api.repo_info(opts.repo_id).private
 
         try:
-            private, _ = _with_retries(
+            private, _ = with_retries(
                 f"Creating {opts.repo_id}", opts, create, error_cls=HubSetupError, hint="try again later"
             )
         except HubSetupError as error:
-            status = _http_status(error.__cause__)
+            status = http_status(error.__cause__)
             if status in (401, 403):
                 reason = "403 Forbidden" if status == 403 else "401 Unauthorized"
                 raise HubSetupError(
@@ -497,7 +482,7 @@ class HubPusher:
 
     # ------------------------------------------------------------------------------------ queueing
     def submit(self, version_dir: Path, *, step: int, final: bool = False) -> None:
-        """Queue a push of a complete version directory and return at once.
+        """Queue a push of a complete version directory, mark it pending in the journal, and return at once.
 
         Args:
             version_dir: The version directory, in its final place (it must stay there until pushed:
@@ -512,31 +497,117 @@ class HubPusher:
         with self._cond:
             if self._closed:
                 raise HubError(f"Cannot submit {job.version_dir.name}: the Hub pusher is closed.")
+        _journal(job.version_dir, self.options, step, "pending")
+        with self._cond:
             self._queue = [j for j in self._queue if j.version_dir != job.version_dir]
             self._queue.append(job)
+            # Versions whose push failed because the Hub or the network was down go again, before this one (step
+            # order), each time a new version arrives.
+            retry = [
+                f
+                for f in self._failures
+                if self.options.push_mode == "every"
+                and f.transient
+                and f.version_dir.is_dir()
+                and all(j.version_dir != f.version_dir for j in self._active())
+            ]
+            self._queue += [_Job(f.step, False, f.version_dir) for f in retry]
             self._queue.sort()
-            self._coalesce()
+            skipped = self._coalesce() if self.options.push_mode == "latest" else []
+            self._log_if_behind()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="hfexport-hub-push", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+        for old in skipped:
+            _journal(old.version_dir, self.options, old.step, "skipped")
 
-    def _coalesce(self) -> None:
+    def resume(self, root: Path) -> list[tuple[int, Path]]:
+        """Queue the versions of ``root`` that its push journal lists as not pushed (pending or failed).
+
+        Entries whose directory is gone (removed by the user) are dropped from the journal.
+
+        Args:
+            root: The export root.
+
+        Returns:
+            ``(step, version_dir)`` of the versions queued, in step order.
+        """
+        journal = PushJournal(root)
+        queued = []
+        for step, name in journal.unpushed(self.options.repo_id, self.options.revision):
+            path = Path(root) / name
+            if path.is_dir() and not path.is_symlink():
+                queued.append((step, path))
+            else:
+                logger.info("%s was pending a Hub push but is gone from %s; forgetting it", name, root)
+                with contextlib.suppress(OSError):
+                    journal.forget(self.options.repo_id, self.options.revision, name)
+        if queued:
+            logger.info(
+                "Resuming %d Hub push(es) to %s@%s a previous run left unfinished: %s",
+                len(queued),
+                self.options.repo_id,
+                self.options.revision,
+                ", ".join(p.name for _, p in queued),
+            )
+        for step, path in queued:
+            self.submit(path, step=step)
+        return queued
+
+    def resubmit(self, version_dir: Path, *, step: int) -> bool:
+        """Queue ``version_dir`` again unless the journal says it was pushed (resuming from a checkpoint).
+
+        Returns:
+            Whether it was queued.
+        """
+        path = Path(version_dir)
+        entry = PushJournal(path.parent).versions(self.options.repo_id, self.options.revision).get(path.name)
+        if (entry is not None and entry.get("state") == "pushed") or not path.is_dir():
+            return False
+        logger.info("Re-queueing the Hub push of %s, pending when the previous run stopped", path.name)
+        self.submit(path, step=step)
+        return True
+
+    def _coalesce(self) -> list[_Job]:
         """Keep only the newest intermediate version among those waiting (finals always stay)."""
         intermediate = [j for j in self._queue if not j.final]
         for job in intermediate[:-1]:
             logger.info(
-                "Skipping the Hub push of %s: a newer version (%s) is waiting and pushes are behind.",
+                "Skipping the Hub push of %s (hub_push='latest'): a newer version (%s) is waiting and pushes are "
+                "behind.",
                 job.version_dir.name,
                 intermediate[-1].version_dir.name,
             )
             self._queue.remove(job)
+            self._skipped.append(job.version_dir)
+        return intermediate[:-1]
+
+    def _log_if_behind(self) -> None:
+        """Say that pushes are behind (how many wait, the oldest) at most every :data:`BEHIND_LOG_INTERVAL_S`."""
+        waiting = self._queue
+        if len(waiting) < 2:
+            return
+        now = time.monotonic()
+        if self._behind_logged_at is not None and now - self._behind_logged_at < BEHIND_LOG_INTERVAL_S:
+            return
+        self._behind_logged_at = now
+        logger.warning(
+            "Hub pushes to %s are behind: %d version(s) wait (oldest %s)%s; they stay on disk until pushed. "
+            "hub_push='latest' pushes only the newest waiting version.",
+            self.options.repo_id,
+            len(waiting),
+            waiting[0].version_dir.name,
+            f", {self._in_flight.version_dir.name} being pushed" if self._in_flight else "",
+        )
 
     def is_pending(self, version_dir: Path) -> bool:
-        """Whether ``version_dir`` is queued or being pushed (so it must not be deleted yet)."""
+        """Whether ``version_dir`` is not pushed yet: queued, being pushed, or failed (so it must be kept)."""
         path = Path(version_dir).absolute()
         with self._cond:
-            return any(j.version_dir == path for j in self._active())
+            return any(j.version_dir == path for j in self._active()) or any(
+                f.version_dir == path for f in self._failures
+            )
 
     def pending(self) -> list[tuple[int, Path]]:
         """``(step, version_dir)`` of the versions not pushed yet: queued, being pushed, or failed."""
@@ -550,8 +621,14 @@ class HubPusher:
         return ([self._in_flight] if self._in_flight else []) + self._queue
 
     @property
+    def skipped(self) -> list[Path]:
+        """The versions coalesced away (``push_mode="latest"``), in order."""
+        with self._cond:
+            return list(self._skipped)
+
+    @property
     def failures(self) -> list[PushFailure]:
-        """The pushes that failed, in order, each with its :class:`~hfexport.errors.HubError`."""
+        """The versions whose push failed (and has not succeeded since), in step order, each with its error."""
         with self._cond:
             return list(self._failures)
 
@@ -572,28 +649,35 @@ class HubPusher:
                 job = self._in_flight = self._queue.pop(0)
             result: PushResult | None = None
             failure: PushFailure | None = None
+            # While the Hub is down, one attempt per version (not the whole retry policy each), so that a backlog
+            # costs one timeout per version, not (max_retries + 1) of them; the first success restores the policy.
+            options = replace(self.options, max_retries=0) if self._hub_down else self.options
             try:
                 self.setup()
-                result = push_version(job.version_dir, self.options, step=job.step, api=self.api)
+                result = push_version(job.version_dir, options, step=job.step, api=self.api)
+                self._hub_down = False
             except Exception as exc:
                 error = exc
                 if not isinstance(exc, HubError):
-                    error = HubError(f"Pushing {job.version_dir.name} failed: {_describe(exc)}")
+                    error = HubError(f"Pushing {job.version_dir.name} failed: {describe(exc)}")
                     error.__cause__ = exc
                 failure = PushFailure(job.version_dir, job.step, error)
+                self._hub_down = failure.transient
+                _journal(job.version_dir, self.options, job.step, "failed", error=str(error))
                 logger.warning(
                     "Hub push of %s failed%s: %s",
                     job.version_dir.name,
-                    "" if self.options.on_push_error == "raise" else " (training goes on)",
+                    "" if self.options.on_push_error == "raise" else " (training goes on; the version stays on disk)",
                     error,
                 )
             with self._cond:
+                self._failures = [f for f in self._failures if f.version_dir != job.version_dir]
                 if result is not None:
                     self._results.append(result)
-                    self._failures = [f for f in self._failures if f.version_dir != job.version_dir]
-                    self._checked = min(self._checked, len(self._failures))
                 if failure is not None:
                     self._failures.append(failure)
+                    self._failures.sort(key=lambda f: f.step)
+                self._checked = min(self._checked, len(self._failures))
                 self._in_flight = None
                 self._cond.notify_all()
 
@@ -642,10 +726,14 @@ class HubPusher:
         failures = self.failures
         if failures:
             logger.warning(
-                "%d Hub push(es) to %s failed: %s. The versions are still on disk: `hfexport push` them.",
+                "%d Hub push(es) to %s failed: %s. The versions stay on disk (rotation keeps them) and the push "
+                "journal lists them: a new run on the same export root, or `hfexport push %s --repo_id %s "
+                "--pending`, pushes them.",
                 len(failures),
                 self.options.repo_id,
                 "; ".join(f"{f.version_dir.name}: {f.error}" for f in failures),
+                failures[0].version_dir.parent,
+                self.options.repo_id,
             )
             if self.options.on_push_error == "raise":
                 raise HubError(

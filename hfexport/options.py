@@ -50,6 +50,9 @@ class ExportOptions:
         on_push_error: A push that still fails after retries: ``"warn"`` (training goes on) or ``"raise"``.
         hub_max_retries: Retries of a failed push (connection errors, timeouts, HTTP 5xx/429).
         hub_backoff_s: First retry delay in seconds; it doubles on each retry, with jitter.
+        hub_push: ``"every"`` pushes every version in step order; ``"latest"`` pushes only the newest waiting
+            version when pushes fall behind (the final one always).
+        hub_timeout_s: Timeout of every Hub request (connect, and each read or write), set-up check included.
 
     Raises:
         ValueError: an invalid option, with the value received and what is expected.
@@ -77,6 +80,8 @@ class ExportOptions:
     on_push_error: Literal["warn", "raise"] = "warn"
     hub_max_retries: int = 6
     hub_backoff_s: float = 1.0
+    hub_push: Literal["every", "latest"] = "every"
+    hub_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.torch_dtype = resolve_dtype(self.dtype)
@@ -92,6 +97,16 @@ class ExportOptions:
             raise ValueError(f"Invalid value for on_error={self.on_error!r}. Expected 'raise' or 'warn'.")
         if self.on_push_error not in ("raise", "warn"):
             raise ValueError(f"Invalid value for on_push_error={self.on_push_error!r}. Expected 'raise' or 'warn'.")
+        if self.hub_push not in ("every", "latest"):
+            raise ValueError(f"Invalid value for hub_push={self.hub_push!r}. Expected 'every' or 'latest'.")
+        if (
+            isinstance(self.hub_timeout_s, bool)
+            or not isinstance(self.hub_timeout_s, (int, float))
+            or not self.hub_timeout_s > 0
+        ):
+            raise ValueError(
+                f"Invalid value for hub_timeout_s={self.hub_timeout_s!r}. Must be a number of seconds > 0."
+            )
         parse_size(self.max_shard_size)
         if self.push_to_hub and not self.repo_id:
             raise ValueError('push_to_hub=True needs repo_id="namespace/name" (the Hub model repository).')
@@ -122,4 +137,6 @@ class ExportOptions:
             on_push_error=self.on_push_error,
             max_retries=self.hub_max_retries,
             backoff_base_s=self.hub_backoff_s,
+            push_mode=self.hub_push,
+            timeout_s=self.hub_timeout_s,
         )

@@ -2,9 +2,11 @@
 
 It answers the endpoints listed in ``shared/reference/hub-http-api.md`` well enough for the real
 ``huggingface_hub`` client to create repositories, commit files (base64 "regular" uploads), tag, branch,
-list refs and commits, and download files back. Failures can be injected per path (HTTP errors, 429 with
-``Retry-After``, dropped connections, slow answers), the whole server can be switched "down", and every
-request is recorded.
+list refs and commits, list a revision's files (``tree`` and ``paths-info``, with the ``lfs`` block of LFS files as
+the Hub answers), and download files back. Failures can be injected per path (HTTP errors, 429 with
+``Retry-After``, dropped connections, slow answers, requests accepted and never answered), stored files can be
+corrupted (a byte flipped when a commit stores them), the whole server can be switched "down", and every request
+is recorded.
 
 Example:
     ```python
@@ -48,6 +50,7 @@ class Commit:
     author: str
     date: str
     files: dict[str, bytes]
+    lfs: set[str] = field(default_factory=set)  # the paths stored as LFS files
 
 
 @dataclass
@@ -77,6 +80,8 @@ class Injection:
     retry_after: float | None
     delay_s: float
     drop: bool
+    hang: bool = False
+    hang_after: bool = False
 
 
 @dataclass
@@ -114,6 +119,8 @@ class HubServer:
         self.down = False  # when True, every connection is dropped without an answer
         self.lfs_min_size: int | None = None  # files this large are answered "lfs" by preupload (default: none)
         self.lfs_objects: dict[str, bytes] = {}  # LFS store, by sha256
+        self.corruptions: list[list[Any]] = []  # [path regex, times left]: flip a byte of files commits store
+        self._release = threading.Event()  # set to free the requests that hang
         self.lock = threading.RLock()
         self._counter = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -131,6 +138,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self._release.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -145,8 +153,11 @@ class HubServer:
         with self.lock:
             self.injections.clear()
             self.requests.clear()
+            self.corruptions.clear()
             self.down = False
             self.lfs_min_size = None
+            self._release.set()  # requests left hanging by a test give up now
+            self._release = threading.Event()
             if repos:
                 self.repos.clear()
                 self.lfs_objects.clear()
@@ -160,17 +171,37 @@ class HubServer:
         delay_s: float = 0.0,
         drop: bool = False,
         method: str | None = None,
+        hang: bool = False,
+        hang_after: bool = False,
     ) -> Injection:
         """Make the next ``times`` requests whose path matches ``path_regex`` (``re.search``) misbehave.
 
         ``delay_s`` sleeps before answering (a slow answer: with ``status=None`` the request is then served
-        normally); ``drop`` closes the connection without an answer; otherwise ``status`` is answered, with a
-        ``Retry-After`` header when ``retry_after`` is given. ``times=None`` keeps the failure forever.
+        normally); ``drop`` closes the connection without an answer; ``hang`` reads the request and never answers
+        (until :meth:`reset`; nothing is applied); ``hang_after`` applies the request (e.g. a commit lands) and then
+        never answers; otherwise ``status`` is answered, with a ``Retry-After`` header
+        when ``retry_after`` is given. ``times=None`` keeps the failure forever.
         """
-        inj = Injection(re.compile(path_regex), method, status, times, retry_after, delay_s, drop)
+        inj = Injection(re.compile(path_regex), method, status, times, retry_after, delay_s, drop, hang, hang_after)
         with self.lock:
             self.injections.append(inj)
         return inj
+
+    def corrupt(self, path_regex: str, times: int = 1) -> None:
+        """Store a corrupted copy (last byte flipped) of the next ``times`` committed files matching ``path_regex``.
+
+        The commit itself succeeds, as when storage corrupts a file: only a check of what was stored finds it.
+        """
+        with self.lock:
+            self.corruptions.append([re.compile(path_regex), times])
+
+    def _maybe_corrupt(self, path: str, data: bytes) -> bytes:
+        with self.lock:
+            for item in self.corruptions:
+                if item[1] > 0 and item[0].search(path) and data:
+                    item[1] -= 1
+                    return data[:-1] + bytes([data[-1] ^ 0xFF])
+        return data
 
     def requests_to(self, path_regex: str, method: str | None = None) -> list[RecordedRequest]:
         with self.lock:
@@ -252,6 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
         inj = None if down else hub._take_injection(method, record.path)
         if inj is not None and inj.delay_s:
             time.sleep(inj.delay_s)
+        if inj is not None and inj.hang:
+            hub._release.wait()  # accepted, never answered (until the test Hub is reset)
+            self.close_connection = True
+            return
         if down or (inj is not None and inj.drop):
             self.close_connection = True  # no answer at all: the client sees the connection close
             return
@@ -270,6 +305,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug in this server: answer 500 rather than hang the client
             status, payload, headers = 500, {"error": f"test server error: {e!r}"}, {}
         record.status = status
+        if inj is not None and inj.hang_after:
+            record.status = None
+            hub._release.wait()  # applied, but the answer never comes (until the test Hub is reset)
+            self.close_connection = True
+            return
         self._send(status, payload, headers, head=method == "HEAD")
 
     def _send(self, status: int, payload: Any, headers: dict[str, str], head: bool = False) -> None:
@@ -368,9 +408,9 @@ class _Handler(BaseHTTPRequestHandler):
         verb, _, tail = rest.partition("/")
         rev, _, sub_path = tail.partition("/")
         rev, sub_path = unquote(rev), unquote(sub_path)
-        write = method in ("POST", "PUT", "DELETE") and verb not in ("preupload",)
+        write = method in ("POST", "PUT", "DELETE") and verb not in ("preupload", "paths-info")
         repo = self._get_repo(repo_type, repo_id, write=write)
-        args = json.loads(body) if body and verb != "commit" else {}
+        args = json.loads(body) if body and verb not in ("commit", "paths-info") else {}
         if method == "GET" and verb in ("", "revision"):
             commit = self._rev(repo, rev or "main")
             siblings = [{"rfilename": p, "size": len(d)} for p, d in sorted(commit.files.items())]
@@ -447,13 +487,17 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, out, {}
         if method == "GET" and verb == "tree":
             return 200, self._tree(self._rev(repo, rev), sub_path), {}
+        if method == "POST" and verb == "paths-info":
+            commit = self._rev(repo, rev)
+            form = parse_qs(body.decode())  # the client sends a form: paths=a&paths=b&expand=False
+            return 200, [_file_entry(commit, p) for p in form.get("paths", []) if p in commit.files], {}
         raise ApiError(404, f"no route for {method} {repo_type}s/{repo_id}/{rest}")
 
     def _commit(self, repo: Repo, rev: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
         if rev not in repo.branches:
             raise ApiError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         head = repo.commits[repo.branches[rev]]
-        files, header = dict(head.files), {}
+        files, header, lfs = dict(head.files), {}, set(head.lfs)
         for line in body.splitlines():
             if not line.strip():
                 continue
@@ -462,12 +506,15 @@ class _Handler(BaseHTTPRequestHandler):
             if key == "header":
                 header = value
             elif key == "file":
-                files[value["path"]] = base64.b64decode(value["content"])
+                files[value["path"]] = self.hub._maybe_corrupt(value["path"], base64.b64decode(value["content"]))
+                lfs.discard(value["path"])
             elif key == "lfsFile":
                 if value["oid"] not in self.hub.lfs_objects:
                     raise ApiError(422, f"LFS object {value['oid']} of {value['path']} was never uploaded")
-                files[value["path"]] = self.hub.lfs_objects[value["oid"]]
+                files[value["path"]] = self.hub._maybe_corrupt(value["path"], self.hub.lfs_objects[value["oid"]])
+                lfs.add(value["path"])
             elif key == "deletedFile":
+                lfs.discard(value["path"])
                 if files.pop(value["path"], None) is None:
                     raise ApiError(404, "A file with this name doesn't exist", "EntryNotFound")
             elif key == "deletedFolder":
@@ -486,6 +533,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.user or "anonymous",
             files,
         )
+        commit.lfs = lfs & set(files)
         repo.branches[rev] = commit.id
         url = f"{self.hub.url}/{repo.repo_id}/commit/{commit.id}"
         return 200, {"commitOid": commit.id, "commitUrl": url, "success": True}, {}
@@ -494,14 +542,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _tree(commit: Commit, sub_path: str) -> list[dict[str, Any]]:
         prefix = sub_path.strip("/") + "/" if sub_path.strip("/") else ""
         entries: dict[str, dict[str, Any]] = {}
-        for path, data in sorted(commit.files.items()):
+        for path in sorted(commit.files):
             if not path.startswith(prefix):
                 continue
             parts = path[len(prefix) :].split("/")
             for i in range(1, len(parts)):  # every folder on the way
                 folder = prefix + "/".join(parts[:i])
                 entries.setdefault(folder, {"type": "directory", "path": folder, "oid": git_blob_sha1(folder.encode())})
-            entries[path] = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+            entries[path] = _file_entry(commit, path)
         if prefix and not entries:
             raise ApiError(404, f"{sub_path} does not exist", "EntryNotFound")
         return list(entries.values())
@@ -518,6 +566,18 @@ class _Handler(BaseHTTPRequestHandler):
             data,
             {"X-Repo-Commit": commit.id, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"},
         )
+
+
+def _file_entry(commit: Commit, path: str) -> dict[str, Any]:
+    """A file as ``tree`` and ``paths-info`` list it: an LFS file's ``oid`` is its pointer's blob id, and its
+    ``lfs`` block holds the content's sha256 (``oid``), ``size`` and ``pointerSize``, as on the Hub."""
+    data = commit.files[path]
+    if path not in commit.lfs:
+        return {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+    sha256 = hashlib.sha256(data).hexdigest()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n".encode()
+    lfs = {"oid": sha256, "size": len(data), "pointerSize": len(pointer)}
+    return {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(pointer), "lfs": lfs}
 
 
 __all__ = ["HubServer", "RecordedRequest", "git_blob_sha1"]

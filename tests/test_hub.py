@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -10,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import git_blob_sha1
 from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import save_file
 
 from hfexport.errors import HubError, HubSetupError
 from hfexport.hub import HubOptions, HubPusher, push_version, resolve_push_dir
+from hfexport.journal import PushJournal
+from hfexport.pushfiles import publishable_files
 
 REPO = "tester/gpt2-run"
 TOKEN = "hf_test_token"
@@ -121,13 +125,13 @@ def test_large_files_go_through_lfs(hub_server, tmp_path):
 def test_revision_mirrors_the_directory(hub_server, tmp_path):
     options = ready(hub_server)
     first = make_version(tmp_path, 500)
-    (first / "extra.txt").write_text("only in the first version")
+    (first / "generation_config.json").write_text("{}")  # only in the first version
     push_version(first, options, step=500)
     push_version(make_version(tmp_path, 1000), options, step=1000)
 
     api = HfApi()
-    assert "extra.txt" in api.list_repo_files(REPO, revision="step_000500")
-    assert "extra.txt" not in api.list_repo_files(REPO, revision="step_001000")
+    assert "generation_config.json" in api.list_repo_files(REPO, revision="step_000500")
+    assert "generation_config.json" not in api.list_repo_files(REPO, revision="step_001000")
 
 
 def test_step_unknown_uses_the_directory_name(hub_server, tmp_path):
@@ -282,8 +286,8 @@ def test_close_without_any_push(hub_server):
     assert hub_server.requests == []
 
 
-def test_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_path, caplog):
-    pusher = HubPusher(fast_options())
+def test_latest_mode_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_path, caplog):
+    pusher = HubPusher(fast_options(push_mode="latest"))
     pusher.setup()
     hub_server.inject(r"/commit/", status=None, delay_s=0.5, times=1)  # the first push is slow
     versions = {step: make_version(tmp_path, step) for step in (1, 2, 3, 4, 5)}
@@ -303,8 +307,47 @@ def test_coalesces_intermediate_versions_and_keeps_the_final(hub_server, tmp_pat
         pusher.close()
 
     assert [r.step for r in pusher.results] == [1, 4, 5]
-    assert "Skipping the Hub push of step_000002" in caplog.text
+    assert "Skipping the Hub push of step_000002 (hub_push='latest')" in caplog.text
+    assert "Skipping the Hub push of step_000003" in caplog.text
     assert not pusher.is_pending(versions[5])
+    assert pusher.skipped == [versions[2].absolute(), versions[3].absolute()]
+    journal = PushJournal(tmp_path).versions(REPO, "main")
+    assert {name: e["state"] for name, e in journal.items()} == {
+        "step_000001": "pushed",
+        "step_000002": "skipped",
+        "step_000003": "skipped",
+        "step_000004": "pushed",
+        "step_000005": "pushed",
+    }
+    assert {t.name for t in HfApi().list_repo_refs(REPO).tags} == {"step_000001", "step_000004", "step_000005"}
+
+
+def test_every_version_is_pushed_in_order_by_default_and_falling_behind_is_said_once(hub_server, tmp_path, caplog):
+    pusher = HubPusher(fast_options())
+    pusher.setup()
+    hub_server.inject(r"/commit/", status=None, delay_s=0.5, times=1)  # the first push is slow
+    versions = {step: make_version(tmp_path, step) for step in (1, 2, 3, 4, 5)}
+
+    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+        pusher.submit(versions[1], step=1)
+        deadline = time.monotonic() + 5
+        while not hub_server.requests_to(r"/commit/") and time.monotonic() < deadline:
+            time.sleep(0.01)  # step 1 is in flight
+        for step in (2, 3, 4, 5):
+            pusher.submit(versions[step], step=step)
+        assert all(pusher.is_pending(versions[step]) for step in (2, 3, 4, 5))
+        pusher.close()
+
+    assert [r.step for r in pusher.results] == [1, 2, 3, 4, 5]
+    assert pusher.skipped == [] and "Skipping" not in caplog.text
+    behind = [r.getMessage() for r in caplog.records if "are behind" in r.getMessage()]
+    assert len(behind) == 1, behind  # at most once a minute
+    assert "2 version(s) wait (oldest step_000002)" in behind[0]
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)][:5]
+    assert titles == [f"Export step {step}" for step in (5, 4, 3, 2, 1)]  # committed in step order
+    for version in versions.values():
+        downloaded = hf_hub_download(REPO, "model.safetensors", revision=version.name, cache_dir=tmp_path / "c")
+        assert Path(downloaded).read_bytes() == (version / "model.safetensors").read_bytes()
 
 
 def test_pending_keeps_failed_versions(hub_server, tmp_path):
@@ -317,7 +360,8 @@ def test_pending_keeps_failed_versions(hub_server, tmp_path):
     pusher.wait()
 
     assert pusher.pending() == [(500, version.absolute())]
-    assert not pusher.is_pending(version)  # not queued any more: rotation may not need it, resume does
+    assert pusher.is_pending(version)  # failed, not pushed: rotation must keep it
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == [(500, "step_000500")]
     pusher.submit(version, step=500)  # resubmitted (e.g. after a resume): now it succeeds
     pusher.close()
     assert pusher.pending() == []
@@ -467,3 +511,194 @@ def test_local_hub_answers_like_the_hub(hub_server, tmp_path):
         HfApi(token="hf_wrong").upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id=REPO)
     with pytest.raises(Exception, match="403"):
         HfApi(token="hf_other_token").create_tag(REPO, tag="v1")
+
+
+# ------------------------------------------------------------------------------------ verification on the Hub
+@pytest.mark.parametrize("lfs", [False, True])
+def test_a_corrupted_copy_on_the_hub_is_detected_and_sent_again(hub_server, tmp_path, caplog, lfs):
+    options = ready(hub_server)
+    if lfs:
+        hub_server.lfs_min_size = 200  # the weights become an LFS file: checked by its sha256
+    hub_server.corrupt(r"model\.safetensors$", times=1)
+    version = make_version(tmp_path, 500)
+
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+        result = push_version(version, options, step=500)
+
+    assert result.attempts == 2
+    assert "does not hold the local files" in caplog.text and "model.safetensors" in caplog.text
+    stored = hub_server.repo(REPO).resolve("step_000500").files["model.safetensors"]
+    assert stored == (version / "model.safetensors").read_bytes()
+    assert PushJournal(tmp_path).versions(REPO, "main")["step_000500"]["commit"] == result.commit_oid
+
+
+def test_a_push_that_never_lands_intact_fails_and_is_not_tagged(hub_server, tmp_path):
+    options = ready(hub_server, max_retries=1)
+    hub_server.corrupt(r"config\.json$", times=99)
+
+    with pytest.raises(HubError, match=r"after 2 attempt.*config\.json"):
+        push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert HfApi().list_repo_refs(REPO).tags == []
+    entry = PushJournal(tmp_path).versions(REPO, "main")["step_000500"]
+    assert entry["state"] == "failed" and "config.json" in entry["error"]
+
+
+def test_the_test_hub_lists_files_as_the_hub_does(hub_server, tmp_path):
+    options = ready(hub_server)
+    hub_server.lfs_min_size = 200
+    version = make_version(tmp_path, 500)
+    result = push_version(version, options, step=500)
+    api = HfApi()
+
+    tree = {f.path: f for f in api.list_repo_tree(REPO, revision=result.commit_oid, recursive=True)}
+    weights, config = tree["model.safetensors"], tree["config.json"]
+    data = (version / "model.safetensors").read_bytes()
+    assert weights.size == len(data) and weights.lfs.sha256 == hashlib.sha256(data).hexdigest()
+    assert weights.lfs.size == len(data) and weights.lfs.pointer_size > 0
+    assert config.lfs is None and config.blob_id == git_blob_sha1((version / "config.json").read_bytes())
+    info = api.get_paths_info(REPO, ["config.json", "model.safetensors", "missing"], revision=result.commit_oid)
+    assert {i.path: (i.size, i.blob_id) for i in info} == {
+        p: (tree[p].size, tree[p].blob_id)
+        for p in tree
+        if p
+        in (
+            "config.json",
+            "model.safetensors",
+        )
+    }
+
+
+# ------------------------------------------------------------------------------------------ bounded time
+def test_a_hub_that_never_answers_a_commit_fails_within_the_bound(hub_server, tmp_path):
+    options = ready(hub_server, max_retries=1, timeout_s=1.0)
+    hub_server.inject(r"/commit/", hang=True, times=None)
+
+    started = time.monotonic()
+    with pytest.raises(HubError, match="after 2 attempt"):
+        push_version(make_version(tmp_path, 500), options, step=500)
+    elapsed = time.monotonic() - started
+
+    assert len(hub_server.requests_to(r"/commit/", method="POST")) == 2
+    assert 2 * 1.0 <= elapsed < 2 * 1.0 + 3.0  # timeout × attempts, plus the backoff and the other requests
+
+
+def test_the_set_up_check_is_bounded_when_the_hub_never_answers(hub_server):
+    hub_server.inject(r"/api/whoami-v2", hang=True, times=None)
+
+    started = time.monotonic()
+    with pytest.raises(HubSetupError, match="after 2 attempt"):
+        HubPusher(fast_options(max_retries=1, timeout_s=0.5)).setup()
+
+    assert time.monotonic() - started < 2 * 0.5 + 2.0
+
+
+def test_requests_made_outside_a_push_keep_no_timeout(hub_server):
+    from huggingface_hub.utils import get_session
+
+    from hfexport.hub import bounded_requests
+
+    seen = []
+
+    def record(request):
+        seen.append(dict(request.extensions.get("timeout") or {}))
+
+    with bounded_requests(2.0):
+        session = get_session()
+        session.event_hooks = {**session.event_hooks, "request": [*session.event_hooks["request"], record]}
+        try:
+            HfApi().whoami()
+        finally:
+            hooks = [h for h in session.event_hooks["request"] if h is not record]
+            session.event_hooks = {**session.event_hooks, "request": hooks}
+    assert seen and set(seen[0].values()) == {2.0}
+    session.event_hooks = {**session.event_hooks, "request": [*session.event_hooks["request"], record]}
+    try:
+        HfApi().whoami()
+    finally:
+        session.event_hooks = {
+            **session.event_hooks,
+            "request": [h for h in session.event_hooks["request"] if h is not record],
+        }
+    assert set(seen[1].values()) == {None}
+
+
+def test_repeated_rate_limits_say_the_interval_is_too_fast(hub_server, tmp_path, caplog):
+    options = ready(hub_server)
+    hub_server.inject(r"/commit/", status=429, times=2, retry_after=0)
+
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+        result = push_version(make_version(tmp_path, 500), options, step=500)
+
+    assert result.attempts == 3
+    assert "faster than the Hub allows" in caplog.text and "hub_push='latest'" in caplog.text
+
+
+# ------------------------------------------------------------------------------------ what may be published
+def test_only_the_versions_own_files_are_pushed(hub_server, tmp_path, caplog):
+    options = ready(hub_server)
+    version = make_version(tmp_path, 500)
+    (version / "notes-with-secrets.txt").write_text("password=hunter2")
+    (version / "sub").mkdir()
+    (version / "sub" / "id_rsa").write_text("PRIVATE KEY")
+
+    with caplog.at_level(logging.INFO, logger="hfexport.pushfiles"):
+        push_version(version, options, step=500)
+
+    assert sorted(HfApi().list_repo_files(REPO)) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    assert "notes-with-secrets.txt" in caplog.text and "standard model files" in caplog.text
+
+
+def test_a_manifest_decides_what_is_pushed_and_symlinks_leaving_the_directory_are_refused(hub_server, tmp_path):
+    options = ready(hub_server)
+    version = make_version(tmp_path / "root", 500)
+    secret = tmp_path / "secretdir"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("PRIVATE KEY")
+    names = ["README.md", "config.json", "model.safetensors"]
+    manifest = {"files": {n: {"size": (version / n).stat().st_size} for n in names}}
+    (version / "hfexport.json").write_text(json.dumps(manifest))
+    (version / "stray.txt").write_text("not in the manifest")
+    assert publishable_files(version) == sorted([*names, "hfexport.json"])
+
+    os.symlink(secret / "id_rsa", version / "tokenizer.json")
+    manifest["files"]["tokenizer.json"] = {"size": 11}
+    (version / "hfexport.json").write_text(json.dumps(manifest))
+    with pytest.raises(HubError, match=r"tokenizer\.json is a symlink.*outside"):
+        push_version(version, options, step=500)
+    manifest["files"] = {"../secretdir/id_rsa": {"size": 11}}
+    (version / "hfexport.json").write_text(json.dumps(manifest))
+    with pytest.raises(HubError, match="not a path inside"):
+        publishable_files(version)
+    assert hub_server.requests_to(r"/commit/") == []
+
+
+@pytest.mark.parametrize("kind", ["text", "symlink", "symlinked-version"])
+def test_a_latest_pointing_outside_the_root_is_refused(tmp_path, kind):
+    root = tmp_path / "root"
+    make_version(root, 500)
+    outside = make_version(tmp_path / "secretdir", 1)
+    if kind == "text":
+        (root / "latest").write_text("../secretdir/step_000001\n")
+    elif kind == "symlink":
+        os.symlink(outside, root / "latest")
+    else:  # a version-looking name inside the root that is itself a symlink leaving it
+        os.symlink(outside, root / "step_000900")
+        os.symlink("step_000900", root / "latest")
+
+    with pytest.raises(HubError, match="Refusing to push"):
+        resolve_push_dir(root)
+
+
+def test_a_commit_that_lands_but_is_never_answered_is_not_committed_twice(hub_server, tmp_path):
+    options = ready(hub_server, timeout_s=1.0)
+    hub_server.inject(r"/commit/", hang_after=True, times=1)  # the commit lands; its answer never comes
+    version = make_version(tmp_path, 500)
+
+    result = push_version(version, options, step=500)
+
+    assert result.attempts == 2
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)]
+    assert titles.count("Export step 500") == 1  # the retry found the files already there: no second commit
+    tags = {t.name: t.target_commit for t in HfApi().list_repo_refs(REPO).tags}
+    assert tags == {"step_000500": result.commit_oid} and result.commit_oid == hub_server.repo(REPO).branches["main"]

@@ -5,6 +5,12 @@ Everything goes through the real ``huggingface_hub`` client to the local Hub of 
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +21,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from nanogpt import make_gpt
 
 from hfexport import HFExporter, HFExportError, HubSetupError, export_hf
+from hfexport.journal import PushJournal
 from hfexport.lightning import HFExportCallback
 
 REPO = "tester/hooks-run"
@@ -162,11 +169,23 @@ def test_lightning_callback_pushes_and_resumed_run_pushes_pending(hub_server, tm
     cb2 = HFExportCallback(exports, every_n_train_steps=2, push_to_hub=True, repo_id=REPO, **FAST)
     ckpt2 = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_last=True)
     _trainer(tmp_path, [cb2, ckpt2], max_steps=6).fit(_LM(), _loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
-    pushed = tags()
-    # The newest version the first run missed is pushed (older missed ones may be coalesced into it, as
-    # documented), and so is the resumed run's final version.
-    assert {"step_000004", "step_000006"} <= pushed, pushed
+    # Every version the first run missed is pushed, in order, and so is the resumed run's final version.
+    assert tags() == {"step_000002", "step_000004", "step_000006"}
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)]
+    assert titles[:3] == ["Export step 6", "Export step 4", "Export step 2"]
     assert_same_files(exports / "step_000006", "step_000006")
+    assert PushJournal(exports).unpushed(REPO, "main") == []
+
+
+def test_lightning_state_agrees_with_the_journal(hub_server, tmp_path: Path) -> None:
+    exports = tmp_path / "exports"
+    cb = HFExportCallback(exports, every_n_train_steps=2, push_to_hub=True, repo_id=REPO, **FAST)
+    hub_server.inject(r"/commit/", status=500, times=None)
+    _trainer(tmp_path, [cb], max_steps=4).fit(_LM(), _loader())
+
+    pending = {Path(path).name for _, path in cb.state_dict()["pending_pushes"]}
+    assert pending == {name for _, name in PushJournal(exports).unpushed(REPO, "main")}
+    assert pending == {"step_000002", "step_000004"}
 
 
 # ------------------------------------------------------------------------------------------ hfexport push
@@ -194,3 +213,325 @@ def test_cli_push_errors_are_one_line_with_exit_2(hub_server, tmp_path: Path, ca
     assert main(["push", str(tmp_path / "nowhere"), "--repo_id", REPO]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert main(["push", str(tmp_path / "step_000001"), "--repo_id", "not-a-repo-id"]) == 2
+
+
+# ----------------------------------------------------------------------------- no version lost, no hang
+def test_failures_while_exporting_every_2_steps_lose_no_version(hub_server, tmp_path: Path) -> None:
+    model = make_gpt()
+    exporter = HFExporter(
+        tmp_path, every_n_steps=2, push_to_hub=True, repo_id=REPO, hub_max_retries=4, hub_backoff_s=0.01
+    )
+    # The first commits answer 500, 500, 429, slowly: later versions are written while step 2 is retried.
+    hub_server.inject(r"/commit/", status=500, times=2, delay_s=0.3)
+    hub_server.inject(r"/commit/", status=429, times=1, retry_after=0, delay_s=0.3)
+    for step in range(1, 7):
+        exporter.maybe_export(model, step)
+    exporter.close()
+
+    assert tags() == {"step_000002", "step_000004", "step_000006"}
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)][:3]
+    assert titles == ["Export step 6", "Export step 4", "Export step 2"]  # in step order
+    for name in ("step_000002", "step_000004", "step_000006"):
+        assert_same_files(tmp_path / name, name)
+    journal = PushJournal(tmp_path).versions(REPO, "main")
+    refs = {t.name: t.target_commit for t in HfApi().list_repo_refs(REPO).tags}
+    assert {name: e["commit"] for name, e in journal.items()} == refs  # the verified commits
+
+
+def test_a_hub_that_never_answers_bounds_close_and_pending_push_delivers_later(hub_server, tmp_path: Path) -> None:
+    from hfexport.cli import main
+
+    timeout, retries = 1.0, 1
+    exporter = HFExporter(
+        tmp_path, push_to_hub=True, repo_id=REPO, hub_max_retries=retries, hub_backoff_s=0.01, hub_timeout_s=timeout
+    )
+    hub_server.inject(r"/commit/", hang=True, times=None)  # accepted, never answered
+    exporter.export(make_gpt(), 1, final=True)
+    exporter.wait()
+    started = time.monotonic()
+    exporter.close()
+    assert time.monotonic() - started < timeout * (retries + 1) + 2.0
+    assert [step for step, _ in exporter.state_dict()["pending_pushes"]] == [1]
+    assert PushJournal(tmp_path).versions(REPO, "main")["step_000001"]["state"] == "failed"
+    assert tags() == set()
+
+    hub_server.reset(repos=False)  # the Hub answers again
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--pending", "--timeout_s", "5"]) == 0
+    assert tags() == {"step_000001"}
+    assert_same_files(tmp_path / "step_000001", "step_000001")
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == []
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--pending"]) == 0  # nothing left: no new commit
+    assert len(hub_server.requests_to(r"/commit/", method="POST")) == 1
+
+
+def test_a_stuck_push_does_not_stop_later_versions_from_being_written(hub_server, tmp_path: Path) -> None:
+    model = make_gpt()
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, hub_timeout_s=30, **FAST)
+    hub_server.inject(r"/commit/", hang=True, times=1)  # the first push hangs (for up to 30 s)
+    exporter.maybe_export(model, 1)
+    deadline = time.monotonic() + 10
+    while not hub_server.requests_to(r"/commit/") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    for step in (2, 3, 4):
+        exporter.maybe_export(model, step)
+    exporter.wait()
+    assert time.monotonic() - started < 10  # written while step 1's push hangs
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == [f"step_00000{i}" for i in (1, 2, 3, 4)]
+    assert exporter.pusher.is_pending(tmp_path / "step_000001")
+    hub_server.reset(repos=False)  # the hanging request is dropped: retried, then everything goes through
+    exporter.close()
+    assert tags() == {f"step_00000{i}" for i in (1, 2, 3, 4)}
+
+
+_KILLED_RUN = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from nanogpt import make_gpt
+from hfexport import HFExporter
+exporter = HFExporter(sys.argv[1], every_n_steps=1, push_to_hub=True, repo_id=sys.argv[3], hub_timeout_s=60)
+model = make_gpt()
+for step in (1, 2, 3):
+    exporter.maybe_export(model, step)
+exporter.wait()
+print("written", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_new_exporter_pushes_what_a_killed_process_left_pending(hub_server, tmp_path: Path) -> None:
+    hub_server.inject(r"/commit/", hang=True, times=None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_RUN, str(tmp_path), str(Path(__file__).parent), REPO],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
+    finally:
+        proc.kill()
+        proc.wait()
+    hub_server.reset(repos=False)
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == [(1, "step_000001"), (2, "step_000002"), (3, "step_000003")]
+
+    HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, **FAST).close()  # no load_state_dict: the journal suffices
+
+    assert tags() == {"step_000001", "step_000002", "step_000003"}
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)][:3]
+    assert titles == ["Export step 3", "Export step 2", "Export step 1"]
+    for name in ("step_000001", "step_000003"):
+        assert_same_files(tmp_path / name, name)
+
+
+def test_rotation_never_deletes_an_unpushed_version_and_all_arrive_later(hub_server, tmp_path: Path, caplog) -> None:
+    model = make_gpt()
+    exporter = HFExporter(tmp_path, every_n_steps=1, keep_last_n=2, push_to_hub=True, repo_id=REPO, hub_max_retries=0)
+    hub_server.inject(r"/commit/", status=503, times=None)
+    with caplog.at_level("INFO", logger="hfexport.exporter"):
+        for step in range(1, 6):
+            exporter.maybe_export(model, step)
+        exporter.close()
+    names = [f"step_00000{i}" for i in range(1, 6)]
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == names  # nothing unpushed was deleted
+    assert "Keeping 3 version(s) past keep_last_n=2 until their Hub push succeeds" in caplog.text
+    assert [Path(p).name for _, p in exporter.state_dict()["pending_pushes"]] == names
+    assert all(Path(p).is_dir() for _, p in exporter.state_dict()["pending_pushes"])
+
+    hub_server.reset(repos=False)  # the Hub is back: a new run on the same root pushes them all
+    HFExporter(tmp_path, keep_last_n=2, push_to_hub=True, repo_id=REPO, **FAST).close()
+    assert tags() == set(names)
+    for name in names:
+        assert_same_files(tmp_path / name, name)
+
+
+# ------------------------------------------------------------------------------------ nothing private leaks
+def _private_strings(tmp_path: Path) -> list[str]:
+    found = [str(tmp_path), str(Path.home()) + "/", str(Path.cwd())]
+    user, host = getpass.getuser(), socket.gethostname()
+    found += [s for s in (user, host) if len(s) >= 5]
+    return found
+
+
+def _tokenizer(path: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    chars = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65 characters
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def test_no_local_path_user_or_host_in_any_pushed_file(hub_server, tmp_path: Path) -> None:
+    from hfexport.cli import main
+
+    model = make_gpt()
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model": model.state_dict(), "model_args": model.model_args(), "iter_num": 300}, ckpt)
+    out = tmp_path / "exported"
+    assert main(["convert", str(ckpt), "--output_dir", str(out), "--no_progress", "--quiet"]) == 0
+    assert main(["push", str(out), "--repo_id", REPO, "--tag", "converted", "--quiet"]) == 0
+    tokenizer = _tokenizer(tmp_path / "tok")  # loaded from a local path: its files must not name it
+    with HFExporter(tmp_path / "exports", push_to_hub=True, repo_id=REPO, tokenizer=tokenizer, **FAST) as exporter:
+        exporter.export(make_gpt(vocab_size=65), 7, final=True, loss=1.5)
+
+    api = HfApi()
+    assert "tokenizer_config.json" in api.list_repo_files(REPO, revision="step_000007")
+    for revision in ("converted", "step_000007"):
+        files = [f for f in api.list_repo_files(REPO, revision=revision) if f != ".gitattributes"]
+        assert "hfexport.json" in files
+        for name in files:
+            data = Path(hf_hub_download(REPO, name, revision=revision)).read_bytes()
+            for private in _private_strings(tmp_path):
+                assert private.encode() not in data, f"{private!r} in {name} at {revision}"
+    manifest = json.loads(Path(hf_hub_download(REPO, "hfexport.json", revision="converted")).read_text())
+    assert manifest["source"] == "ckpt.pt"
+
+
+def test_cli_push_refuses_a_latest_outside_the_root_and_skips_stray_files(hub_server, tmp_path: Path, capsys) -> None:
+    from hfexport.cli import main
+
+    root = tmp_path / "exports"
+    version = export_hf(make_gpt(), 5, root)
+    (version / "notes-with-secrets.txt").write_text("password=hunter2")
+    secret = tmp_path / "secretdir"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("PRIVATE KEY")
+    (secret / "config.json").write_text("{}")
+    os.replace(root / "latest", root / "latest.bak")
+    os.symlink("../secretdir", root / "latest")
+
+    assert main(["push", str(root), "--repo_id", REPO]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Refusing to push" in err[0]
+    assert hub_server.requests_to(r"/commit/") == []
+
+    os.replace(root / "latest.bak", root / "latest")
+    assert main(["push", str(root), "--repo_id", REPO]) == 0
+    files = HfApi().list_repo_files(REPO, revision="step_000005")
+    assert "notes-with-secrets.txt" not in files and "hfexport.json" in files and "model.safetensors" in files
+
+
+def test_cli_push_logs_no_http_lines_and_names_the_token_flag(hub_server, tmp_path: Path, capsys, monkeypatch) -> None:
+    from hfexport.cli import main
+
+    export_hf(make_gpt(), 1, tmp_path)
+    # A real process, so that the CLI's own logging set-up decides what is printed (pytest's handlers do not).
+    run = subprocess.run(
+        [sys.executable, "-m", "hfexport", "push", str(tmp_path), "--repo_id", REPO],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "INFO hfexport.hub: Pushed step_000001" in run.stdout  # progress is logged at INFO...
+    assert "HTTP Request" not in run.stdout + run.stderr  # ...but no line per HTTP request
+    monkeypatch.delenv("HF_TOKEN")
+    assert main(["push", str(tmp_path), "--repo_id", REPO]) == 2
+    err = capsys.readouterr().err
+    assert "--token" in err and "hub_token" not in err
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--token", "hf_wrong"]) == 2
+    err = capsys.readouterr().err
+    assert "--token" in err and "hub_token" not in err and "hf_wrong" not in err
+
+
+def test_cli_list_shows_the_push_state_of_each_version(hub_server, tmp_path: Path, capsys) -> None:
+    from hfexport.cli import main
+
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, hub_max_retries=0)
+    exporter.maybe_export(make_gpt(), 1)
+    exporter.wait()
+    exporter.pusher.wait()
+    hub_server.inject(r"/commit/", status=503, times=None)
+    exporter.maybe_export(make_gpt(), 2)
+    exporter.close()
+    capsys.readouterr()
+
+    assert main(["list", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    commit = PushJournal(tmp_path).versions(REPO, "main")["step_000001"]["commit"]
+    assert f"hub {REPO}@main: pushed (commit {commit[:10]})" in out
+    assert f"hub {REPO}@main: failed" in out and "503" in out
+
+
+def test_once_the_hub_is_back_the_failed_versions_arrive_in_the_same_run_in_order(hub_server, tmp_path: Path) -> None:
+    model = make_gpt()
+    exporter = HFExporter(tmp_path, every_n_steps=1, keep_last_n=1, push_to_hub=True, repo_id=REPO, **FAST)
+    hub_server.inject(r"/commit/", status=503, times=None)
+    for step in (1, 2, 3):
+        exporter.maybe_export(model, step)
+    exporter.wait()
+    exporter.pusher.wait()
+    assert [f.step for f in exporter.pusher.failures] == [1, 2, 3]
+    # Once step 1 failed for good (after its retries), the others got one attempt each, not the whole policy.
+    first = hub_server.requests_to(r"/commit/", method="POST")[: FAST["hub_max_retries"] + 1]
+    assert all(b"Export step 1" in r.body for r in first)
+    assert all("after 1 attempt(s)" in str(f.error) for f in exporter.pusher.failures[1:])
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000001", "step_000002", "step_000003"]
+
+    hub_server.reset(repos=False)  # the Hub is back
+    exporter.maybe_export(model, 4)
+    exporter.close()
+    assert tags() == {"step_000001", "step_000002", "step_000003", "step_000004"}
+    titles = [c.title for c in HfApi().list_repo_commits(REPO)][:4]
+    assert titles == ["Export step 4", "Export step 3", "Export step 2", "Export step 1"]
+    assert exporter.pusher.failures == [] and exporter.state_dict()["pending_pushes"] == []
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000004"]  # pushed: now rotated
+
+
+def test_the_exporter_set_up_is_bounded_when_the_hub_never_answers(hub_server, tmp_path: Path) -> None:
+    hub_server.inject(r"/api/whoami-v2", hang=True, times=None)
+    started = time.monotonic()
+    with pytest.raises(HubSetupError, match="after 2 attempt"):
+        HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, hub_timeout_s=0.5, hub_max_retries=1, hub_backoff_s=0.01)
+    assert time.monotonic() - started < 2 * 0.5 + 2.0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"hub_push": "sometimes"}, "hub_push"),
+        ({"hub_timeout_s": 0}, "hub_timeout_s"),
+        ({"hub_timeout_s": "1"}, "hub_timeout_s"),
+    ],
+)
+def test_new_hub_options_are_validated(tmp_path: Path, option, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, **option)
+
+
+def test_latest_mode_through_the_exporter_says_what_it_skipped(hub_server, tmp_path: Path, caplog) -> None:
+    model = make_gpt()
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, hub_push="latest", **FAST)
+    hub_server.inject(r"/commit/", status=None, delay_s=2.0, times=1)  # the first push is slow
+    with caplog.at_level("INFO", logger="hfexport.hub"):
+        for step in (1, 2, 3, 4):
+            exporter.maybe_export(model, step)
+        exporter.close()
+    assert "step_000001" in tags() and "step_000004" in tags()
+    skipped = [p.name for p in exporter.pusher.skipped]
+    assert skipped and set(skipped) == {"step_000002", "step_000003"} - tags()
+    assert all(f"Skipping the Hub push of {name}" in caplog.text for name in skipped)
+    journal = PushJournal(tmp_path).versions(REPO, "main")
+    assert all(journal[name]["state"] == "skipped" for name in skipped)
+
+
+def test_cli_push_that_fails_after_its_retries_exits_1_while_a_refused_token_exits_2(
+    hub_server, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from hfexport.cli import main
+
+    export_hf(make_gpt(), 1, tmp_path)
+    hub_server.inject(r"/commit/", status=503, times=None)  # the Hub is down: not the user's to fix
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--max_retries", "0", "--timeout_s", "5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "503" in err[0]
+    hub_server.reset()
+    monkeypatch.delenv("HF_TOKEN")
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--max_retries", "0"]) == 2  # no token: the user's to fix
+    with pytest.raises(SystemExit) as info:
+        main(["push", str(tmp_path), "--repo_id", REPO, "--max_retries", "-1"])
+    assert info.value.code == 2 and "--max_retries" in capsys.readouterr().err
