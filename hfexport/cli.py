@@ -228,8 +228,14 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .verify import verify_directory
 
+    if not Path(args.directory).is_dir():
+        raise HFExportError(
+            f"{args.directory!r} is not a directory; pass a model directory or an export root (holding latest)."
+        )
     report = verify_directory(
         args.directory, checkpoint=args.checkpoint, activation=args.activation, n_head=args.n_head
     )

@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "ConversionError",
     "ExportWorkerError",
+    "FileFormatError",
     "HFExportError",
     "HubError",
     "HubSetupError",
@@ -36,6 +37,10 @@ class UnsafeCheckpointError(CheckpointError):
 
 class ConversionError(HFExportError, ValueError):
     """The weights cannot be converted as asked (bad option, missing fact, non-finite values, ...)."""
+
+
+class FileFormatError(HFExportError, ValueError):
+    """A file is not valid in the format its name claims (e.g. a malformed safetensors header)."""
 
 
 class OutputExistsError(HFExportError, FileExistsError):

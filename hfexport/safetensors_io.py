@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -26,10 +27,19 @@ import torch
 
 from .checksum import crc32_concat
 from .chunkio import Chunk, ChunkedFile, write_chunks
+from .errors import FileFormatError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTYPE_NAMES", "OutputTensor", "TensorRecord", "read_header", "tensor_bytes", "write_safetensors"]
+__all__ = [
+    "DTYPE_NAMES",
+    "DTYPE_SIZES",
+    "OutputTensor",
+    "TensorRecord",
+    "read_header",
+    "tensor_bytes",
+    "write_safetensors",
+]
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -43,6 +53,29 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+
+# The dtypes of the safetensors format that hfexport checks and torch loads (byte sizes); the sub-byte and
+# ``*FNUZ``/``E8M0`` float8 types of recent safetensors releases are left out: a file using them is reported.
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+}
+MAX_HEADER_BYTES = 100_000_000  # the format's limit (safetensors' MAX_HEADER_SIZE)
+_U64_MAX = (1 << 64) - 1
+_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 
 CHUNK_BYTES = 8 << 20  # a chunk of a tensor: fits the caches of the checks that follow its production
 WHOLE_MAX = 64 << 20  # tensors that prefer to be produced whole (transposes) are, up to this size
@@ -239,14 +272,150 @@ def _from_get(tensor: OutputTensor) -> Callable[[torch.Tensor], None]:
 
 
 def read_header(fh: BinaryIO) -> tuple[dict[str, Any], int]:
-    """Read a safetensors header; returns ``(header, data_start)``. Raises ``ValueError`` when malformed."""
+    """Read a safetensors header and check it as strictly as ``safetensors`` does when it opens a file.
+
+    The rules are those of the format (and of its reference implementation, ``SafeTensors::read_metadata``): an
+    8-byte little-endian header length of at most 100 MB that fits in the file; a UTF-8 JSON object; an optional
+    ``__metadata__`` mapping strings to strings; for every tensor a known ``dtype``, a ``shape`` of non-negative
+    integers and ``data_offsets`` ``[begin, end]`` with ``end - begin`` = elements × item size (computed without
+    overflowing 64 bits); the tensors, sorted by offsets, tile the data section from its first byte to the end
+    of the file with no gap and no overlap. A few things ``safetensors`` tolerates are refused as well, because
+    hfexport cannot vouch for them: dtypes outside :data:`DTYPE_SIZES`, duplicate JSON keys, fields other than
+    ``dtype``/``shape``/``data_offsets`` in a tensor's entry.
+
+    Args:
+        fh: A binary file object positioned anywhere (it is read from offset 0; its size is found by seeking).
+
+    Returns:
+        ``(header, data_start)``: the parsed JSON object and the offset of the data section.
+
+    Raises:
+        FileFormatError: the file is not a valid safetensors file; the message says what is wrong.
+    """
+    fh.seek(0, os.SEEK_END)
+    file_size = fh.tell()
+    fh.seek(0)
     raw = fh.read(8)
     if len(raw) != 8:
-        raise ValueError("file shorter than a safetensors header")
+        raise FileFormatError(f"{file_size} bytes: shorter than the 8-byte header length")
     (size,) = struct.unpack("<Q", raw)
-    if size > 100_000_000:
-        raise ValueError(f"header length {size} is implausible")
+    if size > MAX_HEADER_BYTES:
+        raise FileFormatError(f"header length {size} exceeds the format's limit of {MAX_HEADER_BYTES} bytes")
+    if 8 + size > file_size:
+        raise FileFormatError(f"header length {size} runs past the end of the file ({file_size} bytes)")
     body = fh.read(size)
     if len(body) != size:
-        raise ValueError("truncated header")
-    return json.loads(body), 8 + size
+        raise FileFormatError("the header is truncated")
+    try:
+        header = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+            parse_int=_non_negative_int,
+        )
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"the header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise FileFormatError(f"the header is not valid JSON ({_short(exc)})") from None
+    if not isinstance(header, dict):
+        raise FileFormatError(f"the header is a JSON {type(header).__name__}, not an object")
+    spans = []
+    for name, entry in header.items():
+        _check_text(name, "a tensor name")
+        if name == "__metadata__":
+            _check_metadata(entry)
+        else:
+            spans.append((*_check_entry(name, entry), name))
+    position = 0
+    for begin, end, nbytes, name in sorted(spans, key=lambda span: (span[0], span[1])):
+        if begin != position:
+            what = "overlaps the tensor before it" if begin < position else "leaves a gap before it"
+            raise FileFormatError(
+                f"tensor {name!r}: data_offsets [{begin}, {end}] {what} (expected to begin at {position})"
+            )
+        if end - begin != nbytes:
+            raise FileFormatError(
+                f"tensor {name!r}: data_offsets [{begin}, {end}] span {end - begin} bytes, "
+                f"its dtype and shape need {nbytes}"
+            )
+        position = end
+    if 8 + size + position != file_size:
+        raise FileFormatError(
+            f"the header describes {8 + size + position} bytes, the file has {file_size} "
+            + ("(truncated?)" if file_size < 8 + size + position else "(trailing bytes)")
+        )
+    return header, 8 + size
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _non_negative_int(text: str) -> int | float:
+    # Every integer of a header is a size or an offset: a negative one (even "-0", which Rust's JSON reads as a
+    # float) is returned as a float, which the checks below refuse like any non-integer.
+    return float(text) if text.startswith("-") else int(text)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FileFormatError(f"{what} {text!r} is not valid Unicode (an unpaired surrogate)") from None
+
+
+def _check_metadata(metadata: Any) -> None:
+    if metadata is None:  # safetensors reads `null` as no metadata
+        return
+    if not isinstance(metadata, dict):
+        raise FileFormatError(f"__metadata__ is a JSON {type(metadata).__name__}, not an object of strings")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise FileFormatError(f"__metadata__[{key!r}] is {type(value).__name__}, not a string")
+        _check_text(key, "the __metadata__ key")
+        _check_text(value, f"__metadata__[{key!r}]")
+
+
+def _u64(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _U64_MAX
+
+
+def _check_entry(name: str, entry: Any) -> tuple[int, int, int]:
+    """``(begin, end, nbytes)`` of a tensor entry, or :class:`FileFormatError`."""
+    if not isinstance(entry, dict):
+        raise FileFormatError(f"tensor {name!r}: its entry is a JSON {type(entry).__name__}, not an object")
+    if set(entry) != _ENTRY_FIELDS:
+        missing, extra = sorted(_ENTRY_FIELDS - set(entry)), sorted(set(entry) - _ENTRY_FIELDS)
+        raise FileFormatError(f"tensor {name!r}: fields missing {missing}, unexpected {extra}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise FileFormatError(f"tensor {name!r}: unknown dtype {dtype!r} (known: {', '.join(DTYPE_SIZES)})")
+    if not isinstance(shape, list) or not all(_u64(d) for d in shape):
+        raise FileFormatError(f"tensor {name!r}: shape {shape!r} is not a list of non-negative 64-bit integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_u64(o) for o in offsets):
+        raise FileFormatError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end] (non-negative integers)")
+    begin, end = offsets
+    if end < begin:
+        raise FileFormatError(f"tensor {name!r}: data_offsets [{begin}, {end}] end before they begin")
+    numel = 1
+    for dim in shape:  # the overflow rule of safetensors: every partial product must fit in 64 bits
+        numel *= dim
+        if numel > _U64_MAX:
+            raise FileFormatError(f"tensor {name!r}: shape {shape} overflows 64 bits")
+    if numel * DTYPE_SIZES[dtype] * 8 > _U64_MAX:
+        raise FileFormatError(f"tensor {name!r}: shape {shape} of {dtype} overflows 64 bits")
+    return begin, end, numel * DTYPE_SIZES[dtype]

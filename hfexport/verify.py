@@ -1,14 +1,14 @@
 """Checking any Hugging Face directory: files, shapes, checksums, and optionally logits against a source.
 
-:func:`verify_directory` is what ``hfexport verify DIR`` runs: it reopens every safetensors file (header,
-offsets, file size), checks the index and ``config.json`` against the tensors, and the SHA-256 of every file
-listed in hfexport's manifest. With a source checkpoint it also loads the directory with ``transformers`` and
-reports the largest logit difference against a reference forward pass of the source weights.
+:func:`verify_directory` is what ``hfexport verify DIR`` runs: :func:`hfexport.dircheck.check_directory` (every
+safetensors header as strictly as ``safetensors`` checks it, the index, the JSON files, names that stay inside the
+directory, foreign weight files, the checksums of hfexport's manifest), then ``config.json`` against the tensors.
+With a source checkpoint it also loads the directory with ``transformers`` and reports the largest logit difference
+against a reference forward pass of the source weights.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,10 +17,8 @@ from typing import Any
 
 import torch
 
-from .checksum import crc32_file
-from .fsutil import sha256_file
-from .safetensors_io import read_header
-from .writer import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
+from .dircheck import check_directory
+from .errors import HFExportError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +58,9 @@ def verify_directory(
 ) -> VerifyReport:
     """Verify a Hugging Face model directory.
 
+    Every defect of the directory, however malformed or hostile (see :func:`hfexport.dircheck.check_directory`),
+    is a problem in the report, never an exception; logits are compared only on a sound directory.
+
     Args:
         path: The directory (or an export root: its ``latest`` is checked).
         checkpoint: A source checkpoint to compare logits against (needs ``transformers``).
@@ -69,106 +70,36 @@ def verify_directory(
 
     Returns:
         The report; ``report.ok`` is ``False`` with ``report.problems`` listing every defect.
+
+    Raises:
+        HFExportError: ``path`` is an export root whose ``latest`` designates nothing, or the checkpoint cannot be
+            read (bad input, not a defect of the directory).
+        ImportError: ``checkpoint`` is given and ``transformers`` is not installed.
     """
     root = Path(path)
-    if (root / "latest").exists() and not (root / "config.json").exists():
+    if os.path.lexists(root / "latest") and not os.path.lexists(root / "config.json"):
         from .versions import resolve_latest
 
         root = resolve_latest(root)
-    report = VerifyReport(root)
-    if not root.is_dir():
-        report.problems.append(f"{root} is not a directory")
-        return report
-    config = _json(root / "config.json", report)
-    shapes = _check_weights(root, report)
-    if config is not None and shapes:
-        _check_config(config, shapes, report)
-    manifest = _json(root / MANIFEST_NAME, report, required=False)
-    if manifest:
-        for name, entry in manifest.get("files", {}).items():
-            file = root / name
-            if not file.is_file():
-                report.problems.append(f"{name} is listed in {MANIFEST_NAME} but missing")
-                continue
-            if file.stat().st_size != entry.get("size"):
-                report.problems.append(f"{name}: size {file.stat().st_size} != {entry.get('size')} in the manifest")
-                continue
-            if "crc32" in entry:
-                kind, ok = "CRC-32", f"{crc32_file(file):08x}" == entry["crc32"]
-            elif "sha256" in entry:  # manifests of development versions before 0.1.0
-                kind, ok = "SHA-256", sha256_file(file) == entry["sha256"]
-            else:
-                kind, ok = "", False
-            if not kind:
-                report.problems.append(f"{name}: no checksum in the manifest")
-            elif not ok:
-                report.problems.append(f"{name}: {kind} differs from the manifest (the file changed or is corrupt)")
-            report.files_checked += 1
+    check = check_directory(root)
+    report = VerifyReport(root, check.tensors, check.files_checked, problems=check.problems)
+    config = check.config
+    if config is not None and check.shapes:
+        _check_config(config, check.shapes, report)
     if checkpoint is not None and report.ok:
-        diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)
+        try:
+            diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)
+        except (HFExportError, ImportError):
+            raise
+        except Exception as exc:  # transformers or the reference forward refused the directory: it is not sound
+            report.problems.append(f"comparing logits failed: {type(exc).__name__}: {exc}")
+            return report
         report.max_logit_diff = diff
-        dtype = (config or {}).get("dtype", "float32")
-        limit = tolerance if tolerance is not None else {"float32": 1e-4}.get(dtype, 0.5)
+        float32 = config is None or config.get("dtype", "float32") == "float32"
+        limit = tolerance if tolerance is not None else 1e-4 if float32 else 0.5
         if diff > limit:
             report.problems.append(f"max |logit diff| {diff:.3g} against {checkpoint} exceeds {limit:g}")
     return report
-
-
-def _json(path: Path, report: VerifyReport, *, required: bool = True) -> dict[str, Any] | None:
-    if not path.is_file():
-        if required:
-            report.problems.append(f"{path.name} is missing")
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        report.problems.append(f"{path.name} is not valid JSON ({exc})")
-        return None
-
-
-def _check_weights(root: Path, report: VerifyReport) -> dict[str, list[int]]:
-    shapes: dict[str, list[int]] = {}
-    index_path = root / INDEX_FILE
-    if index_path.is_file():
-        index = _json(index_path, report) or {}
-        weight_map: dict[str, str] = index.get("weight_map", {})
-        files = sorted(set(weight_map.values()))
-    elif (root / SINGLE_FILE).is_file():
-        weight_map, files = {}, [SINGLE_FILE]
-    else:
-        report.problems.append(f"no {SINGLE_FILE} or {INDEX_FILE}")
-        return shapes
-    total = 0
-    for name in files:
-        file = root / name
-        if not file.is_file():
-            report.problems.append(f"{name} (named in the index) is missing")
-            continue
-        try:
-            with open(file, "rb") as fh:
-                header, start = read_header(fh)
-        except (ValueError, json.JSONDecodeError) as exc:
-            report.problems.append(f"{name}: not a safetensors file ({exc})")
-            continue
-        if (header.get("__metadata__") or {}).get("format") != "pt":
-            report.problems.append(f"{name}: missing {{'format': 'pt'}} metadata (some transformers releases fail)")
-        end = 0
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            shapes[key] = entry["shape"]
-            end = max(end, entry["data_offsets"][1])
-            total += entry["data_offsets"][1] - entry["data_offsets"][0]
-            if weight_map and weight_map.get(key) != name:
-                report.problems.append(f"{key} is in {name} but the index says {weight_map.get(key)}")
-        if file.stat().st_size != start + end:
-            report.problems.append(
-                f"{name}: {file.stat().st_size} bytes, its header describes {start + end} (truncated?)"
-            )
-    if weight_map and set(weight_map) != set(shapes):
-        report.problems.append(f"the index and the shards disagree on {len(set(weight_map) ^ set(shapes))} tensor(s)")
-    report.tensors = len(shapes)
-    return shapes
 
 
 def _check_config(config: dict[str, Any], shapes: dict[str, list[int]], report: VerifyReport) -> None:

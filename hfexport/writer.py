@@ -4,8 +4,9 @@ Everything goes into a hidden temporary sibling (``.NAME.tmp-PID-XXXX``) of the 
 (produced and written chunk by chunk, each chunk read back and compared as soon as it is written: see
 :mod:`hfexport.chunkio`) and their index, ``config.json`` and the other small files, the tokenizer, and
 ``hfexport.json`` (a manifest with every file's size and CRC-32). Each file and the directory are fsynced, the
-result is verified again as a whole (every shard reopened with ``safetensors``: names, dtypes, shapes, offsets,
-sizes; the small files' contents), and only then the directory is renamed into place. Replacing an existing
+result is verified again as a whole by :func:`hfexport.dircheck.check_directory` (every shard's header checked as
+strictly as ``safetensors`` does and against what was written: names, dtypes, shapes, offsets, sizes; the index;
+the small files' contents), and only then the directory is renamed into place. Replacing an existing
 directory (``force``) swaps the two atomically where the OS allows (Linux ``renameat2(RENAME_EXCHANGE)``), so
 readers see the old version or the new one, never a mix.
 
@@ -35,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from .checksum import crc32_file
+from .dircheck import Expected, check_directory
 from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
-from .safetensors_io import DTYPE_NAMES, OutputTensor, TensorRecord, read_header, write_safetensors
+from .names import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
+from .safetensors_io import OutputTensor, TensorRecord, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +55,6 @@ __all__ = [
     "write_hf_directory",
 ]
 
-MANIFEST_NAME = "hfexport.json"
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
 
@@ -490,60 +490,18 @@ def _save_tokenizer(tokenizer: Any, tmp: Path, protected: set[str]) -> None:
 
 
 def _verify(tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes], checksums: Mapping[str, str]) -> None:
-    """Reopen everything and compare it with what was meant to be written.
+    """Reopen everything and compare it with what was meant to be written (:func:`check_directory`).
 
     The tensor bytes were read back and compared chunk by chunk as they were written (:mod:`hfexport.chunkio`);
-    this checks each shard as a whole, through ``safetensors`` (names, dtypes, shapes, metadata) and its header
-    (offsets, sizes), and the small files' contents.
-    """
-    from safetensors import safe_open
+    this checks each shard's header as strictly as ``safetensors`` does and against the records (names, dtypes,
+    shapes, offsets, sizes), the index, and the small files' contents.
 
-    by_file: dict[str, list[TensorRecord]] = {}
-    for rec in records:
-        by_file.setdefault(rec.file, []).append(rec)
-    for fname, recs in by_file.items():
-        path = tmp / fname
-        with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
-            expected = {r.name for r in recs}
-            if keys != expected:
-                raise VerificationError(
-                    f"{fname}: tensors {sorted(keys ^ expected)[:5]} differ between the file and what was written"
-                )
-            if (f.metadata() or {}).get("format") != "pt":
-                raise VerificationError(f"{fname}: missing {{'format': 'pt'}} metadata")
-            for rec in recs:
-                sl = f.get_slice(rec.name)
-                if sl.get_dtype() != DTYPE_NAMES[rec.dtype] or tuple(sl.get_shape()) != rec.shape:
-                    raise VerificationError(
-                        f"{fname}: {rec.name} is {sl.get_dtype()} {sl.get_shape()}, expected "
-                        f"{DTYPE_NAMES[rec.dtype]} {list(rec.shape)}"
-                    )
-        with open(path, "rb", buffering=0) as fh:
-            header, data_start = read_header(fh)
-            size = os.fstat(fh.fileno()).st_size
-        position = 0
-        for rec in recs:
-            begin, end = header[rec.name]["data_offsets"]
-            if (begin, end) != (position, position + rec.nbytes):
-                raise VerificationError(
-                    f"{fname}: {rec.name} lies at bytes {begin}:{end}, expected {position}:{position + rec.nbytes}"
-                )
-            position = end
-        if size != data_start + position:
-            raise VerificationError(f"{fname}: file size {size} does not match its header")
-    for name, content in files.items():
-        if (tmp / name).read_bytes() != content:
-            raise VerificationError(f"{name} does not hold what was written")
-        if name.endswith(".json"):
-            json.loads(content)
-    if len(by_file) > 1:
-        index = json.loads((tmp / INDEX_FILE).read_text())
-        if index["weight_map"] != {r.name: r.file for r in records}:
-            raise VerificationError(f"{INDEX_FILE} does not map every tensor to its shard")
-    missing = [name for name in checksums if not (tmp / name).is_file()]
-    if missing:
-        raise VerificationError(f"files missing after writing: {missing}")
+    Raises:
+        VerificationError: with every problem found.
+    """
+    problems = check_directory(tmp, Expected(records, files, tuple(checksums))).problems
+    if problems:
+        raise VerificationError(f"the written directory is not what was meant: {'; '.join(problems)}")
 
 
 def _make_parents(directory: Path) -> list[Path]:

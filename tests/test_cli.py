@@ -179,7 +179,8 @@ def test_verify_exit_codes(tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFix
     captured = capsys.readouterr()
     assert "error: model.safetensors: CRC-32" in captured.err
     assert "ok" not in captured.out.split()
-    assert main(["verify", str(tmp_path / "nothing")]) == 1
+    assert main(["verify", str(tmp_path / "nothing")]) == 2  # bad input, not an unsound directory
+    assert "is not a directory" in capsys.readouterr().err
 
 
 def test_list_export_root(tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,11 +69,11 @@ def _truncate(path: Path) -> None:
 DAMAGE = {
     "flipped_byte": (lambda d: _corrupt_byte(d / "model.safetensors"), "CRC-32"),
     "truncated": (lambda d: _truncate(d / "model.safetensors"), "truncated"),
-    "truncated_to_nothing": (lambda d: (d / "model.safetensors").write_bytes(b"\x01"), "not a safetensors file"),
+    "truncated_to_nothing": (lambda d: (d / "model.safetensors").write_bytes(b"\x01"), "not a valid safetensors file"),
     "config_deleted": (lambda d: (d / "config.json").unlink(), "config.json is missing"),
     "config_garbage": (lambda d: (d / "config.json").write_text("{not json"), "config.json is not valid JSON"),
     "weights_deleted": (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
-    "manifest_file_gone": (lambda d: (d / "README.md").unlink(), "README.md is listed"),
+    "manifest_file_gone": (lambda d: (d / "README.md").unlink(), "README.md (listed in hfexport.json) is missing"),
 }
 
 
@@ -178,7 +178,7 @@ def test_sharded_export_verifies_and_detects_missing_shard(tmp_path: Path) -> No
     victim = sorted(out.glob("model-*.safetensors"))[1]
     victim.unlink()
     report = verify_directory(out)
-    assert any(f"{victim.name} (named in the index) is missing" in p for p in report.problems), report.problems
+    assert any(f"{victim.name} (named in model.safetensors.index.json) is missing" in p for p in report.problems), report.problems
 
 
 def test_not_a_directory(tmp_path: Path) -> None:
