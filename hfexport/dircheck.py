@@ -118,6 +118,8 @@ def check_directory(path: str | os.PathLike[str], expected: Expected | None = No
         if expected is None and config is not None and not isinstance(config.get("model_type"), str):
             check.problems.append(f"{CONFIG_FILE} has no model_type string (transformers cannot choose a model class)")
     headers = _check_weights(directory, check)
+    if expected is None and not check.tensors:
+        directory.problem("the directory holds no tensors")
     _check_manifest(directory, check, recompute=expected is None)
     if expected is not None:
         _check_expected(directory, headers, expected)

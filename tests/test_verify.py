@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import zlib
 from pathlib import Path
 
@@ -178,10 +179,263 @@ def test_sharded_export_verifies_and_detects_missing_shard(tmp_path: Path) -> No
     victim = sorted(out.glob("model-*.safetensors"))[1]
     victim.unlink()
     report = verify_directory(out)
-    assert any(f"{victim.name} (named in model.safetensors.index.json) is missing" in p for p in report.problems), report.problems
+    assert any(f"{victim.name} (named in model.safetensors.index.json) is missing" in p for p in report.problems), (
+        report.problems
+    )
 
 
 def test_not_a_directory(tmp_path: Path) -> None:
     report = verify_directory(tmp_path / "nothing")
     assert not report.ok
     assert "is not a directory" in report.problems[0]
+
+
+# --- issue 9, item 9: nothing unsound is called sound, nothing outside DIR is opened, nothing crashes -------------
+
+
+def _edit_header(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    """Rewrite a safetensors header in place (the data section is kept, the header padded to 8 bytes)."""
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    edit(header)
+    body = json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    path.write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + size :])
+
+
+def _tensors_by_offset(header: dict) -> list[str]:  # type: ignore[type-arg]
+    return sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])
+
+
+def _alias(header: dict) -> None:  # type: ignore[type-arg]
+    """Two same-sized tensors share their bytes (a gap is left where the second one was)."""
+    names = _tensors_by_offset(header)
+    size = {k: header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in names}
+    first = next(a for i, a in enumerate(names) if any(size[b] == size[a] for b in names[i + 1 : -1]))
+    second = next(b for b in names[names.index(first) + 1 : -1] if size[b] == size[first])
+    header[second]["data_offsets"] = list(header[first]["data_offsets"])
+
+
+def _overlap(header: dict) -> None:  # type: ignore[type-arg]
+    """A tensor in the middle moved 4 bytes back: it overlaps its neighbour and leaves a gap."""
+    name = _tensors_by_offset(header)[3]
+    header[name]["data_offsets"] = [o - 4 for o in header[name]["data_offsets"]]
+
+
+def _negative_offset(header: dict) -> None:  # type: ignore[type-arg]
+    name = _tensors_by_offset(header)[0]
+    header[name]["data_offsets"][0] = -4
+
+
+def _unknown_dtype(header: dict) -> None:  # type: ignore[type-arg]
+    header["transformer.wte.weight"]["dtype"] = "F31"
+
+
+def _absurd_shape(header: dict) -> None:  # type: ignore[type-arg]
+    header["transformer.h.0.ln_1.weight"]["shape"] = [2**40, 2**40, 0]  # 0 elements, but overflows while counting
+
+
+def _shape_not_matching_bytes(header: dict) -> None:  # type: ignore[type-arg]
+    header["transformer.h.0.ln_1.weight"]["shape"] = [2, 32]  # 64 elements in the bytes of 32
+
+
+HEADER_DAMAGE = {
+    "aliased_offsets": (_alias, "overlaps the tensor before it"),
+    "overlapping_offsets": (_overlap, "overlaps the tensor before it"),
+    "negative_offset": (_negative_offset, "is not [begin, end]"),
+    "unknown_dtype": (_unknown_dtype, "unknown dtype 'F31'"),
+    "absurd_shape": (_absurd_shape, "overflows 64 bits"),
+    "shape_not_matching_bytes": (_shape_not_matching_bytes, "its dtype and shape need 256"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADER_DAMAGE))
+def test_headers_safetensors_rejects_are_reported(export: tuple[Path, Path, torch.nn.Module], case: str) -> None:
+    """Files safetensors refuses, with no manifest to give them away: the header check alone must catch them."""
+    out, _, _ = export
+    os.remove(out / "hfexport.json")
+    edit, words = HEADER_DAMAGE[case]
+    _edit_header(out / "model.safetensors", edit)
+    with pytest.raises(Exception):  # noqa: B017 - whatever safetensors raises: it refuses the file
+        load_file(str(out / "model.safetensors"))
+    report = verify_directory(out)
+    assert not report.ok
+    assert any(
+        "model.safetensors: not a valid safetensors file: tensor " in p and words in p for p in report.problems
+    ), report.problems
+
+
+def test_header_that_is_not_an_object_is_reported(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    out, _, _ = export
+    body = b"[1, 2]  "
+    (out / "model.safetensors").write_bytes(struct.pack("<Q", len(body)) + body)
+    report = verify_directory(out)
+    assert "model.safetensors: not a valid safetensors file: the header is a JSON list, not an object" in (
+        report.problems
+    )
+
+
+FOREIGN = {
+    "pytorch_model.bin": lambda d: (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 a pickle"),
+    "extra_safetensors": lambda d: save_file({"x": torch.zeros(2)}, str(d / "model-extra.safetensors")),
+    "nested_checkpoint": lambda d: ((d / "ckpt").mkdir(), (d / "ckpt" / "model.pt").write_bytes(b"x")),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN))
+def test_foreign_weight_files_are_flagged(export: tuple[Path, Path, torch.nn.Module], case: str) -> None:
+    out, _, _ = export
+    FOREIGN[case](out)
+    report = verify_directory(out)
+    assert not report.ok
+    assert len(report.problems) == 1 and "a foreign weight file" in report.problems[0], report.problems
+
+
+def test_single_file_beside_an_index_is_foreign(tmp_path: Path) -> None:
+    model = make_gpt(16)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model.model_args()}, ckpt)
+    out = convert_checkpoint(ckpt, tmp_path / "hf", dtype="float32", max_shard_size="20KB")
+    save_file({"x": torch.zeros(2)}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    report = verify_directory(out)
+    assert report.problems == [
+        "model.safetensors: a foreign weight file (model.safetensors.index.json does not name it); from_pretrained "
+        "or a Hub push could pick it up: remove it or move it out of the directory"
+    ]
+
+
+@pytest.fixture
+def sharded(tmp_path: Path) -> Path:
+    model = make_gpt(17)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model.model_args()}, ckpt)
+    out = convert_checkpoint(ckpt, tmp_path / "hf", dtype="float32", max_shard_size="20KB")
+    os.remove(out / "hfexport.json")  # a third-party directory: only the index tells where the weights are
+    assert verify_directory(out).ok
+    return out
+
+
+def _point_index_at(out: Path, shard: str, name: str) -> None:
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: (name if v == shard else v) for k, v in index["weight_map"].items()}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute"])
+def test_index_naming_a_file_outside_dir_is_not_followed(sharded: Path, how: str) -> None:
+    """The shard moved out of DIR, the index pointing at it: a valid file, but not this directory's."""
+    shard = sorted(p.name for p in sharded.glob("model-*.safetensors"))[0]
+    outside = sharded.parent / "elsewhere"
+    outside.mkdir()
+    os.replace(sharded / shard, outside / shard)
+    name = f"../elsewhere/{shard}" if how == "dotdot" else str(outside / shard)
+    _point_index_at(sharded, shard, name)
+    report = verify_directory(sharded)
+    assert not report.ok
+    reason = "is not a plain relative path" if how == "dotdot" else "is an absolute path"
+    assert any(p.startswith(f"{name!r} (named in model.safetensors.index.json) {reason}") for p in report.problems), (
+        report.problems
+    )
+    assert report.tensors < 28  # the shard outside was not read
+
+
+def test_symlink_leaving_dir_is_not_followed(sharded: Path) -> None:
+    shard = sorted(p.name for p in sharded.glob("model-*.safetensors"))[0]
+    outside = sharded.parent / "elsewhere.safetensors"
+    os.replace(sharded / shard, outside)
+    (sharded / shard).symlink_to(outside)
+    report = verify_directory(sharded)
+    assert any(
+        f"{shard} (named in model.safetensors.index.json) leaves the directory through a symlink" in p
+        for p in report.problems
+    ), report.problems
+
+
+def test_manifest_naming_a_file_outside_dir_is_not_read(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    """A manifest listing ../secret.txt with its true size and CRC: verify must not vouch for (or read) it."""
+    out, _, _ = export
+    secret = out.parent / "secret.txt"
+    secret.write_bytes(b"password")
+    manifest = json.loads((out / "hfexport.json").read_text())
+    manifest["files"]["../secret.txt"] = {"size": 8, "crc32": f"{zlib.crc32(b'password'):08x}"}
+    manifest["files"][str(secret)] = {"size": 8, "crc32": f"{zlib.crc32(b'password'):08x}"}
+    (out / "hfexport.json").write_text(json.dumps(manifest))
+    report = verify_directory(out)
+    assert (
+        "'../secret.txt' (listed in hfexport.json) is not a plain relative path; only plain relative names "
+        in "".join(report.problems)
+    )
+    assert any(p.startswith(f"{str(secret)!r} (listed in hfexport.json) is an absolute path") for p in report.problems)
+
+
+MALFORMED = {
+    "config_a_list": ("config.json", "[]", "config.json is a JSON list, not an object"),
+    "config_a_string": ("config.json", '"gpt2"', "config.json is a JSON str, not an object"),
+    "config_deeply_nested": ("config.json", "[" * 100_000 + "]" * 100_000, "config.json is not valid JSON"),
+    "config_not_utf8": ("config.json", b'{"a": "\xff"}', "config.json is not valid UTF-8"),
+    "config_no_model_type": ("config.json", "{}", "config.json has no model_type string"),
+    "manifest_a_list": ("hfexport.json", "[1]", "hfexport.json is a JSON list, not an object"),
+    "manifest_no_files": ("hfexport.json", '{"step": 1}', "hfexport.json has no files object"),
+    "manifest_entry_a_string": (
+        "hfexport.json",
+        '{"files": {"config.json": "x"}}',
+        "config.json: its hfexport.json entry has no integer size",
+    ),
+    "manifest_name_empty": (
+        "hfexport.json",
+        '{"files": {"": {"size": 1}}}',
+        "'' (listed in hfexport.json) is not a file name",
+    ),
+    "index_a_string": (
+        "model.safetensors.index.json",
+        '"x"',
+        "model.safetensors.index.json is a JSON str, not an object",
+    ),
+    "index_no_weight_map": (
+        "model.safetensors.index.json",
+        '{"metadata": {}}',
+        "model.safetensors.index.json has no weight_map object",
+    ),
+    "index_weight_map_a_list": (
+        "model.safetensors.index.json",
+        '{"metadata": {}, "weight_map": []}',
+        "has no weight_map object",
+    ),
+    "index_file_a_number": (
+        "model.safetensors.index.json",
+        '{"metadata": {}, "weight_map": {"a": 3}}',
+        "do not name a .safetensors file",
+    ),
+    "index_no_metadata": ("model.safetensors.index.json", '{"weight_map": {}}', "has no metadata object"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_json_is_a_problem_not_a_crash(sharded: Path, case: str) -> None:
+    name, content, words = MALFORMED[case]
+    path = sharded / name
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+    report = verify_directory(sharded)
+    assert not report.ok
+    assert any(words in p for p in report.problems), report.problems
+
+
+def test_index_without_weight_map_is_not_sound(sharded: Path) -> None:
+    (sharded / "model.safetensors.index.json").write_text('{"metadata": {}, "weight_map": {}}')
+    report = verify_directory(sharded)
+    assert not report.ok
+    shards = len(list(sharded.glob("model-*.safetensors")))
+    assert sum("a foreign weight file" in p for p in report.problems) == shards, report.problems
+    assert "the directory holds no tensors" in report.problems
+
+
+def test_fifo_is_not_opened(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    """A FIFO named config.json would block a reader forever: it is reported, not opened."""
+    out, _, _ = export
+    (out / "config.json").unlink()
+    os.mkfifo(out / "config.json")
+    report = verify_directory(out)
+    assert "config.json is not a regular file" in report.problems
