@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DirectoryCheck", "Expected", "check_directory"]
 
 MAX_JSON_BYTES = 100_000_000  # an index of a huge model is a few MB; anything past this is not a config
+_FOREIGN_DEPTH = 3  # sub-directory levels searched for foreign weight files (DIR may be given by mistake: a home)
 # Weight and pickle formats that from_pretrained, other loaders or a Hub push may pick up.
 WEIGHT_SUFFIXES = frozenset(
     {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".pkl", ".pickle", ".gguf", ".npz", ".onnx"}
@@ -118,9 +119,9 @@ def check_directory(path: str | os.PathLike[str], expected: Expected | None = No
         if expected is None and config is not None and not isinstance(config.get("model_type"), str):
             check.problems.append(f"{CONFIG_FILE} has no model_type string (transformers cannot choose a model class)")
     headers = _check_weights(directory, check)
+    _check_manifest(directory, check, recompute=expected is None, required=[*headers, INDEX_FILE, CONFIG_FILE])
     if expected is None and not check.tensors:
         directory.problem("the directory holds no tensors")
-    _check_manifest(directory, check, recompute=expected is None)
     if expected is not None:
         _check_expected(directory, headers, expected)
     return check
@@ -287,7 +288,8 @@ def _check_foreign(directory: _Directory, ours: set[str], indexed: bool) -> None
     """Weight files that are not this model's: a loader or a Hub push could pick them up."""
     why = f"{INDEX_FILE} does not name it" if indexed else f"this model's weights are {SINGLE_FILE}"
     for top, dirs, names in os.walk(directory.root, followlinks=False):
-        dirs.sort()
+        depth = len(Path(top).relative_to(directory.root).parts)
+        dirs[:] = [] if depth >= _FOREIGN_DEPTH else sorted(d for d in dirs if d != ".git")
         for base in sorted(names):
             rel = (Path(top) / base).relative_to(directory.root).as_posix()
             if rel in ours or rel == INDEX_FILE:
@@ -300,7 +302,8 @@ def _check_foreign(directory: _Directory, ours: set[str], indexed: bool) -> None
                 )
 
 
-def _check_manifest(directory: _Directory, check: DirectoryCheck, *, recompute: bool) -> None:
+def _check_manifest(directory: _Directory, check: DirectoryCheck, *, recompute: bool, required: list[str]) -> None:
+    """Sizes and checksums of the files the manifest lists, which must include the model's own (``required``)."""
     if not directory.exists(MANIFEST_NAME):
         return
     manifest = directory.read_json(MANIFEST_NAME, "")
@@ -310,6 +313,9 @@ def _check_manifest(directory: _Directory, check: DirectoryCheck, *, recompute: 
     if not isinstance(files, dict):
         directory.problem(f"{MANIFEST_NAME} has no files object")
         return
+    unlisted = [name for name in required if name not in files and directory.exists(name)]
+    if unlisted:
+        directory.problem(f"{MANIFEST_NAME} does not list {', '.join(unlisted)}: it does not describe this directory")
     source = f"listed in {MANIFEST_NAME}"
     for name, entry in files.items():
         path = directory.file(name, source)

@@ -39,7 +39,10 @@ def test_stricter_expectations_of_the_writer(tmp_path: Path) -> None:
     expected = _write(tmp_path / "out")
     a, b = expected.records
     cases = {
-        "shape": (Expected([TensorRecord("a", a.dtype, (4, 3), a.nbytes, file=a.file), b], FILES, ()), "a is F32 [3, 4]"),
+        "shape": (
+            Expected([TensorRecord("a", a.dtype, (4, 3), a.nbytes, file=a.file), b], FILES, ()),
+            "a is F32 [3, 4]",
+        ),
         "order": (Expected([b, a], FILES, ()), "b lies at bytes 48:58, expected 0:10"),
         "names": (Expected([a], FILES, ()), "tensors ['b'] differ"),
         "content": (Expected([a, b], {**FILES, "README.md": b"# other\n"}, ()), "README.md does not hold what"),

@@ -376,6 +376,7 @@ MALFORMED = {
     "config_not_utf8": ("config.json", b'{"a": "\xff"}', "config.json is not valid UTF-8"),
     "config_no_model_type": ("config.json", "{}", "config.json has no model_type string"),
     "manifest_a_list": ("hfexport.json", "[1]", "hfexport.json is a JSON list, not an object"),
+    "manifest_lists_nothing": ("hfexport.json", '{"files": {}}', "hfexport.json does not list model-00001-of-"),
     "manifest_no_files": ("hfexport.json", '{"step": 1}', "hfexport.json has no files object"),
     "manifest_entry_a_string": (
         "hfexport.json",

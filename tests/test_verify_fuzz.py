@@ -73,8 +73,8 @@ def headers(draw: st.DrawFn) -> tuple[bytes, bool]:
             entry["data_offsets"] = [o + draw(st.integers(-8, 8)) for o in entry["data_offsets"]]
         elif how == "negative":
             entry["data_offsets"][0] = -entry["data_offsets"][0] - 1
-        elif how == "alias" and entries:
-            entry["data_offsets"] = list(next(iter(entries.values()))["data_offsets"])
+        elif how == "alias" and any("data_offsets" in e for e in entries.values()):
+            entry["data_offsets"] = list(next(e["data_offsets"] for e in entries.values() if "data_offsets" in e))
         elif how == "three":
             entry["data_offsets"].append(0)
         elif how == "float":
