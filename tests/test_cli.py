@@ -444,3 +444,19 @@ def test_environment_failures_exit_1_with_one_line(
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
         assert "unexpected" not in err and "--output_dir" in err
         assert list(disk.iterdir()) == []  # no partial export, no parent left
+
+
+def test_verify_reports_malformed_files_with_exit_1(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Malformed JSON and a manifest naming a file outside DIR: problems (exit 1), not an "unexpected" crash."""
+    out = convert_checkpoint(ckpt, tmp_path / "hf", dtype="float32")
+    (out / "config.json").write_text("[]")
+    manifest = json.loads((out / "hfexport.json").read_text())
+    manifest["files"]["../../etc/passwd"] = {"size": 1, "crc32": "00000000"}
+    (out / "hfexport.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "error: config.json is a JSON list, not an object" in err
+    assert any(line.startswith("error: '../../etc/passwd' (listed in hfexport.json) is not a plain") for line in err)
+    assert all(line.startswith("error: ") and "unexpected" not in line for line in err), err
