@@ -7,7 +7,7 @@ dimension (a transposed weight is produced whole: its rows are the source's colu
 :func:`hfexport.chunkio.write_chunks` produces, writes and checks the chunks with one or more worker threads.
 Memory held: a staging buffer and a read-back buffer per worker, never a whole model. The format written is the
 standard one (8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then the raw
-bytes) and is read back by ``safetensors.safe_open`` during verification.
+bytes). :func:`read_header` reads it back, as strictly as ``safetensors`` does, for every verification.
 """
 
 from __future__ import annotations

@@ -440,3 +440,16 @@ def test_fifo_is_not_opened(export: tuple[Path, Path, torch.nn.Module]) -> None:
     os.mkfifo(out / "config.json")
     report = verify_directory(out)
     assert "config.json is not a regular file" in report.problems
+
+
+def test_directory_transformers_refuses_is_a_problem(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    """Structurally sound, but transformers cannot build the model (5 heads do not divide a width of 32)."""
+    out, ckpt, _ = export
+    os.remove(out / "hfexport.json")
+    config = json.loads((out / "config.json").read_text())
+    config["n_head"] = 5
+    (out / "config.json").write_text(json.dumps(config))
+    assert verify_directory(out).ok  # nothing in the files themselves says it
+    report = verify_directory(out, checkpoint=ckpt)
+    assert not report.ok
+    assert report.problems[0].startswith("comparing logits failed: ValueError"), report.problems
