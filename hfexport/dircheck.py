@@ -40,7 +40,7 @@ from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DirectoryCheck", "Expected", "check_directory"]
+__all__ = ["DirectoryCheck", "Expected", "check_directory", "one_line"]
 
 MAX_JSON_BYTES = 100_000_000  # an index of a huge model is a few MB; anything past this is not a config
 _FOREIGN_DEPTH = 3  # sub-directory levels searched for foreign weight files (DIR may be given by mistake: a home)
@@ -107,17 +107,17 @@ def check_directory(path: str | os.PathLike[str], expected: Expected | None = No
         root = Path(os.path.realpath(path))
         is_dir = root.is_dir()
     except (OSError, ValueError) as exc:
-        check.problems.append(f"{os.fspath(path)!r} cannot be opened ({exc})")
+        _Directory(Path(), check.problems).problem(f"{os.fspath(path)!r} cannot be opened ({exc})")
         return check
     if not is_dir:
-        check.problems.append(f"{os.fspath(path)!r} is not a directory")
+        _Directory(Path(), check.problems).problem(f"{os.fspath(path)!r} is not a directory")
         return check
     directory = _Directory(root, check.problems)
     if expected is None or CONFIG_FILE in expected.contents:
         config = directory.read_json(CONFIG_FILE, "")
         check.config = config
         if expected is None and config is not None and not isinstance(config.get("model_type"), str):
-            check.problems.append(f"{CONFIG_FILE} has no model_type string (transformers cannot choose a model class)")
+            directory.problem(f"{CONFIG_FILE} has no model_type string (transformers cannot choose a model class)")
     headers = _check_weights(directory, check)
     _check_manifest(directory, check, recompute=expected is None, required=[*headers, INDEX_FILE, CONFIG_FILE])
     if expected is None and not check.tensors:
@@ -135,7 +135,8 @@ class _Directory:
         self.problems = problems
 
     def problem(self, text: str) -> None:
-        self.problems.append(text)
+        """Record a problem as one printable line (names from the directory may hold newlines or surrogates)."""
+        self.problems.append(one_line(text))
 
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.root / name)
@@ -195,11 +196,20 @@ class _Directory:
         return value
 
 
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters and unpaired surrogates escaped as Python writes them."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _unsafe_name(name: Any) -> str:
     """Why ``name`` is not a plain relative path (``""`` when it is one)."""
     if not isinstance(name, str):
         return f"is a {type(name).__name__}, not a file name"
     if not name or "\x00" in name or "\\" in name:
+        return "is not a file name"
+    try:
+        os.fsencode(name)
+    except UnicodeError:  # an unpaired surrogate from a JSON escape
         return "is not a file name"
     if PurePosixPath(name).is_absolute():
         return "is an absolute path"

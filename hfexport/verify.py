@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .dircheck import check_directory
+from .dircheck import check_directory, one_line
 from .errors import HFExportError
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def verify_directory(
     config = check.config
     if config is not None and check.shapes:
         _check_config(config, check.shapes, report)
+        report.problems[:] = [one_line(p) for p in report.problems]  # config values may hold newlines
     if checkpoint is not None and report.ok:
         try:
             diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)

@@ -453,3 +453,20 @@ def test_directory_transformers_refuses_is_a_problem(export: tuple[Path, Path, t
     report = verify_directory(out, checkpoint=ckpt)
     assert not report.ok
     assert report.problems[0].startswith("comparing logits failed: ValueError"), report.problems
+
+
+def test_every_problem_is_one_printable_line(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    """Names and values from the directory may hold newlines or unpaired surrogates: each problem stays one line."""
+    out, _, _ = export
+    manifest = json.loads((out / "hfexport.json").read_text())
+    manifest["files"]["evil\nerror: all good"] = {"size": 1, "crc32": "00000000"}
+    manifest["files"]["bad\ud800"] = {"size": 1, "crc32": "00000000"}
+    (out / "hfexport.json").write_text(json.dumps(manifest))
+    config = json.loads((out / "config.json").read_text())
+    config["n_layer"] = "2\nok"
+    (out / "config.json").write_text(json.dumps(config))
+    report = verify_directory(out)  # the surrogate crashed os.path.realpath before it was refused as a name
+    assert "evil\\nerror: all good (listed in hfexport.json) is missing" in report.problems
+    assert any(p.startswith("'bad\\ud800' (listed in hfexport.json) is not a file name") for p in report.problems)
+    assert any("n_layer=2\\nok" in p for p in report.problems), report.problems
+    assert all(p.isprintable() for p in report.problems)

@@ -9,7 +9,7 @@ Two properties, each bounded (150 examples, well under a minute together):
   purpose (dtypes outside its table, extra fields), whatever safetensors loads, ``read_header`` accepts.
 - ``verify_directory`` on a tiny real export (2-layer nanoGPT → ``convert_checkpoint``, sharded so that it has an
   index) mutated at random: shard headers and sizes, ``config.json``, the index and the manifest (random JSON,
-  random fields, names leaving the directory, symlinks out). It never raises; it never reports sound a
+  random fields, names leaving the directory or not names at all, symlinks out). It never raises; it never reports sound a
   directory with a shard that ``safetensors.torch.load_file`` refuses, or whose index or manifest names a path
   leaving the directory.
 """
@@ -50,6 +50,7 @@ JSON = st.recursive(
 )
 ESCAPE_NAMES = ["../escape.safetensors", "/etc/passwd", "a/../../escape.safetensors", "..", "./x/../../y"]
 ESCAPES = st.sampled_from(ESCAPE_NAMES)
+ODD_NAMES = ESCAPES | st.sampled_from(["bad\ud800", "new\nline.safetensors", "", "a//b.safetensors", "x\\y"])
 
 
 @st.composite
@@ -180,9 +181,9 @@ def _mutate_json(path: Path, data: st.DataObject) -> None:
         if isinstance(files, dict) and files:
             key = data.draw(st.sampled_from(sorted(files)))
             if path.name.endswith(".index.json"):
-                files[key] = data.draw(ESCAPES)
+                files[key] = data.draw(ODD_NAMES)
             else:
-                files[data.draw(ESCAPES)] = files.pop(key)
+                files[data.draw(ODD_NAMES)] = files.pop(key)
     path.write_text(json.dumps(value))
 
 
