@@ -9,9 +9,9 @@ Two properties, each bounded (150 examples, well under a minute together):
   purpose (dtypes outside its table, extra fields), whatever safetensors loads, ``read_header`` accepts.
 - ``verify_directory`` on a tiny real export (2-layer nanoGPT → ``convert_checkpoint``, sharded so that it has an
   index) mutated at random: shard headers and sizes, ``config.json``, the index and the manifest (random JSON,
-  random fields, names leaving the directory or not names at all, symlinks out). It never raises; it never reports sound a
-  directory with a shard that ``safetensors.torch.load_file`` refuses, or whose index or manifest names a path
-  leaving the directory.
+  random fields, names leaving the directory or not names at all, symlinks out). It never raises; it never
+  reports sound a directory with a shard that ``safetensors.torch.load_file`` refuses, or whose index or manifest
+  names a path leaving the directory.
 """
 
 from __future__ import annotations
