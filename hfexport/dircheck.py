@@ -40,7 +40,7 @@ from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DirectoryCheck", "Expected", "check_directory", "one_line"]
+__all__ = ["DirectoryCheck", "Expected", "check_directory", "one_line", "unsafe_name"]
 
 MAX_JSON_BYTES = 100_000_000  # an index of a huge model is a few MB; anything past this is not a config
 _FOREIGN_DEPTH = 3  # sub-directory levels searched for foreign weight files (DIR may be given by mistake: a home)
@@ -150,7 +150,7 @@ class _Directory:
                 name of the layout).
         """
         where = f" ({source})" if source else ""
-        reason = _unsafe_name(name)
+        reason = unsafe_name(name)
         if reason:
             self.problem(f"{name!r}{where} {reason}; only plain relative names inside the directory are allowed")
             return None
@@ -201,7 +201,7 @@ def one_line(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _unsafe_name(name: Any) -> str:
+def unsafe_name(name: Any) -> str:
     """Why ``name`` is not a plain relative path (``""`` when it is one)."""
     if not isinstance(name, str):
         return f"is a {type(name).__name__}, not a file name"

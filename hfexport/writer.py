@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .checksum import crc32_file
-from .dircheck import Expected, check_directory
+from .dircheck import Expected, check_directory, unsafe_name
 from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
 from .names import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
@@ -309,6 +309,10 @@ def write_hf_directory(
         VerificationError: the written files do not hold what was meant (nothing is published).
     """
     start = time.perf_counter()
+    for name in files:  # written as ``tmp / name``: a name must not lead out of the temporary directory
+        why = unsafe_name(name)
+        if why:
+            raise ValueError(f"Cannot write the file {name!r} into a model directory: the name {why}.")
     target = check_output_path(output_dir, force=force, protected=protected)
     max_shard = parse_size(max_shard_size)
     created = _make_parents(target.parent)

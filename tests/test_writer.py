@@ -472,3 +472,11 @@ def test_sigkill_mid_conversion_leaves_nothing_visible(tmp_path: Path) -> None:
     result = convert_checkpoint(ckpt, out, dtype="bfloat16", max_shard_size="20MB")
     assert (result / "model.safetensors.index.json").is_file()
     assert sorted(p.name for p in exports.iterdir()) == ["hf"]  # the stale temporary is gone
+
+
+@pytest.mark.parametrize("name", ["../escaped.json", "/tmp/absolute.json", "a/../../b.json", ""])
+def test_small_file_names_never_lead_out_of_the_directory(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out" / "model"
+    with pytest.raises(ValueError, match="name"):
+        write_hf_directory(out, [], {name: "{}"})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []  # nothing written anywhere
