@@ -22,6 +22,7 @@ from .errors import (
     HubSetupError,
     OutputExistsError,
     OutputPathError,
+    TokenizerError,
     UnsafeCheckpointError,
     VerificationError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "HubSetupError",
     "OutputExistsError",
     "OutputPathError",
+    "TokenizerError",
     "UnsafeCheckpointError",
     "VerificationError",
     "__version__",
