@@ -64,9 +64,10 @@ def train_tokenizer(corpus: Path, vocab_size: int = 1024) -> Tokenizer:
 def get_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
     """Loads the committed tokenizer (training it if the file is missing) as a `PreTrainedTokenizerFast`.
 
-    The `transformers` wrapper is what gets saved into each export, so that
-    `AutoTokenizer.from_pretrained(export_dir)` works there. `model_max_length` (the model's context) lets
-    users of the export truncate their inputs to what the model can take.
+    hfexport writes it into each export (its `tokenizer.json`, and a `tokenizer_config.json` naming
+    `PreTrainedTokenizerFast` with these special tokens), so that `AutoTokenizer.from_pretrained(export_dir)` and
+    `pipeline("text-generation", model=export_dir)` work there, under transformers 4.x and 5.x alike. The export's
+    `model_max_length` is the model's context.
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -293,7 +294,7 @@ def train_lightning(
         dtype="bfloat16",  # half the size of fp32, with fp32's range (fp16 can overflow)
         every_n_train_steps=args.export_every,
         keep_last_n=args.keep_last_n,
-        tokenizer=tokenizer,  # saved into every export, so AutoTokenizer works there
+        tokenizer=tokenizer,  # written into every export (not GPT-2's: this one is trained on Hamlet)
         push_to_hub=args.push_to_hub is not None,
         repo_id=args.push_to_hub,
     )

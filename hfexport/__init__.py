@@ -23,6 +23,7 @@ from .errors import (
     HubSetupError,
     OutputExistsError,
     OutputPathError,
+    TokenizerError,
     UnsafeCheckpointError,
     VerificationError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "HubSetupError",
     "OutputExistsError",
     "OutputPathError",
+    "TokenizerError",
     "UnsafeCheckpointError",
     "VerificationError",
     "__version__",

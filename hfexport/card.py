@@ -23,10 +23,7 @@ _TEMPLATE = """
 
 A GPT-2-style causal language model exported by [hfexport](https://pypi.org/project/hfexport/) {when}.
 
-```python
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("{load_path}"{revision_arg})
-```
+{usage}
 
 ## Export facts
 | fact | value |
@@ -35,13 +32,32 @@ model = AutoModelForCausalLM.from_pretrained("{load_path}"{revision_arg})
 """
 
 
+_WITH_TOKENIZER = """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+tokenizer = AutoTokenizer.from_pretrained("{load_path}"{revision_arg})
+model = AutoModelForCausalLM.from_pretrained("{load_path}"{revision_arg})
+generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+print(generator("{prompt}", max_new_tokens=40)[0]["generated_text"])
+```"""
+
+_WITHOUT_TOKENIZER = """```python
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("{load_path}"{revision_arg})
+```
+
+No tokenizer: this export carries none, so text cannot be encoded with it alone. Export it again with
+`--tokenizer PATH` (`tokenizer=...`) naming the tokenizer the model was trained with."""
+
+
 def render_model_card(facts: Mapping[str, Any]) -> str:
     """Render the model card for an export.
 
     Args:
         facts: Known facts. Recognized keys: ``model_name``, ``step``, ``epoch``, ``dtype``, ``source``,
-            ``loss``, ``base_model``, ``repo_id``, ``version``, ``activation``, ``n_params``; others are listed
-            in the table as they are. ``None`` values are left out. Never pass secrets.
+            ``loss``, ``base_model``, ``repo_id``, ``version``, ``activation``, ``n_params``, ``tokenizer`` (where
+            the tokenizer came from; ``None`` or absent: no tokenizer, and the card says how to add one); others
+            are listed in the table as they are. ``None`` values are left out. Never pass secrets.
 
     Returns:
         The card's text, YAML front matter included.
@@ -51,7 +67,7 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
     metadata: dict[str, str | list[str]] = {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["gpt2", "text-generation", "hfexport"],
+        "tags": ["gpt2", "hfexport"],  # the pipeline_tag is not repeated here
         "model_name": model_name,
     }
     if known.get("base_model") is not None:
@@ -61,9 +77,13 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
     repo = known.get("repo_id")
     load_path = repo or "path/to/this/directory"
     revision_arg = f', revision="{known["version"]}"' if repo and known.get("version") else ""
+    template = _WITH_TOKENIZER if known.get("tokenizer") else _WITHOUT_TOKENIZER
+    usage = template.format(load_path=load_path, revision_arg=revision_arg, prompt=str(known.get("prompt", "Hello")))
+    if not known.get("tokenizer"):
+        known["tokenizer"] = "none (no tokenizer: pass --tokenizer)"
     rows = []
     for key, value in known.items():
-        if key in ("model_name", "base_model", "repo_id"):
+        if key in ("model_name", "base_model", "repo_id", "prompt"):
             continue
         if isinstance(value, float):
             value = f"{value:.6g}"
@@ -71,8 +91,7 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
     return f"---\n{_yaml(metadata)}---\n" + _TEMPLATE.format(
         model_name=model_name,
         when=when,
-        load_path=load_path,
-        revision_arg=revision_arg,
+        usage=usage,
         facts_table="\n".join(rows) or "| (none recorded) | |",
     )
 

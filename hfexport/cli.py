@@ -124,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write an independent lm_head.weight",
     )
-    c.add_argument("--tokenizer", default=None, help="tokenizer directory or file to copy into the output")
+    tok = c.add_mutually_exclusive_group()
+    tok.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer to write: a directory, tokenizer.json, nanoGPT meta.pkl, 'gpt2' or a cached Hub repo id "
+        "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 vocabulary)",
+    )
+    tok.add_argument(
+        "--no_tokenizer", "--no-tokenizer", action="store_true", help="write no tokenizer (the export is incomplete)"
+    )
     c.add_argument(
         "--max_shard_size",
         "--max-shard-size",
@@ -216,7 +225,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         n_head=args.n_head,
         untie_embeddings=args.untie_embeddings,
         model_name=args.model_name,
-        tokenizer=args.tokenizer,
+        tokenizer=False if args.no_tokenizer else args.tokenizer,
         max_shard_size=args.max_shard_size,
         force=args.force,
         allow_nonfinite=args.allow_nonfinite,

@@ -28,6 +28,7 @@ from .errors import ConversionError
 from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
+from .tokenizer import ExportTokenizer, TokenizerSource, as_source
 from .writer import WriteResult, write_hf_directory
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def write_export(
     card_facts: Mapping[str, Any] | None = None,
     manifest_facts: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
+    tokenizer_hints: Mapping[str, Any] | None = None,
     max_shard_size: int | str = "5GB",
     force: bool = False,
     allow_nonfinite: bool = False,
@@ -225,7 +227,10 @@ def write_export(
         tensors: Already prepared output tensors (e.g. a snapshot); made lazily from the plan when ``None``.
         card_facts: Facts for the model card (step, source, loss, ...).
         manifest_facts: Facts for ``hfexport.json`` (step, epoch, ...).
-        tokenizer: A tokenizer object or path copied into the directory.
+        tokenizer: The tokenizer to write (see :func:`hfexport.tokenizer.resolve_tokenizer`): ``None`` picks it
+            automatically (GPT-2's for a GPT-2 vocabulary), ``False`` writes none.
+        tokenizer_hints: Where to look for it automatically: ``dataset`` (nanoGPT's ``config['dataset']``) and
+            ``checkpoint`` (the checkpoint file).
         max_shard_size: Shard past this size (``"5GB"`` by default).
         force: Replace an earlier export of hfexport at ``output_dir`` (never a directory it did not write).
         allow_nonfinite: Write NaN/inf instead of refusing.
@@ -243,11 +248,18 @@ def write_export(
     config["torch_dtype"] = dtype_name(dtype)  # transformers < 4.56 reads this name
     config["transformers_version"] = _transformers_version()
     generation = dict(plan.generation_config)
-    _special_ids_from_tokenizer(tokenizer, config, generation)
+    source = as_source(tokenizer)
+    tok = source.resolve(
+        vocab_size=config.get("vocab_size"), model_max_length=config.get("n_positions"), **dict(tokenizer_hints or {})
+    )
+    _special_ids_from_tokenizer(tok, config, generation)
     generation["_from_model_config"] = True
     n_params = sum(math.prod(t.shape) for t in tensors)
     card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": config.get("activation_function")}
     card.update(dict(card_facts or {}))
+    card["tokenizer"] = tok.source if tok is not None else None
+    if tok is not None and tok.notes:
+        card["tokenizer_note"] = "; ".join(tok.notes)
     manifest = {
         "hfexport_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -256,6 +268,7 @@ def write_export(
         "tensors": len(tensors),
         "parameters": n_params,
         "notes": plan.notes,
+        "tokenizer": tok.source if tok is not None else None,
     }
     manifest.update(dict(manifest_facts or {}))
     files = {
@@ -263,18 +276,21 @@ def write_export(
         "generation_config.json": json.dumps(generation, indent=2) + "\n",
         "README.md": render_model_card(card),
     }
-    return write_hf_directory(
+    result = write_hf_directory(
         output_dir,
         tensors,
         files,
         manifest=manifest,
-        tokenizer=tokenizer,
+        tokenizer=tok,
         max_shard_size=max_shard_size,
         force=force,
         protected=protected,
         progress=progress,
         workers=default_workers() if workers is None else workers,
     )
+    if tok is None and source.automatic:
+        source.report_missing(config.get("vocab_size"))
+    return result
 
 
 @contextlib.contextmanager
@@ -303,19 +319,22 @@ def default_workers() -> int:
     return max(1, min(4, cpus))
 
 
-def _special_ids_from_tokenizer(tokenizer: Any, config: dict[str, Any], generation: dict[str, Any]) -> None:
-    """Fill unknown bos/eos ids from a tokenizer object, so generation stops at end-of-text.
+def _special_ids_from_tokenizer(
+    tokenizer: ExportTokenizer | None, config: dict[str, Any], generation: dict[str, Any]
+) -> None:
+    """bos/eos ids come from the tokenizer when there is one, so generation stops at its end-of-text.
 
-    The GPT-2 default (50256) only applies to GPT-2's vocabulary; a model trained with its own tokenizer
-    (e.g. a small BPE with ``<|endoftext|>`` = 0) gets its ids from that tokenizer.
+    The architecture's default (GPT-2's 50256 for a GPT-2-sized vocabulary) is a guess; a model trained with its
+    own tokenizer (e.g. a small BPE with ``<|endoftext|>`` = 0, or characters with no end-of-text at all) gets the
+    tokenizer's ids. The tokenizer fits the vocabulary (checked when it was resolved), so its ids are rows.
     """
-    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+    if tokenizer is None:
         return
-    vocab = config.get("vocab_size")
-    for key in ("bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, key, None)
-        if config.get(key) is None and isinstance(value, int) and (vocab is None or 0 <= value < vocab):
-            config[key] = value
+    for key, value in (("bos_token_id", tokenizer.bos_token_id), ("eos_token_id", tokenizer.eos_token_id)):
+        config[key] = value
+        if value is None:
+            generation.pop(key, None)
+        else:
             generation[key] = value
 
 
@@ -357,7 +376,10 @@ def convert_checkpoint(
         n_head: Number of attention heads, when the checkpoint does not record it.
         untie_embeddings: Also write an independent ``lm_head.weight``.
         model_name: Name for the model card.
-        tokenizer: A tokenizer directory/file (or object) to copy into the output.
+        tokenizer: The tokenizer to write: ``None`` (default) finds it (nanoGPT's ``data/<dataset>/meta.pkl``,
+            else GPT-2's for a GPT-2 vocabulary, else none, logged); ``False`` writes none; or ``"gpt2"``, a path
+            (directory, ``tokenizer.json``, ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding``, a
+            Hub repo id in the local cache. See :mod:`hfexport.tokenizer`.
         max_shard_size: Shard the weights past this size.
         force: Replace ``output_dir`` atomically if it is an earlier export of hfexport (its ``hfexport.json``
             lists every file in it). Never replaced, whatever ``force`` says: a directory hfexport did not write,
@@ -386,6 +408,7 @@ def convert_checkpoint(
     source = resolve_checkpoint_path(path)
     protected = [source] + ([Path(tokenizer)] if isinstance(tokenizer, (str, os.PathLike)) else [])
     out = check_output_path(output_dir, force=force, protected=protected)  # before the (possibly long) load
+    tokenizer = TokenizerSource(tokenizer)  # a missing path or an unsupported kind fails before the load
     with _collection_paused():
         start = time.perf_counter()
         ckpt = load_checkpoint(source)
@@ -417,6 +440,7 @@ def convert_checkpoint(
             card_facts=card,
             manifest_facts=manifest,
             tokenizer=tokenizer,
+            tokenizer_hints={"dataset": ckpt.dataset, "checkpoint": ckpt.path},
             max_shard_size=max_shard_size,
             force=force,
             allow_nonfinite=allow_nonfinite,

@@ -18,6 +18,7 @@ __all__ = [
     "OutputExistsError",
     "OutputPathError",
     "PushVerificationError",
+    "TokenizerError",
     "UnsafeCheckpointError",
     "VerificationError",
 ]
@@ -70,3 +71,7 @@ class HubSetupError(HubError):
 
 class PushVerificationError(HubError):
     """What a commit holds on the Hub differs from the local files (size or hash); the push is retried."""
+
+
+class TokenizerError(HFExportError, ValueError):
+    """A tokenizer cannot be written into the export (not found, unsafe, or not the model's)."""

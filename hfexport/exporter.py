@@ -342,7 +342,7 @@ class HFExporter:
                 tensors=snapshot_outputs(job.snapshot, allow_nonfinite=o.allow_nonfinite),
                 card_facts=job.card,
                 manifest_facts={**job.manifest, "dtype": dtype_name(o.torch_dtype)},
-                tokenizer=o.tokenizer,
+                tokenizer=o.tokenizer_source,
                 max_shard_size=o.max_shard_size,
                 force=True,
                 allow_nonfinite=o.allow_nonfinite,

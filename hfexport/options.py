@@ -14,6 +14,7 @@ import torch
 
 from .architectures import ACTIVATIONS
 from .convert import resolve_dtype
+from .tokenizer import TokenizerSource
 from .writer import parse_size
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ class ExportOptions:
         keep_last_n: Keep only the newest N versions this exporter created (``None``: keep all).
         config: Model facts the weights do not carry (``n_head``, ...): a dict, a dataclass or an object.
             Read from the model's ``config`` attribute when not given.
-        tokenizer: A ``transformers`` tokenizer or a path, saved into every version.
+        tokenizer: The tokenizer written into every version: ``None`` (default) writes GPT-2's for a GPT-2
+            vocabulary (else none, logged once); ``False`` none; ``"gpt2"``, a path (directory, ``tokenizer.json``,
+            nanoGPT ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding`` or a cached Hub repo id.
         activation: GELU of the model: ``gelu`` (default, current nanoGPT), ``gelu_new``, ``gelu_pytorch_tanh``.
         vocab_size: Keep only the first N vocabulary rows (e.g. 50257 of a padded 50304).
         untie_embeddings: Also write an independent ``lm_head.weight``.
@@ -85,6 +88,7 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         self.torch_dtype = resolve_dtype(self.dtype)
+        self.tokenizer_source = TokenizerSource(self.tokenizer)  # checked now; resolved (once) at the first export
         if self.keep_last_n is not None and (not isinstance(self.keep_last_n, int) or self.keep_last_n < 1):
             raise ValueError(f"Invalid value for keep_last_n={self.keep_last_n!r}. Must be >= 1 or None (keep all).")
         if self.activation is not None and self.activation not in ACTIVATIONS:

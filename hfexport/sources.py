@@ -61,6 +61,7 @@ class LoadedCheckpoint:
         step: The training step when recorded.
         activation_hint: The GELU the producer is known to use, when the layout tells.
         extra: Other scalar facts (e.g. ``val_loss``) for the model card.
+        dataset: nanoGPT's ``config['dataset']`` (where ``data/<dataset>/meta.pkl`` holds a char-level vocabulary).
     """
 
     path: Path
@@ -70,6 +71,7 @@ class LoadedCheckpoint:
     step: int | None = None
     activation_hint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
 
 
 def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
@@ -146,7 +148,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     facts = ModelFacts.from_mapping(config)
     hint = "gelu_pytorch_tanh" if layout in ("build-nanogpt", "nano-gpt") else None
     logger.info("Read %s (%s layout, %d tensors%s)", file, layout, len(sd), f", step {step}" if step else "")
-    return LoadedCheckpoint(file, layout, sd, facts, step, hint, extra)
+    train_config = obj.get("config") if isinstance(obj, Mapping) else None
+    dataset = train_config.get("dataset") if isinstance(train_config, Mapping) else None
+    return LoadedCheckpoint(file, layout, sd, facts, step, hint, extra, dataset if isinstance(dataset, str) else None)
 
 
 class _ConfigStandIn:

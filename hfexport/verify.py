@@ -9,6 +9,7 @@ against a reference forward pass of the source weights.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,12 +18,12 @@ from typing import Any
 
 import torch
 
-from .dircheck import check_directory, one_line
+from .dircheck import MAX_JSON_BYTES, check_directory, one_line
 from .errors import HFExportError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VerifyReport", "logits_difference", "nanogpt_forward", "verify_directory"]
+__all__ = ["VerifyReport", "check_tokenizer", "logits_difference", "nanogpt_forward", "verify_directory"]
 
 
 @dataclass
@@ -86,7 +87,9 @@ def verify_directory(
     config = check.config
     if config is not None and check.shapes:
         _check_config(config, check.shapes, report)
-        report.problems[:] = [one_line(p) for p in report.problems]  # config values may hold newlines
+    if root.is_dir():
+        check_tokenizer(root, config, report)
+    report.problems[:] = [one_line(p) for p in report.problems]  # config values may hold newlines
     if checkpoint is not None and report.ok:
         try:
             diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)
@@ -196,3 +199,94 @@ def nanogpt_forward(
     x = ln(x, "transformer.ln_f")
     head = sd.get("lm_head.weight", sd["transformer.wte.weight"])
     return x @ head.t()
+
+
+#: Files a tokenizer may be made of; the first four hold the vocabulary itself.
+_TOKENIZER_VOCAB_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt")
+_TOKENIZER_FILES = (*_TOKENIZER_VOCAB_FILES, "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyReport) -> None:
+    """The directory's tokenizer loads (with ``transformers`` when installed), is not empty, fits the model's
+    vocabulary, and its bos/eos ids are those of ``config.json``. A directory without tokenizer files passes
+    (hfexport's model card says it has none).
+
+    Problems are appended to ``report``: a ``tokenizer_config.json`` without a vocabulary (it loads as an empty
+    tokenizer), transformers 5's ``TokenizersBackend`` class (transformers 4.x, llama.cpp and optimum cannot load
+    it), a tokenizer file that is a symlink leaving the directory, a tokenizer larger than the vocabulary, special
+    ids that disagree with ``config.json``.
+    """
+    present = [name for name in _TOKENIZER_FILES if (root / name).is_file() or (root / name).is_symlink()]
+    if not present:
+        return
+    real_root = root.resolve()
+    for name in present:
+        real = (root / name).resolve()
+        if real_root not in real.parents or not real.is_file():
+            report.problems.append(f"{name} is a symlink to {str(real)!r}, outside the directory (or not a file)")
+            return
+    settings: Any = {}
+    if "tokenizer_config.json" in present:
+        file = root / "tokenizer_config.json"
+        try:
+            if file.stat().st_size > MAX_JSON_BYTES:
+                raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+            settings = json.loads(file.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            report.problems.append(f"tokenizer_config.json cannot be read as JSON: {exc}")
+            return
+    if not isinstance(settings, dict):
+        report.problems.append("tokenizer_config.json is not a JSON object")
+        return
+    if settings.get("tokenizer_class") == "TokenizersBackend":
+        report.problems.append(
+            "tokenizer_config.json names TokenizersBackend (transformers 5 only): transformers 4.x, llama.cpp's "
+            "converter and optimum cannot load it; name PreTrainedTokenizerFast (re-export with hfexport)"
+        )
+    if not any(name in present for name in _TOKENIZER_VOCAB_FILES):
+        report.problems.append(
+            "tokenizer_config.json without tokenizer.json (or another vocabulary file): it loads as an empty tokenizer"
+        )
+        return
+    try:
+        vocab, special = _load_tokenizer(root)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        report.problems.append(f"the tokenizer does not load: {first}")
+        return
+    if not vocab:
+        report.problems.append("the tokenizer is empty (no tokens)")
+        return
+    size = max(vocab.values()) + 1
+    rows = (config or {}).get("vocab_size")
+    if isinstance(rows, int) and size > rows:
+        report.problems.append(
+            f"the tokenizer has {size} token ids but config.json's vocab_size is {rows}: ids past {rows - 1} "
+            "have no embedding row"
+        )
+    for key, token_id in special.items():
+        expected = (config or {}).get(key)
+        if config is not None and expected != token_id:
+            report.problems.append(f"config.json says {key}={expected}, the tokenizer's is {token_id}")
+
+
+def _load_tokenizer(root: Path) -> tuple[dict[str, int], dict[str, int | None]]:
+    """The tokenizer's vocabulary (with added tokens) and bos/eos ids, loaded as users load it."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        AutoTokenizer = None  # noqa: N806
+    if AutoTokenizer is not None:
+        tok = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+        return dict(tok.get_vocab()), {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(root / "tokenizer.json"))
+    settings = (
+        json.loads((root / "tokenizer_config.json").read_text()) if (root / "tokenizer_config.json").is_file() else {}
+    )
+    ids = {}
+    for key in ("bos", "eos"):
+        text = settings.get(f"{key}_token")
+        ids[f"{key}_token_id"] = backend.token_to_id(text) if isinstance(text, str) else None
+    return backend.get_vocab(with_added_tokens=True), ids

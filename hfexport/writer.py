@@ -291,7 +291,9 @@ def write_hf_directory(
         tensors: The tensors, in file order; each is produced (``get()``) just before it is written.
         files: Other files: name → content (``config.json``, ``generation_config.json``, ``README.md``, ...).
         manifest: Facts for ``hfexport.json`` (step, dtype, ...); file sizes and checksums are added.
-        tokenizer: A tokenizer object with ``save_pretrained`` or a path (file or directory) to copy in.
+        tokenizer: A tokenizer to write (``tokenizer.json`` + ``tokenizer_config.json``): an
+            :class:`~hfexport.tokenizer.ExportTokenizer` or any spec :func:`~hfexport.tokenizer.resolve_tokenizer`
+            takes (``None``: none).
         max_shard_size: Past this many bytes of tensors, write shards plus ``model.safetensors.index.json``.
         force: Replace an earlier export of hfexport at ``output_dir`` (atomically); never anything else (see
             :func:`check_output_path`).
@@ -415,6 +417,8 @@ def _write_all(
             checksums[fname] = f"{written.crc32:08x}"
             weight_map.update({r.name: fname for r in recs})
         small = {name: _content(value) for name, value in files.items()}
+        if tokenizer is not None:
+            small.update(_tokenizer_files(tokenizer, protected=set(small) | set(sizes) | {INDEX_FILE, MANIFEST_NAME}))
         if len(shards) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             small[INDEX_FILE] = (json.dumps(index, indent=2) + "\n").encode()
@@ -422,8 +426,6 @@ def _write_all(
             _write_file(tmp / name, content)
             sizes[name] = len(content)
             checksums[name] = f"{zlib.crc32(content):08x}"
-        if tokenizer is not None:
-            _save_tokenizer(tokenizer, tmp, protected=set(small) | set(sizes))
         for path in sorted(tmp.rglob("*")):
             rel = path.relative_to(tmp).as_posix()
             if path.is_file() and rel not in checksums:
@@ -436,7 +438,7 @@ def _write_all(
             _write_file(tmp / MANIFEST_NAME, content)
             sizes[MANIFEST_NAME] = len(content)
             checksums[MANIFEST_NAME] = f"{zlib.crc32(content):08x}"
-    return _Written(records, sizes, checksums, {name: small[name] for name in files})
+    return _Written(records, sizes, checksums, {name: small[name] for name in small if name != INDEX_FILE})
 
 
 def _content(value: bytes | str) -> bytes:
@@ -457,40 +459,22 @@ def _write_file(path: Path, content: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _save_tokenizer(tokenizer: Any, tmp: Path, protected: set[str]) -> None:
-    """Save a tokenizer object, or copy tokenizer files from a path, without clobbering the model's files."""
-    staging = tmp / ".tokenizer"
-    staging.mkdir()
-    if hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(staging))
-    else:
-        src = Path(tokenizer).expanduser()
-        if src.is_dir():
-            for item in src.iterdir():
-                if (
-                    item.is_file()
-                    and not item.name.endswith((".safetensors", ".bin", ".pt"))
-                    and item.name
-                    not in (
-                        "config.json",
-                        "generation_config.json",
-                        "README.md",
-                        MANIFEST_NAME,
-                        INDEX_FILE,
-                    )
-                ):
-                    shutil.copy2(item, staging / item.name)
-        elif src.is_file():
-            shutil.copy2(src, staging / src.name)
-        else:
-            raise FileNotFoundError(f"Tokenizer path {str(src)!r} does not exist; pass a tokenizer directory or file.")
-    for item in staging.iterdir():
-        if item.name in protected:
-            continue
-        with open(item, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(item, tmp / item.name)
-    shutil.rmtree(staging)
+def _tokenizer_files(tokenizer: Any, protected: set[str]) -> dict[str, bytes]:
+    """The tokenizer's files (see :mod:`hfexport.tokenizer`), to be written as regular files like the others.
+
+    Only the files a tokenizer is made of are read from a source, and only ``tokenizer.json`` and
+    ``tokenizer_config.json`` are written: nothing else of a tokenizer directory (no symlink, no stray file)
+    enters the export, and a tokenizer never replaces one of the model's files.
+    """
+    from .tokenizer import resolve_tokenizer
+
+    resolved = resolve_tokenizer(tokenizer)
+    if resolved is None:
+        return {}
+    clash = sorted(set(resolved.files) & protected)
+    if clash:
+        raise ValueError(f"The tokenizer's files {clash} would replace the model's; nothing was written.")
+    return {name: bytes(content) for name, content in resolved.files.items()}
 
 
 def _verify(tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes], checksums: Mapping[str, str]) -> None:

@@ -105,6 +105,11 @@ class SlowTokenizer:
         time.sleep(self.delay)
         if self.fail:
             raise OSError("tokenizer save failed on purpose")
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        backend = Tokenizer(models.WordLevel(vocab={chr(97 + i): i for i in range(26)}, unk_token="a"))
+        backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+        backend.save(str(Path(path) / "tokenizer.json"))
         (Path(path) / "tokenizer_config.json").write_text('{"model_max_length": 16}\n')
         self.saved += 1
 

@@ -17,7 +17,7 @@ def test_metadata_reads_back_exactly(name: str) -> None:
     expected = {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["gpt2", "text-generation", "hfexport"],
+        "tags": ["gpt2", "hfexport"],  # not repeating the pipeline_tag
         "model_name": name or "gpt2-export",
     }
     if name:

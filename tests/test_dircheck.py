@@ -54,15 +54,11 @@ def test_stricter_expectations_of_the_writer(tmp_path: Path) -> None:
 
 
 def test_writer_refuses_to_publish_what_check_directory_rejects(tmp_path: Path) -> None:
-    """A tokenizer that saves a pickle of weights beside the model: the final verification stops the publish."""
-
-    class Tokenizer:
-        def save_pretrained(self, path: str) -> None:
-            (Path(path) / "tokenizer.json").write_text("{}")
-            (Path(path) / "pytorch_model.bin").write_bytes(b"a pickle")
-
+    """A caller that hands the writer a pickle of weights among the small files: the final verification stops the
+    publish."""
+    tensors = [OutputTensor(k, v.dtype, tuple(v.shape), lambda v=v: v) for k, v in VALUES.items()]
     with pytest.raises(VerificationError, match=r"pytorch_model\.bin: a foreign weight file"):
-        _write(tmp_path / "out", tokenizer=Tokenizer())
+        write_hf_directory(tmp_path / "out", tensors, {**FILES, "pytorch_model.bin": b"a pickle"}, manifest={"step": 1})
     assert list(tmp_path.iterdir()) == []  # nothing published, no temporary left
 
 

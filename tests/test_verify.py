@@ -470,3 +470,56 @@ def test_every_problem_is_one_printable_line(export: tuple[Path, Path, torch.nn.
     assert any(p.startswith("'bad\\ud800' (listed in hfexport.json) is not a file name") for p in report.problems)
     assert any("n_layer=2\\nok" in p for p in report.problems), report.problems
     assert all(p.isprintable() for p in report.problems)
+
+
+# --- the tokenizer (issue 11) ---------------------------------------------------------------------------------
+def _char_tokenizer(chars: str = "abcdefgh") -> object:
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(chars)}, unk_token="a"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="h")
+
+
+def _without_manifest(tmp_path: Path, **options: object) -> Path:
+    """An export whose files may be edited without the manifest's checksums reporting it first."""
+    model = make_gpt(11, vocab_size=80)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model.model_args(), "iter_num": 10}, ckpt)
+    out = convert_checkpoint(ckpt, tmp_path / "hf", dtype="float32", **options)
+    (out / "hfexport.json").unlink()
+    return out
+
+
+def test_tokenizer_of_an_export_is_checked_and_sound(tmp_path: Path) -> None:
+    out = _without_manifest(tmp_path, tokenizer=_char_tokenizer())
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 7
+    assert verify_directory(out).ok, verify_directory(out).problems
+
+
+@pytest.mark.parametrize("case", ["backend_class", "config_only", "eos_mismatch", "too_big", "symlink_out"])
+def test_tokenizer_defects_are_reported(tmp_path: Path, case: str) -> None:
+    out = _without_manifest(tmp_path, tokenizer=_char_tokenizer())
+    if case == "backend_class":  # what transformers 5's save_pretrained writes
+        _char_tokenizer().save_pretrained(str(out))
+        expected = "TokenizersBackend"
+    elif case == "config_only":
+        (out / "tokenizer.json").unlink()
+        expected = "loads as an empty tokenizer"
+    elif case == "eos_mismatch":
+        config = json.loads((out / "config.json").read_text())
+        config["eos_token_id"] = 3
+        (out / "config.json").write_text(json.dumps(config))
+        expected = "config.json says eos_token_id=3, the tokenizer's is 7"
+    elif case == "too_big":
+        _char_tokenizer("".join(chr(200 + i) for i in range(90))).save_pretrained(str(tmp_path / "big"))
+        (out / "tokenizer.json").write_bytes((tmp_path / "big" / "tokenizer.json").read_bytes())
+        expected = "the tokenizer has 91 token ids but config.json's vocab_size is 80"  # 90 + the added "h"
+    else:
+        (tmp_path / "elsewhere.json").write_bytes((out / "tokenizer.json").read_bytes())
+        (out / "tokenizer.json").unlink()
+        (out / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
+        expected = "outside the directory"
+    problems = verify_directory(out).problems
+    assert any(expected in p for p in problems), problems

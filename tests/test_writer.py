@@ -163,15 +163,17 @@ def test_force_replaces_atomically_without_leftovers(tmp_path: Path) -> None:
 def test_tokenizer_file_cannot_clobber_model_files(tmp_path: Path) -> None:
     tok = tmp_path / "tok"
     tok.mkdir()
-    (tok / "tokenizer.json").write_text('{"fake": true}')
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel(vocab={"a": 0, "b": 1}, unk_token="a")).save(str(tok / "tokenizer.json"))
     (tok / "config.json").write_text('{"model_type": "bert"}')  # a model config next to a tokenizer
     (tok / "model.safetensors").write_bytes(b"not ours")
     write_hf_directory(tmp_path / "out", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer=tok)
     out = tmp_path / "out"
-    assert (out / "tokenizer.json").read_text() == '{"fake": true}'
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab() == {"a": 0, "b": 1}
     assert (out / "config.json").read_text() == FILES["config.json"]
     assert set(load_file(str(out / "model.safetensors"))) == {"a"}
-    with pytest.raises(FileNotFoundError, match="Tokenizer path"):
+    with pytest.raises(ValueError, match="Tokenizer path"):
         write_hf_directory(tmp_path / "out2", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer=tmp_path / "nope")
     assert not (tmp_path / "out2").exists()
     assert hidden(tmp_path) == []

