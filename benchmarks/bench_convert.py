@@ -27,6 +27,12 @@ Usage::
     python benchmarks/bench_convert.py --workdir /tmp/bench --keep   # reuse the checkpoint next time
     python benchmarks/bench_convert.py --size 124M --phases          # where hfexport's time goes, per phase
     python benchmarks/bench_convert.py --size 124M --profile         # cProfile of one hfexport run (main thread)
+    python benchmarks/bench_convert.py --arch llama                  # Llama 3.2 1B shape (~4.9 GB), llama2.c layout
+
+``--arch llama`` builds a Llama-shaped float32 checkpoint in llama2.c's ``train.py`` layout (Meta's names,
+``output`` tied to ``tok_embeddings``, grouped-query attention) instead; hfexport then also permutes the rows of
+``wq``/``wk`` per head (interleaved RoPE → halves), and the classic method does the same permutation with
+``view/transpose/reshape`` as transformers' ``convert_llama_weights_to_hf.py``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ SIZES = {  # name: (n_layer, n_embd, n_head)
     "124M": (12, 768, 12),
     "tiny": (2, 64, 4),
 }
+#: Llama shapes: name → (n_layers, dim, n_heads, n_kv_heads, hidden_dim, vocab_size)
+LLAMA_SIZES = {
+    "1B": (16, 2048, 32, 8, 8192, 128256),  # Llama 3.2 1B: 1.24B parameters, ~4.9 GB float32
+    "tiny": (2, 64, 4, 2, 176, 512),
+}
+DEFAULT_SIZE = {"gpt2": "774M", "llama": "1B"}
 VOCAB = 50257
 BLOCK = 1024
 METHODS = ("bound", "hfexport", "classic")
@@ -100,6 +112,48 @@ def build_checkpoint(path: Path, size: str) -> None:
         },
         tmp,
     )
+    os.replace(tmp, path)
+
+
+def build_llama_checkpoint(path: Path, size: str) -> None:
+    """A Llama-shaped checkpoint as llama2.c's ``train.py`` saves it (``output`` tied to ``tok_embeddings``)."""
+    import torch
+
+    n_layers, dim, n_heads, n_kv_heads, hidden, vocab = LLAMA_SIZES[size]
+    head_dim = dim // n_heads
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+
+    sd: dict[str, torch.Tensor] = {}
+    embed = rand(vocab, dim)
+    sd["tok_embeddings.weight"] = embed
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        sd[p + "attention.wq.weight"] = rand(n_heads * head_dim, dim)
+        sd[p + "attention.wk.weight"] = rand(n_kv_heads * head_dim, dim)
+        sd[p + "attention.wv.weight"] = rand(n_kv_heads * head_dim, dim)
+        sd[p + "attention.wo.weight"] = rand(dim, n_heads * head_dim)
+        sd[p + "feed_forward.w1.weight"] = rand(hidden, dim)
+        sd[p + "feed_forward.w2.weight"] = rand(dim, hidden)
+        sd[p + "feed_forward.w3.weight"] = rand(hidden, dim)
+        sd[p + "attention_norm.weight"], sd[p + "ffn_norm.weight"] = torch.ones(dim), torch.ones(dim)
+    sd["norm.weight"] = torch.ones(dim)
+    sd["output.weight"] = embed  # tied: stored once
+    model_args = dict(
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        vocab_size=vocab,
+        hidden_dim=hidden,
+        multiple_of=256,
+        max_seq_len=2048,
+        dropout=0.0,
+    )
+    tmp = path.with_suffix(".partial")
+    torch.save({"model": sd, "optimizer": {}, "model_args": model_args, "iter_num": 0, "config": {}}, tmp)
     os.replace(tmp, path)
 
 
@@ -169,6 +223,8 @@ def run_classic(ckpt: Path, out: Path) -> None:
     from safetensors.torch import save_file
 
     obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if "tok_embeddings.weight" in obj["model"]:
+        return _classic_llama(obj, out)
     sd = {k.removeprefix("_orig_mod."): v for k, v in obj["model"].items()}
     for k in list(sd):
         if k.endswith(TRANSPOSED):
@@ -177,6 +233,41 @@ def run_classic(ckpt: Path, out: Path) -> None:
     sd = {k: v.contiguous().to(torch.bfloat16) for k, v in sd.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    with open(out / "model.safetensors", "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _classic_llama(obj: dict, out: Path) -> None:
+    """transformers' convert_llama_weights_to_hf.py, in short: rename, permute wq/wk, cast, save_file."""
+    import torch
+    from safetensors.torch import save_file
+
+    sd, args = obj["model"], obj["model_args"]
+    n_heads, n_kv, dim = args["n_heads"], args["n_kv_heads"], args["dim"]
+    names = {
+        "attention.wq": "self_attn.q_proj",
+        "attention.wk": "self_attn.k_proj",
+        "attention.wv": "self_attn.v_proj",
+        "attention.wo": "self_attn.o_proj",
+        "feed_forward.w1": "mlp.gate_proj",
+        "feed_forward.w3": "mlp.up_proj",
+        "feed_forward.w2": "mlp.down_proj",
+        "attention_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+    }
+
+    def permute(w: torch.Tensor, n: int) -> torch.Tensor:
+        return w.view(n, w.shape[0] // n // 2, 2, dim).transpose(1, 2).reshape(w.shape[0], dim)
+
+    hf = {"model.embed_tokens.weight": sd["tok_embeddings.weight"], "model.norm.weight": sd["norm.weight"]}
+    for i in range(args["n_layers"]):
+        for src, dst in names.items():
+            w = sd[f"layers.{i}.{src}.weight"]
+            w = permute(w, n_heads) if src == "attention.wq" else permute(w, n_kv) if src == "attention.wk" else w
+            hf[f"model.layers.{i}.{dst}.weight"] = w
+    hf = {k: v.contiguous().to(torch.bfloat16) for k, v in hf.items()}  # output is tied: not written
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(hf, str(out / "model.safetensors"), metadata={"format": "pt"})
     with open(out / "model.safetensors", "rb") as fh:
         os.fsync(fh.fileno())
 
@@ -297,7 +388,13 @@ def spawn(method: str, ckpt: Path, out: Path, profile: bool = False) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=list(SIZES), default="774M", help="model shape (default: 774M, ~3.1 GB)")
+    parser.add_argument("--arch", choices=list(DEFAULT_SIZE), default="gpt2", help="model family (default: gpt2)")
+    parser.add_argument(
+        "--size",
+        choices=sorted(set(SIZES) | set(LLAMA_SIZES)),
+        default=None,
+        help="model shape (default: 774M, ~3.1 GB, for gpt2; 1B, ~4.9 GB, for llama)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds; every round runs each method once")
     parser.add_argument(
         "--methods",
@@ -326,18 +423,22 @@ def main() -> None:
         child(args.child, args.ckpt, args.out, args.profile)
         return
 
+    args.size = args.size or DEFAULT_SIZE[args.arch]
+    shapes = LLAMA_SIZES if args.arch == "llama" else SIZES
+    if args.size not in shapes:
+        raise SystemExit(f"--size {args.size} is not a {args.arch} shape; choose from {list(shapes)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hfexport-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = workdir / f"gpt2-{args.size}-fp32.pt"
+    ckpt = workdir / f"{args.arch}-{args.size}-fp32.pt"
     try:
         if not ckpt.is_file():
             print(f"building {ckpt} ...", flush=True)
             start = time.perf_counter()
-            build_checkpoint(ckpt, args.size)
+            (build_llama_checkpoint if args.arch == "llama" else build_checkpoint)(ckpt, args.size)
             print(f"  built in {time.perf_counter() - start:.1f}s", flush=True)
         size = ckpt.stat().st_size
-        n_layer, n_embd, _ = SIZES[args.size]
-        print(f"checkpoint: {args.size} (n_layer {n_layer}, n_embd {n_embd}), {size / 1e9:.2f} GB float32")
+        n_layer, n_embd = shapes[args.size][:2]
+        print(f"checkpoint: {args.arch} {args.size} (layers {n_layer}, width {n_embd}), {size / 1e9:.2f} GB float32")
         print("page cache: warm (the checkpoint is read once before every round; no cache drop)")
         print("durability: every method fsyncs its output (hfexport's convention; the bound pays for it too)")
         print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}\n")

@@ -1,4 +1,4 @@
-"""hfexport: GPT-2-style models → verified Hugging Face directories, during training and from the CLI.
+"""hfexport: GPT-2-style and Llama-style models → verified Hugging Face directories, during training and from the CLI.
 
 Public API::
 

@@ -21,7 +21,7 @@ __all__ = ["render_model_card"]
 _TEMPLATE = """
 # {model_name}
 
-A GPT-2-style causal language model exported by [hfexport](https://pypi.org/project/hfexport/) {when}.
+A {family}-style causal language model exported by [hfexport](https://pypi.org/project/hfexport/) {when}.
 
 {usage}
 
@@ -50,24 +50,29 @@ No tokenizer: this export carries none, so text cannot be encoded with it alone.
 `--tokenizer PATH` (`tokenizer=...`) naming the tokenizer the model was trained with."""
 
 
+_FAMILIES = {"gpt2": "GPT-2", "llama": "Llama"}
+
+
 def render_model_card(facts: Mapping[str, Any]) -> str:
     """Render the model card for an export.
 
     Args:
         facts: Known facts. Recognized keys: ``model_name``, ``step``, ``epoch``, ``dtype``, ``source``,
             ``loss``, ``base_model``, ``repo_id``, ``version``, ``activation``, ``n_params``, ``tokenizer`` (where
-            the tokenizer came from; ``None`` or absent: no tokenizer, and the card says how to add one); others
-            are listed in the table as they are. ``None`` values are left out. Never pass secrets.
+            the tokenizer came from; ``None`` or absent: no tokenizer, and the card says how to add one),
+            ``model_type`` (the first tag and the family named: ``gpt2`` by default, ``llama``); others are listed
+            in the table as they are. ``None`` values are left out. Never pass secrets.
 
     Returns:
         The card's text, YAML front matter included.
     """
     known = {k: v for k, v in facts.items() if v is not None}
-    model_name = str(known.get("model_name") or "gpt2-export")
+    model_type = str(known.pop("model_type", None) or "gpt2")
+    model_name = str(known.get("model_name") or f"{model_type}-export")
     metadata: dict[str, str | list[str]] = {
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["gpt2", "hfexport"],  # the pipeline_tag is not repeated here
+        "tags": [model_type, "hfexport"],  # the pipeline_tag is not repeated here
         "model_name": model_name,
     }
     if known.get("base_model") is not None:
@@ -90,6 +95,7 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
         rows.append(f"| {key} | {value} |")
     return f"---\n{_yaml(metadata)}---\n" + _TEMPLATE.format(
         model_name=model_name,
+        family=_FAMILIES.get(model_type, model_type),
         when=when,
         usage=usage,
         facts_table="\n".join(rows) or "| (none recorded) | |",

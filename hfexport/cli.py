@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hfexport`` command."""
     parser = _Parser(
         prog="hfexport",
-        description="Export nanoGPT-style GPT-2 checkpoints to verified Hugging Face directories.",
+        description="Export nanoGPT-style GPT-2 and Llama-style checkpoints to verified Hugging Face directories.",
     )
     parser.add_argument("--version", action="version", version=f"hfexport {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -118,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="attention heads, when the checkpoint does not record them",
     )
+    for flag, what in (
+        ("rope_theta", "RoPE base of a Llama-style model (10000 llama2.c/Llama 2, 500000 Llama 3)"),
+        ("norm_eps", "RMSNorm/LayerNorm epsilon"),
+        ("rope_scaling_factor", "Llama 3.1-style RoPE scaling factor (8 Llama 3.1, 32 Llama 3.2 1B/3B)"),
+    ):
+        c.add_argument(
+            f"--{flag}",
+            f"--{flag.replace('_', '-')}",
+            type=float,
+            default=None,
+            help=what + ", when the checkpoint does not record it",
+        )
+    c.add_argument("--base_model", "--base-model", default=None, help="Hub id it was fine-tuned from (model card)")
     c.add_argument(
         "--untie_embeddings",
         "--untie-embeddings",
@@ -223,8 +236,12 @@ def _run_convert(args: argparse.Namespace) -> int:
         activation=args.activation,
         vocab_size=args.vocab_size,
         n_head=args.n_head,
+        rope_theta=args.rope_theta,
+        norm_eps=args.norm_eps,
+        rope_scaling_factor=args.rope_scaling_factor,
         untie_embeddings=args.untie_embeddings,
         model_name=args.model_name,
+        base_model=args.base_model,
         tokenizer=False if args.no_tokenizer else args.tokenizer,
         max_shard_size=args.max_shard_size,
         force=args.force,

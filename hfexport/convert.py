@@ -25,6 +25,7 @@ from . import architectures
 from .architectures import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from .card import render_model_card
 from .errors import ConversionError
+from .llama_tokenizer import llama_tokenizer_source
 from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
@@ -255,7 +256,9 @@ def write_export(
     _special_ids_from_tokenizer(tok, config, generation)
     generation["_from_model_config"] = True
     n_params = sum(math.prod(t.shape) for t in tensors)
-    card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": config.get("activation_function")}
+    activation = config.get("activation_function") or config.get("hidden_act")
+    card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": activation, **plan.card_facts}
+    card["model_type"] = config.get("model_type")
     card.update(dict(card_facts or {}))
     card["tokenizer"] = tok.source if tok is not None else None
     if tok is not None and tok.notes:
@@ -355,18 +358,23 @@ def convert_checkpoint(
     activation: str | None = None,
     vocab_size: int | None = None,
     n_head: int | None = None,
+    rope_theta: float | None = None,
+    norm_eps: float | None = None,
+    rope_scaling_factor: float | None = None,
     untie_embeddings: bool = False,
     model_name: str | None = None,
+    base_model: str | None = None,
     tokenizer: Any = None,
     max_shard_size: int | str = "5GB",
     force: bool = False,
     allow_nonfinite: bool = False,
     progress: bool | None = None,
 ) -> Path:
-    """Convert a nanoGPT-family checkpoint file into a verified Hugging Face directory.
+    """Convert a nanoGPT-family or Llama-style checkpoint file into a verified Hugging Face directory.
 
     Args:
-        path: A checkpoint file (nanoGPT, build-nanogpt, nano-gpt package, Lightning ``.ckpt``, a bare state
+        path: A checkpoint file (nanoGPT, build-nanogpt, nano-gpt package, llama2.c, Meta ``consolidated.00.pth``
+            + ``params.json``, litgpt ``lit_model.pth`` + ``model_config.yaml``, Lightning ``.ckpt``, a bare state
             dict), a directory holding checkpoints (the newest is used) or ``dir/step_002000``.
         output_dir: The directory to create.
         dtype: ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``.
@@ -374,8 +382,12 @@ def convert_checkpoint(
             (tanh for build-nanogpt / nano-gpt) and otherwise ``"gelu"`` (current nanoGPT).
         vocab_size: Keep only the first N vocabulary rows (e.g. 50257 of a padded 50304).
         n_head: Number of attention heads, when the checkpoint does not record it.
+        rope_theta: RoPE base of a Llama-style model, when its checkpoint does not record it.
+        norm_eps: RMSNorm (LayerNorm) epsilon, when the checkpoint does not record it.
+        rope_scaling_factor: Llama 3.1-style RoPE scaling factor, when the config says ``use_scaled_rope`` only.
         untie_embeddings: Also write an independent ``lm_head.weight``.
         model_name: Name for the model card.
+        base_model: The Hub id the model was fine-tuned from (the card's ``base_model``), when there is one.
         tokenizer: The tokenizer to write: ``None`` (default) finds it (nanoGPT's ``data/<dataset>/meta.pkl``,
             else GPT-2's for a GPT-2 vocabulary, else none, logged); ``False`` writes none; or ``"gpt2"``, a path
             (directory, ``tokenizer.json``, ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding``, a
@@ -412,7 +424,13 @@ def convert_checkpoint(
     with _collection_paused():
         start = time.perf_counter()
         ckpt = load_checkpoint(source)
-        facts = ckpt.facts.merged(ModelFacts(n_head=n_head))
+        options = ModelFacts(
+            n_head=n_head,
+            rope_theta=rope_theta,
+            layer_norm_epsilon=norm_eps,
+            raw={"rope_scaling_factor": rope_scaling_factor} if rope_scaling_factor is not None else None,
+        )
+        facts = ckpt.facts.merged(options)
         chosen = activation or ckpt.activation_hint or "gelu"
         if activation is None and ckpt.activation_hint:
             logger.info(
@@ -423,13 +441,20 @@ def convert_checkpoint(
         plan = plan_conversion(
             ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
         )
+        # None named: a Llama checkpoint's tokenizer may sit beside it (litgpt's directory, a sentencepiece model).
+        tokenizer = llama_tokenizer_source(tokenizer, ckpt.path, plan.architecture)
         # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
         # whole mapped checkpoint (the file stays in the page cache).
         mapped = MappedCheckpoint(ckpt.path)
         tensors = output_tensors(
             plan, torch_dtype, allow_nonfinite=allow_nonfinite, release=mapped.release if mapped else None
         )
-        card = {"model_name": model_name, "step": ckpt.step, "source": f"{ckpt.path.name} ({ckpt.layout})"}
+        card = {
+            "model_name": model_name,
+            "base_model": base_model,
+            "step": ckpt.step,
+            "source": f"{ckpt.path.name} ({ckpt.layout})",
+        }
         card.update(ckpt.extra)
         manifest = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no local path: it is pushed
         result = write_export(

@@ -4,11 +4,11 @@ The snapshot holds the weights of *its* step: every tensor is copied (cast once,
 then moved to the host), so the optimizer may change the live parameters right after it returns. Nothing of
 the live model or its config is modified.
 
-Sources: a nanoGPT-style ``nn.Module`` (facts such as ``n_head`` from its ``config`` attribute or an explicit
-``config=``), wrapped or not in DDP / ``torch.compile`` / a LightningModule, and any
-``transformers.PreTrainedModel`` (written with its own config and tied weights). Under FSDP2 (``fully_shard``)
-parameters are DTensors: every rank must call :func:`take_snapshot`, each parameter is cast on its shard and
-then gathered (``full_tensor``), and only global rank 0 keeps the result.
+Sources: a nanoGPT-style or Llama-style ``nn.Module`` (facts such as ``n_head`` from its ``config`` /
+``params`` / ``args`` attribute or an explicit ``config=``), wrapped or not in DDP / ``torch.compile`` / a
+LightningModule, and any ``transformers.PreTrainedModel`` (written with its own config and tied weights). Under
+FSDP2 (``fully_shard``) parameters are DTensors: every rank must call :func:`take_snapshot`, each parameter is
+cast on its shard and then gathered (``full_tensor``), and only global rank 0 keeps the result.
 """
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ def plan_for_model(
             untie_embeddings=untie_embeddings,
         )
     except ConversionError as exc:
-        if facts.n_head is None and "n_head" in str(exc):
+        if facts.n_head is None and str(exc).startswith("The checkpoint does not say how many attention heads"):
             raise ConversionError(
-                f"Cannot export {type(net).__name__}: n_head is unknown. The model has no `config` attribute "
-                "with n_head (nanoGPT's GPTConfig or a dict); pass config={'n_head': N} to export_hf / "
-                "HFExporter / HFExportCallback."
+                f"Cannot export {type(net).__name__}: n_head is unknown. The model has no `config` / `params` / "
+                "`args` attribute with n_head (nanoGPT's GPTConfig, llama2.c's or Meta's ModelArgs, or a dict); "
+                "pass config={'n_head': N} to export_hf / HFExporter / HFExportCallback."
             ) from None
         raise
 
@@ -164,12 +164,12 @@ def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
                 if rank0:
                     tensors[tp.name] = torch.zeros(tp.shape, dtype=dtype)
                 continue
-            key = (id(src), tp.rows)
+            key = (id(src), tp.rows, tp.row_start, tp.rope_heads)
             if key not in cache:
                 if _is_dtensor(src):
                     out = _gather(src, dtype)  # a fresh tensor of this snapshot's own: no second device copy
-                    if tp.rows is not None:
-                        out = out[: tp.rows].clone()
+                    if tp.rows is not None or tp.row_start is not None or tp.rope_heads is not None:
+                        out = replace(tp, source=out, transpose=False).materialize(dtype, device=out.device)
                     out = out.to(dtype).contiguous()
                     if out.untyped_storage().data_ptr() == src.to_local().untyped_storage().data_ptr():
                         out = out.clone()  # one rank, nothing to gather: the "full" tensor is the parameter

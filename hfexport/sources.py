@@ -28,6 +28,7 @@ import torch.serialization
 
 from .architectures import ModelFacts
 from .errors import CheckpointError, UnsafeCheckpointError
+from .sidecars import read_sidecar_config
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class LoadedCheckpoint:
     Attributes:
         path: The file read.
         layout: Which producer's layout was recognized (``"nanogpt"``, ``"build-nanogpt"``, ``"nano-gpt"``,
+            ``"llama2.c"``, ``"meta"`` (``params.json`` beside), ``"litgpt"`` (``model_config.yaml`` beside),
             ``"lightning"``, ``"state_dict"``).
         state_dict: Tensor name → tensor (mmap'd when the file format allows).
         facts: Model facts read from the checkpoint's config, when it has one.
@@ -145,6 +147,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     obj = _safe_load(file)
     layout, sd, config, step, extra = _find_weights(obj, file)
     sd = strip_prefixes(sd)
+    if not config:
+        sidecar = read_sidecar_config(file)  # Meta's params.json, litgpt's model_config.yaml
+        if sidecar is not None:
+            layout, config = sidecar
+    elif layout == "nanogpt" and "dim" in config and "multiple_of" in config:
+        layout = "llama2.c"  # train.py saves nanoGPT's dict keys, with a Llama's model_args
     facts = ModelFacts.from_mapping(config)
     hint = "gelu_pytorch_tanh" if layout in ("build-nanogpt", "nano-gpt") else None
     logger.info("Read %s (%s layout, %d tensors%s)", file, layout, len(sd), f", step {step}" if step else "")
@@ -328,9 +336,10 @@ def _find_weights(obj: Any, file: Path) -> tuple[str, dict[str, torch.Tensor], A
 
 
 def _strip_module_attribute(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop a LightningModule attribute prefix (``model.``, ``gpt.``, ...) that precedes ``transformer.``."""
+    """Drop a LightningModule attribute prefix (``model.``, ``gpt.``, ...) before the model's own names."""
     stripped = strip_prefixes(sd)
-    prefixes = {k.split("transformer.", 1)[0] for k in stripped if "transformer." in k}
+    anchor = "tok_embeddings." if any(k.endswith("tok_embeddings.weight") for k in stripped) else "transformer."
+    prefixes = {k.split(anchor, 1)[0] for k in stripped if anchor in k}
     if len(prefixes) == 1:
         (prefix,) = prefixes
         if prefix:
@@ -392,8 +401,16 @@ def _is_lightning_module(model: Any) -> bool:
     return any(cls.__name__ == "LightningModule" for cls in type(model).__mro__)
 
 
+#: Attributes where training code keeps a model's config: nanoGPT/litgpt ``config``, Meta's and llama2.c's
+#: ``params`` (a ``ModelArgs`` dataclass), other ``args``/``model_args``.
+CONFIG_ATTRIBUTES: tuple[str, ...] = ("config", "params", "args", "model_args")
+
+
 def model_facts(model: torch.nn.Module, config: Any = None) -> ModelFacts:
-    """Facts from an explicit ``config`` (dict, dataclass, object), else from ``model.config``."""
+    """Facts from an explicit ``config`` (dict, dataclass, object), else from the model's config attribute."""
     explicit = ModelFacts.from_mapping(_as_mapping(config))
-    found = ModelFacts.from_mapping(_as_mapping(getattr(model, "config", None)))
-    return found.merged(explicit)
+    for attribute in CONFIG_ATTRIBUTES:
+        value = getattr(model, attribute, None)
+        if value is not None and not isinstance(value, (torch.Tensor, torch.nn.Module)) and _as_mapping(value):
+            return ModelFacts.from_mapping(_as_mapping(value)).merged(explicit)
+    return explicit

@@ -20,6 +20,8 @@ Sources (see :func:`resolve_tokenizer`):
 a directory                            ``tokenizer.json`` (+ ``tokenizer_config.json`` / ``special_tokens_map.json``
                                        for the special tokens), or ``vocab.json`` + ``merges.txt``, or ``meta.pkl``
 a ``tokenizer.json`` / ``meta.pkl``    that file
+a sentencepiece ``tokenizer.model``    converted to a Llama tokenizer (:mod:`hfexport.llama_tokenizer`; also as a
+                                       directory kind, after ``tokenizer.json``)
 a transformers tokenizer               its ``backend_tokenizer`` (fast), else what its ``save_pretrained`` writes
 a ``tiktoken.Encoding``                converted to an equivalent byte-level BPE
 ``"namespace/name"``                   a Hub repository's tokenizer, from the local cache (or the Hub when online)
@@ -455,8 +457,8 @@ def path_parts(path: Path) -> TokenizerParts:
             root = path.absolute().parent.resolve()
             return read(root / path.name, root)
     raise TokenizerError(
-        f"Tokenizer file {str(path)!r} is not a tokenizer file hfexport reads (a tokenizer.json, or nanoGPT's "
-        "meta.pkl); pass one of those, or the directory that holds the tokenizer."
+        f"Tokenizer file {str(path)!r} is not a tokenizer file hfexport reads (a tokenizer.json, nanoGPT's "
+        "meta.pkl or a sentencepiece tokenizer.model); pass one of those, or the directory that holds the tokenizer."
     )
 
 
@@ -779,15 +781,24 @@ def hub_parts(repo_id: str) -> TokenizerParts:
 # ------------------------------------------------------------------------------------------------ registries
 #: Directory kinds, in order of preference: (files that must be present, reader of the first one). A new source
 #: kind (e.g. ``(("tokenizer.model",), sentencepiece_parts)``) is one more entry.
+def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
+    """A sentencepiece ``tokenizer.model`` (llama2.c, Llama 2): see :mod:`hfexport.llama_tokenizer`."""
+    from .llama_tokenizer import sentencepiece_parts as convert
+
+    return convert(path, root)
+
+
 DIRECTORY_KINDS: list[tuple[tuple[str, ...], Callable[[Path, Path], TokenizerParts]]] = [
     (("tokenizer.json",), tokenizer_json_parts),
     (("vocab.json", "merges.txt"), vocab_merges_parts),
     (("meta.pkl",), meta_pkl_parts),
+    (("tokenizer.model",), sentencepiece_parts),
 ]
 #: Bare-file kinds: (name test, reader).
 FILE_KINDS: list[tuple[Callable[[str], bool], Callable[[Path, Path], TokenizerParts]]] = [
     (lambda name: name.endswith(".pkl"), meta_pkl_parts),
     (lambda name: name.endswith(".json"), tokenizer_json_parts),
+    (lambda name: name.endswith(".model"), sentencepiece_parts),
 ]
 
 

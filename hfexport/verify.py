@@ -23,7 +23,14 @@ from .errors import HFExportError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VerifyReport", "check_tokenizer", "logits_difference", "nanogpt_forward", "verify_directory"]
+__all__ = [
+    "VerifyReport",
+    "check_tokenizer",
+    "llama_forward",
+    "logits_difference",
+    "nanogpt_forward",
+    "verify_directory",
+]
 
 
 @dataclass
@@ -107,6 +114,8 @@ def verify_directory(
 
 
 def _check_config(config: dict[str, Any], shapes: dict[str, list[int]], report: VerifyReport) -> None:
+    if config.get("model_type") == "llama":
+        _check_llama_config(config, shapes, report)
     if config.get("model_type") != "gpt2":
         return
     wte = shapes.get("transformer.wte.weight")
@@ -149,6 +158,8 @@ def logits_difference(
     ckpt = load_checkpoint(checkpoint)
     exported = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     cfg = exported.config
+    if cfg.model_type == "llama":
+        return _llama_difference(exported, ckpt.state_dict, ckpt.facts, n_head=n_head, tokens=tokens)
     heads = n_head or ckpt.facts.n_head or cfg.n_head
     act = activation or cfg.activation_function
     gen = torch.Generator().manual_seed(0)
@@ -290,3 +301,120 @@ def _load_tokenizer(root: Path) -> tuple[dict[str, int], dict[str, int | None]]:
         text = settings.get(f"{key}_token")
         ids[f"{key}_token_id"] = backend.token_to_id(text) if isinstance(text, str) else None
     return backend.get_vocab(with_added_tokens=True), ids
+
+
+def _check_llama_config(config: dict[str, Any], shapes: dict[str, list[int]], report: VerifyReport) -> None:
+    """Every tensor a ``LlamaForCausalLM`` with this config loads is there, with the shape the config implies."""
+    from .architectures.llama import expected_shapes
+    from .errors import ConversionError
+
+    try:
+        expected = expected_shapes(config)
+    except (ConversionError, KeyError, TypeError, ZeroDivisionError) as exc:
+        report.problems.append(f"config.json lacks what a Llama needs ({type(exc).__name__}: {exc})")
+        return
+    for name, shape in expected.items():
+        if name not in shapes:
+            report.problems.append(f"{name} is missing (config.json implies it)")
+        elif tuple(shapes[name]) != shape:
+            report.problems.append(f"{name} has shape {shapes[name]}, config.json implies {list(shape)}")
+
+
+def _llama_difference(
+    exported: Any, state_dict: dict[str, torch.Tensor], facts: Any, *, n_head: int | None, tokens: int
+) -> float:
+    """:func:`logits_difference` for a ``LlamaForCausalLM`` export: the source's facts where it records them."""
+    cfg = exported.config
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (2, min(tokens, cfg.max_position_embeddings)), generator=gen)
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    with torch.no_grad():
+        a = exported(ids).logits.float()
+        b = llama_forward(
+            state_dict,
+            ids,
+            n_heads=n_head or facts.n_head or cfg.num_attention_heads,
+            n_kv_heads=facts.n_kv_heads or cfg.num_key_value_heads,
+            head_dim=getattr(cfg, "head_dim", None),
+            eps=facts.layer_norm_epsilon or cfg.rms_norm_eps,
+            rope_theta=facts.rope_theta or rope.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0),
+            rope_scaling=rope if rope.get("rope_type") == "llama3" else None,
+        )
+    return float((a - b[..., : cfg.vocab_size]).abs().max())
+
+
+def llama_forward(
+    state_dict: dict[str, torch.Tensor],
+    ids: torch.Tensor,
+    *,
+    n_heads: int,
+    n_kv_heads: int,
+    eps: float,
+    rope_theta: float,
+    head_dim: int | None = None,
+    rope_scaling: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """A Llama's forward pass, written from its equations, over a *source-layout* state dict (float32).
+
+    Meta / llama2.c / torchtitan names rotate interleaved pairs (as complex numbers, like Meta's code); litgpt
+    names (fused ``attn.qkv``) rotate halves. No weight is permuted here, so a wrong permutation in the export
+    shows up as a difference.
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    sd = {k: v.float() for k, v in state_dict.items()}
+    meta = "tok_embeddings.weight" in sd
+    embed = sd["tok_embeddings.weight" if meta else "transformer.wte.weight"]
+    dim = embed.shape[1]
+    hd = head_dim or dim // n_heads
+    freqs = 1.0 / (rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    if rope_scaling:
+        factor, low, high = rope_scaling["factor"], rope_scaling["low_freq_factor"], rope_scaling["high_freq_factor"]
+        old = rope_scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / freqs
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * freqs / factor + smooth * freqs
+        freqs = torch.where(wavelen < old / high, freqs, torch.where(wavelen > old / low, freqs / factor, blended))
+    b, t = ids.shape
+    angles = torch.outer(torch.arange(t, dtype=torch.float64), freqs)
+    cos, sin = angles.cos().float(), angles.sin().float()
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # (b, t, heads, hd)
+        if meta:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+            c, s = cos.view(1, t, 1, -1), sin.view(1, t, 1, -1)
+            return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(3)
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+        c, s = cos.repeat(1, 2).view(1, t, 1, -1), sin.repeat(1, 2).view(1, t, 1, -1)
+        return x * c + torch.cat((-x2, x1), dim=-1) * s
+
+    def norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    x = embed[ids]
+    prefix = "layers." if meta else "transformer.h."
+    n_layers = len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
+    for i in range(n_layers):
+        p = f"{prefix}{i}."
+        if meta:
+            h = norm(x, sd[p + "attention_norm.weight"])
+            q, k, v = (h @ sd[p + f"attention.{w}.weight"].t() for w in ("wq", "wk", "wv"))
+            wo, n2 = sd[p + "attention.wo.weight"], sd[p + "ffn_norm.weight"]
+            w1, w3, w2 = (sd[p + f"feed_forward.{w}.weight"] for w in ("w1", "w3", "w2"))
+        else:
+            h = norm(x, sd[p + "norm_1.weight"])
+            q, k, v = (h @ sd[p + "attn.qkv.weight"].t()).split((n_heads * hd, n_kv_heads * hd, n_kv_heads * hd), -1)
+            wo, n2 = sd[p + "attn.proj.weight"], sd[p + "norm_2.weight"]
+            w1, w3, w2 = (sd[p + f"mlp.{w}.weight"] for w in ("fc_1", "fc_2", "proj"))
+        q, k, v = q.view(b, t, n_heads, hd), k.view(b, t, n_kv_heads, hd), v.view(b, t, n_kv_heads, hd)
+        q, k = rope(q), rope(k)
+        k, v = (z.repeat_interleave(n_heads // n_kv_heads, dim=2) for z in (k, v))
+        y = F.scaled_dot_product_attention(*(z.transpose(1, 2) for z in (q, k, v)), is_causal=True)
+        x = x + y.transpose(1, 2).reshape(b, t, -1) @ wo.t()
+        h = norm(x, n2)
+        x = x + (F.silu(h @ w1.t()) * (h @ w3.t())) @ w2.t()
+    x = norm(x, sd["norm.weight" if meta else "transformer.ln_f.weight"])
+    head = sd.get("output.weight" if meta else "lm_head.weight", embed)
+    return x @ head.t()

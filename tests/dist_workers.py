@@ -6,6 +6,8 @@ Modes:
                         rank 0 saves the weights of each exported step to OUT/expected_<step>.pt.
     fsdp2 OUT           2 processes (gloo) with ``fully_shard``; every rank calls ``maybe_export``; rank 0 also
                         trains an unsharded copy on the same data and saves its weights to OUT/expected_<step>.pt.
+    fsdp2_llama OUT     the same with llama_ref's Meta-named Llama (GQA, tied output), exporting at step 2 in
+                        float32 (OUT/hf) and bfloat16 (OUT/hf_bf16); rank 0 saves the unsharded copy's weights.
     export_loop OUT     exports a ~17 MB model every step, in the background, forever (killed by the test).
     export_zygote OUT   forks an export_loop child for each "go" read from stdin (fast restarts after kills).
 
@@ -185,6 +187,54 @@ def fsdp2(out: Path) -> None:
     mp.spawn(_fsdp2_rank, args=(2, port, out), nprocs=2, join=True)
 
 
+def _fsdp2_llama_rank(rank: int, world: int, port: int, out: Path) -> None:
+    import torch.distributed as dist
+    from llama_ref import make_llama
+    from torch.distributed.fsdp import fully_shard
+
+    from hfexport.exporter import HFExporter
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    _log_to(out, rank)
+    try:
+        model = make_llama(0, n_heads=4, n_kv_heads=2).train()
+        reference = copy.deepcopy(model) if rank == 0 else None
+        for layer in model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        ref_opt = torch.optim.SGD(reference.parameters(), lr=0.05) if reference is not None else None
+        data = _batches(2)
+        for step in (1, 2):
+            opt.zero_grad()
+            _loss(model, data[step - 1]).backward()
+            opt.step()
+            if reference is not None and ref_opt is not None:
+                ref_opt.zero_grad()
+                _loss(reference, data[step - 1]).backward()
+                ref_opt.step()
+        with HFExporter(out / "hf", dtype="float32") as exporter:
+            exporter.export(model, 2, final=True)
+        with HFExporter(out / "hf_bf16", dtype="bfloat16") as exporter:
+            exporter.export(model, 2, final=True)
+        if reference is not None:
+            torch.save(reference.state_dict(), out / "expected_2.pt")
+        (out / f"rank{rank}.json").write_text(json.dumps({"sharded": sharded, "is_writer": exporter.is_writer}))
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp2_llama(out: Path) -> None:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp2_llama_rank, args=(2, port, out), nprocs=2, join=True)
+
+
 # ----------------------------------------------------------------------------------------- crash safety
 def export_loop(out: Path) -> None:
     """Export every step, in the background, until killed (each write ~50-200 ms)."""
@@ -232,5 +282,11 @@ def export_zygote(out: Path) -> None:
 if __name__ == "__main__":
     mode, target = sys.argv[1], Path(sys.argv[2])
     target.mkdir(parents=True, exist_ok=True)
-    modes = {"lightning_ddp": lightning_ddp, "fsdp2": fsdp2, "export_loop": export_loop, "export_zygote": export_zygote}
+    modes = {
+        "lightning_ddp": lightning_ddp,
+        "fsdp2": fsdp2,
+        "fsdp2_llama": fsdp2_llama,
+        "export_loop": export_loop,
+        "export_zygote": export_zygote,
+    }
     modes[mode](target)

@@ -149,8 +149,9 @@ def test_registry() -> None:
     assert "gpt2" in registered()
     assert get("gpt2").detect(set(sd_of()))
     assert detect(set(sd_of())).name == "gpt2"
+    assert registered() == ["gpt2", "llama", "litgpt-llama"]
     with pytest.raises(CheckpointError, match="Unknown architecture"):
-        get("llama")
+        get("mamba")
     with pytest.raises(CheckpointError, match="Not a supported model"):
         detect({"encoder.weight", "decoder.weight"})
     assert set(ACTIVATIONS) == {"gelu", "gelu_new", "gelu_pytorch_tanh"}

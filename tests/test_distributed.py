@@ -95,3 +95,23 @@ def test_fsdp2_two_processes_gathered_full_weights(tmp_path: Path) -> None:
         assert torch.allclose(bf16[name].float(), tensor, rtol=1e-2, atol=1e-2), name
     ids = token_ids()
     assert (hf_logits(root / "step_000005", ids) - nanogpt_logits(final, ids)).abs().max().item() < 1e-4
+
+
+def test_fsdp2_two_processes_llama_permuted_after_the_gather(tmp_path: Path) -> None:
+    """A Meta-named Llama under FSDP2: q/k rows are permuted on the gathered tensors, the tie survives sharding."""
+    from llama_ref import ModelArgs, Transformer
+    from test_llama import assert_parity, expected_tensors
+
+    run_worker("fsdp2_llama", tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["sharded"] for r in ranks) and ranks[0]["is_writer"] and not ranks[1]["is_writer"]
+    assert "Exported" not in (tmp_path / "log_rank1.txt").read_text()
+    reference = Transformer(ModelArgs(n_heads=4, n_kv_heads=2))
+    reference.load_state_dict(load(tmp_path / "expected_2.pt"))
+    want = expected_tensors(reference.eval(), torch.float32)
+    for directory, dtype, tol in (("hf", torch.float32, 1e-5), ("hf_bf16", torch.bfloat16, 1e-2)):
+        got = read_safetensors(tmp_path / directory / "step_000002")
+        assert set(got) == set(want)  # tied: no lm_head.weight
+        for name, tensor in want.items():
+            assert got[name].dtype == dtype and torch.allclose(got[name].float(), tensor, atol=tol), name
+    assert_parity(tmp_path / "hf" / "step_000002", reference)

@@ -11,6 +11,7 @@ import logging
 from ..errors import CheckpointError
 from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, check_plan, transpose_into
 from .gpt2 import ACTIVATIONS, GPT2
+from .llama import LitGPTLlama, MetaLlama
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +61,13 @@ def detect(keys: set[str]) -> Architecture:
         if architecture.detect(keys):
             return architecture
     sample = ", ".join(sorted(keys)[:6]) + (" ..." if len(keys) > 6 else "")
+    known = "; ".join(f"{name}: {getattr(arch, 'expects', '(not described)')}" for name, arch in _REGISTRY.items())
     raise CheckpointError(
-        f"Not a supported model: none of the known architectures ({', '.join(registered())}) matches a state "
-        f"dict with {len(keys)} tensors ({sample or 'no tensors'}). hfexport converts nanoGPT-style GPT-2 "
-        "checkpoints (transformer.wte.weight, transformer.h.N.attn.c_attn.weight, ...)."
+        f"Not a supported model: none of the known architectures matches a state dict with {len(keys)} tensors "
+        f"({sample or 'no tensors'}). Known families and the names each expects: {known}."
     )
 
 
 register(GPT2())
+register(MetaLlama())
+register(LitGPTLlama())

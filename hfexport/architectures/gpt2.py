@@ -79,6 +79,10 @@ class GPT2:
     """The nanoGPT-style GPT-2 family."""
 
     name = "gpt2"
+    expects = (
+        "nanoGPT names: transformer.wte.weight, transformer.wpe.weight, transformer.h.N.attn.c_attn.weight, "
+        "transformer.ln_f.weight"
+    )
 
     def detect(self, keys: set[str]) -> bool:
         return (

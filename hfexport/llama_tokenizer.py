@@ -1,0 +1,122 @@
+"""Tokenizers of Llama-style sources: a sentencepiece ``tokenizer.model`` as a source kind of
+:mod:`hfexport.tokenizer`, and where a Llama checkpoint's tokenizer is found.
+
+llama2.c and Meta's Llama 2 ship a sentencepiece model (``tokenizer.model``), which neither ``tokenizers`` nor
+``AutoTokenizer`` loads alone. :func:`sentencepiece_parts` converts it with transformers' own converter
+(``LlamaTokenizerFast``, BOS added as Llama does) into the backend that :mod:`hfexport.tokenizer` writes as
+``tokenizer.json``, so the export encodes text to the ids llama2.c's ``Tokenizer.encode(s, bos=True)`` gives. It
+is registered there as a directory kind (``tokenizer.model``) and a file kind (``*.model``).
+:func:`llama_tokenizer_source` is what a conversion calls when no tokenizer was named: it looks beside a Llama
+checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``).
+
+Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (``pip install 'hfexport[llama-tokenizer]'``), imported
+only when a sentencepiece model is converted.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import TokenizerError
+from .tokenizer import TokenizerParts, TokenizerSource, read_inside, transformers_parts
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LLAMA_FAMILIES", "is_sentencepiece", "llama_tokenizer_source", "sentencepiece_parts"]
+
+SENTENCEPIECE_NAME = "tokenizer.model"
+#: Registry names of the families whose checkpoints may have a tokenizer beside them.
+LLAMA_FAMILIES = ("llama", "litgpt-llama")
+
+
+def is_sentencepiece(data: bytes) -> bool:
+    """Whether ``data`` is a sentencepiece model (a ``ModelProto`` with pieces); ``False`` for Llama 3's tiktoken
+    file or anything else. Needs ``sentencepiece``'s protobuf module."""
+    model = _model_proto(data)
+    return model is not None and len(model.pieces) > 0
+
+
+def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
+    """A sentencepiece ``tokenizer.model`` (read inside ``root``) as a Llama tokenizer.
+
+    Raises:
+        TokenizerError: the file is not a sentencepiece model (e.g. Llama 3's tiktoken ``tokenizer.model``).
+        ImportError: ``transformers``, ``sentencepiece`` or ``protobuf`` is missing.
+    """
+    data = read_inside(path, root)
+    model = _model_proto(data)
+    if model is None or not len(model.pieces):
+        raise TokenizerError(
+            f"{path.name} is not a sentencepiece model (Llama 3's tokenizer.model is a tiktoken file). Pass a "
+            "transformers tokenizer directory (tokenizer.json + tokenizer_config.json) or its Hub repo id instead."
+        )
+    if model.normalizer_spec.remove_extra_whitespaces:
+        logger.warning(
+            "%s collapses runs of whitespace (sentencepiece's remove_extra_whitespaces, spm_train's and llama2.c's "
+            "train_vocab default); the converted tokenizer keeps them, so such texts tokenize differently",
+            path.name,
+        )
+    try:
+        from transformers import LlamaTokenizerFast
+    except ImportError as exc:
+        raise ImportError(_EXTRA) from exc
+    with tempfile.TemporaryDirectory(prefix="hfexport-spm-") as tmp:
+        (Path(tmp) / SENTENCEPIECE_NAME).write_bytes(data)  # alone: no stray config beside it is read
+        tokenizer = LlamaTokenizerFast.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
+    parts = transformers_parts(tokenizer)
+    parts.source = f"{path.parent.name}/{path.name} (sentencepiece)"
+    logger.info("Converted the sentencepiece model %s into a Llama tokenizer (%d tokens)", path, len(tokenizer))
+    return parts
+
+
+def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture: str) -> TokenizerSource:
+    """The tokenizer of a Llama checkpoint's conversion, when none was named (``spec`` automatic).
+
+    Beside the checkpoint: a tokenizer directory (litgpt keeps ``tokenizer.json`` with ``lit_model.pth``), else a
+    sentencepiece ``tokenizer.model`` (llama2.c, Llama 2). Llama 3's ``tokenizer.model`` (tiktoken) is skipped
+    with a warning: the weights are converted all the same. Any other case: ``spec`` unchanged.
+    """
+    if not spec.automatic or architecture not in LLAMA_FAMILIES:
+        return spec
+    folder = checkpoint.parent
+    if (folder / "tokenizer.json").is_file():
+        logger.info("Using the tokenizer beside the checkpoint: %s", folder / "tokenizer.json")
+        return TokenizerSource(folder)
+    model = folder / SENTENCEPIECE_NAME
+    if not model.is_file():
+        return spec
+    try:
+        usable = is_sentencepiece(read_inside(model, folder.resolve()))
+    except (ImportError, TokenizerError) as exc:
+        logger.warning("Not including %s, found beside the checkpoint: %s", model, exc)
+        return spec
+    if not usable:
+        logger.warning(
+            "Not including %s, found beside the checkpoint: not a sentencepiece model (Llama 3's is a tiktoken "
+            "file); pass --tokenizer with a transformers tokenizer directory or Hub repo id",
+            model,
+        )
+        return spec
+    return TokenizerSource(model)
+
+
+_EXTRA = (
+    "Converting a sentencepiece tokenizer.model needs transformers, sentencepiece and protobuf: "
+    "pip install 'hfexport[llama-tokenizer]'"
+)
+
+
+def _model_proto(data: bytes) -> Any:
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as exc:
+        raise ImportError(_EXTRA) from exc
+    model = sentencepiece_model_pb2.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception:  # DecodeError: not a protobuf at all
+        return None
+    return model
