@@ -29,11 +29,13 @@ class ExportOptions:
     Args:
         dtype: ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``.
         keep_last_n: Keep only the newest N versions this exporter created (``None``: keep all).
-        config: Model facts the weights do not carry (``n_head``, ...): a dict, a dataclass or an object.
-            Read from the model's ``config`` attribute when not given.
+        config: Model facts the weights do not carry (``n_head``, ...; for a Llama ``n_heads``, ``norm_eps``,
+            ``rope_theta``, ...): a dict, a dataclass or an object. Read from the model's ``config``, ``params`` or
+            ``args`` attribute when not given.
         tokenizer: The tokenizer written into every version: ``None`` (default) writes GPT-2's for a GPT-2
             vocabulary (else none, logged once); ``False`` none; ``"gpt2"``, a path (directory, ``tokenizer.json``,
-            nanoGPT ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding`` or a cached Hub repo id.
+            nanoGPT ``meta.pkl``, a sentencepiece ``tokenizer.model``), a transformers tokenizer, a
+            ``tiktoken.Encoding`` or a cached Hub repo id.
         activation: GELU of the model: ``gelu`` (default, current nanoGPT), ``gelu_new``, ``gelu_pytorch_tanh``.
         vocab_size: Keep only the first N vocabulary rows (e.g. 50257 of a padded 50304).
         untie_embeddings: Also write an independent ``lm_head.weight``.
