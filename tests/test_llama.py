@@ -209,6 +209,19 @@ def test_meta_llama31_scaled_rope(tmp_path: Path, recorded: bool) -> None:
         assert_parity(out, plain)
 
 
+def test_model_card_tags_llama_and_names_the_base_model(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    ckpt = save_meta(make_llama(2, tie=False, **GQA), tmp_path / "m")
+    args = ["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "--base_model", "meta-llama/Llama-3.2-1B"]
+    assert main([*args, "--model_name", "my-llama", "-q"]) == 0
+    card = ModelCard.load(tmp_path / "hf" / "README.md")
+    assert card.data.tags[0] == "llama" and card.data.base_model == "meta-llama/Llama-3.2-1B"
+    assert "| activation | silu |" in card.text and "consolidated.00.pth (meta)" in card.text
+    plain = ModelCard.load(convert_checkpoint(ckpt, tmp_path / "plain") / "README.md")
+    assert plain.data.base_model is None  # never guessed
+
+
 def test_missing_facts_are_refused_naming_the_options(tmp_path: Path) -> None:
     model = make_llama(4, **GQA)
     torch.save(model.state_dict(), tmp_path / "weights.pt")  # no config anywhere
