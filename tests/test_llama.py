@@ -288,6 +288,8 @@ FACTS = dict(n_head=4, rope_theta=1e4, layer_norm_epsilon=1e-5)
         ),
         (lambda sd: None, {**FACTS, "n_kv_heads": 3}, "n_kv_heads=3 does not divide n_heads=4"),
         (lambda sd: None, {**FACTS, "n_head": 5}, "n_heads=5 does not divide dim=32"),
+        (lambda sd: None, {**FACTS, "n_head": 4.0}, "n_heads=4.0 (float) is not a positive integer"),
+        (lambda sd: None, {**FACTS, "n_kv_heads": "2"}, "n_kv_heads='2' (str) is not a positive integer"),
         (lambda sd: sd.pop("layers.1.ffn_norm.weight"), FACTS, "Missing tensor 'layers.1.ffn_norm.weight'"),
         (lambda sd: sd.update({"layers.0.attention.wq.bias": torch.zeros(32)}), FACTS, "layers.0.attention.wq.bias"),
         (

@@ -119,7 +119,7 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         for suffix, dim_names in LLAMA_LAYER_SHAPES.items():
             shapes[f"model.layers.{i}.{suffix}"] = tuple(dims[d] for d in dim_names)
     if not config.get("tie_word_embeddings", False):
-        shapes["lm_head.weight"] = (config["vocab_size"], dims["h"])
+        shapes["lm_head.weight"] = (config_dim(config, "vocab_size"), hidden)
     return shapes
 
 
@@ -181,6 +181,8 @@ class _LlamaFamily:
         if head_dim % 2:
             raise ConversionError(f"head_dim={head_dim} is odd: RoPE rotates pairs; check n_heads={n_heads}.")
         n_kv = facts.n_kv_heads
+        if n_kv is not None:
+            n_kv = positive_int("n_kv_heads", n_kv, "Fix n_kv_heads (n_query_groups) in the model's config.")
         if n_kv is None and kv_rows is not None:
             n_kv = kv_rows // head_dim
         if n_kv is None and qkv_rows is not None:
