@@ -410,10 +410,14 @@ def test_export_hf_live_litgpt_module(tmp_path: Path) -> None:
     assert (hf_logits(path, tokens) - ref_logits(model, tokens)).abs().max().item() <= 1e-4
 
 
-def test_live_module_with_args_instead_of_params(tmp_path: Path) -> None:
+@pytest.mark.parametrize("attribute", ["args", "model_args"])
+def test_live_module_with_args_instead_of_params(tmp_path: Path, attribute: str) -> None:
     model = make_llama(8, **GQA)
-    model.args = model.params  # torchtitan-style / other code keeps its ModelArgs as `args`
+    setattr(model, attribute, model.params)  # torchtitan keeps its ModelArgs as `model_args`
     del model.params
+    # torchtitan's RoPE table is a persistent complex buffer: in the state dict, not a weight.
+    model.register_buffer("freqs_cis", torch.polar(torch.ones(16, 4), torch.rand(16, 4)), persistent=True)
+    assert "freqs_cis" in model.state_dict()
     assert_parity(export_hf(model, 1, tmp_path / "e", dtype="float32"), make_llama(8, **GQA))
 
 
