@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,19 @@ def test_gpt2_checkpoints_ignore_a_tokenizer_model_beside_them(tmp_path: Path, s
     shutil.copy(sp_model, tmp_path / "tokenizer.model")
     out = convert_checkpoint(tmp_path / "ckpt.pt", tmp_path / "hf")
     assert not list(out.glob("tokenizer*"))
+
+
+def test_transformers_4_loads_the_converted_sentencepiece_tokenizer(tmp_path: Path, sp_model: Path) -> None:
+    """The converted tokenizer loads under transformers 4.x exactly as under 5.x (CI's ``.venv-tf4``)."""
+    from test_tokenizer import run_probe, tf4_python
+
+    python = tf4_python()
+    if python is None:
+        pytest.skip("no transformers 4.x interpreter (.venv-tf4, or HFEXPORT_TF4_PYTHON)")
+    ckpt = save_llama2c(make_llama(0, vocab_size=320), tmp_path / "ckpt.pt")
+    out = convert_checkpoint(ckpt, tmp_path / "hf", tokenizer=sp_model)
+    old, new = run_probe(python, [out], tmp_path)[str(out)], run_probe(sys.executable, [out], tmp_path)[str(out)]
+    assert old["transformers"].startswith("4.")
+    for key in ("len", "eos_token_id", "bos_token_id", "ids", "decoded"):
+        assert old[key] == new[key], key
+    assert old["bos_token_id"] == 1 and old["ids"][0] == 1
