@@ -24,6 +24,7 @@ import torch
 from . import architectures
 from .architectures import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from .card import render_model_card
+from .chunkio import resolve_io
 from .errors import ConversionError
 from .llama_tokenizer import llama_tokenizer_source
 from .pages import MappedCheckpoint
@@ -217,6 +218,7 @@ def write_export(
     allow_nonfinite: bool = False,
     progress: bool | None = None,
     workers: int | None = 1,
+    io: str = "buffered",
     protected: Sequence[str | os.PathLike[str]] = (),
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
@@ -238,6 +240,8 @@ def write_export(
         progress: Progress bar (``None``: only on a terminal).
         workers: Threads producing and writing the weights (``None``: one per CPU, at most 4; ``1``: the calling
             thread only, what the exporter uses so that a background export leaves the cores to training).
+        io: How the weights reach the disk (:func:`hfexport.chunkio.write_shard`): ``"buffered"`` (default,
+            what the exporter uses), ``"auto"`` or ``"direct"``.
         protected: Paths the output directory must not hold (the checkpoint being read).
     """
     from . import __version__
@@ -290,6 +294,7 @@ def write_export(
         protected=protected,
         progress=progress,
         workers=default_workers() if workers is None else workers,
+        io=io,
     )
     if tok is None and source.automatic:
         source.report_missing(config.get("vocab_size"))
@@ -369,6 +374,7 @@ def convert_checkpoint(
     force: bool = False,
     allow_nonfinite: bool = False,
     progress: bool | None = None,
+    io: str = "auto",
 ) -> Path:
     """Convert a nanoGPT-family or Llama-style checkpoint file into a verified Hugging Face directory.
 
@@ -399,6 +405,10 @@ def convert_checkpoint(
             file-system root.
         allow_nonfinite: Write NaN/inf values instead of refusing.
         progress: Progress bar; ``None`` shows it on a terminal only.
+        io: How the weights reach the disk: ``"auto"`` (default: through the page cache, switching to direct I/O
+            once 64 MB went slower than 2 GB/s, as on VMs that return free memory to their host), ``"buffered"``
+            (the page cache only) or ``"direct"`` (direct I/O where the file system allows it). The environment
+            variable ``HFEXPORT_DIRECT_IO`` (``0``, ``1``, ``auto``) overrides it.
 
     Returns:
         The output directory.
@@ -417,6 +427,7 @@ def convert_checkpoint(
 
     torch_dtype = resolve_dtype(dtype)
     parse_size(max_shard_size)
+    resolve_io(io)  # a bad value fails before the (possibly long) load
     source = resolve_checkpoint_path(path)
     protected = [source] + ([Path(tokenizer)] if isinstance(tokenizer, (str, os.PathLike)) else [])
     out = check_output_path(output_dir, force=force, protected=protected)  # before the (possibly long) load
@@ -471,6 +482,7 @@ def convert_checkpoint(
             allow_nonfinite=allow_nonfinite,
             progress=progress,
             workers=None,
+            io=io,
             protected=protected,
         )
         if mapped:

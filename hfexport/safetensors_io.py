@@ -4,16 +4,15 @@
 instead (the header only needs names, dtypes and shapes, which are known up front, so every tensor's place in
 the file is known before any of it is produced). Each tensor is cut into chunks of about 8 MB along its first
 dimension (a transposed weight is produced whole: its rows are the source's columns), and
-:func:`hfexport.chunkio.write_chunks` produces, writes and checks the chunks with one or more worker threads.
-Memory held: a staging buffer and a read-back buffer per worker, never a whole model. The format written is the
-standard one (8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then the raw
-bytes). :func:`read_header` reads it back, as strictly as ``safetensors`` does, for every verification.
+:func:`hfexport.chunkio.write_shard` produces and writes them. Memory held: a few staging buffers, never a whole
+model. The format written is the standard one (8-byte little-endian header length, JSON header padded with
+spaces to 8 bytes, then the raw bytes). :func:`read_header` reads it back, as strictly as ``safetensors`` does,
+for every verification.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import struct
@@ -25,11 +24,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .checksum import crc32_concat
-from .chunkio import Chunk, ChunkedFile, write_chunks
+from .chunkio import Chunk, WrittenFile, write_shard
 from .errors import FileFormatError
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "DTYPE_NAMES",
@@ -37,7 +33,6 @@ __all__ = [
     "OutputTensor",
     "TensorRecord",
     "read_header",
-    "tensor_bytes",
     "write_safetensors",
 ]
 
@@ -85,13 +80,10 @@ WHOLE_MAX = 64 << 20  # tensors that prefer to be produced whole (transposes) ar
 class OutputTensor:
     """One tensor to write: its header facts up front, its data produced on demand, in pieces.
 
-    Give ``fill`` (preferred) or ``get``.
-
     Attributes:
         name: The tensor's name in the file.
         dtype: Its dtype.
         shape: Its shape.
-        get: Returns the whole tensor (contiguous, CPU, ``dtype`` and ``shape``).
         fill: ``fill(out, start, stop)`` writes rows ``start:stop`` (along the first dimension) into ``out``, a
             contiguous CPU tensor of ``dtype`` and shape ``(stop - start, *shape[1:])`` (for a 0-d tensor:
             shape ``()``, rows ``0:1``). May be called from several threads at once, for different rows.
@@ -103,23 +95,13 @@ class OutputTensor:
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
-    get: Callable[[], torch.Tensor] | None = None
-    fill: Callable[[torch.Tensor, int, int], None] | None = None
+    fill: Callable[[torch.Tensor, int, int], None]
     whole: bool = False
     done: Callable[[], None] | None = None
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
-
-    def materialize(self) -> torch.Tensor:
-        """The whole tensor, as a new contiguous CPU tensor (what the writer streams, in one piece)."""
-        if self.fill is None:
-            assert self.get is not None, f"OutputTensor {self.name!r} has neither fill nor get"
-            return self.get()
-        out = torch.empty(self.shape, dtype=self.dtype)
-        self.fill(out, 0, self.shape[0] if self.shape else 1)
-        return out
 
 
 @dataclass
@@ -130,16 +112,7 @@ class TensorRecord:
     dtype: torch.dtype
     shape: tuple[int, ...]
     nbytes: int
-    crc32: int = 0
     file: str = ""
-
-
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """A zero-copy byte view of a contiguous CPU tensor."""
-    if tensor.numel() == 0:
-        return memoryview(b"")
-    flat = tensor.reshape(-1).view(torch.uint8)
-    return memoryview(flat.numpy()).cast("B")
 
 
 def _header(records: list[TensorRecord], metadata: dict[str, str]) -> bytes:
@@ -163,33 +136,34 @@ def write_safetensors(
     tensors: Sequence[OutputTensor],
     *,
     metadata: dict[str, str] | None = None,
+    io: str = "buffered",
     workers: int = 1,
     on_progress: Callable[[int], None] | None = None,
-) -> ChunkedFile:
+) -> WrittenFile:
     """Create a safetensors file whose tensors are produced chunk by chunk (see :mod:`hfexport.chunkio`).
 
     Args:
         path: The file to create (it must not exist).
-        records: Name, dtype and shape of each tensor, in file order (``tensors``' order). Their ``crc32`` is
-            filled in.
+        records: Name, dtype and shape of each tensor, in file order (``tensors``' order).
         tensors: How to produce each tensor.
         metadata: The header's ``__metadata__``; ``{"format": "pt"}`` by default.
-        workers: Threads producing and writing chunks in parallel (``1``: the calling thread only).
-        on_progress: Called with the byte count of every tensor chunk written and checked.
+        io: How the bytes reach the disk: ``"buffered"`` (default), ``"auto"`` or ``"direct"``
+            (:func:`hfexport.chunkio.write_shard`).
+        workers: Threads producing chunks in parallel (``1``: the calling thread only).
+        on_progress: Called with the byte count of every tensor chunk written.
 
     Returns:
         The file's size and CRC-32.
 
     Raises:
-        ValueError: ``records`` and ``tensors`` disagree, or a ``get`` returned the wrong dtype or shape.
+        ValueError: ``records`` and ``tensors`` disagree.
     """
     if len(records) != len(tensors):
         raise ValueError(f"{len(records)} tensors announced, {len(tensors)} given")
     head = _header(records, metadata or {"format": "pt"})
     chunks = [Chunk(0, torch.uint8, (len(head),), data=head)]
-    owners = [-1]
     offset = len(head)
-    for i, (rec, tensor) in enumerate(zip(records, tensors, strict=True)):
+    for rec, tensor in zip(records, tensors, strict=True):
         if tensor.dtype != rec.dtype or tuple(tensor.shape) != rec.shape:
             raise ValueError(
                 f"Tensor {rec.name!r} is {tensor.dtype} {tuple(tensor.shape)}, the header says {rec.dtype} {rec.shape}"
@@ -197,16 +171,9 @@ def write_safetensors(
         pieces = _chunks(tensor, offset)
         if tensor.done is not None:
             _call_when_all_produced(pieces, tensor.done)
-        for chunk in pieces:
-            chunks.append(chunk)
-            owners.append(i)
-            offset += chunk.nbytes
-    result = write_chunks(path, chunks, workers=workers, on_progress=on_progress)
-    for i, rec in enumerate(records):
-        rec.crc32 = crc32_concat(
-            (crc, ch.nbytes) for crc, ch, owner in zip(result.chunk_crc32, chunks, owners, strict=True) if owner == i
-        )
-    return result
+        chunks.extend(pieces)
+        offset += tensor.nbytes
+    return write_shard(path, chunks, io=io, workers=workers, on_progress=on_progress)
 
 
 def _chunks(tensor: OutputTensor, offset: int) -> list[Chunk]:
@@ -214,8 +181,6 @@ def _chunks(tensor: OutputTensor, offset: int) -> list[Chunk]:
     shape = tuple(tensor.shape)
     nbytes = tensor.nbytes
     rows = shape[0] if shape else 1
-    if tensor.fill is None:
-        return [Chunk(offset, tensor.dtype, shape, produce=_from_get(tensor))]
     fill = tensor.fill
     if not shape or nbytes <= CHUNK_BYTES or rows <= 1 or (tensor.whole and nbytes <= WHOLE_MAX):
         return [Chunk(offset, tensor.dtype, shape, produce=lambda out: fill(out, 0, rows))]
@@ -253,22 +218,6 @@ def _call_when_all_produced(chunks: list[Chunk], done: Callable[[], None]) -> No
                 done()
 
         chunk.produce = counted
-
-
-def _from_get(tensor: OutputTensor) -> Callable[[torch.Tensor], None]:
-    assert tensor.get is not None, f"OutputTensor {tensor.name!r} has neither fill nor get"
-    get = tensor.get
-
-    def produce(out: torch.Tensor) -> None:
-        value = get()
-        if value.dtype != tensor.dtype or tuple(value.shape) != tuple(tensor.shape):
-            raise ValueError(
-                f"Tensor {tensor.name!r} is {value.dtype} {tuple(value.shape)}, the header says "
-                f"{tensor.dtype} {tuple(tensor.shape)}"
-            )
-        out.copy_(value)
-
-    return produce
 
 
 def read_header(fh: BinaryIO) -> tuple[dict[str, Any], int]:

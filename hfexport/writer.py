@@ -1,7 +1,7 @@
 """Writing a Hugging Face model directory atomically, then proving it holds what was meant.
 
 Everything goes into a hidden temporary sibling (``.NAME.tmp-PID-XXXX``) of the target: safetensors shards
-(produced and written chunk by chunk, each chunk read back and compared as soon as it is written: see
+(produced and written chunk by chunk, their CRC-32 computed as they are written: see
 :mod:`hfexport.chunkio`) and their index, ``config.json`` and the other small files, the tokenizer, and
 ``hfexport.json`` (a manifest with every file's size and CRC-32). Each file and the directory are fsynced, the
 result is verified again as a whole by :func:`hfexport.dircheck.check_directory` (every shard's header checked as
@@ -283,12 +283,13 @@ def write_hf_directory(
     protected: Sequence[str | os.PathLike[str]] = (),
     progress: bool | None = None,
     workers: int = 1,
+    io: str = "buffered",
 ) -> WriteResult:
     """Write a complete Hugging Face directory atomically and verify it.
 
     Args:
         output_dir: The directory to publish.
-        tensors: The tensors, in file order; each is produced (``get()``) just before it is written.
+        tensors: The tensors, in file order; each is produced (``fill``) chunk by chunk as it is written.
         files: Other files: name → content (``config.json``, ``generation_config.json``, ``README.md``, ...).
         manifest: Facts for ``hfexport.json`` (step, dtype, ...); file sizes and checksums are added.
         tokenizer: A tokenizer to write (``tokenizer.json`` + ``tokenizer_config.json``): an
@@ -299,7 +300,9 @@ def write_hf_directory(
             :func:`check_output_path`).
         protected: Paths the output directory must not hold (the checkpoint being read).
         progress: Show a progress bar; ``None`` shows it only on a terminal.
-        workers: Threads producing and writing the weights in parallel (``1``: the calling thread only).
+        workers: Threads producing the weights in parallel (``1``: the calling thread only).
+        io: How the weights reach the disk: ``"buffered"`` (default), ``"auto"`` or ``"direct"`` (see
+            :func:`hfexport.chunkio.write_shard`; ``HFEXPORT_DIRECT_IO`` overrides it).
 
     Returns:
         What was written.
@@ -326,7 +329,7 @@ def write_hf_directory(
         _remove_created(created)
         raise
     try:
-        result = _write_all(tmp, tensors, files, manifest, tokenizer, max_shard, progress, workers)
+        result = _write_all(tmp, tensors, files, manifest, tokenizer, max_shard, progress, workers, io)
         shard_files = sorted({tmp / rec.file for rec in result.records})
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-fsync") as pool:
             # The disk flush and the final verification overlap; nothing is published before both are done.
@@ -387,6 +390,7 @@ def _write_all(
     max_shard: int,
     progress: bool | None,
     workers: int,
+    io: str,
 ) -> _Written:
     from tqdm.auto import tqdm
 
@@ -410,8 +414,7 @@ def _write_all(
         for i, shard in enumerate(shards):
             fname = SINGLE_FILE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             recs = [TensorRecord(t.name, t.dtype, t.shape, t.nbytes, file=fname) for t in shard]
-            written = write_safetensors(tmp / fname, recs, shard, workers=workers, on_progress=advance)
-            # fsynced by write_hf_directory, while the directory is verified
+            written = write_safetensors(tmp / fname, recs, shard, io=io, workers=workers, on_progress=advance)
             records.extend(recs)
             sizes[fname] = written.size
             checksums[fname] = f"{written.crc32:08x}"
@@ -480,8 +483,7 @@ def _tokenizer_files(tokenizer: Any, protected: set[str]) -> dict[str, bytes]:
 def _verify(tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes], checksums: Mapping[str, str]) -> None:
     """Reopen everything and compare it with what was meant to be written (:func:`check_directory`).
 
-    The tensor bytes were read back and compared chunk by chunk as they were written (:mod:`hfexport.chunkio`);
-    this checks each shard's header as strictly as ``safetensors`` does and against the records (names, dtypes,
+    This checks each shard's header as strictly as ``safetensors`` does and against the records (names, dtypes,
     shapes, offsets, sizes), the index, and the small files' contents.
 
     Raises:

@@ -7,7 +7,15 @@ import torch
 from exportkit import expected_hf_tensors, tiny_gpt, weights_copy
 
 from hfexport import ConversionError
+from hfexport.safetensors_io import OutputTensor
 from hfexport.snapshot import global_rank, plan_for_model, snapshot_outputs, take_snapshot
+
+
+def produced(output: OutputTensor) -> torch.Tensor:
+    """The whole tensor, as the writer's producer fills it (all rows in one call)."""
+    out = torch.empty(output.shape, dtype=output.dtype)
+    output.fill(out, 0, output.shape[0] if output.shape else 1)
+    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -28,7 +36,7 @@ def test_snapshot_owns_copies_of_its_steps_weights(dtype: torch.dtype) -> None:
     outputs = snapshot_outputs(snapshot)  # what the writer thread reads
     assert [o.name for o in outputs] == [tp.name for tp in snapshot.plan.tensors]
     for output in outputs:
-        tensor = output.materialize()
+        tensor = produced(output)
         assert output.shape == tuple(expected[output.name].shape) and output.dtype == dtype
         assert tensor.is_contiguous() and torch.equal(tensor, expected[output.name]), output.name
     assert snapshot.nbytes == sum(t.numel() * t.element_size() for t in expected.values())
@@ -61,9 +69,9 @@ def test_nonfinite_weights_fail_in_the_writer_not_in_the_snapshot() -> None:
     snapshot = take_snapshot(plan_for_model(model), torch.bfloat16)  # cheap: no check on the training path
     outputs = {o.name: o for o in snapshot_outputs(snapshot)}
     with pytest.raises(ConversionError, match=r"transformer\.h\.0\.mlp\.c_fc\.weight holds 1 non-finite"):
-        outputs["transformer.h.0.mlp.c_fc.weight"].materialize()
+        produced(outputs["transformer.h.0.mlp.c_fc.weight"])
     allowed = {o.name: o for o in snapshot_outputs(snapshot, allow_nonfinite=True)}
-    assert allowed["transformer.h.0.mlp.c_fc.weight"].materialize().isnan().sum() == 1
+    assert produced(allowed["transformer.h.0.mlp.c_fc.weight"]).isnan().sum() == 1
 
 
 def test_float16_overflow_suggests_bfloat16() -> None:
@@ -73,7 +81,7 @@ def test_float16_overflow_suggests_bfloat16() -> None:
     snapshot = take_snapshot(plan_for_model(model), torch.float16)
     outputs = {o.name: o for o in snapshot_outputs(snapshot)}
     with pytest.raises(ConversionError, match="bfloat16"):
-        outputs["transformer.wpe.weight"].materialize()
+        produced(outputs["transformer.wpe.weight"])
 
 
 def test_missing_n_head_names_config() -> None:

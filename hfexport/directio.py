@@ -1,0 +1,174 @@
+"""The Linux direct-I/O path of :func:`hfexport.chunkio.write_shard` (``io="direct"`` or ``"auto"``).
+
+Writing into the page cache means copying every byte into freshly allocated page-cache pages. Where fresh memory
+is expensive, e.g. on a virtual machine that gives free memory back to its host (virtio-balloon free page
+reporting), that copy is the slowest part of an export; with ``O_DIRECT`` the bytes go from the staging buffer
+to the device instead (DMA), and a large export does not evict the training data's cache either
+(``benchmarks/README.md`` has the figures).
+
+* ``"direct"``: the file is preallocated (``fallocate``: a full disk fails before anything is written) and every
+  chunk's whole 4096-byte blocks go out with ``O_DIRECT``.
+* ``"auto"``: chunks go through the plain writer (exactly ``"buffered"``), timed. Once ``PROBE_BYTES`` of them
+  went slower than ``SLOW_BYTES_PER_S``, the rest of the file is preallocated and goes out with ``O_DIRECT``.
+
+A chunk is produced at its file offset modulo 4096 in its page-aligned staging buffer, so its whole blocks are
+aligned both in memory and in the file; the partial blocks at its two edges (< 4 KiB each) go through the page
+cache (``pwrite``). The two never overlap, so the kernel keeps them coherent.
+
+Every range written with ``O_DIRECT`` is read back with ``O_DIRECT`` (from the device, not from a cache of this
+process's own bytes) and compared with the staging buffer; a difference is a :class:`VerificationError`. Bytes
+that went through the page cache are not read back: such a read would only return the page cache's copy.
+
+If the file system refuses ``O_DIRECT`` (``EINVAL``, e.g. tmpfs), everything goes through the page cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import time
+from typing import BinaryIO
+
+import torch
+
+from .chunkio import ALIGN, ChunkWriter, StagingBuffer
+from .errors import VerificationError
+from .fsutil import libc_function
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DirectWriter"]
+
+PROBE_BYTES = 64 << 20  # "auto": page-cache writes timed per decision
+SLOW_BYTES_PER_S = 2e9  # "auto": page-cache writes slower than this switch to direct I/O
+
+
+class DirectWriter:
+    """A :class:`~hfexport.chunkio.ChunkWriter` that writes whole blocks with ``O_DIRECT`` (now or once slow).
+
+    Args:
+        fh: The file, opened for writing by :func:`~hfexport.chunkio.write_shard`.
+        path: Its path (to open it again with ``O_DIRECT``).
+        total: Its final size.
+        plain: The plain writer, used until direct I/O starts (``"auto"``).
+        always: Direct I/O from the first byte (``"direct"``) instead of once the page cache is slow (``"auto"``).
+    """
+
+    def __init__(
+        self, fh: BinaryIO, path: str | os.PathLike[str], total: int, *, plain: ChunkWriter, always: bool
+    ) -> None:
+        self.fd = fh.fileno()
+        self.path = os.fspath(path)
+        self.total = total
+        self.plain = plain
+        self.direct_fd = -1
+        self.refused = False  # the file system does not do direct I/O
+        self.readback: StagingBuffer | None = None
+        self.direct_bytes = 0
+        self.probe_bytes = 0
+        self.probe_seconds = 0.0
+        if always:
+            self._start(0)
+
+    def write(self, staging: StagingBuffer, start: int, offset: int, n: int) -> None:
+        if self.direct_fd == -1:
+            began = time.perf_counter()
+            self.plain.write(staging, start, offset, n)
+            if not self.refused:
+                self._probe(n, time.perf_counter() - began, offset + n)
+            return
+        end = offset + n
+        lo, hi = -(-offset // ALIGN) * ALIGN, end - end % ALIGN  # the chunk's whole blocks: [lo, hi)
+        first = offset - start  # the file offset of staging's byte 0 (a multiple of ALIGN)
+        if lo >= hi:
+            _pwrite_all(self.fd, staging.view[start : start + n], offset)
+            return
+        _pwrite_all(self.direct_fd, staging.view[lo - first : hi - first], lo)
+        self._check(staging, lo - first, lo, hi - lo)
+        self.direct_bytes += hi - lo
+        for a, b in ((offset, lo), (hi, end)):  # the partial blocks at the edges
+            if a < b:
+                _pwrite_all(self.fd, staging.view[a - first : b - first], a)
+
+    def close(self) -> int:
+        if self.direct_fd != -1:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
+        if self.readback is not None:
+            self.readback.close()
+            self.readback = None
+        return self.direct_bytes
+
+    def _probe(self, n: int, seconds: float, position: int) -> None:
+        """Judge the page cache over every ``PROBE_BYTES`` written; go direct from ``position`` when it is slow.
+
+        Judged again and again: fresh pages can be cheap at first (memory freed moments ago) and turn expensive
+        once those are used up.
+        """
+        self.probe_bytes += n
+        self.probe_seconds += seconds
+        if self.probe_bytes < PROBE_BYTES:
+            return
+        rate = self.probe_bytes / max(self.probe_seconds, 1e-9)
+        self.probe_bytes, self.probe_seconds = 0, 0.0
+        if rate < SLOW_BYTES_PER_S and position < self.total:
+            logger.debug("page-cache writes at %.2f GB/s: direct I/O from byte %d on", rate / 1e9, position)
+            self._start(position)
+
+    def _start(self, position: int) -> None:
+        """Preallocate the rest of the file from ``position`` and open it with ``O_DIRECT``."""
+        _preallocate(self.fd, position, self.total - position)
+        try:
+            self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            logger.debug("no direct I/O for %s (%s): writing through the page cache", self.path, exc)
+            self.refused = True
+
+    def _check(self, staging: StagingBuffer, start: int, offset: int, n: int) -> None:
+        """Read ``n`` bytes at ``offset`` back from the device; they must equal ``staging``'s bytes at ``start``."""
+        if self.readback is None or len(self.readback.view) < n:
+            if self.readback is not None:
+                self.readback.close()
+            self.readback = StagingBuffer(n)
+        got = 0
+        while got < n:
+            k = os.preadv(self.direct_fd, [self.readback.view[got:n]], offset + got)
+            if k <= 0:
+                break
+            got += k
+        if got < n or not torch.equal(self.readback.tensor[:n], staging.tensor[start : start + n]):
+            problem = f"only {got} bytes" if got < n else "different bytes"
+            raise VerificationError(
+                f"{self.path}: the {n} bytes written with direct I/O at offset {offset} read back from the device "
+                f"as {problem}: the disk does not hold what was written"
+            )
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, f"pwrite wrote {n} bytes at offset {offset}")
+        data = data[n:]
+        offset += n
+
+
+def _preallocate(fd: int, offset: int, length: int) -> None:
+    """Reserve ``length`` bytes from ``offset`` (``fallocate``); raises ``OSError(ENOSPC)`` when they don't fit.
+
+    Where the file system cannot preallocate, nothing happens (the writes allocate as they go). ``libc``'s
+    ``fallocate`` rather than ``os.posix_fallocate``: the latter emulates it by writing every block where the file
+    system lacks it.
+    """
+    fallocate = libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+    if length <= 0 or fallocate is None:
+        return
+    if fallocate(fd, 0, offset, length) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(err, f"{os.strerror(err)}: cannot reserve {length} bytes for {offset + length}-byte file")
+        logger.debug("fallocate unavailable (%s); writing without preallocation", os.strerror(err))
