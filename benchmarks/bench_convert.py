@@ -6,8 +6,8 @@ subprocess, alternating the methods round after round, so each gets its own peak
 
 (a) ``bound``:    mmap-load (``torch.load(weights_only=True, mmap=True)``), cast each distinct tensor to bfloat16,
                   write its bytes to one file, fsync. No transposes, no checks: the work no converter can avoid.
-(b) ``hfexport``: ``hfexport.convert_checkpoint(..., dtype="bfloat16")`` (transposes, finiteness checks,
-                  CRC-32, every chunk read back and compared, fsync, structural verification, atomic publish).
+(b) ``hfexport``: ``hfexport.convert_checkpoint(..., dtype="bfloat16")`` with its defaults, i.e. what the CLI
+                  does (transposes, finiteness checks, CRC-32, fsync, structural verification, atomic publish).
 (c) ``classic``:  plain ``torch.load`` (no mmap), strip the prefix, transpose the four Conv1D weights, clone
                   ``lm_head`` apart from ``wte``, ``.contiguous()``, cast to bfloat16, ``safetensors.torch.save_file``
                   (then fsync, so that all three pay for durability alike).
@@ -24,6 +24,9 @@ Usage::
     python benchmarks/bench_convert.py                      # GPT-2 774M shape (~3.1 GB), 3 rounds, cold + hot
     python benchmarks/bench_convert.py --memory cold --methods bound,hfexport,hfexport_buffered
     python benchmarks/bench_convert.py --size 124M --repeats 5
+    python benchmarks/bench_convert.py --size tiny --repeats 1 --memory as-is   # does it run? (seconds)
+    python benchmarks/bench_convert.py --compare-src /tmp/old   # + "hfexport_src": the tree in /tmp/old, same rounds
+    HFEXPORT_BENCH_SRC=/tmp/old python benchmarks/bench_convert.py   # every hfexport method from /tmp/old instead
     python benchmarks/bench_convert.py --workdir /tmp/bench --keep   # reuse the checkpoint next time
     python benchmarks/bench_convert.py --size 124M --phases          # where hfexport's time goes, per phase
     python benchmarks/bench_convert.py --size 124M --profile         # cProfile of one hfexport run (main thread)
@@ -64,7 +67,9 @@ DEFAULT_SIZE = {"gpt2": "774M", "llama": "1B"}
 VOCAB = 50257
 BLOCK = 1024
 METHODS = ("bound", "hfexport", "classic")
-EXTRA_METHODS = ("hfexport_buffered",)  # hfexport with HFEXPORT_DIRECT_IO=0: through the page cache
+# hfexport with HFEXPORT_DIRECT_IO=0 (the page cache only) / =1 (direct I/O from the start), and with the checkpoint's
+# pages kept mapped (no madvise): what each of the platform-specific parts brings.
+EXTRA_METHODS = ("hfexport_buffered", "hfexport_direct", "hfexport_keep_pages")
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GOAL_TIME = 1.10  # (b) / (a)
 GOAL_RSS = 1.15  # peak RSS (b) / checkpoint size
@@ -188,10 +193,17 @@ def warm(path: Path) -> None:
 # --- the methods (each runs in its own child process) ------------------------------------------------------------
 
 
-def run_bound(ckpt: Path, out: Path) -> None:
+def tensor_bytes(tensor):  # type: ignore[no-untyped-def]
+    """A zero-copy byte view of a contiguous CPU tensor (the benchmark's own: no hfexport internals)."""
     import torch
 
-    from hfexport.safetensors_io import tensor_bytes
+    if tensor.numel() == 0:
+        return memoryview(b"")
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def run_bound(ckpt: Path, out: Path) -> None:
+    import torch
 
     obj = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     seen: set[int] = set()
@@ -214,7 +226,28 @@ def run_hfexport(ckpt: Path, out: Path) -> None:
 
 
 def run_hfexport_buffered(ckpt: Path, out: Path) -> None:
-    os.environ["HFEXPORT_DIRECT_IO"] = "0"
+    os.environ["HFEXPORT_DIRECT_IO"] = "0"  # the override, understood by old and new trees alike
+    run_hfexport(ckpt, out)
+
+
+def run_hfexport_direct(ckpt: Path, out: Path) -> None:
+    os.environ["HFEXPORT_DIRECT_IO"] = "1"
+    run_hfexport(ckpt, out)
+
+
+def run_hfexport_keep_pages(ckpt: Path, out: Path) -> None:
+    import hfexport.convert
+
+    class KeepPages:  # what MappedCheckpoint is where madvise does not exist: nothing is released
+        released = 0
+
+        def __init__(self, path: object) -> None:
+            pass
+
+        def __bool__(self) -> bool:
+            return False
+
+    hfexport.convert.MappedCheckpoint = KeepPages  # type: ignore[assignment, misc]
     run_hfexport(ckpt, out)
 
 
@@ -280,7 +313,6 @@ def run_phases(ckpt: Path, out: Path) -> None:
 
     from hfexport.architectures import transpose_into
     from hfexport.convert import _all_finite, plan_conversion
-    from hfexport.safetensors_io import tensor_bytes
     from hfexport.sources import load_checkpoint
 
     clock: dict[str, float] = {}
@@ -330,6 +362,9 @@ RUNNERS = {
     "bound": run_bound,
     "hfexport": run_hfexport,
     "hfexport_buffered": run_hfexport_buffered,
+    "hfexport_direct": run_hfexport_direct,
+    "hfexport_keep_pages": run_hfexport_keep_pages,
+    "hfexport_src": run_hfexport,  # from --compare-src's tree (see spawn)
     "classic": run_classic,
     "phases": run_phases,
 }
@@ -371,11 +406,16 @@ def child(method: str, ckpt: Path, out: Path, profile: bool) -> None:
     print(json.dumps({"method": method, "seconds": seconds, "cpu": cpu, "peak_rss": peak_kib * 1024}))
 
 
-def spawn(method: str, ckpt: Path, out: Path, profile: bool = False) -> dict[str, float]:
+def spawn(method: str, ckpt: Path, out: Path, profile: bool = False, src: Path | None = None) -> dict[str, float]:
+    """Run ``method`` in a child; ``hfexport_src`` is ``hfexport`` with the package loaded from ``src``."""
+    env = dict(os.environ)
+    if method == "hfexport_src":
+        assert src is not None
+        env["HFEXPORT_BENCH_SRC"] = str(src)
     cmd = [sys.executable, __file__, "--child", method, "--ckpt", str(ckpt), "--out", str(out)]
     if profile:
         cmd.append("--profile")
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     if profile or method == "phases":
@@ -411,6 +451,13 @@ def main() -> None:
         "default), as-is (no preparation)",
     )
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the checkpoint in --workdir")
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        default=None,
+        help="also run method hfexport_src: hfexport loaded from this source tree (a directory holding hfexport/, "
+        "e.g. from `git archive main hfexport | tar -x -C DIR`), in the same rounds as the others",
+    )
     parser.add_argument("--profile", action="store_true", help="one cProfile'd run of hfexport (main thread)")
     parser.add_argument(
         "--phases", action="store_true", help="hfexport's work phase by phase, serially, with the time of each"
@@ -459,8 +506,13 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             return
 
-        methods = tuple(dict.fromkeys(["bound", "hfexport", *args.methods.split(",")]))
-        unknown = [m for m in methods if m not in METHODS + EXTRA_METHODS]
+        chosen = ["bound", "hfexport", *args.methods.split(",")]
+        if args.compare_src is not None:
+            if not (args.compare_src / "hfexport" / "__init__.py").is_file():
+                raise SystemExit(f"--compare-src {args.compare_src}: no hfexport/__init__.py there")
+            chosen.append("hfexport_src")
+        methods = tuple(dict.fromkeys(chosen))
+        unknown = [m for m in methods if m not in (*METHODS, *EXTRA_METHODS, "hfexport_src")]
         if unknown:
             raise SystemExit(f"unknown methods {unknown}; choose from {METHODS + EXTRA_METHODS}")
         states = ("cold", "hot") if args.memory == "both" else (args.memory,)
@@ -474,11 +526,11 @@ def main() -> None:
                     out = workdir / f"out-{method}"
                     shutil.rmtree(out, ignore_errors=True)
                     prepare_memory(state, workdir, size)
-                    res = spawn(method, ckpt, out)
+                    res = spawn(method, ckpt, out, src=args.compare_src)
                     shutil.rmtree(out, ignore_errors=True)
                     results[state][method].append(res)
                     print(
-                        f"round {r + 1} {state:4s} {method:17s} {res['seconds']:7.2f}s  cpu {res['cpu']:7.2f}s  "
+                        f"round {r + 1} {state:4s} {method:19s} {res['seconds']:7.2f}s  cpu {res['cpu']:7.2f}s  "
                         f"peak RSS {res['peak_rss'] / 1e9:6.2f} GB",
                         flush=True,
                     )
@@ -504,22 +556,23 @@ def report(results: dict[str, list[dict[str, float]]], size: int) -> None:
         for m, rs in results.items()
     }
     print(
-        f"\n{'method':17s} {'median s':>9s} {'vs bound':>9s} {'per round':>10s} {'cpu s':>8s} {'vs bound':>9s} "
+        f"\n{'method':19s} {'median s':>9s} {'vs bound':>9s} {'per round':>10s} {'cpu s':>8s} {'vs bound':>9s} "
         f"{'peak RSS GB':>12s} {'RSS/ckpt':>9s}"
     )
     for m in results:
         print(
-            f"{m:17s} {med[m]:9.2f} {med[m] / med['bound']:8.2f}x {per_round[m]:9.2f}x {cpu[m]:8.2f} "
+            f"{m:19s} {med[m]:9.2f} {med[m] / med['bound']:8.2f}x {per_round[m]:9.2f}x {cpu[m]:8.2f} "
             f"{cpu[m] / cpu['bound']:8.2f}x {rss[m] / 1e9:12.2f} {rss[m] / size:8.2f}x"
         )
     print("(per round: the median over rounds of the method's time divided by the bound's time in the same round)")
-    t_ratio = med["hfexport"] / med["bound"]
-    r_ratio = rss["hfexport"] / size
     print()
-    print(
-        f"goal time  hfexport/bound <= {GOAL_TIME:.2f}x: {t_ratio:.3f}x  {'PASS' if t_ratio <= GOAL_TIME else 'FAIL'}"
-    )
-    print(f"goal RSS   hfexport/ckpt  <= {GOAL_RSS:.2f}x: {r_ratio:.3f}x  {'PASS' if r_ratio <= GOAL_RSS else 'FAIL'}")
+    for m in ("hfexport", "hfexport_src"):
+        if m not in results:
+            continue
+        t_ratio = med[m] / med["bound"]
+        r_ratio = rss[m] / size
+        print(f"goal time  {m}/bound <= {GOAL_TIME:.2f}x: {t_ratio:.3f}x  {'PASS' if t_ratio <= GOAL_TIME else 'FAIL'}")
+        print(f"goal RSS   {m}/ckpt  <= {GOAL_RSS:.2f}x: {r_ratio:.3f}x  {'PASS' if r_ratio <= GOAL_RSS else 'FAIL'}")
 
 
 if __name__ == "__main__":

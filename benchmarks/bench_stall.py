@@ -9,9 +9,12 @@ Measures, in one run and alternating so that machine load affects all alike:
 * bare copy: ``{k: v.to(torch.bfloat16)}`` over the distinct tensors, the lower bound of any snapshot;
 * where the stall goes: ``plan_for_model`` and ``take_snapshot`` timed alone.
 
-Prints medians and the ratios stall/sync (goal <= 0.10: PASS/FAIL) and stall/bare-copy. A script, not a test:
+Prints medians, the ratio stall (writer idle) / bare copy (goal <= 1.25: PASS/FAIL, the exit status) and
+stall/sync. A script, not a test:
 
     python benchmarks/bench_stall.py [--repeats 5] [--dir /tmp/somewhere]
+    python benchmarks/bench_stall.py --layers 2 --embd 128 --repeats 2    # does it run? (seconds)
+    PYTHONPATH=/tmp/old python benchmarks/bench_stall.py                  # another tree's hfexport
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from nanogpt import make_gpt
 from hfexport.exporter import HFExporter, export_hf
 from hfexport.snapshot import plan_for_model, take_snapshot
 
-GOAL = 0.10
+GOAL = 1.25  # stall with the writer idle / a bare bf16 copy of the parameters
 
 
 def bare_copy(model: torch.nn.Module) -> float:
@@ -58,15 +61,22 @@ def fake_train_step(model: torch.nn.Module, ids: torch.Tensor) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=12, help="n_layer (default 12: GPT-2 124M)")
+    parser.add_argument("--embd", type=int, default=768, help="n_embd (default 768; a multiple of 64)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="hfexport-bench-", dir=args.dir))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, writing under {base}")
     t = time.perf_counter()
-    model = make_gpt(0, n_layer=12, n_embd=768, n_head=12, vocab_size=50304, block_size=1024)
+    model = make_gpt(
+        0, n_layer=args.layers, n_embd=args.embd, n_head=max(1, args.embd // 64), vocab_size=50304, block_size=1024
+    )
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"GPT-2 124M: {n_params / 1e6:.1f}M parameters, built in {time.perf_counter() - t:.1f}s")
+    print(
+        f"GPT-2 shape n_layer={args.layers} n_embd={args.embd}: {n_params / 1e6:.1f}M parameters, "
+        f"built in {time.perf_counter() - t:.1f}s"
+    )
     ids = torch.randint(0, 50304, (1, 64))
 
     idle, busy, sync, bare, plan_s, snap_s, forward_s = [], [], [], [], [], [], []
@@ -102,8 +112,10 @@ def main() -> int:
             # Writer busy: only one fake training step since the previous export.
             fake_train_step(model, ids)
             step += 1
-            writing = not exporter._idle.is_set()
-            queued = exporter._queue.full()
+            # private state of the exporter, read only for the report (absent in other versions: "?")
+            idle_event, queue = getattr(exporter, "_idle", None), getattr(exporter, "_queue", None)
+            writing = idle_event is not None and not idle_event.is_set()
+            queued = queue is not None and queue.full()
             t = time.perf_counter()
             exporter.maybe_export(model, step)
             busy.append(time.perf_counter() - t)
@@ -141,11 +153,10 @@ def main() -> int:
     for name, values in rows:
         print(f"  {name:34s} {med(values):8.3f}   [{', '.join(f'{v:.3f}' for v in values)}]")
     print(f"  writer state at the busy calls: {busy_state}")
-    ratio = med(idle) / med(sync)
-    ratio_busy = med(busy) / med(sync)
-    print(f"\nstall/sync (writer idle) = {ratio:.3f}  goal <= {GOAL:.2f}: {'PASS' if ratio <= GOAL else 'FAIL'}")
-    print(f"stall/sync (writer busy) = {ratio_busy:.3f}  {'PASS' if ratio_busy <= GOAL else 'FAIL'}")
-    print(f"stall/bare-copy (writer idle) = {med(idle) / med(bare):.2f}x, (writer busy) = {med(busy) / med(bare):.2f}x")
+    ratio = med(idle) / med(bare)
+    print(f"\nstall/bare-copy (writer idle) = {ratio:.2f}x  goal <= {GOAL:.2f}x: {'PASS' if ratio <= GOAL else 'FAIL'}")
+    print(f"stall/bare-copy (writer busy) = {med(busy) / med(bare):.2f}x")
+    print(f"stall/sync (writer idle) = {med(idle) / med(sync):.3f}, (writer busy) = {med(busy) / med(sync):.3f}")
     return 0 if ratio <= GOAL else 1
 
 

@@ -460,3 +460,42 @@ def test_verify_reports_malformed_files_with_exit_1(
     assert "error: config.json is a JSON list, not an object" in err
     assert any(line.startswith("error: '../../etc/passwd' (listed in hfexport.json) is not a plain") for line in err)
     assert all(line.startswith("error: ") and "unexpected" not in line for line in err), err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="direct I/O: Linux")
+def test_convert_io_option_reaches_the_writer(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--io picks how the weights are written (auto by default); HFEXPORT_DIRECT_IO overrides it; bad values exit 2."""
+    from hfexport import directio
+
+    made: list[bool] = []
+    real_init = directio.DirectWriter.__init__
+
+    def spy(self: directio.DirectWriter, *args: object, always: bool, **kwargs: object) -> None:
+        made.append(always)
+        real_init(self, *args, always=always, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(directio.DirectWriter, "__init__", spy)
+    monkeypatch.delenv("HFEXPORT_DIRECT_IO", raising=False)
+    seen = {}
+    for name, extra in [("default", []), ("buffered", ["--io", "buffered"]), ("direct", ["--io", "direct"])]:
+        made.clear()
+        assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / name), "--quiet", *extra]) == 0
+        seen[name] = list(made)
+    assert seen == {"default": [False], "buffered": [], "direct": [True]}  # default: auto (page cache until slow)
+    assert (tmp_path / "direct" / "model.safetensors").read_bytes() == (
+        tmp_path / "buffered" / "model.safetensors"
+    ).read_bytes()
+
+    monkeypatch.setenv("HFEXPORT_DIRECT_IO", "0")
+    made.clear()
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "env"), "--quiet", "--io", "direct"]) == 0
+    assert made == []
+    monkeypatch.setenv("HFEXPORT_DIRECT_IO", "maybe")
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "bad_env")]) == 2
+    assert "HFEXPORT_DIRECT_IO='maybe'" in error_lines(capsys.readouterr().err)[0]
+    assert not (tmp_path / "bad_env").exists()
+    with pytest.raises(SystemExit) as info:
+        main(["convert", str(ckpt), "--output_dir", str(tmp_path / "bad"), "--io", "fast"])
+    assert info.value.code == 2 and "--io" in capsys.readouterr().err

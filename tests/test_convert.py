@@ -239,9 +239,9 @@ def test_sharded_output_loads_with_equal_logits(tmp_path: Path) -> None:
     assert float((hf_logits(out, ids) - ref_logits(model, ids)).abs().max()) <= 1e-5
 
 
-@pytest.mark.parametrize("direct_io", ["1", "0"])
+@pytest.mark.parametrize("io", ["direct", "buffered"])
 def test_small_chunks_and_parallel_workers_write_the_same_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_io: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, io: str
 ) -> None:
     """Tensors cut into many chunks (transposes by column ranges), three workers, direct I/O on or off: the files
     are byte for byte those of a conversion with the defaults, and load with the model's logits."""
@@ -254,7 +254,7 @@ def test_small_chunks_and_parallel_workers_write_the_same_bytes(
     ckpt = save_nanogpt(model, tmp_path / "ckpt.pt")
     reference = convert_checkpoint(ckpt, tmp_path / "reference", dtype="float32", vocab_size=100)
 
-    monkeypatch.setenv("HFEXPORT_DIRECT_IO", direct_io)
+    monkeypatch.delenv("HFEXPORT_DIRECT_IO", raising=False)
     monkeypatch.setattr(safetensors_io, "CHUNK_BYTES", 1000)
     monkeypatch.setattr(safetensors_io, "WHOLE_MAX", 3000)
     monkeypatch.setattr(convert_module, "default_workers", lambda: 3)
@@ -262,7 +262,7 @@ def test_small_chunks_and_parallel_workers_write_the_same_bytes(
     outputs = output_tensors(plan_conversion(loaded.state_dict, loaded.facts, vocab_size=100), torch.float32)
     pieces = {o.name: len(safetensors_io._chunks(o, 0)) for o in outputs}
     assert pieces["transformer.h.0.mlp.c_fc.weight"] > 4 and pieces["transformer.wte.weight"] > 4
-    out = convert_checkpoint(ckpt, tmp_path / "chunked", dtype="float32", vocab_size=100)
+    out = convert_checkpoint(ckpt, tmp_path / "chunked", dtype="float32", vocab_size=100, io=io)
 
     for name in ("model.safetensors", "config.json"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
@@ -522,3 +522,9 @@ def test_failed_conversion_removes_only_the_parents_it_created(tmp_path: Path) -
     with pytest.raises(ConversionError, match="NaN"):
         convert_checkpoint(ckpt, tmp_path / "exports" / "run1" / "step_1" / "hf", dtype="float32")
     assert list((tmp_path / "exports").iterdir()) == []
+
+
+def test_a_bad_io_mode_is_refused_before_the_checkpoint_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="Invalid io 'fast': choose one of auto, buffered, direct"):
+        convert_checkpoint(tmp_path / "not-read.pt", tmp_path / "hf", io="fast")
+    assert list(tmp_path.iterdir()) == []
