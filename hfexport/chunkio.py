@@ -113,8 +113,11 @@ class ChunkWriter(Protocol):
     def write(self, staging: StagingBuffer, start: int, offset: int, n: int) -> None:
         """Write ``n`` bytes of ``staging`` from ``start`` at file offset ``offset`` (where the last write ended)."""
 
-    def close(self) -> int:
-        """Release what the writer holds; returns how many bytes went out with direct I/O."""
+    def settle(self, staging: StagingBuffer) -> None:
+        """Return once the writer is done with ``staging`` (it is about to be refilled); raise what went wrong."""
+
+    def close(self, *, check: bool) -> int:
+        """Wait for pending work and release it all; raise its errors if ``check``. Returns the direct bytes."""
 
 
 def resolve_io(io: str = "buffered") -> str:
@@ -170,24 +173,33 @@ def write_shard(
             raise ValueError(f"a chunk at {ch.offset} has {len(ch.data)} bytes, its shape says {ch.nbytes}")
         total += ch.nbytes
     mode = resolve_io(io)
+    workers = max(1, min(workers, len(chunks)))
+    size = max((ch.nbytes for ch in chunks), default=0) + ALIGN
+    buffers = [StagingBuffer(size) for _ in range(2 * workers)]
     crc = 0
-    with open(path, "xb", buffering=0) as fh:
-        writer: ChunkWriter = _PlainWriter(fh)
-        if mode != "buffered":
-            from . import directio  # imports this module (ChunkWriter, StagingBuffer): imported here, no cycle
+    try:
+        with open(path, "xb", buffering=0) as fh:
+            writer: ChunkWriter = _PlainWriter(fh)
+            if mode != "buffered":
+                from . import directio  # imports this module (ChunkWriter, StagingBuffer): imported here, no cycle
 
-            writer = directio.DirectWriter(fh, path, total, plain=writer, always=mode == "direct")
-        try:
-            # closing(): on any error the producers are stopped here, before the file is closed
-            with contextlib.closing(_produced(chunks, workers)) as produced:
-                for ch, staging, start in produced:
-                    crc = zlib.crc32(staging.view[start : start + ch.nbytes], crc)
-                    writer.write(staging, start, ch.offset, ch.nbytes)
-                    if on_progress is not None and ch.data is None:
-                        on_progress(ch.nbytes)
-        finally:
-            direct_bytes = writer.close()
-        os.fsync(fh.fileno())
+                writer = directio.DirectWriter(fh, path, total, plain=writer, always=mode == "direct")
+            try:
+                # closing(): on any error the producers are stopped here, before the file is closed
+                with contextlib.closing(_produced(chunks, workers, buffers, writer.settle)) as produced:
+                    for ch, staging, start in produced:
+                        crc = zlib.crc32(staging.view[start : start + ch.nbytes], crc)
+                        writer.write(staging, start, ch.offset, ch.nbytes)
+                        if on_progress is not None and ch.data is None:
+                            on_progress(ch.nbytes)
+            except BaseException:
+                writer.close(check=False)  # waits for what still uses the buffers; the first error is the one raised
+                raise
+            direct_bytes = writer.close(check=True)
+            os.fsync(fh.fileno())
+    finally:
+        for staging in buffers:
+            staging.close()
     return WrittenFile(total, crc, "direct" if direct_bytes else "buffered", direct_bytes)
 
 
@@ -205,25 +217,30 @@ class _PlainWriter:
                 raise OSError(f"write() wrote nothing at offset {offset + n - len(view)}")
             view = view[written:]
 
-    def close(self) -> int:
+    def settle(self, staging: StagingBuffer) -> None:
+        pass
+
+    def close(self, *, check: bool) -> int:
         return 0
 
 
-def _produced(chunks: Sequence[Chunk], workers: int) -> Iterator[tuple[Chunk, StagingBuffer, int]]:
+def _produced(
+    chunks: Sequence[Chunk],
+    workers: int,
+    buffers: list[StagingBuffer],
+    settle: Callable[[StagingBuffer], None],
+) -> Iterator[tuple[Chunk, StagingBuffer, int]]:
     """Yield ``(chunk, staging, start)`` in file order, with the chunk's bytes at ``staging.view[start:]``.
 
-    ``start`` is the chunk's file offset modulo :data:`ALIGN`. With ``workers > 1``, producer threads fill up to
-    ``2 * workers`` chunks ahead; a staging buffer is reused once the caller asks for the next chunk.
+    ``start`` is the chunk's file offset modulo :data:`ALIGN`. The chunks are produced into ``buffers`` in turn,
+    each after ``settle(buffer)`` (the writer is done with it); with ``workers > 1`` by producer threads, up to
+    ``len(buffers)`` chunks ahead of the caller.
     """
-    size = max((ch.nbytes for ch in chunks), default=0) + ALIGN
-    workers = max(1, min(workers, len(chunks)))
     if workers == 1:
-        staging = StagingBuffer(size)
-        try:
-            for ch in chunks:
-                yield ch, staging, _fill(ch, staging)
-        finally:
-            staging.close()
+        for i, ch in enumerate(chunks):
+            staging = buffers[i % len(buffers)]
+            settle(staging)
+            yield ch, staging, _fill(ch, staging)
         return
     threads = torch.get_num_threads()
 
@@ -237,7 +254,6 @@ def _produced(chunks: Sequence[Chunk], workers: int) -> Iterator[tuple[Chunk, St
         finally:
             torch.set_num_threads(threads)
 
-    buffers = [StagingBuffer(size) for _ in range(2 * workers)]
     free = list(buffers)
     pending: list[tuple[Chunk, StagingBuffer, Future[int]]] = []
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hfexport-produce")
@@ -246,15 +262,14 @@ def _produced(chunks: Sequence[Chunk], workers: int) -> Iterator[tuple[Chunk, St
         while pending or queued < len(chunks):
             while free and queued < len(chunks):
                 staging = free.pop()
+                settle(staging)
                 pending.append((chunks[queued], staging, pool.submit(fill, chunks[queued], staging)))
                 queued += 1
             ch, staging, future = pending.pop(0)
             yield ch, staging, future.result()
             free.append(staging)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # no producer may still write into a buffer closed below
-        for staging in buffers:
-            staging.close()
+        pool.shutdown(wait=True, cancel_futures=True)  # no producer may still write into a buffer once closed
 
 
 def _fill(ch: Chunk, staging: StagingBuffer) -> int:

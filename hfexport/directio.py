@@ -16,8 +16,9 @@ aligned both in memory and in the file; the partial blocks at its two edges (< 4
 cache (``pwrite``). The two never overlap, so the kernel keeps them coherent.
 
 Every range written with ``O_DIRECT`` is read back with ``O_DIRECT`` (from the device, not from a cache of this
-process's own bytes) and compared with the staging buffer; a difference is a :class:`VerificationError`. Bytes
-that went through the page cache are not read back: such a read would only return the page cache's copy.
+process's own bytes) and compared with the staging buffer, by a thread of its own while the next chunk is
+written; a difference is a :class:`VerificationError`. Bytes that went through the page cache are not read back:
+such a read would only return the page cache's copy.
 
 If the file system refuses ``O_DIRECT`` (``EINVAL``, e.g. tmpfs), everything goes through the page cache.
 """
@@ -29,9 +30,8 @@ import errno
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
-
-import torch
 
 from .chunkio import ALIGN, ChunkWriter, StagingBuffer
 from .errors import VerificationError
@@ -65,7 +65,9 @@ class DirectWriter:
         self.plain = plain
         self.direct_fd = -1
         self.refused = False  # the file system does not do direct I/O
-        self.readback: StagingBuffer | None = None
+        self.readback: StagingBuffer | None = None  # used by the read-back thread only
+        self.checker: ThreadPoolExecutor | None = None
+        self.checks: dict[int, Future[None]] = {}  # id(staging) → the read-back of what was written from it
         self.direct_bytes = 0
         self.probe_bytes = 0
         self.probe_seconds = 0.0
@@ -86,19 +88,34 @@ class DirectWriter:
             _pwrite_all(self.fd, staging.view[start : start + n], offset)
             return
         _pwrite_all(self.direct_fd, staging.view[lo - first : hi - first], lo)
-        self._check(staging, lo - first, lo, hi - lo)
+        if self.checker is None:
+            self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-readback")
+        self.checks[id(staging)] = self.checker.submit(self._check, staging, lo - first, lo, hi - lo)
         self.direct_bytes += hi - lo
         for a, b in ((offset, lo), (hi, end)):  # the partial blocks at the edges
             if a < b:
                 _pwrite_all(self.fd, staging.view[a - first : b - first], a)
 
-    def close(self) -> int:
-        if self.direct_fd != -1:
-            os.close(self.direct_fd)
-            self.direct_fd = -1
-        if self.readback is not None:
-            self.readback.close()
-            self.readback = None
+    def settle(self, staging: StagingBuffer) -> None:
+        check = self.checks.pop(id(staging), None)
+        if check is not None:
+            check.result()
+
+    def close(self, *, check: bool) -> int:
+        try:
+            if self.checker is not None:
+                self.checker.shutdown(wait=True)  # every read-back done: the staging buffers may go
+            if check:
+                for future in self.checks.values():
+                    future.result()
+        finally:
+            self.checks.clear()
+            if self.direct_fd != -1:
+                os.close(self.direct_fd)
+                self.direct_fd = -1
+            if self.readback is not None:
+                self.readback.close()
+                self.readback = None
         return self.direct_bytes
 
     def _probe(self, n: int, seconds: float, position: int) -> None:
@@ -140,12 +157,21 @@ class DirectWriter:
             if k <= 0:
                 break
             got += k
-        if got < n or not torch.equal(self.readback.tensor[:n], staging.tensor[start : start + n]):
+        if got < n or not _equal(self.readback.tensor.data_ptr(), staging.tensor.data_ptr() + start, n):
             problem = f"only {got} bytes" if got < n else "different bytes"
             raise VerificationError(
                 f"{self.path}: the {n} bytes written with direct I/O at offset {offset} read back from the device "
                 f"as {problem}: the disk does not hold what was written"
             )
+
+
+def _equal(a: int, b: int, n: int) -> bool:
+    """Whether ``n`` bytes at two addresses are equal: libc ``memcmp`` (~10 GB/s, without the GIL; ``torch.equal``
+    on bytes is an order of magnitude slower), else a comparison of copies."""
+    memcmp = libc_function("memcmp", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t])
+    if memcmp is not None:
+        return memcmp(a, b, n) == 0
+    return ctypes.string_at(a, n) == ctypes.string_at(b, n)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
