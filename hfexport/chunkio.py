@@ -19,7 +19,6 @@ The environment variable ``HFEXPORT_DIRECT_IO`` overrides the option: ``0`` (buf
 from __future__ import annotations
 
 import contextlib
-import logging
 import mmap
 import os
 import sys
@@ -32,8 +31,6 @@ from typing import Protocol
 import torch
 
 from .errors import ConversionError
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["IO_MODES", "Chunk", "StagingBuffer", "WrittenFile", "resolve_io", "write_shard"]
 
