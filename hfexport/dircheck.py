@@ -18,7 +18,8 @@ returned problems. It checks
 
 With ``expected`` (the writer's case) it also compares the directory with what was meant to be written: the
 exact tensor records and their offsets, the exact bytes of the small files; the checksums are not recomputed
-there (every chunk was read back and compared as it was written).
+there (the writer computed them from the bytes as it wrote them; reading the files back right after writing them
+would only read the page cache's copy).
 """
 
 from __future__ import annotations

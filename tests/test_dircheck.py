@@ -18,7 +18,9 @@ VALUES = {"a": torch.arange(12.0).reshape(3, 4), "b": torch.ones(5, dtype=torch.
 
 
 def _write(out: Path, **kwargs: object) -> Expected:
-    tensors = [OutputTensor(k, v.dtype, tuple(v.shape), lambda v=v: v) for k, v in VALUES.items()]
+    tensors = [
+        OutputTensor(k, v.dtype, tuple(v.shape), lambda out, a, b, v=v: out.copy_(v[a:b])) for k, v in VALUES.items()
+    ]
     write_hf_directory(out, tensors, FILES, manifest={"step": 1}, **kwargs)  # type: ignore[arg-type]
     records = [TensorRecord(k, v.dtype, tuple(v.shape), v.nbytes, file="model.safetensors") for k, v in VALUES.items()]
     files = json.loads((out / "hfexport.json").read_text())["files"]
@@ -56,7 +58,9 @@ def test_stricter_expectations_of_the_writer(tmp_path: Path) -> None:
 def test_writer_refuses_to_publish_what_check_directory_rejects(tmp_path: Path) -> None:
     """A caller that hands the writer a pickle of weights among the small files: the final verification stops the
     publish."""
-    tensors = [OutputTensor(k, v.dtype, tuple(v.shape), lambda v=v: v) for k, v in VALUES.items()]
+    tensors = [
+        OutputTensor(k, v.dtype, tuple(v.shape), lambda out, a, b, v=v: out.copy_(v[a:b])) for k, v in VALUES.items()
+    ]
     with pytest.raises(VerificationError, match=r"pytorch_model\.bin: a foreign weight file"):
         write_hf_directory(tmp_path / "out", tensors, {**FILES, "pytorch_model.bin": b"a pickle"}, manifest={"step": 1})
     assert list(tmp_path.iterdir()) == []  # nothing published, no temporary left
