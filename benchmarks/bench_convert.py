@@ -351,7 +351,7 @@ def run_phases(ckpt: Path, out: Path) -> None:
             while n := fh.readinto(buffer):
                 c = zlib.crc32(buffer[:n], c)
 
-        timed("read back + CRC-32 (hfexport compares instead)", reread)
+        timed("read back + CRC-32 (what hfexport verify does)", reread)
     total = sum(clock.values())
     for name, seconds in clock.items():
         print(f"  {name:40s} {seconds:7.2f}s  {seconds / total:6.1%}", file=sys.stderr)
