@@ -64,7 +64,8 @@ class DirectWriter:
         self.total = total
         self.plain = plain
         self.direct_fd = -1
-        self.refused = False  # the file system does not do direct I/O
+        self.direct = False  # whether whole blocks now go out with O_DIRECT
+        self.refused = False  # the file system does not do direct I/O (open or write said EINVAL)
         self.readback: StagingBuffer | None = None  # used by the read-back thread only
         self.checker: ThreadPoolExecutor | None = None
         self.checks: dict[int, Future[None]] = {}  # id(staging) → the read-back of what was written from it
@@ -75,7 +76,7 @@ class DirectWriter:
             self._start(0)
 
     def write(self, staging: StagingBuffer, start: int, offset: int, n: int) -> None:
-        if self.direct_fd == -1:
+        if self.direct_fd == -1:  # direct I/O not started (or refused on open): the plain, sequential writes
             began = time.perf_counter()
             self.plain.write(staging, start, offset, n)
             if not self.refused:
@@ -84,10 +85,18 @@ class DirectWriter:
         end = offset + n
         lo, hi = -(-offset // ALIGN) * ALIGN, end - end % ALIGN  # the chunk's whole blocks: [lo, hi)
         first = offset - start  # the file offset of staging's byte 0 (a multiple of ALIGN)
-        if lo >= hi:
+        if not self.direct or lo >= hi:  # positional page-cache writes once direct writes began
             _pwrite_all(self.fd, staging.view[start : start + n], offset)
             return
-        _pwrite_all(self.direct_fd, staging.view[lo - first : hi - first], lo)
+        try:
+            _pwrite_all(self.direct_fd, staging.view[lo - first : hi - first], lo)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            logger.debug("direct write refused for %s (%s): the page cache from here on", self.path, exc)
+            self.direct, self.refused = False, True
+            _pwrite_all(self.fd, staging.view[start : start + n], offset)
+            return
         if self.checker is None:
             self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-readback")
         self.checks[id(staging)] = self.checker.submit(self._check, staging, lo - first, lo, hi - lo)
@@ -139,6 +148,7 @@ class DirectWriter:
         _preallocate(self.fd, position, self.total - position)
         try:
             self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+            self.direct = True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise

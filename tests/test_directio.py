@@ -125,3 +125,28 @@ def test_a_file_system_that_refuses_direct_io_gets_the_page_cache(
     result = write_shard(direct_dir / "f", chunks, io="direct")
     assert (direct_dir / "f").read_bytes() == expected
     assert (result.io, result.direct_bytes) == ("buffered", 0)
+
+
+def test_a_direct_write_refused_mid_file_continues_through_the_page_cache(
+    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some file systems open with O_DIRECT yet refuse a write (EINVAL): that chunk and the rest go buffered."""
+    real = directio._pwrite_all
+    direct_writes: list[int] = []
+
+    def refusing_the_second(fd: int, data: memoryview, offset: int) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_writes.append(len(data))
+            if len(direct_writes) == 2:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(directio, "_pwrite_all", refusing_the_second)
+    rng = random.Random(9)
+    chunks, expected = random_file(rng)
+    while sum(1 for ch in chunks if whole_blocks([ch])) < 4:
+        chunks, expected = random_file(rng)
+    result = write_shard(direct_dir / "f", chunks, io="direct", workers=2)
+    assert (direct_dir / "f").read_bytes() == expected
+    assert result.crc32 == zlib.crc32(expected)
+    assert len(direct_writes) == 2 and result.direct_bytes == direct_writes[0]
