@@ -150,3 +150,27 @@ def test_a_direct_write_refused_mid_file_continues_through_the_page_cache(
     assert (direct_dir / "f").read_bytes() == expected
     assert result.crc32 == zlib.crc32(expected)
     assert len(direct_writes) == 2 and result.direct_bytes == direct_writes[0]
+
+
+def test_training_exports_stay_on_the_plain_path_and_convert_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """export_hf (training) writes with io="buffered": the direct-I/O module is never entered; convert uses "auto"."""
+    from nanogpt import make_gpt
+
+    from hfexport import convert_checkpoint, export_hf
+
+    entered: list[bool] = []
+    real_init = directio.DirectWriter.__init__
+
+    def spy(self: directio.DirectWriter, *args: object, always: bool, **kwargs: object) -> None:
+        entered.append(always)
+        real_init(self, *args, always=always, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(directio.DirectWriter, "__init__", spy)
+    model = make_gpt(3, n_embd=32)
+    export_hf(model, 10, tmp_path / "exports")
+    assert entered == []
+    torch.save({"model": model.state_dict(), "model_args": model.model_args()}, tmp_path / "ckpt.pt")
+    convert_checkpoint(tmp_path / "ckpt.pt", tmp_path / "converted")
+    assert entered == [False]  # auto: page cache until it proves slow
