@@ -30,7 +30,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,12 +329,7 @@ def write_hf_directory(
         raise
     try:
         result = _write_all(tmp, tensors, files, manifest, tokenizer, max_shard, progress, workers, io)
-        shard_files = sorted({tmp / rec.file for rec in result.records})
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfexport-fsync") as pool:
-            # The disk flush and the final verification overlap; nothing is published before both are done.
-            synced = pool.submit(_fsync_files, shard_files)
-            _verify(tmp, result.records, result.small, result.crc32)
-            synced.result()
+        _verify(tmp, result.records, result.small, result.crc32)  # every file was fsynced as it was written
         fsync_tree(tmp)
         _publish(tmp, target, force=force, protected=protected)
     except BaseException as exc:
@@ -446,12 +440,6 @@ def _write_all(
 
 def _content(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
-
-
-def _fsync_files(paths: Sequence[Path]) -> None:
-    for path in paths:
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
 
 
 def _write_file(path: Path, content: bytes) -> None:
