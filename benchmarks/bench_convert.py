@@ -402,8 +402,23 @@ def child(method: str, ckpt: Path, out: Path, profile: bool) -> None:
         seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu = 0.0 if profile else (usage.ru_utime + usage.ru_stime) - (before.ru_utime + before.ru_stime)
-    peak_kib = usage.ru_maxrss  # KiB on Linux
-    print(json.dumps({"method": method, "seconds": seconds, "cpu": cpu, "peak_rss": peak_kib * 1024}))
+    print(json.dumps({"method": method, "seconds": seconds, "cpu": cpu, "peak_rss": peak_rss_bytes(usage)}))
+
+
+def peak_rss_bytes(usage: resource.struct_rusage) -> int:
+    """This process's own peak resident memory.
+
+    ``ru_maxrss`` is not: on Linux it keeps the high-water mark of the process it was forked from (``exec`` carries
+    it over), so a child of a parent that built or read the checkpoint reported the parent's few GB.
+    ``VmHWM`` in ``/proc/self/status`` belongs to this process's memory alone.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return usage.ru_maxrss * 1024  # KiB on Linux; a bound from above elsewhere
 
 
 def spawn(method: str, ckpt: Path, out: Path, profile: bool = False, src: Path | None = None) -> dict[str, float]:
