@@ -398,8 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return _COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was published", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from .writer import interrupt_outcome
+
+        print(f"error: interrupted; {interrupt_outcome(exc)}", file=sys.stderr)
         return 130
     except HubError as exc:
         if args.debug:

@@ -11,8 +11,17 @@ Guarantees:
     * an export holds the weights of its step, even when training changes them right after the call;
     * at most one snapshot waits for the writer; with ``if_busy="wait"`` no requested version is lost;
     * a background failure is logged at once and raised from the next call (``on_error="raise"``);
+    * ``KeyboardInterrupt`` and ``SystemExit`` go through untouched (the unpublished temporary removed first);
+    * a script that ends without :meth:`HFExporter.close` still gets its pending versions: they are written at
+      interpreter exit (said on stderr), and one that cannot be written is reported on stderr;
     * rotation deletes only versions this exporter created, never ``latest``, never one not pushed yet (queued,
       in flight or failed).
+
+Steps going backwards (a run resumed from an earlier checkpoint, or a rollback): ``latest`` always moves to the
+version just written, so it is the newest version of the *current* run, even when a version with a higher step
+exists. Versions above the step just written (an abandoned future) are kept but are not ``latest``; a warning
+says so once. The version just written is never rotated away; ``keep_last_n`` removes this run's versions in the
+order they were written, oldest first.
 
 Example:
     ```python
@@ -27,9 +36,13 @@ Example:
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook registered before ours, so ours runs first
+import contextlib
 import logging
+import operator
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -40,7 +53,7 @@ from typing import Any
 import torch
 
 from .convert import dtype_name, write_export
-from .errors import ExportWorkerError, HFExportError
+from .errors import ConversionError, ExportWorkerError, HFExportError
 from .options import ExportOptions
 from .snapshot import (
     Snapshot,
@@ -52,7 +65,7 @@ from .snapshot import (
     take_snapshot,
 )
 from .versions import Version, list_versions, read_latest, remove_version, set_latest, version_name
-from .writer import clean_stale_temporaries
+from .writer import clean_stale_temporaries, note_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -117,19 +130,20 @@ class HFExporter:
         self.every_n_steps = every_n_steps
         self.options = ExportOptions(**options)
         self.is_writer = global_rank() == 0
-        self.created: list[str] = []  # version names this exporter (or the run it resumes) wrote
+        self.created: list[str] = []  # versions this exporter (or the run it resumes) wrote, in write order
         self.last_step: int | None = None
         self.last_stats: ExportStats | None = None
         self.metadata: dict[str, Any] = {}  # extra facts for every card/manifest (e.g. the source)
         self._error: BaseException | None = None
-        self._lock = threading.Lock()
+        self._error_what = ""  # "step N to PATH" of the failure in _error
+        self._warned_ahead = False
+        self._lock = threading.Lock()  # guards created, _unwritten, _error
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
-        self._idle = threading.Event()
-        self._idle.set()
         self._worker: threading.Thread | None = None
         self._closed = False
         self._pusher: Any = None
         self._unwritten: dict[int, Path] = {}  # snapshots handed to the writer, not yet on disk (and pushed)
+        self._owner_pid = os.getpid()  # a forked child inherits the queue, not the writer: it must not finish it
         if self.is_writer:
             self.root.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(self.root)
@@ -141,8 +155,8 @@ class HFExporter:
                 self._pusher.setup()
                 self._pusher.resume(self.root)  # versions a previous run on this root left unpushed (journal)
         # Pending work is finished even if close() is forgotten (the final version must not be lost).
-        self._finalizer = weakref.finalize(self, _drain_at_exit, self._queue, self._idle)
-        atexit.register(self._finalizer)
+        _LIVE.add(self)
+        _register_exit_hooks()
 
     # ----------------------------------------------------------------------------------------------- public
     @property
@@ -152,6 +166,7 @@ class HFExporter:
 
     def should_export(self, step: int) -> bool:
         """Whether :meth:`maybe_export` would export at ``step``."""
+        step = check_step(step)
         return bool(self.every_n_steps) and step > 0 and step % self.every_n_steps == 0 and step != self.last_step
 
     def maybe_export(self, model: Any, step: int, **facts: Any) -> Path | None:
@@ -167,8 +182,10 @@ class HFExporter:
 
         Raises:
             ExportWorkerError: a previous background write failed (``on_error="raise"``).
+            ConversionError: ``step`` is not a whole number >= 0.
         """
         self.raise_if_failed()
+        step = check_step(step)
         if not self.should_export(step):
             return None
         return self.export(model, step, **facts)
@@ -184,7 +201,11 @@ class HFExporter:
 
         Returns:
             The version directory (on rank 0; ``None`` on other ranks, and when skipped as busy).
+
+        Raises:
+            ConversionError: ``step`` is not a whole number >= 0.
         """
+        step = check_step(step)
         if self._closed:
             raise HFExportError("This HFExporter is closed; create a new one to export again.")
         self.raise_if_failed()
@@ -223,13 +244,13 @@ class HFExporter:
         job = _Job(step, snapshot, card, manifest, final, stats)
         # Claimed now, not when written: a Lightning checkpoint saved while this version is still being written
         # must list it, or the resumed run would treat it as foreign and never rotate it (keep_last_n).
-        if version_name(step) not in self.created:
-            self.created.append(version_name(step))
+        with self._lock:
+            if version_name(step) not in self.created:
+                self.created.append(version_name(step))
+            if o.async_write:
+                self._unwritten[step] = self.root / version_name(step)
         if o.async_write:
             self._ensure_worker()
-            self._idle.clear()
-            with self._lock:
-                self._unwritten[step] = self.root / version_name(step)
             self._queue.put(job)
             stats.stall_s = time.perf_counter() - start
         else:
@@ -260,13 +281,15 @@ class HFExporter:
                 self._rotate()  # versions kept only until their push succeeded may go now
         finally:
             self._closed = True
-            self._finalizer.detach()
+            _LIVE.discard(self)
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
         """Raise the pending background failure (``on_error="raise"``) and the Hub's (``on_push_error="raise"``)."""
         with self._lock:
             error, self._error = self._error, None
+        if error is not None and not isinstance(error, Exception):
+            raise error  # a KeyboardInterrupt/SystemExit in the writer thread: delivered as itself
         if error is not None and self.options.on_error == "raise":
             raise ExportWorkerError(f"A background export failed: {error}") from error
         if self._pusher is not None:
@@ -286,13 +309,16 @@ class HFExporter:
             known = {(step, str(path)) for step, path in self._pusher.pending()}
             known |= {(step, str(path)) for step, path in unwritten.items()}
             pending = [[step, path] for step, path in sorted(known)]
-        return {"last_step": self.last_step, "created": list(self.created), "pending_pushes": pending}
+        with self._lock:
+            created = list(self.created)
+        return {"last_step": self.last_step, "created": created, "pending_pushes": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; re-queues the Hub pushes the previous run had not finished."""
         self.last_step = state.get("last_step")
         existing = {v.name for v in self.versions()}
-        self.created = [name for name in state.get("created", []) if name in existing]
+        with self._lock:
+            self.created = [name for name in state.get("created", []) if name in existing]
         if self._pusher is not None:
             for step, path in state.get("pending_pushes", []):
                 self._pusher.resubmit(Path(path), step=int(step))  # unless the journal says it was pushed since
@@ -324,13 +350,42 @@ class HFExporter:
                 self._write(job)
             finally:
                 self._queue.task_done()
-                if self._queue.unfinished_tasks == 0:
-                    self._idle.set()
+
+    def _finish_at_exit(self) -> None:
+        """At interpreter exit: write what is still pending (in this thread if the worker is gone), and report on
+        stderr what could not be written (a script may end without ``close()``, and logging may be unconfigured)."""
+        if self._closed or not self.is_writer or os.getpid() != self._owner_pid:
+            return
+        pending = self._queue.unfinished_tasks
+        if pending:
+            _say(
+                f"hfexport: finishing {pending} pending export{'s' if pending > 1 else ''} before exit "
+                "(call exporter.close() to do this explicitly)"
+            )
+            worker = self._worker
+            if worker is not None and worker.is_alive():
+                self._queue.join()
+            else:
+                while True:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    try:
+                        if job is not None:
+                            self._write(job)
+                    finally:
+                        self._queue.task_done()
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            _say(f"hfexport: error: the export of {self._error_what} could not be written: {error}")
 
     def _write(self, job: _Job) -> None:
         name = version_name(job.step)
         target = self.root / name
         start = time.perf_counter()
+        published = False
         try:
             if target.exists():
                 logger.warning("%s already exists; replacing it with this run's export of step %d", target, job.step)
@@ -348,13 +403,9 @@ class HFExporter:
                 allow_nonfinite=o.allow_nonfinite,
                 progress=False,
             )
+            published = True
             job.snapshot.tensors.clear()  # free the host copy now, not when the job object dies
-            latest = read_latest(self.root)
-            if latest is None or _step_of(latest) <= job.step or not (self.root / latest).is_dir():
-                set_latest(self.root, name)
-            if name not in self.created:
-                self.created.append(name)
-            self._rotate()
+            self._after_publish(job.step)
             job.stats.write_s = time.perf_counter() - start
             logger.info("Exported step %d to %s in %.2fs", job.step, target, job.stats.write_s)
             if self._pusher is not None:
@@ -364,31 +415,69 @@ class HFExporter:
         except BaseException as exc:
             with self._lock:
                 self._unwritten.pop(job.step, None)
-            if name in self.created and not target.is_dir():
-                self.created.remove(name)  # claimed when queued; nothing was published
+                if name in self.created and not target.is_dir():
+                    self.created.remove(name)  # claimed when queued; nothing was published
             job.snapshot.tensors.clear()
-            logger.error("Export of step %d to %s failed: %s", job.step, target, exc)
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: the user's, not a failed export
+                if published:
+                    note_interrupt(exc, target, published=True)
+                    what = f"after {target} was published (`latest` and rotation may not have caught up)"
+                else:
+                    what = "before it was published; nothing of it is left"
+                logger.warning("Export of step %d interrupted (%s) %s", job.step, type(exc).__name__, what)
+                if not self.options.async_write:
+                    raise
+            else:
+                logger.error("Export of step %d to %s failed: %s", job.step, target, exc)
             with self._lock:
                 self._error = exc
-            if not self.options.async_write:
-                return
+                self._error_what = f"step {job.step} to {target}"
 
-    def _rotate(self) -> None:
+    def _after_publish(self, step: int) -> None:
+        """Once ``step`` is on disk: it becomes ``latest`` and this run's newest version, then rotation runs."""
+        name = version_name(step)
+        with self._lock:
+            if name in self.created:
+                self.created.remove(name)
+            self.created.append(name)  # write order: what rotation removes first
+        set_latest(self.root, name)
+        ahead = [v.name for v in self.versions() if v.step > step]
+        if ahead and not self._warned_ahead:
+            self._warned_ahead = True
+            logger.warning(
+                "%s: %s hold(s) steps above %d, the step just written: training went back (resumed from an earlier "
+                "checkpoint?). They are kept, but `latest` follows the current run and points at %s. Delete them "
+                "by hand if that future is abandoned.",
+                self.root,
+                ", ".join(ahead),
+                step,
+                name,
+            )
+        self._rotate(keep_name=name)
+
+    def _rotate(self, keep_name: str) -> None:
+        """Remove this run's oldest versions (write order) beyond ``keep_last_n``; never ``keep_name`` (the version
+        just written), ``latest``, a version still being written, or one whose Hub push is pending."""
         keep = self.options.keep_last_n
         if keep is None:
             return
         latest = read_latest(self.root)
-        mine = [v for v in self.versions() if v.name in self.created]
+        with self._lock:
+            unwritten = {version_name(step) for step in self._unwritten} - {keep_name}
+            mine = [n for n in self.created if n not in unwritten and (self.root / n).is_dir()]
         kept_for_hub = []
-        for version in mine[: max(0, len(mine) - keep)]:  # older than the newest keep_last_n
-            if version.name == latest:
+        for name in mine[: max(0, len(mine) - keep)]:  # older (in write order) than the newest keep_last_n
+            if name in (keep_name, latest):
                 continue
-            if self._pusher is not None and self._pusher.is_pending(version.path):
-                kept_for_hub.append(version.name)  # not pushed yet (queued, in flight or failed): never deleted
+            path = self.root / name
+            if self._pusher is not None and self._pusher.is_pending(path):
+                kept_for_hub.append(name)  # not pushed yet (queued, in flight or failed): never deleted
                 continue
-            remove_version(version)
-            self.created.remove(version.name)
-            logger.info("Removed %s (keep_last_n=%d)", version.path, keep)
+            remove_version(Version(_step_of(name), path))
+            with self._lock:
+                if name in self.created:
+                    self.created.remove(name)
+            logger.info("Removed %s (keep_last_n=%d)", path, keep)
         if kept_for_hub:
             logger.info(
                 "Keeping %d version(s) past keep_last_n=%d until their Hub push succeeds: %s",
@@ -408,10 +497,64 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
-def _drain_at_exit(q: queue.Queue[Any], idle: threading.Event) -> None:
-    if not idle.is_set():
-        logger.warning("Waiting for a pending hfexport write at exit (call HFExporter.close() to wait explicitly)")
-        q.join()
+def check_step(step: Any) -> int:
+    """``step`` as an ``int`` (an integral float or 0-d integer tensor is accepted).
+
+    Raises:
+        ConversionError: not a whole number >= 0 (``2.5``, ``True``, ``"10"``, ``-1``).
+    """
+    value: int | None = None
+    if not isinstance(step, bool):
+        try:
+            value = operator.index(step)
+        except TypeError:
+            if isinstance(step, float) and step.is_integer():
+                value = int(step)
+    if value is None or value < 0:
+        raise ConversionError(
+            f"Invalid step {step!r}: the step must be a whole number >= 0 (it names the version directory "
+            "step_XXXXXX). Pass the optimizer step as an int, e.g. int(step) or trainer.global_step."
+        )
+    return value
+
+
+def _say(line: str) -> None:
+    """One line on stderr (at exit, where logging may be unconfigured or already shut down)."""
+    with contextlib.suppress(OSError, ValueError):  # stderr closed
+        print(line, file=sys.stderr, flush=True)
+
+
+# Exporters that may hold pending writes; finished at interpreter exit if close() was never called.
+_LIVE: weakref.WeakSet[HFExporter] = weakref.WeakSet()
+_hooks_lock = threading.Lock()
+_hooks_registered = False
+
+
+def _register_exit_hooks() -> None:
+    """Register :func:`_finish_all_at_exit` twice: as a threading exit hook, which runs before
+    ``concurrent.futures`` refuses new work and before non-daemon threads are joined (the writer still runs
+    normally then), and as an ``atexit`` hook for what a non-daemon thread queued after that."""
+    global _hooks_registered
+    with _hooks_lock:
+        if _hooks_registered:
+            return
+        _hooks_registered = True
+    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9; hooks run last-registered first
+    if register is not None:
+        with contextlib.suppress(RuntimeError):  # the interpreter is already shutting down
+            register(_finish_all_at_exit)
+    atexit.register(_finish_all_at_exit)
+
+
+def _finish_all_at_exit() -> None:
+    for exporter in list(_LIVE):
+        try:
+            exporter._finish_at_exit()
+        except KeyboardInterrupt:
+            _say(f"hfexport: interrupted at exit; pending exports to {exporter.root} were not written")
+            return
+        except Exception as exc:  # at exit: report, never raise into the interpreter's shutdown
+            _say(f"hfexport: error: could not finish the pending exports to {exporter.root}: {exc!r}")
 
 
 def export_hf(model: Any, step: int, output_dir: str | os.PathLike[str] = "hf_exports", **options: Any) -> Path:
@@ -426,10 +569,14 @@ def export_hf(model: Any, step: int, output_dir: str | os.PathLike[str] = "hf_ex
     Returns:
         The version directory (on rank 0; the would-be path on other ranks).
 
+    Raises:
+        ConversionError: ``step`` is not a whole number >= 0.
+
     Example:
         >>> export_hf(model, 1000, "hf_exports", dtype="float32")  # doctest: +SKIP
         PosixPath('hf_exports/step_001000')
     """
+    step = check_step(step)
     epoch = options.pop("epoch", None)
     loss = options.pop("loss", None)
     options["async_write"] = False

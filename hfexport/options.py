@@ -28,7 +28,7 @@ class ExportOptions:
 
     Args:
         dtype: ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``.
-        keep_last_n: Keep only the newest N versions this exporter created (``None``: keep all).
+        keep_last_n: Keep only the last N versions this exporter wrote, in write order (``None``: keep all).
         config: Model facts the weights do not carry (``n_head``, ...; for a Llama ``n_heads``, ``norm_eps``,
             ``rope_theta``, ...): a dict, a dataclass or an object. Read from the model's ``config``, ``params`` or
             ``args`` attribute when not given.

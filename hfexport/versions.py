@@ -8,7 +8,9 @@ Layout of an export root::
       latest -> step_001000
 
 ``latest`` is a relative symlink replaced atomically (a new link renamed over the old one). Where symlinks are
-not available it is a small text file holding the version's directory name. Only names matching
+not available it is a small text file holding the version's directory name. The exporter moves it to each version
+it writes, so it designates the current run's newest version even when training went back to an earlier step and
+a higher ``step_*`` of the abandoned run is still there (see :mod:`hfexport.exporter`). Only names matching
 ``step_\\d{6,}`` are versions; hidden ``.step_*.tmp-*`` directories are unfinished writes.
 """
 
@@ -18,7 +20,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,12 @@ def set_latest(root: str | os.PathLike[str], name: str) -> None:
 
 
 def remove_version(version: Version) -> None:
-    """Delete a version directory: renamed out of sight first, so it never appears half-deleted."""
-    trash = version.path.parent / f".{version.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.replace(version.path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    """Delete a version directory: moved out of sight first (into a marked hfexport temporary, which a later run
+    removes if this one is killed meanwhile), so it never appears half-deleted."""
+    from .writer import PAYLOAD, make_temporary, remove_temporary
+
+    trash = make_temporary(version.path.parent, version.name, ".old-")
+    try:
+        os.replace(version.path, trash / PAYLOAD)
+    finally:
+        remove_temporary(trash)

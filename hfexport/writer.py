@@ -1,7 +1,7 @@
 """Writing a Hugging Face model directory atomically, then proving it holds what was meant.
 
-Everything goes into a hidden temporary sibling (``.NAME.tmp-PID-XXXX``) of the target: safetensors shards
-(produced and written chunk by chunk, their CRC-32 computed as they are written: see
+Everything goes into a hidden temporary sibling of the target (``.NAME.tmp-PID-XXXXXXXX/payload/``): safetensors
+shards (produced and written chunk by chunk, their CRC-32 computed as they are written: see
 :mod:`hfexport.chunkio`) and their index, ``config.json`` and the other small files, the tokenizer, and
 ``hfexport.json`` (a manifest with every file's size and CRC-32). Each file and the directory are fsynced, the
 result is verified again as a whole by :func:`hfexport.dircheck.check_directory` (every shard's header checked as
@@ -10,8 +10,17 @@ the small files' contents), and only then the directory is renamed into place. R
 directory (``force``) swaps the two atomically where the OS allows (Linux ``renameat2(RENAME_EXCHANGE)``), so
 readers see the old version or the new one, never a mix.
 
-A failure removes the temporary directory; a killed process leaves only a hidden temporary, which
-:func:`clean_stale_temporaries` removes on the next run.
+A failure (or ``KeyboardInterrupt``) removes the temporary directory; a killed process leaves only a hidden
+temporary, which :func:`clean_stale_temporaries` removes on a later run.
+
+Temporaries: every directory hfexport creates next to an output (``.NAME.tmp-PID-XXXXXXXX`` for a write,
+``.NAME.old-PID-XXXXXXXX`` for a version being replaced or rotated away) is made by :func:`make_temporary`, which
+writes a marker file (``hfexport-temporary.json``) into it before anything else: the host, boot id and PID
+namespace, the PID and its start time, and the real output name (``NAME`` is shortened when the whole name would
+exceed 255 bytes). The data lives in a ``payload/`` subdirectory, so the marker is there until the very end.
+Cleanup removes only such a marked directory, and only when its process is known to be dead on this host (same
+host, boot and PID namespace; the PID is gone, a zombie, or was reused by a process started at another time).
+Everything else is left in place and logged.
 """
 
 from __future__ import annotations
@@ -19,11 +28,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -49,13 +61,21 @@ __all__ = [
     "WriteResult",
     "check_output_path",
     "clean_stale_temporaries",
+    "interrupt_outcome",
+    "make_temporary",
     "parse_size",
+    "release_temporary",
+    "remove_temporary",
     "replace_refusal",
     "write_hf_directory",
 ]
 
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
+MARKER_NAME = "hfexport-temporary.json"  # inside every temporary hfexport creates: who made it, for what
+PAYLOAD = "payload"  # the data inside a temporary (the marker stays next to it until the very end)
+_NAME_MAX = 255  # bytes in one path component (Linux, macOS; most file systems)
+_TEMPORARY = re.compile(r"^\.(?P<base>.+)(?P<tag>\.tmp-|\.old-)(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{8})$", re.DOTALL)
 
 
 @dataclass
@@ -321,22 +341,33 @@ def write_hf_directory(
     max_shard = parse_size(max_shard_size)
     created = _make_parents(target.parent)
     clean_stale_temporaries(target.parent, target.name)
-    tmp = target.parent / f".{target.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
+        container = make_temporary(target.parent, target.name, _TMP_TAG)
     except BaseException:
         _remove_created(created)
         raise
+    tmp = container / PAYLOAD
+    identity: tuple[int, int] | None = None
     try:
+        tmp.mkdir()
+        identity = _identity(tmp)
         result = _write_all(tmp, tensors, files, manifest, tokenizer, max_shard, progress, workers, io)
         _verify(tmp, result.records, result.small, result.crc32)  # every file was fsynced as it was written
         fsync_tree(tmp)
         _publish(tmp, target, force=force, protected=protected)
     except BaseException as exc:
-        if not isinstance(exc, _StrandedError):  # never remove a temporary that holds the user's files
-            shutil.rmtree(tmp, ignore_errors=True)
+        published = identity is not None and _identity(target) == identity
+        if isinstance(exc, _StrandedError):
+            release_temporary(container)  # it holds the user's previous directory: never removed
+        elif published:
+            _dispose(container)  # the version ``target`` replaced, if the swap put it there
+        else:
+            remove_temporary(container)  # the unpublished write
         _remove_created(created)
+        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: on their way, untouched
+            note_interrupt(exc, target, published=published)
         raise
+    _dispose(container)
     out = WriteResult(
         path=target,
         files=result.sizes,
@@ -440,6 +471,41 @@ def _write_all(
 
 def _content(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def note_interrupt(exc: BaseException, target: Path, published: bool) -> None:
+    """Record on a KeyboardInterrupt/SystemExit whether ``target`` was published before it (see
+    :func:`interrupt_outcome`); the exception itself goes on untouched."""
+    outcomes = getattr(exc, "hfexport_outcomes", None)
+    if not isinstance(outcomes, list):
+        outcomes = []
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.hfexport_outcomes = outcomes  # type: ignore[attr-defined]
+    outcomes.append((target, published))
+
+
+def interrupt_outcome(exc: BaseException) -> str:
+    """What an interrupted write left, for the message that reports the interrupt.
+
+    Args:
+        exc: A ``KeyboardInterrupt`` (or ``SystemExit``) that went through :func:`write_hf_directory`.
+
+    Returns:
+        ``"nothing was published"`` when the interrupt came before the rename, else ``"PATH was published
+        (complete) before the interrupt"``.
+    """
+    published = [str(target) for target, done in getattr(exc, "hfexport_outcomes", []) if done]
+    if published:
+        return f"{', '.join(published)} was published (complete) before the interrupt"
+    return "nothing was published"
 
 
 def _write_file(path: Path, content: bytes) -> None:
@@ -611,19 +677,26 @@ def _publish(tmp: Path, target: Path, *, force: bool, protected: Sequence[str | 
         _rename_noreplace(tmp, target)
         fsync_dir(target.parent)
         return
-    old = target.parent / f".{target.name}{_OLD_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(target, old)
+    container = make_temporary(target.parent, target.name, _OLD_TAG)
+    old = container / PAYLOAD
+    try:
+        os.rename(target, old)
+    except BaseException:
+        remove_temporary(container)
+        raise
     problem = replace_refusal(old)
     if problem:
         os.rename(old, target)
+        remove_temporary(container)
         raise _changed(target, problem)
     try:
         _rename_noreplace(tmp, target)
     except BaseException:
         os.rename(old, target)
+        remove_temporary(container)
         raise
     fsync_dir(target.parent)
-    _remove_export(old)
+    _dispose(container)
 
 
 def _remove_export(directory: Path) -> None:
@@ -657,8 +730,110 @@ def _remove_export(directory: Path) -> None:
         )
 
 
+def temporary_name(name: str, tag: str, pid: int, token: str) -> str:
+    """``.NAME{tag}PID-TOKEN``, with ``NAME`` shortened so that the whole name fits in 255 bytes."""
+    suffix = f"{tag}{pid}-{token}"
+    budget = _NAME_MAX - 1 - len(suffix)
+    raw = os.fsencode(name)
+    if len(raw) > budget:
+        cut = raw[:budget]
+        for back in range(4):  # end on a whole UTF-8 character when the name is UTF-8
+            try:
+                cut[: len(cut) - back].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            cut = cut[: len(cut) - back]
+            break
+        name = os.fsdecode(cut)
+    return f".{name}{suffix}"
+
+
+def make_temporary(parent: Path, name: str, tag: str = _TMP_TAG) -> Path:
+    """Create an hfexport temporary directory next to the output ``parent/name``, with its marker inside.
+
+    The marker (``hfexport-temporary.json``) is written before the directory is used: it is what makes the
+    directory provably hfexport's (see :func:`clean_stale_temporaries`). Put the data in ``path / PAYLOAD``.
+
+    Args:
+        parent: The directory holding the output.
+        name: The output's name (its temporary's name is derived from it, shortened if needed).
+        tag: ``".tmp-"`` for a write in progress, ``".old-"`` for a directory being replaced or deleted.
+
+    Returns:
+        The new directory.
+    """
+    if tag not in (_TMP_TAG, _OLD_TAG):
+        raise ValueError(f"Invalid temporary tag {tag!r}: expected {_TMP_TAG!r} or {_OLD_TAG!r}.")
+    path = parent / temporary_name(name, tag, os.getpid(), uuid.uuid4().hex[:8])
+    content = json.dumps(
+        {
+            "hfexport_temporary": 1,
+            "target": name,
+            "tag": tag.strip(".-"),
+            **_process_identity(),
+            "pid": os.getpid(),
+            "start_time": _start_time(os.getpid()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    path.mkdir()
+    try:
+        # Written right after the mkdir, without an fsync: a killed process loses nothing already written, and
+        # after a power cut (another boot) the marker's writer is unknown anyway. A kill in between (microseconds)
+        # leaves an empty directory without a marker: left in place and logged, never guessed at.
+        with open(path / MARKER_NAME, "w", encoding="utf-8") as fh:
+            fh.write(content)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
+
+
+def remove_temporary(path: Path) -> None:
+    """Delete a temporary made by :func:`make_temporary`: its data first, its marker last (an interrupted removal
+    still leaves a directory that cleanup recognises)."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in list(path.iterdir()):
+            if entry.name == MARKER_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (path / MARKER_NAME).unlink()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def release_temporary(path: Path) -> None:
+    """Stop owning a temporary without deleting what it holds (the user's files): its marker goes, so no cleanup
+    ever removes it."""
+    with contextlib.suppress(OSError):
+        (path / MARKER_NAME).unlink()
+    logger.warning("Kept %s: it holds files hfexport did not write. Check it and remove it by hand.", path)
+
+
+def _dispose(container: Path) -> None:
+    """Remove a temporary after publishing. Its payload, if any, is the version that was replaced: only the files
+    its manifest lists are removed (:func:`_remove_export`); if anything else is left, the temporary is released."""
+    payload = container / PAYLOAD
+    if payload.exists():
+        _remove_export(payload)
+    if payload.exists():
+        release_temporary(container)
+    else:
+        remove_temporary(container)
+
+
 def clean_stale_temporaries(parent: Path, name: str | None = None) -> list[Path]:
-    """Remove hidden temporaries left by killed runs (those whose process is gone).
+    """Remove the temporaries that killed hfexport runs left in ``parent``.
+
+    Only a directory named like hfexport's temporaries (``.NAME.tmp-PID-XXXXXXXX``, ``.NAME.old-PID-XXXXXXXX``)
+    that holds hfexport's marker is removed, and only when the process the marker names is known to be dead: same
+    host, boot and PID namespace as this process, and that PID no longer runs (or now belongs to a process started
+    at another time). Anything else (another program's files, a temporary of a process that may still be running,
+    on this host or another) is left in place and logged.
 
     Args:
         parent: The directory holding the outputs.
@@ -667,34 +842,115 @@ def clean_stale_temporaries(parent: Path, name: str | None = None) -> list[Path]
     Returns:
         The paths removed.
     """
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
-        if not entry.name.startswith("."):
+        match = _TEMPORARY.match(entry.name)
+        if not match:
             continue
-        for tag in (_TMP_TAG, _OLD_TAG):
-            if tag not in entry.name:
-                continue
-            base, _, rest = entry.name[1:].rpartition(tag)
-            if name is not None and base != name:
-                continue
-            pid_text = rest.split("-", 1)[0]
-            if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
-                continue
-            if pid_text.isdigit() and int(pid_text) == os.getpid():
-                continue
-            shutil.rmtree(entry, ignore_errors=True)
-            logger.info("Removed %s, left by an interrupted export", entry)
-            removed.append(entry)
+        marker = _read_marker(entry)
+        if marker is None:
+            if name is None or name.startswith(match["base"]):
+                logger.info("Leaving %s: it has no hfexport marker, so it may not be hfexport's", entry)
+            continue
+        if name is not None and marker["target"] != name:
+            continue
+        dead, why = _writer_is_dead(marker)
+        if not dead:
+            logger.info("Leaving %s: %s (remove it by hand if nothing is writing it)", entry, why)
+            continue
+        payload = entry / PAYLOAD
+        problem = replace_refusal(payload) if (payload / MANIFEST_NAME).is_file() else None
+        if problem:  # a replaced export that someone added files to (a swap interrupted by the kill): keep them
+            logger.info("Leaving %s: it holds an export that %s", entry, problem)
+            continue
+        remove_temporary(entry)
+        logger.info("Removed %s, left by an interrupted export (%s)", entry, why)
+        removed.append(entry)
     return removed
 
 
+def _read_marker(entry: Path) -> dict[str, Any] | None:
+    if entry.is_symlink() or not entry.is_dir():
+        return None
+    try:
+        with open(entry / MARKER_NAME, encoding="utf-8") as fh:
+            marker = json.loads(fh.read(1 << 16))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(marker, dict)
+        or marker.get("hfexport_temporary") != 1
+        or not isinstance(marker.get("target"), str)
+        or not isinstance(marker.get("pid"), int)
+        or isinstance(marker.get("pid"), bool)
+    ):
+        return None
+    return marker
+
+
+def _writer_is_dead(marker: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether the process that made a temporary is known to be dead, and why (or why that is not known)."""
+    pid = marker["pid"]
+    here = _process_identity()
+    for key, what in (("host", "host"), ("boot_id", "boot"), ("pid_namespace", "PID namespace")):
+        if marker.get(key) != here[key]:
+            return False, f"made by PID {pid} in another {what} ({marker.get(key)!r}), whose state is unknown here"
+    if not _pid_alive(pid):
+        return True, f"PID {pid} has exited"
+    then, now = marker.get("start_time"), _start_time(pid)
+    if then is not None and now is not None and then != now:
+        return True, f"PID {pid} has exited (that PID now belongs to another process)"
+    return False, f"made by PID {pid}, which is still running"
+
+
+@functools.lru_cache(maxsize=1)
+def _process_identity() -> dict[str, str | None]:
+    """Where this process runs: host name, boot id and PID namespace (``None`` where the OS does not say)."""
+
+    def read(path: str, link: bool = False) -> str | None:
+        try:
+            return os.readlink(path) if link else Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    return {
+        "host": socket.gethostname(),
+        "boot_id": read("/proc/sys/kernel/random/boot_id"),
+        "pid_namespace": read("/proc/self/ns/pid", link=True),
+    }
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/PID/stat`` (after the command name), or ``None`` where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (field 22 of ``/proc/PID/stat``, clock ticks since boot); ``None`` if unknown."""
+    fields = _proc_stat(pid)
+    if fields is None or len(fields) < 20 or not fields[19].isdigit():
+        return None
+    return int(fields[19])
+
+
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it has exited and only waits to be reaped)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    except OSError:
+        return True  # cannot tell: assume it runs
+    fields = _proc_stat(pid)
+    return not (fields is not None and fields and fields[0] in ("Z", "X"))

@@ -160,3 +160,71 @@ def test_full_disk_with_on_error_warn_training_goes_on(tmp_path: Path, caplog: p
         assert "No space left on device" in caplog.text
         assert step_dirs(root) == [] and read_latest(root) is None
         assert leftovers(root) == []
+
+
+# --------------------------------------------------------------------------------- a real Ctrl-C (SIGINT)
+SIGINT_EXPORT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from exportkit import tiny_gpt
+from hfexport import export_hf
+
+class CtrlC:  # a tokenizer whose saving is where the user presses Ctrl-C
+    def save_pretrained(self, path):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("SIGINT did not interrupt")  # not reached: the handler raises first
+
+try:
+    export_hf(tiny_gpt(0), 1, sys.argv[1], on_error=sys.argv[2], tokenizer=CtrlC())
+except BaseException as exc:
+    print(type(exc).__name__, repr(str(exc)))
+else:
+    print("returned")
+print("training goes on")
+"""
+
+
+@pytest.mark.parametrize("on_error", ["raise", "warn"])
+def test_sigint_during_a_synchronous_export_raises_keyboard_interrupt(tmp_path: Path, on_error: str) -> None:
+    root = tmp_path / "root"
+    script = SIGINT_EXPORT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", script, str(root), on_error], capture_output=True, text=True)
+    assert proc.stdout.splitlines() == ["KeyboardInterrupt ''", "training goes on"], proc.stderr
+    assert step_dirs(root) == [] and leftovers(root) == [] and read_latest(root) is None
+
+
+SIGINT_CONVERT = """
+import os, signal, sys
+from hfexport import cli, writer
+
+real_publish = writer._publish
+
+def publish(tmp, target):  # Ctrl-C just before or just after the rename
+    if sys.argv[1] == "before":
+        os.kill(os.getpid(), signal.SIGINT)
+    real_publish(tmp, target)
+    if sys.argv[1] == "after":
+        os.kill(os.getpid(), signal.SIGINT)
+
+writer._publish = publish
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_sigint_around_the_rename_is_reported_truthfully(tmp_path: Path, when: str) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    model = tiny_gpt(0)
+    torch.save({"model": model.state_dict(), "model_args": model.model_args()}, ckpt)
+    out = tmp_path / "exports" / "hf"
+    argv = ["convert", str(ckpt), "--output_dir", str(out), "--dtype", "float32", "--no_progress", "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", SIGINT_CONVERT, when, *argv], capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    if when == "before":
+        assert errors == ["error: interrupted; nothing was published"]
+        assert not out.exists()
+    else:
+        assert errors == [f"error: interrupted; {out} was published (complete) before the interrupt"]
+        assert verify_directory(out).ok
+    assert leftovers(out.parent) == []

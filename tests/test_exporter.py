@@ -32,9 +32,11 @@ from exportkit import (
     weights_copy,
 )
 
-from hfexport import ConversionError, ExportWorkerError, HFExportError, verify_directory
+from hfexport import ConversionError, ExportWorkerError, HFExportError, verify_directory, writer
+from hfexport import exporter as exporter_module
 from hfexport.exporter import HFExporter, export_hf
 from hfexport.versions import read_latest
+from hfexport.writer import interrupt_outcome
 
 
 def train_step(model: torch.nn.Module, step: int) -> None:
@@ -168,15 +170,87 @@ def test_every_n_steps_with_rotation_keeps_foreign_versions(tmp_path: Path) -> N
     assert [v.step for v in exporter.versions()] == [1, 6, 9]
 
 
-def test_rotation_respects_a_newer_foreign_latest(tmp_path: Path) -> None:
-    export_hf(tiny_gpt(9), 100, tmp_path, dtype="float32")  # another run, further along
+def test_latest_follows_the_current_run_even_below_a_foreign_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    export_hf(tiny_gpt(9), 100, tmp_path, dtype="float32")  # another run, further along (an abandoned future)
     model = tiny_gpt(0)
     with HFExporter(tmp_path, every_n_steps=1, keep_last_n=1, dtype="float32") as exporter:
         for step in (1, 2, 3):
             train_step(model, step)
             exporter.maybe_export(model, step)
-    assert step_dirs(tmp_path) == ["step_000003", "step_000100"]
-    assert read_latest(tmp_path) == "step_000100"  # never moved back to an older step
+            exporter.wait()
+            assert read_latest(tmp_path) == f"step_{step:06d}"  # the current run's newest version
+    assert step_dirs(tmp_path) == ["step_000003", "step_000100"]  # the foreign one is kept, never rotated
+    assert caplog.text.count("training went back") == 1  # warned once
+    assert "step_000100" in caplog.text
+
+
+def test_steps_going_backwards_never_rotate_the_version_just_written(tmp_path: Path) -> None:
+    model = tiny_gpt(0)
+    with HFExporter(tmp_path, keep_last_n=2, dtype="float32", async_write=False) as exporter:
+        for step in (50, 40, 30):
+            train_step(model, step)
+            state = weights_copy(model)
+            path = exporter.export(model, step)
+            assert path == tmp_path / f"step_{step:06d}" and path.is_dir()
+            assert read_latest(tmp_path) == path.name
+            assert_file_tensors(path, state, torch.float32)
+    # keep_last_n removes this run's versions in write order: 50 was written first
+    assert step_dirs(tmp_path) == ["step_000030", "step_000040"]
+    assert exporter.state_dict()["created"] == ["step_000040", "step_000030"]
+
+
+def test_a_resumed_run_moves_latest_and_keeps_the_abandoned_future(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tiny_gpt(0)
+    with HFExporter(tmp_path, every_n_steps=10, keep_last_n=4, dtype="float32") as first:
+        for step in range(10, 41, 10):
+            first.maybe_export(model, step)
+            if step == 10:
+                first.wait()
+                checkpoint = first.state_dict()  # the training checkpoint the run is resumed from
+    assert read_latest(tmp_path) == "step_000040"
+    abandoned = (tmp_path / "step_000040" / "model.safetensors").read_bytes()
+
+    resumed = HFExporter(tmp_path, every_n_steps=10, keep_last_n=3, dtype="float32")
+    resumed.load_state_dict(checkpoint)
+    states = {}
+    for step in (20, 30):
+        train_step(model, step)
+        states[step] = weights_copy(model)
+        resumed.maybe_export(model, step)
+        resumed.wait()
+        assert read_latest(tmp_path) == f"step_{step:06d}"
+    resumed.close()
+    assert step_dirs(tmp_path) == ["step_000010", "step_000020", "step_000030", "step_000040"]
+    assert (tmp_path / "step_000040" / "model.safetensors").read_bytes() == abandoned  # kept as it was
+    for step, state in states.items():
+        assert_file_tensors(tmp_path / f"step_{step:06d}", state, torch.float32)
+    assert caplog.text.count("training went back") == 1 and "step_000040" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [2.5, 1.5, float("nan"), True, "10", -1])
+def test_a_step_that_is_not_a_whole_number_is_refused(tmp_path: Path, bad: object) -> None:
+    model = tiny_gpt(0)
+    with pytest.raises(ConversionError, match=r"Invalid step .*whole number >= 0.*int\(step\)"):
+        export_hf(model, bad, tmp_path / "a")  # type: ignore[arg-type]
+    assert not (tmp_path / "a").exists()
+    exporter = HFExporter(tmp_path / "b", every_n_steps=1)
+    with pytest.raises(ConversionError, match=r"Invalid step"):
+        exporter.maybe_export(model, bad)  # type: ignore[arg-type]
+    with pytest.raises(HFExportError, match=r"Invalid step"):
+        exporter.export(model, bad)  # type: ignore[arg-type]
+    exporter.close()
+    assert step_dirs(tmp_path / "b") == []
+
+
+def test_whole_steps_of_other_types_are_accepted(tmp_path: Path) -> None:
+    model = tiny_gpt(0)
+    assert export_hf(model, 2.0, tmp_path) == tmp_path / "step_000002"  # type: ignore[arg-type]
+    assert export_hf(model, torch.tensor(3), tmp_path) == tmp_path / "step_000003"  # type: ignore[arg-type]
+    assert step_dirs(tmp_path) == ["step_000002", "step_000003"]
 
 
 def test_background_export_keeps_its_steps_weights(tmp_path: Path) -> None:
@@ -299,19 +373,24 @@ def test_invalid_arguments_are_refused_with_the_value(tmp_path: Path) -> None:
 
 
 def test_leftover_temporaries_of_a_killed_run_are_cleaned_at_start(tmp_path: Path) -> None:
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f".step_000004.tmp-{dead.pid}-deadbeef"
-    stale.mkdir()
-    (stale / "model.safetensors").write_bytes(b"half a file")
-    old = tmp_path / f".step_000002.old-{dead.pid}-0badf00d"
-    old.mkdir()
-    alive = tmp_path / ".step_000006.tmp-1-cafecafe"  # pid 1 is alive: another process is still writing it
-    alive.mkdir()
+    code = (
+        "import sys; from pathlib import Path; from hfexport.writer import make_temporary\n"
+        "for name, tag in (('step_000004', '.tmp-'), ('step_000002', '.old-')):\n"
+        "    path = make_temporary(Path(sys.argv[1]), name, tag)\n"
+        "    (path / 'payload').mkdir(); (path / 'payload' / 'model.safetensors').write_bytes(b'half a file')\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)  # a run killed mid-write
+    stale = sorted(p.name for p in tmp_path.iterdir())
+    assert len(stale) == 2 and all(".tmp-" in n or ".old-" in n for n in stale)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    others = [".data.old-2024", ".venv.tmp-build", f".step_000006.tmp-{int(dead.stdout)}-cafecafe"]  # not ours
+    for name in others:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "precious.txt").write_text(name)
     HFExporter(tmp_path)
-    assert not stale.exists() and not old.exists()
-    assert alive.exists()
-    assert os.listdir(tmp_path) == [alive.name]
+    assert sorted(os.listdir(tmp_path)) == sorted(others)
+    for name in others:
+        assert (tmp_path / name / "precious.txt").read_text() == name
 
 
 def test_special_token_ids_come_from_the_tokenizer_for_a_small_vocabulary(tmp_path: Path) -> None:
@@ -328,3 +407,129 @@ def test_special_token_ids_come_from_the_tokenizer_for_a_small_vocabulary(tmp_pa
     assert generation["eos_token_id"] == 0
     plain = export_hf(tiny_gpt(), 2, tmp_path)  # no tokenizer: unknown stays unknown
     assert json.loads((plain / "config.json").read_text())["eos_token_id"] is None
+
+
+# ------------------------------------------------------------------------------------ interpreter exit
+EXIT_SCRIPT = """
+import sys, threading, time
+sys.path.insert(0, {tests!r})
+from exportkit import SlowTokenizer, tiny_gpt
+from hfexport import HFExporter
+
+root, mode = sys.argv[1], sys.argv[2]
+exporter = HFExporter(root, every_n_steps=1, dtype="float32", tokenizer=SlowTokenizer(0.3, fail=mode == "fail"))
+model = tiny_gpt(0)
+if mode == "thread":  # a non-daemon training thread that exports after the main thread has ended
+    threading.Thread(target=lambda: (time.sleep(0.3), exporter.maybe_export(model, 1))).start()
+else:
+    exporter.maybe_export(model, 1)
+if mode == "crash":
+    raise RuntimeError("training crashed")
+"""  # no close(): the script just ends
+
+
+def run_script_without_close(root: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    script = EXIT_SCRIPT.format(tests=str(Path(__file__).parent))
+    return subprocess.run([sys.executable, "-c", script, str(root), mode], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("mode", ["end", "crash", "thread"])
+def test_a_script_ending_without_close_still_writes_its_export(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "root"
+    proc = run_script_without_close(root, mode)
+    assert proc.returncode == (1 if mode == "crash" else 0), proc.stderr
+    assert step_dirs(root) == ["step_000001"], proc.stderr
+    assert read_latest(root) == "step_000001" and hidden_temporaries(root) == []
+    report = verify_directory(root / "step_000001")
+    assert report.ok, report.problems
+    assert_file_tensors(root / "step_000001", weights_copy(tiny_gpt(0)), torch.float32)
+    assert (
+        "hfexport: finishing 1 pending export before exit (call exporter.close() to do this explicitly)" in proc.stderr
+    )
+    if mode == "crash":
+        assert "RuntimeError: training crashed" in proc.stderr
+
+
+def test_an_export_that_fails_at_exit_is_reported_on_stderr(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    proc = run_script_without_close(root, "fail")
+    assert "hfexport: finishing 1 pending export before exit" in proc.stderr
+    assert f"hfexport: error: the export of step 1 to {root / 'step_000001'} could not be written" in proc.stderr
+    assert "tokenizer save failed on purpose" in proc.stderr
+    assert step_dirs(root) == [] and hidden_temporaries(root) == []
+
+
+def test_pending_exports_are_written_in_the_exiting_thread_when_the_worker_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exporter = HFExporter(tmp_path, every_n_steps=1, dtype="float32")
+    monkeypatch.setattr(exporter, "_ensure_worker", lambda: None)  # the writer thread cannot run any more
+    model = tiny_gpt(0)
+    state = weights_copy(model)
+    exporter.maybe_export(model, 1)
+    assert step_dirs(tmp_path) == []
+    if hasattr(os, "fork"):  # a forked child inherits the queue; its exit must not write the parent's version
+        child = os.fork()
+        if child == 0:
+            exporter_module._finish_all_at_exit()
+            os._exit(3 if step_dirs(tmp_path) else 0)
+        assert os.waitpid(child, 0)[1] == 0
+    exporter_module._finish_all_at_exit()
+    assert "hfexport: finishing 1 pending export before exit" in capsys.readouterr().err
+    assert_file_tensors(tmp_path / "step_000001", state, torch.float32)
+    assert read_latest(tmp_path) == "step_000001"
+    exporter.close()
+
+
+# ---------------------------------------------------------------------------------------- interrupts
+@pytest.mark.parametrize("on_error", ["raise", "warn"])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_during_a_synchronous_export_goes_through_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_error: str, interrupt: type[BaseException]
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:  # Ctrl-C while the version is verified
+        raise interrupt
+
+    monkeypatch.setattr(writer, "_verify", interrupted)
+    model = tiny_gpt(0)
+    with pytest.raises(interrupt) as info:
+        export_hf(model, 1, tmp_path, on_error=on_error)
+    assert type(info.value) is interrupt
+    assert step_dirs(tmp_path) == [] and hidden_temporaries(tmp_path) == [] and read_latest(tmp_path) is None
+    assert interrupt_outcome(info.value) == "nothing was published"
+
+    exporter = HFExporter(tmp_path, async_write=False, on_error=on_error, dtype="float32")
+    with pytest.raises(interrupt):
+        exporter.export(model, 2)
+    assert exporter.state_dict()["created"] == []
+    monkeypatch.undo()
+    assert exporter.export(model, 3) == tmp_path / "step_000003"  # the interrupt left nothing pending
+    exporter.close()
+    assert step_dirs(tmp_path) == ["step_000003"]
+
+
+def test_an_interrupt_after_the_rename_says_the_version_was_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:  # Ctrl-C while `latest` moves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter_module, "set_latest", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        export_hf(tiny_gpt(0), 5, tmp_path, dtype="float32")
+    assert verify_directory(tmp_path / "step_000005").ok
+    outcome = interrupt_outcome(info.value)
+    assert "step_000005 was published (complete) before the interrupt" in outcome and "nothing" not in outcome
+
+
+def test_an_interrupt_in_the_writer_thread_is_delivered_as_itself(tmp_path: Path) -> None:
+    class Interrupting(SlowTokenizer):
+        def save_pretrained(self, path: str) -> None:
+            raise KeyboardInterrupt
+
+    exporter = HFExporter(tmp_path, every_n_steps=1, on_error="warn", tokenizer=Interrupting())
+    exporter.maybe_export(tiny_gpt(0), 1)
+    with pytest.raises(KeyboardInterrupt):
+        exporter.wait()
+    exporter.close()
+    assert step_dirs(tmp_path) == [] and hidden_temporaries(tmp_path) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,9 +24,13 @@ from hfexport.errors import OutputPathError
 from hfexport.safetensors_io import TensorRecord, read_header, write_safetensors
 from hfexport.writer import (
     MANIFEST_NAME,
+    MARKER_NAME,
     OutputTensor,
+    _start_time,
     check_output_path,
     clean_stale_temporaries,
+    interrupt_outcome,
+    make_temporary,
     parse_size,
     write_hf_directory,
 )
@@ -216,18 +221,124 @@ def test_write_safetensors_counts_and_crc(tmp_path: Path) -> None:
     assert load_file(str(tmp_path / "y.safetensors"))["b"].tolist() == [1.0, 1.0]
 
 
-def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = int(proc.stdout)
-    stale = tmp_path / f".out.tmp-{dead}-abcd1234"
-    stale.mkdir()
-    (stale / "model.safetensors").write_bytes(b"partial")
-    alive = tmp_path / f".out.tmp-{os.getppid()}-abcd1234"  # a live process: maybe still writing
-    alive.mkdir()
-    other = tmp_path / f".other.tmp-{dead}-abcd1234"
-    other.mkdir()
-    assert clean_stale_temporaries(tmp_path, "out") == [stale]
-    assert sorted(hidden(tmp_path)) == sorted([alive.name, other.name])
+def temporaries_of_a_dead_process(parent: Path, *names: str, tag: str = ".tmp-") -> list[Path]:
+    """Real hfexport temporaries (``make_temporary``, marker included), made by a process that has exited."""
+    code = (
+        "import sys; from pathlib import Path; from hfexport.writer import make_temporary\n"
+        "for name in sys.argv[3:]:\n"
+        "    path = make_temporary(Path(sys.argv[1]), name, sys.argv[2])\n"
+        "    (path / 'payload').mkdir(); (path / 'payload' / 'model.safetensors').write_bytes(b'partial')\n"
+        "    print(path.name)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(parent), tag, *names], capture_output=True, text=True, check=True
+    )
+    return [parent / line for line in proc.stdout.splitlines()]
+
+
+def forged(parent: Path, name: str, **changes: object) -> Path:
+    """A temporary made by this process, its marker then edited (another host, PID, start time, ...)."""
+    path = make_temporary(parent, name, ".tmp-")
+    marker = json.loads((path / MARKER_NAME).read_text())
+    marker.update(changes)
+    (path / MARKER_NAME).write_text(json.dumps(marker))
+    return path
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hfexport")
+    stale, other = temporaries_of_a_dead_process(tmp_path, "out", "other")
+    (old,) = temporaries_of_a_dead_process(tmp_path, "out", tag=".old-")
+    mine = make_temporary(tmp_path, "out")  # this process is alive: maybe still writing it
+    assert sorted(clean_stale_temporaries(tmp_path, "out")) == sorted([stale, old])
+    assert hidden(tmp_path) == sorted([other.name, mine.name])
+    assert clean_stale_temporaries(tmp_path) == [other]
+    assert hidden(tmp_path) == [mine.name]
+
+
+def test_cleanup_never_touches_what_hfexport_did_not_provably_create(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfexport")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    foreign = {  # other programs' hidden directories, and a look-alike of ours without the marker
+        ".data.old-2024": "a dataset backup",
+        ".venv.tmp-build": "a virtual environment",
+        f".step_000004.tmp-{pid}-deadbeef": "no marker: nothing proves hfexport made it",
+        f".out.old-{pid}-0badf00d": "no marker either",
+    }
+    for name, text in foreign.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "keep.txt").write_text(text)
+    (tmp_path / ".notes.tmp-12-abcdef12").write_text("a file named like a temporary")
+    parent = os.getppid()
+    kept = [
+        forged(tmp_path, "out", host="another-node"),  # shared storage: that PID means nothing here
+        forged(tmp_path, "out", pid_namespace="pid:[1]"),  # another container on this host
+        forged(tmp_path, "out", boot_id="0" * 36),  # another machine with this name, or before a reboot
+        forged(tmp_path, "out", pid=parent, start_time=_start_time(parent)),  # alive: the same process
+    ]
+    reused = forged(tmp_path, "out", pid=parent, start_time=(_start_time(parent) or 0) + 12345)  # PID reused
+    assert clean_stale_temporaries(tmp_path) == [reused]
+    expected = sorted([*foreign, ".notes.tmp-12-abcdef12", *(p.name for p in kept)])
+    assert hidden(tmp_path) == expected
+    for name, text in foreign.items():
+        assert (tmp_path / name / "keep.txt").read_text() == text
+    assert "Leaving" in caplog.text and "no hfexport marker" in caplog.text and "another host" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "name", ["x" * 255, "\u20ac" * 85, "model-" + "\u00e9" * 124], ids=["ascii", "3-byte-chars", "2-byte-chars"]
+)
+def test_every_valid_output_name_works(tmp_path: Path, name: str) -> None:
+    assert len(os.fsencode(name)) <= 255
+    seen: list[Path] = []
+
+    class Recorder:  # a tokenizer whose save_pretrained sees where the write happens
+        def save_pretrained(self, path: str) -> None:
+            seen.append(Path(path).parent.parent)  # <temporary>/payload/.tokenizer
+            (Path(path) / "tokenizer_config.json").write_text("{}")
+
+    out = tmp_path / name
+    write_hf_directory(out, tensors_of({"a": torch.ones(3)}), FILES, tokenizer=Recorder())
+    assert load_file(str(out / "model.safetensors"))["a"].tolist() == [1.0, 1.0, 1.0]
+    assert hidden(tmp_path) == []
+    (temporary,) = seen
+    assert temporary.parent == tmp_path and len(os.fsencode(temporary.name)) <= 255
+    assert temporary.name.startswith(".") and f".tmp-{os.getpid()}-" in temporary.name
+    # a killed write of that name is recognised and removed later
+    (stale,) = temporaries_of_a_dead_process(tmp_path, name)
+    assert len(os.fsencode(stale.name)) <= 255
+    assert json.loads((stale / MARKER_NAME).read_text())["target"] == name
+    assert clean_stale_temporaries(tmp_path, name) == [stale]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_keyboard_interrupt_goes_through_and_says_whether_it_was_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    real_publish = writer._publish
+
+    def interrupted_publish(tmp: Path, target: Path) -> None:  # Ctrl-C right before / right after the rename
+        if when == "before":
+            raise KeyboardInterrupt
+        real_publish(tmp, target)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_publish", interrupted_publish)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt) as info:
+        write_hf_directory(out, tensors_of({"a": torch.ones(3)}), FILES)
+    assert type(info.value) is KeyboardInterrupt
+    assert hidden(tmp_path) == []
+    if when == "before":
+        assert not out.exists()
+        assert interrupt_outcome(info.value) == "nothing was published"
+    else:
+        assert load_file(str(out / "model.safetensors"))["a"].tolist() == [1.0, 1.0, 1.0]
+        assert interrupt_outcome(info.value) == f"{out} was published (complete) before the interrupt"
+        assert "nothing" not in interrupt_outcome(info.value)
 
 
 # --- what --force may replace, and a target that fills up while the export is written --------------------------
@@ -460,7 +571,7 @@ def test_sigkill_mid_conversion_leaves_nothing_visible(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             temps = [p for p in exports.iterdir() if p.name.startswith(".hf.tmp-")]
-            if temps and len(list(temps[0].glob("*.safetensors"))) >= 3:
+            if temps and len(list(temps[0].glob("payload/*.safetensors"))) >= 3:
                 break
             assert proc.poll() is None, "the conversion finished before it could be killed; make it bigger"
             time.sleep(0.005)
@@ -476,7 +587,8 @@ def test_sigkill_mid_conversion_leaves_nothing_visible(tmp_path: Path) -> None:
     assert not out.exists()
     assert [p.name for p in exports.iterdir() if not p.name.startswith(".")] == []
     (stale,) = [p for p in exports.iterdir() if p.name.startswith(".hf.tmp-")]
-    assert list(stale.glob("*.safetensors"))  # it really was mid-write
+    assert list(stale.glob("payload/*.safetensors"))  # it really was mid-write
+    assert json.loads((stale / MARKER_NAME).read_text())["pid"] == proc.pid
 
     result = convert_checkpoint(ckpt, out, dtype="bfloat16", max_shard_size="20MB")
     assert (result / "model.safetensors.index.json").is_file()
