@@ -199,10 +199,10 @@ from hfexport import cli, writer
 
 real_publish = writer._publish
 
-def publish(tmp, target):  # Ctrl-C just before or just after the rename
+def publish(tmp, target, **kwargs):  # Ctrl-C just before or just after the rename
     if sys.argv[1] == "before":
         os.kill(os.getpid(), signal.SIGINT)
-    real_publish(tmp, target)
+    real_publish(tmp, target, **kwargs)
     if sys.argv[1] == "after":
         os.kill(os.getpid(), signal.SIGINT)
 

@@ -12,6 +12,7 @@ import time
 import weakref
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -291,17 +292,18 @@ def test_cleanup_never_touches_what_hfexport_did_not_provably_create(
 @pytest.mark.parametrize(
     "name", ["x" * 255, "\u20ac" * 85, "model-" + "\u00e9" * 124], ids=["ascii", "3-byte-chars", "2-byte-chars"]
 )
-def test_every_valid_output_name_works(tmp_path: Path, name: str) -> None:
+def test_every_valid_output_name_works(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(os.fsencode(name)) <= 255
     seen: list[Path] = []
+    real_verify = writer._verify
 
-    class Recorder:  # a tokenizer whose save_pretrained sees where the write happens
-        def save_pretrained(self, path: str) -> None:
-            seen.append(Path(path).parent.parent)  # <temporary>/payload/.tokenizer
-            (Path(path) / "tokenizer_config.json").write_text("{}")
+    def recording_verify(tmp: Path, *args: Any) -> None:  # sees where the write happens: <temporary>/payload
+        seen.append(tmp.parent)
+        real_verify(tmp, *args)
 
+    monkeypatch.setattr(writer, "_verify", recording_verify)
     out = tmp_path / name
-    write_hf_directory(out, tensors_of({"a": torch.ones(3)}), FILES, tokenizer=Recorder())
+    write_hf_directory(out, tensors_of({"a": torch.ones(3)}), FILES)
     assert load_file(str(out / "model.safetensors"))["a"].tolist() == [1.0, 1.0, 1.0]
     assert hidden(tmp_path) == []
     (temporary,) = seen
@@ -320,10 +322,10 @@ def test_keyboard_interrupt_goes_through_and_says_whether_it_was_published(
 ) -> None:
     real_publish = writer._publish
 
-    def interrupted_publish(tmp: Path, target: Path) -> None:  # Ctrl-C right before / right after the rename
+    def interrupted_publish(tmp: Path, target: Path, **kwargs: Any) -> None:  # Ctrl-C before / after the rename
         if when == "before":
             raise KeyboardInterrupt
-        real_publish(tmp, target)
+        real_publish(tmp, target, **kwargs)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(writer, "_publish", interrupted_publish)
