@@ -455,7 +455,7 @@ class HFExporter:
             )
         self._rotate(keep_name=name)
 
-    def _rotate(self, keep_name: str) -> None:
+    def _rotate(self, keep_name: str | None = None) -> None:
         """Remove this run's oldest versions (write order) beyond ``keep_last_n``; never ``keep_name`` (the version
         just written), ``latest``, a version still being written, or one whose Hub push is pending."""
         keep = self.options.keep_last_n
