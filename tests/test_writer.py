@@ -603,3 +603,18 @@ def test_small_file_names_never_lead_out_of_the_directory(tmp_path: Path, name: 
     with pytest.raises(ValueError, match="name"):
         write_hf_directory(out, [], {name: "{}"})
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []  # nothing written anywhere
+
+
+def test_a_dead_writers_temporary_holding_a_replaced_export_with_user_files_is_kept(tmp_path: Path) -> None:
+    (stale,) = temporaries_of_a_dead_process(tmp_path, "out")  # a --force swap interrupted by a kill
+    payload = stale / "payload"
+    (payload / "model.safetensors").unlink()
+    (payload / "config.json").write_text("{}")
+    manifest = {"files": {"config.json": {"size": 2, "crc32": "00000000"}}}
+    (payload / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (payload / "notes.txt").write_text("the user's")  # appeared in the old version just before the swap
+    assert clean_stale_temporaries(tmp_path) == []
+    assert (payload / "notes.txt").read_text() == "the user's"
+    (payload / "notes.txt").unlink()  # now it is only what hfexport wrote
+    assert clean_stale_temporaries(tmp_path) == [stale]
+    assert hidden(tmp_path) == []
