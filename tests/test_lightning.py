@@ -74,18 +74,23 @@ def trainer(tmp_path: Path, callbacks: list[pl.Callback], **kwargs: Any) -> pl.T
     return pl.Trainer(callbacks=callbacks, **options)
 
 
+_TEST_DIR: list[Path] = []  # the running test's tmp_path
+
+
 def export_counts(caplog: pytest.LogCaptureFixture) -> dict[int, int]:
+    """Exports logged by this test: a background writer another test left behind logs into the same records."""
     counts: dict[int, int] = {}
     for record in caplog.records:
-        m = re.match(r"Exported step (\d+) to", record.getMessage())
-        if m:
+        m = re.match(r"Exported step (\d+) to (.*)", record.getMessage())
+        if m and m.group(2).startswith(str(_TEST_DIR[0])):
             counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
     return counts
 
 
 @pytest.fixture(autouse=True)
-def _capture(caplog: pytest.LogCaptureFixture) -> None:
+def _capture(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.INFO, logger="hfexport")
+    _TEST_DIR[:] = [tmp_path]
 
 
 def test_every_n_steps_final_step_once_and_keep_last_n(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
