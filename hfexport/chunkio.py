@@ -2,9 +2,11 @@
 
 The safetensors writer turns a shard into a list of :class:`Chunk` objects (byte ranges of the file, each with a
 function that produces its bytes) and calls :func:`write_shard`. Producer threads fill the chunks into staging
-buffers, ahead of the writer but never more than ``2 * workers`` chunks ahead; the calling thread takes them in
-file order, adds each to a running ``zlib.crc32`` and writes it; at the end the file is fsynced. Production
-(torch) and ``zlib.crc32`` release the GIL, so the producers and the writer run in parallel.
+buffers, ahead of the writer but never more than ``2 * workers`` chunks ahead, and take each chunk's CRC-32 right
+after filling it (while its bytes are in the CPU cache); the calling thread takes the chunks in file order, writes
+them, and combines their CRC-32s into the file's (:func:`hfexport.checksum.crc32_combine`); at the end the file is
+fsynced. Production (torch), ``zlib.crc32`` and the writes release the GIL, so the producers and the writer run in
+parallel.
 
 How the bytes reach the disk is the ``io`` option (:func:`resolve_io`):
 
@@ -30,6 +32,7 @@ from typing import Protocol
 
 import torch
 
+from .checksum import crc32_combine
 from .errors import ConversionError
 
 __all__ = ["IO_MODES", "Chunk", "StagingBuffer", "WrittenFile", "resolve_io", "write_shard"]
@@ -77,7 +80,8 @@ class WrittenFile:
 
     Attributes:
         size: The file's size in bytes.
-        crc32: The CRC-32 of the whole file (computed from the bytes as they were written).
+        crc32: The CRC-32 of the whole file, combined from each chunk's, taken from the staging buffer that the
+            chunk was then written from.
         io: How it was written: ``"buffered"``, or ``"direct"`` when any of it went out with direct I/O.
         direct_bytes: How many bytes went out with direct I/O (each of them read back from the device and
             compared); the rest went through the page cache.
@@ -184,8 +188,8 @@ def write_shard(
             try:
                 # closing(): on any error the producers are stopped here, before the file is closed
                 with contextlib.closing(_produced(chunks, workers, buffers, writer.settle)) as produced:
-                    for ch, staging, start in produced:
-                        crc = zlib.crc32(staging.view[start : start + ch.nbytes], crc)
+                    for ch, staging, start, chunk_crc in produced:
+                        crc = crc32_combine(crc, chunk_crc, ch.nbytes)
                         writer.write(staging, start, ch.offset, ch.nbytes)
                         if on_progress is not None and ch.data is None:
                             on_progress(ch.nbytes)
@@ -226,22 +230,23 @@ def _produced(
     workers: int,
     buffers: list[StagingBuffer],
     settle: Callable[[StagingBuffer], None],
-) -> Iterator[tuple[Chunk, StagingBuffer, int]]:
-    """Yield ``(chunk, staging, start)`` in file order, with the chunk's bytes at ``staging.view[start:]``.
+) -> Iterator[tuple[Chunk, StagingBuffer, int, int]]:
+    """Yield ``(chunk, staging, start, crc32)`` in file order, the chunk's bytes at ``staging.view[start:]``.
 
-    ``start`` is the chunk's file offset modulo :data:`ALIGN`. The chunks are produced into ``buffers`` in turn,
-    each after ``settle(buffer)`` (the writer is done with it); with ``workers > 1`` by producer threads, up to
+    ``start`` is the chunk's file offset modulo :data:`ALIGN`, ``crc32`` the CRC-32 of the chunk's bytes (taken by
+    the thread that produced them, right after). The chunks are produced into ``buffers`` in turn, each after
+    ``settle(buffer)`` (the writer is done with it); with ``workers > 1`` by producer threads, up to
     ``len(buffers)`` chunks ahead of the caller.
     """
     if workers == 1:
         for i, ch in enumerate(chunks):
             staging = buffers[i % len(buffers)]
             settle(staging)
-            yield ch, staging, _fill(ch, staging)
+            yield ch, staging, *_fill(ch, staging)
         return
     threads = torch.get_num_threads()
 
-    def fill(ch: Chunk, staging: StagingBuffer) -> int:
+    def fill(ch: Chunk, staging: StagingBuffer) -> tuple[int, int]:
         # One intra-op thread per producer: the producers are the parallelism, and OpenMP teams of their own would
         # spin on the cores the writer and the other producers need. Put back afterwards: the setting also
         # becomes the default of threads created meanwhile.
@@ -252,7 +257,7 @@ def _produced(
             torch.set_num_threads(threads)
 
     free = list(buffers)
-    pending: list[tuple[Chunk, StagingBuffer, Future[int]]] = []
+    pending: list[tuple[Chunk, StagingBuffer, Future[tuple[int, int]]]] = []
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hfexport-produce")
     try:
         queued = 0
@@ -263,14 +268,14 @@ def _produced(
                 pending.append((chunks[queued], staging, pool.submit(fill, chunks[queued], staging)))
                 queued += 1
             ch, staging, future = pending.pop(0)
-            yield ch, staging, future.result()
+            yield ch, staging, *future.result()
             free.append(staging)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # no producer may still write into a buffer once closed
 
 
-def _fill(ch: Chunk, staging: StagingBuffer) -> int:
-    """Put ``ch``'s bytes into ``staging`` at ``ch.offset % ALIGN``; returns that start."""
+def _fill(ch: Chunk, staging: StagingBuffer) -> tuple[int, int]:
+    """Put ``ch``'s bytes into ``staging`` at ``ch.offset % ALIGN``; returns that start and the bytes' CRC-32."""
     start = ch.offset % ALIGN
     n = ch.nbytes
     if ch.data is not None:
@@ -284,4 +289,4 @@ def _fill(ch: Chunk, staging: StagingBuffer) -> int:
             out = torch.empty(ch.shape, dtype=ch.dtype)
             ch.produce(out)
             raw.copy_(out.reshape(-1).view(torch.uint8))
-    return start
+    return start, zlib.crc32(staging.view[start : start + n])

@@ -6,7 +6,9 @@ import os
 import zlib
 from pathlib import Path
 
-from hfexport.checksum import crc32_file
+import pytest
+
+from hfexport.checksum import crc32_combine, crc32_file
 
 
 def test_crc32_file(tmp_path: Path) -> None:
@@ -15,3 +17,27 @@ def test_crc32_file(tmp_path: Path) -> None:
     assert crc32_file(tmp_path / "f", chunk=1 << 20) == zlib.crc32(data)
     (tmp_path / "empty").write_bytes(b"")
     assert crc32_file(tmp_path / "empty") == 0
+
+
+@pytest.mark.parametrize(
+    ("len1", "len2"), [(0, 0), (0, 5), (5, 0), (1, 1), (3, 4096), (4097, 1), (65536 + 3, 1000 + 7), (17, 1 << 20)]
+)
+def test_crc32_combine_equals_the_crc_of_the_concatenation(len1: int, len2: int) -> None:
+    a, b = os.urandom(len1), os.urandom(len2)
+    assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len2) == zlib.crc32(a + b)
+
+
+def test_crc32_combine_over_many_pieces_in_order() -> None:
+    pieces = [os.urandom(n) for n in (0, 1, 7, 4096, 100_003, 0, 513)]
+    crc = 0
+    for piece in pieces:
+        crc = crc32_combine(crc, zlib.crc32(piece), len(piece))
+    assert crc == zlib.crc32(b"".join(pieces))
+    assert crc32_combine(zlib.crc32(pieces[3]), zlib.crc32(pieces[4]), len(pieces[4])) != crc32_combine(
+        zlib.crc32(pieces[4]), zlib.crc32(pieces[3]), len(pieces[3])
+    )  # the order matters: this is not an XOR of the pieces' checksums
+
+
+def test_crc32_combine_rejects_a_negative_length() -> None:
+    with pytest.raises(ValueError, match="len2"):
+        crc32_combine(0, 0, -1)
