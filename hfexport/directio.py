@@ -6,10 +6,15 @@ reporting), that copy is the slowest part of an export; with ``O_DIRECT`` the by
 to the device instead (DMA), and a large export does not evict the training data's cache either
 (``benchmarks/README.md`` has the figures).
 
-* ``"direct"``: the file is preallocated (``fallocate``: a full disk fails before anything is written) and every
-  chunk's whole 4096-byte blocks go out with ``O_DIRECT``.
-* ``"auto"``: chunks go through the plain writer (exactly ``"buffered"``), timed. Once ``PROBE_BYTES`` of them
-  went slower than ``SLOW_BYTES_PER_S``, the rest of the file is preallocated and goes out with ``O_DIRECT``.
+In both modes the file is first preallocated to its final size (``fallocate``): a full disk fails before anything
+is written, and page-cache writes into allocated blocks are faster (ext4 allocates no blocks as it goes).
+
+* ``"direct"``: every chunk's whole 4096-byte blocks go out with ``O_DIRECT``.
+* ``"auto"``: chunks go through the page cache with the same writes as ``"buffered"``, timed, and the kernel is
+  asked to start writing each ``WRITEBACK_BYTES`` of them to the disk at once (``sync_file_range``), so that the
+  final ``fsync`` has little left to do: a file smaller than the kernel's dirty-memory threshold would otherwise
+  reach the disk only at the ``fsync``, after everything else. Once ``PROBE_BYTES`` of page-cache writes went
+  slower than ``SLOW_BYTES_PER_S``, the rest of the file goes out with ``O_DIRECT``.
 
 A chunk is produced at its file offset modulo 4096 in its page-aligned staging buffer, so its whole blocks are
 aligned both in memory and in the file; the partial blocks at its two edges (< 4 KiB each) go through the page
@@ -42,6 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DirectWriter"]
 
 PROBE_BYTES = 64 << 20  # "auto": page-cache writes timed per decision
+WRITEBACK_BYTES = 64 << 20  # "auto": page-cache writes handed to the disk (sync_file_range) every this many bytes
 SLOW_BYTES_PER_S = 2e9  # "auto": page-cache writes slower than this switch to direct I/O
 
 
@@ -72,8 +78,11 @@ class DirectWriter:
         self.direct_bytes = 0
         self.probe_bytes = 0
         self.probe_seconds = 0.0
+        self.unflushed = 0  # page-cache bytes written since the last writeback request
+        self.flushed = 0  # where the last writeback request ended
+        _preallocate(self.fd, 0, total)
         if always:
-            self._start(0)
+            self._start()
 
     def write(self, staging: StagingBuffer, start: int, offset: int, n: int) -> None:
         if self.direct_fd == -1:  # direct I/O not started (or refused on open): the plain, sequential writes
@@ -81,6 +90,7 @@ class DirectWriter:
             self.plain.write(staging, start, offset, n)
             if not self.refused:
                 self._probe(n, time.perf_counter() - began, offset + n)
+            self._writeback(offset + n, n)
             return
         end = offset + n
         lo, hi = -(-offset // ALIGN) * ALIGN, end - end % ALIGN  # the chunk's whole blocks: [lo, hi)
@@ -141,11 +151,17 @@ class DirectWriter:
         self.probe_bytes, self.probe_seconds = 0, 0.0
         if rate < SLOW_BYTES_PER_S and position < self.total:
             logger.debug("page-cache writes at %.2f GB/s: direct I/O from byte %d on", rate / 1e9, position)
-            self._start(position)
+            self._start()
 
-    def _start(self, position: int) -> None:
-        """Preallocate the rest of the file from ``position`` and open it with ``O_DIRECT``."""
-        _preallocate(self.fd, position, self.total - position)
+    def _writeback(self, end: int, n: int) -> None:
+        """Count ``n`` page-cache bytes written up to ``end``; every ``WRITEBACK_BYTES``, start their disk write."""
+        self.unflushed += n
+        if self.unflushed >= WRITEBACK_BYTES:
+            _start_writeback(self.fd, self.flushed, end - self.flushed)
+            self.unflushed, self.flushed = 0, end
+
+    def _start(self) -> None:
+        """Open the file again with ``O_DIRECT``: whole blocks from the next chunk on go out directly."""
         try:
             self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
             self.direct = True
@@ -191,6 +207,16 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
             raise OSError(errno.EIO, f"pwrite wrote {n} bytes at offset {offset}")
         data = data[n:]
         offset += n
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writing the range's dirty pages, don't wait
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start (not wait for) the disk write of a range's dirty pages: Linux ``sync_file_range``, best effort."""
+    func = libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    if func is not None and length > 0:
+        func(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _preallocate(fd: int, offset: int, length: int) -> None:
