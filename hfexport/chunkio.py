@@ -236,7 +236,9 @@ def _produced(
     ``start`` is the chunk's file offset modulo :data:`ALIGN`, ``crc32`` the CRC-32 of the chunk's bytes (taken by
     the thread that produced them, right after). The chunks are produced into ``buffers`` in turn, each after
     ``settle(buffer)`` (the writer is done with it); with ``workers > 1`` by producer threads, up to
-    ``len(buffers)`` chunks ahead of the caller.
+    ``len(buffers)`` chunks ahead of the caller. A producer thread calls ``settle`` itself: the caller, which
+    writes, never waits for the writer's background work (the read-back of a direct write) on a buffer it just
+    handed back.
     """
     if workers == 1:
         for i, ch in enumerate(chunks):
@@ -252,6 +254,7 @@ def _produced(
         # becomes the default of threads created meanwhile.
         torch.set_num_threads(1)
         try:
+            settle(staging)
             return _fill(ch, staging)
         finally:
             torch.set_num_threads(threads)
@@ -264,7 +267,6 @@ def _produced(
         while pending or queued < len(chunks):
             while free and queued < len(chunks):
                 staging = free.pop()
-                settle(staging)
                 pending.append((chunks[queued], staging, pool.submit(fill, chunks[queued], staging)))
                 queued += 1
             ch, staging, future = pending.pop(0)
