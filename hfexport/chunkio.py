@@ -2,11 +2,11 @@
 
 The safetensors writer turns a shard into a list of :class:`Chunk` objects (byte ranges of the file, each with a
 function that produces its bytes) and calls :func:`write_shard`. Producer threads fill the chunks into staging
-buffers, ahead of the writer but never more than ``2 * workers`` chunks ahead, and take each chunk's CRC-32 right
-after filling it (while its bytes are in the CPU cache); the calling thread takes the chunks in file order, writes
-them, and combines their CRC-32s into the file's (:func:`hfexport.checksum.crc32_combine`); at the end the file is
-fsynced. Production (torch), ``zlib.crc32`` and the writes release the GIL, so the producers and the writer run in
-parallel.
+buffers, ahead of the writer but never more than ``BUFFERS_PER_WORKER * workers`` chunks ahead, and take each
+chunk's CRC-32 right after filling it (while its bytes are in the CPU cache); the calling thread takes the chunks
+in file order, writes them, and combines their CRC-32s into the file's (:func:`hfexport.checksum.crc32_combine`);
+at the end the file is fsynced. Production (torch), ``zlib.crc32`` and the writes release the GIL, so the
+producers and the writer run in parallel.
 
 How the bytes reach the disk is the ``io`` option (:func:`resolve_io`):
 
@@ -40,6 +40,10 @@ __all__ = ["IO_MODES", "Chunk", "StagingBuffer", "WrittenFile", "resolve_io", "w
 IO_MODES = ("auto", "buffered", "direct")
 ALIGN = 4096  # chunks are produced at their file offset modulo this, so direct I/O can write their whole blocks
 ENV_IO = "HFEXPORT_DIRECT_IO"
+# Staging buffers per producer. A buffer is busy from its production through its write and, with direct I/O, the
+# read-back that follows in the background; with two per producer, the producers wait for read-backs and the
+# writer for the producers (see benchmarks/README.md).
+BUFFERS_PER_WORKER = 4
 _ENV_VALUES = {
     **dict.fromkeys(("0", "false", "no", "off", "never", "buffered"), "buffered"),
     **dict.fromkeys(("1", "true", "yes", "on", "always", "direct"), "direct"),
@@ -176,7 +180,7 @@ def write_shard(
     mode = resolve_io(io)
     workers = max(1, min(workers, len(chunks)))
     size = max((ch.nbytes for ch in chunks), default=0) + ALIGN
-    buffers = [StagingBuffer(size) for _ in range(2 * workers)]
+    buffers = [StagingBuffer(size) for _ in range(BUFFERS_PER_WORKER * workers)]
     crc = 0
     try:
         with open(path, "xb", buffering=0) as fh:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hfexport import chunkio
-from hfexport.chunkio import Chunk, resolve_io, write_shard
+from hfexport.chunkio import BUFFERS_PER_WORKER, Chunk, resolve_io, write_shard
 from hfexport.errors import ConversionError
 
 
@@ -89,7 +89,7 @@ def test_the_first_failure_in_file_order_is_raised_and_the_producers_stop(tmp_pa
     with pytest.raises(RuntimeError, match="chunk 5 failed") as failure:
         write_shard(tmp_path / "f", chunks, workers=workers)
     assert producer_threads() == [], failure  # stopped, even while the error (and its traceback) is still held
-    assert max(produced) < 5 + 2 * workers + 1  # at most the look-ahead past the failure was produced
+    assert max(produced) < 5 + BUFFERS_PER_WORKER * workers + 1  # at most the look-ahead past the failure
 
 
 def test_a_failing_write_stops_the_producers_before_returning(tmp_path: Path) -> None:
