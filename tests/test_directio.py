@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import random
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -174,3 +176,55 @@ def test_training_exports_stay_on_the_plain_path_and_convert_does_not(
     torch.save({"model": model.state_dict(), "model_args": model.model_args()}, tmp_path / "ckpt.pt")
     convert_checkpoint(tmp_path / "ckpt.pt", tmp_path / "converted")
     assert entered == [False]  # auto: page cache until it proves slow
+
+
+def test_the_writing_thread_never_waits_for_a_read_back(direct_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With producer threads, a buffer's read-back is awaited by the producer that refills it, not by the writer."""
+    settled_by: list[str] = []
+    real = directio.DirectWriter.settle
+
+    def recording(self: directio.DirectWriter, staging: StagingBuffer) -> None:
+        settled_by.append(threading.current_thread().name)
+        real(self, staging)
+
+    monkeypatch.setattr(directio.DirectWriter, "settle", recording)
+    rng = random.Random(11)
+    chunks, expected = random_file(rng)
+    while len(chunks) < 10 or whole_blocks(chunks) < 200_000:
+        chunks, expected = random_file(rng)
+    result = write_shard(direct_dir / "f", chunks, io="direct", workers=2)
+    assert (direct_dir / "f").read_bytes() == expected and result.crc32 == zlib.crc32(expected)
+    assert len(settled_by) == len(chunks)
+    assert all(name.startswith("hfexport-produce") for name in settled_by), set(settled_by)
+
+
+def test_auto_preallocates_the_file_and_hands_page_cache_writes_to_the_disk_early(
+    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "auto": the whole file is allocated before the first chunk is written, and every WRITEBACK_BYTES written
+    through the page cache are handed to the disk (sync_file_range), in order, without gaps."""
+    monkeypatch.setattr(directio, "SLOW_BYTES_PER_S", 0.0)  # never slow: everything through the page cache
+    monkeypatch.setattr(directio, "WRITEBACK_BYTES", 50_000)
+    ranges: list[tuple[int, int]] = []
+    real = directio._start_writeback
+    monkeypatch.setattr(directio, "_start_writeback", lambda fd, o, n: (ranges.append((o, n)), real(fd, o, n)))
+    path = direct_dir / "f"
+    allocated: list[int] = []
+    rng = random.Random(3)
+    chunks, expected = random_file(rng)
+    while len(expected) < 300_000:
+        chunks, expected = random_file(rng)
+    first = next(ch for ch in chunks if ch.data is None and ch.produce is not None)
+    produce = first.produce
+
+    def measuring(out: torch.Tensor) -> None:
+        allocated.append(os.stat(path).st_blocks * 512)
+        produce(out)  # type: ignore[misc]
+
+    first.produce = measuring
+    result = write_shard(path, chunks, io="auto", workers=1)
+    assert path.read_bytes() == expected and (result.io, result.direct_bytes) == ("buffered", 0)
+    assert allocated and allocated[0] >= len(expected)  # fallocate'd before anything was written
+    assert ranges and ranges[0][0] == 0
+    assert all(o + n == o2 for (o, n), (o2, _) in itertools.pairwise(ranges))
+    assert all(n >= 50_000 for _, n in ranges) and ranges[-1][0] + ranges[-1][1] <= len(expected)
