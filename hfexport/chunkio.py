@@ -43,7 +43,7 @@ ENV_IO = "HFEXPORT_DIRECT_IO"
 # Staging buffers per producer. A buffer is busy from its production through its write and, with direct I/O, the
 # read-back that follows in the background; with two per producer, the producers wait for read-backs and the
 # writer for the producers (see benchmarks/README.md).
-BUFFERS_PER_WORKER = 4
+BUFFERS_PER_WORKER = 4  # with producer threads (workers > 1); the calling thread alone uses two
 _ENV_VALUES = {
     **dict.fromkeys(("0", "false", "no", "off", "never", "buffered"), "buffered"),
     **dict.fromkeys(("1", "true", "yes", "on", "always", "direct"), "direct"),
@@ -180,7 +180,8 @@ def write_shard(
     mode = resolve_io(io)
     workers = max(1, min(workers, len(chunks)))
     size = max((ch.nbytes for ch in chunks), default=0) + ALIGN
-    buffers = [StagingBuffer(size) for _ in range(BUFFERS_PER_WORKER * workers)]
+    # workers == 1 produces in the calling thread, never ahead: one buffer filled, one still being read back
+    buffers = [StagingBuffer(size) for _ in range(BUFFERS_PER_WORKER * workers if workers > 1 else 2)]
     crc = 0
     try:
         with open(path, "xb", buffering=0) as fh:
