@@ -35,25 +35,20 @@ Example:
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures.thread  # noqa: F401 - its exit hook registered before ours, so ours runs first
-import contextlib
 import logging
 import operator
 import os
-import queue
-import sys
-import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .background import BackgroundWriter
 from .convert import dtype_name, write_export
 from .errors import ConversionError, ExportWorkerError, HFExportError
+from .hub import HubPusher
 from .options import ExportOptions
 from .snapshot import (
     Snapshot,
@@ -64,8 +59,8 @@ from .snapshot import (
     snapshot_outputs,
     take_snapshot,
 )
-from .versions import Version, list_versions, read_latest, remove_version, set_latest, version_name
-from .writer import clean_stale_temporaries, note_interrupt
+from .versions import Version, VersionStore, list_versions, version_name
+from .writer import note_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +86,10 @@ class ExportStats:
 
 @dataclass
 class _Job:
+    """One version handed to the writer."""
+
     step: int
+    target: Path
     snapshot: Snapshot
     card: dict[str, Any]
     manifest: dict[str, Any]
@@ -130,33 +128,31 @@ class HFExporter:
         self.every_n_steps = every_n_steps
         self.options = ExportOptions(**options)
         self.is_writer = global_rank() == 0
-        self.created: list[str] = []  # versions this exporter (or the run it resumes) wrote, in write order
         self.last_step: int | None = None
         self.last_stats: ExportStats | None = None
         self.metadata: dict[str, Any] = {}  # extra facts for every card/manifest (e.g. the source)
-        self._error: BaseException | None = None
-        self._error_what = ""  # "step N to PATH" of the failure in _error
-        self._warned_ahead = False
-        self._lock = threading.Lock()  # guards created, _unwritten, _error
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=1)
-        self._worker: threading.Thread | None = None
         self._closed = False
-        self._pusher: Any = None
-        self._unwritten: dict[int, Path] = {}  # snapshots handed to the writer, not yet on disk (and pushed)
-        self._owner_pid = os.getpid()  # a forked child inherits the queue, not the writer: it must not finish it
+        self._store: VersionStore | None = None
+        self._writer: BackgroundWriter[_Job] | None = None
+        self._pusher: HubPusher | None = None
         if self.is_writer:
-            self.root.mkdir(parents=True, exist_ok=True)
-            clean_stale_temporaries(self.root)
+            self._store = VersionStore(self.root, self.options.keep_last_n)
+            # Pending work is finished even if close() is forgotten (the final version must not be lost).
+            self._writer = BackgroundWriter(self._write, lambda job: f"step {job.step} to {job.target}")
             hub = self.options.hub_options()
             if hub is not None:
-                from .hub import HubPusher
-
                 self._pusher = HubPusher(hub)
                 self._pusher.setup()
                 self._pusher.resume(self.root)  # versions a previous run on this root left unpushed (journal)
-        # Pending work is finished even if close() is forgotten (the final version must not be lost).
-        _LIVE.add(self)
-        _register_exit_hooks()
+
+    @property
+    def created(self) -> list[str]:
+        """The versions this exporter (or the run it resumes) wrote or is writing, in write order."""
+        if self._store is None or self._writer is None:
+            return []
+        unwritten = [version_name(job.step) for job in self._writer.pending()]  # read first: a job leaves it
+        written = list(self._store.created)  # after it is in the store
+        return written + [name for name in unwritten if name not in written]
 
     # ----------------------------------------------------------------------------------------------- public
     @property
@@ -213,7 +209,7 @@ class HFExporter:
             return self.root / version_name(step) if self.is_writer else None
         start = time.perf_counter()
         o = self.options
-        busy = self.is_writer and o.async_write and self._queue.full()
+        busy = self._writer is not None and o.async_write and self._writer.busy
         plan = plan_for_model(
             model,
             config=o.config,
@@ -229,11 +225,12 @@ class HFExporter:
                 logger.info("Skipped the export of step %d: the previous one is still waiting (if_busy='skip')", step)
                 return None
             logger.info("Export of step %d waits for the previous one to be written (if_busy='wait')", step)
-        if self.is_writer and o.async_write:
-            self._wait_for_slot()
+        if self._writer is not None and o.async_write:
+            self._writer.wait_for_slot()  # before the snapshot: at most one snapshot waits for the writer
+            self.raise_if_failed()
         snapshot = take_snapshot(plan, o.torch_dtype)  # every rank takes part (FSDP2 gathers)
         self.last_step = step
-        if not self.is_writer:
+        if self._writer is None:
             return None
         facts = {k: _plain(v) for k, v in facts.items() if v is not None}
         card = {"model_name": o.model_name, "step": step, **self.metadata, **facts}
@@ -241,29 +238,22 @@ class HFExporter:
             card.update(repo_id=o.repo_id, version=version_name(step))
         manifest = {"step": step, **self.metadata, **facts}
         stats = ExportStats(step, 0.0, nbytes=snapshot.nbytes)
-        job = _Job(step, snapshot, card, manifest, final, stats)
-        # Claimed now, not when written: a Lightning checkpoint saved while this version is still being written
-        # must list it, or the resumed run would treat it as foreign and never rotate it (keep_last_n).
-        with self._lock:
-            if version_name(step) not in self.created:
-                self.created.append(version_name(step))
-            if o.async_write:
-                self._unwritten[step] = self.root / version_name(step)
+        target = self.root / version_name(step)
+        job = _Job(step, target, snapshot, card, manifest, final, stats)
         if o.async_write:
-            self._ensure_worker()
-            self._queue.put(job)
+            self._writer.submit(job)
             stats.stall_s = time.perf_counter() - start
         else:
-            self._write(job)
+            self._writer.run_here(job)
             stats.stall_s = time.perf_counter() - start
             self.raise_if_failed()
         self.last_stats = stats
-        return self.root / version_name(step)
+        return target
 
     def wait(self) -> None:
         """Block until every queued version is written (not pushed). Raises a background failure."""
-        if self._worker is not None:
-            self._queue.join()
+        if self._writer is not None:
+            self._writer.wait()
         self.raise_if_failed()
 
     def close(self) -> None:
@@ -271,23 +261,18 @@ class HFExporter:
         if self._closed:
             return
         try:
-            if self._worker is not None:
-                self._queue.join()
-                self._queue.put(None)
-                self._worker.join()
-                self._worker = None
+            if self._writer is not None:
+                self._writer.close()
             if self._pusher is not None:
                 self._pusher.close()
                 self._rotate()  # versions kept only until their push succeeded may go now
         finally:
             self._closed = True
-            _LIVE.discard(self)
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
         """Raise the pending background failure (``on_error="raise"``) and the Hub's (``on_push_error="raise"``)."""
-        with self._lock:
-            error, self._error = self._error, None
+        error = self._writer.take_error() if self._writer is not None else None
         if error is not None and not isinstance(error, Exception):
             raise error  # a KeyboardInterrupt/SystemExit in the writer thread: delivered as itself
         if error is not None and self.options.on_error == "raise":
@@ -302,23 +287,19 @@ class HFExporter:
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs: the last exported step, the versions created, pending pushes."""
         pending: list[list[Any]] = []
-        if self._pusher is not None:
-            # Versions still being written count too: a checkpoint taken now must not forget their push.
-            with self._lock:
-                unwritten = dict(self._unwritten)
-            known = {(step, str(path)) for step, path in self._pusher.pending()}
-            known |= {(step, str(path)) for step, path in unwritten.items()}
+        if self._pusher is not None and self._writer is not None:
+            # Versions still being written count too: a checkpoint taken now must not forget their push. Read
+            # before the pusher's: a version is submitted to the pusher before it leaves the writer.
+            known = {(job.step, str(job.target)) for job in self._writer.pending()}
+            known |= {(step, str(path)) for step, path in self._pusher.pending()}
             pending = [[step, path] for step, path in sorted(known)]
-        with self._lock:
-            created = list(self.created)
-        return {"last_step": self.last_step, "created": created, "pending_pushes": pending}
+        return {"last_step": self.last_step, "created": self.created, "pending_pushes": pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; re-queues the Hub pushes the previous run had not finished."""
         self.last_step = state.get("last_step")
-        existing = {v.name for v in self.versions()}
-        with self._lock:
-            self.created = [name for name in state.get("created", []) if name in existing]
+        if self._store is not None:
+            self._store.restore(list(state.get("created", [])))
         if self._pusher is not None:
             for step, path in state.get("pending_pushes", []):
                 self._pusher.resubmit(Path(path), step=int(step))  # unless the journal says it was pushed since
@@ -330,60 +311,10 @@ class HFExporter:
         self.close()
 
     # --------------------------------------------------------------------------------------------- internal
-    def _wait_for_slot(self) -> None:
-        """Block while a snapshot already waits (at most one waits; the worker holds the other)."""
-        while self._queue.full():
-            time.sleep(0.005)
-            self.raise_if_failed()
-
-    def _ensure_worker(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, name="hfexport-writer", daemon=True)
-            self._worker.start()
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self._write(job)
-            finally:
-                self._queue.task_done()
-
-    def _finish_at_exit(self) -> None:
-        """At interpreter exit: write what is still pending (in this thread if the worker is gone), and report on
-        stderr what could not be written (a script may end without ``close()``, and logging may be unconfigured)."""
-        if self._closed or not self.is_writer or os.getpid() != self._owner_pid:
-            return
-        pending = self._queue.unfinished_tasks
-        if pending:
-            _say(
-                f"hfexport: finishing {pending} pending export{'s' if pending > 1 else ''} before exit "
-                "(call exporter.close() to do this explicitly)"
-            )
-            worker = self._worker
-            if worker is not None and worker.is_alive():
-                self._queue.join()
-            else:
-                while True:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    try:
-                        if job is not None:
-                            self._write(job)
-                    finally:
-                        self._queue.task_done()
-        with self._lock:
-            error, self._error = self._error, None
-        if error is not None:
-            _say(f"hfexport: error: the export of {self._error_what} could not be written: {error}")
-
     def _write(self, job: _Job) -> None:
-        name = version_name(job.step)
-        target = self.root / name
+        """Write, publish and hand ``job`` to the pusher (in the writer's thread); raises what failed."""
+        assert self._store is not None
+        target = job.target
         start = time.perf_counter()
         published = False
         try:
@@ -405,18 +336,12 @@ class HFExporter:
             )
             published = True
             job.snapshot.tensors.clear()  # free the host copy now, not when the job object dies
-            self._after_publish(job.step)
+            self._store.published(job.step, unwritten=self._unwritten(), is_pushing=self._is_pushing)
             job.stats.write_s = time.perf_counter() - start
             logger.info("Exported step %d to %s in %.2fs", job.step, target, job.stats.write_s)
             if self._pusher is not None:
                 self._pusher.submit(target, step=job.step, final=job.final)
-            with self._lock:
-                self._unwritten.pop(job.step, None)
         except BaseException as exc:
-            with self._lock:
-                self._unwritten.pop(job.step, None)
-                if name in self.created and not target.is_dir():
-                    self.created.remove(name)  # claimed when queued; nothing was published
             job.snapshot.tensors.clear()
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: the user's, not a failed export
                 if published:
@@ -425,70 +350,19 @@ class HFExporter:
                 else:
                     what = "before it was published; nothing of it is left"
                 logger.warning("Export of step %d interrupted (%s) %s", job.step, type(exc).__name__, what)
-                if not self.options.async_write:
-                    raise
             else:
                 logger.error("Export of step %d to %s failed: %s", job.step, target, exc)
-            with self._lock:
-                self._error = exc
-                self._error_what = f"step {job.step} to {target}"
+            raise
 
-    def _after_publish(self, step: int) -> None:
-        """Once ``step`` is on disk: it becomes ``latest`` and this run's newest version, then rotation runs."""
-        name = version_name(step)
-        with self._lock:
-            if name in self.created:
-                self.created.remove(name)
-            self.created.append(name)  # write order: what rotation removes first
-        set_latest(self.root, name)
-        ahead = [v.name for v in self.versions() if v.step > step]
-        if ahead and not self._warned_ahead:
-            self._warned_ahead = True
-            logger.warning(
-                "%s: %s hold(s) steps above %d, the step just written: training went back (resumed from an earlier "
-                "checkpoint?). They are kept, but `latest` follows the current run and points at %s. Delete them "
-                "by hand if that future is abandoned.",
-                self.root,
-                ", ".join(ahead),
-                step,
-                name,
-            )
-        self._rotate(keep_name=name)
+    def _unwritten(self) -> set[str]:
+        return {version_name(job.step) for job in self._writer.pending()} if self._writer is not None else set()
 
-    def _rotate(self, keep_name: str | None = None) -> None:
-        """Remove this run's oldest versions (write order) beyond ``keep_last_n``; never ``keep_name`` (the version
-        just written), ``latest``, a version still being written, or one whose Hub push is pending."""
-        keep = self.options.keep_last_n
-        if keep is None:
-            return
-        latest = read_latest(self.root)
-        with self._lock:
-            unwritten = {version_name(step) for step in self._unwritten} - {keep_name}
-            mine = [n for n in self.created if n not in unwritten and (self.root / n).is_dir()]
-        kept_for_hub = []
-        for name in mine[: max(0, len(mine) - keep)]:  # older (in write order) than the newest keep_last_n
-            if name in (keep_name, latest):
-                continue
-            path = self.root / name
-            if self._pusher is not None and self._pusher.is_pending(path):
-                kept_for_hub.append(name)  # not pushed yet (queued, in flight or failed): never deleted
-                continue
-            remove_version(Version(_step_of(name), path))
-            with self._lock:
-                if name in self.created:
-                    self.created.remove(name)
-            logger.info("Removed %s (keep_last_n=%d)", path, keep)
-        if kept_for_hub:
-            logger.info(
-                "Keeping %d version(s) past keep_last_n=%d until their Hub push succeeds: %s",
-                len(kept_for_hub),
-                keep,
-                ", ".join(kept_for_hub),
-            )
+    def _is_pushing(self, path: Path) -> bool:
+        return self._pusher is not None and self._pusher.is_pending(path)
 
-
-def _step_of(name: str) -> int:
-    return int(name.split("_", 1)[1])
+    def _rotate(self) -> None:
+        if self._store is not None:
+            self._store.rotate(unwritten=self._unwritten(), is_pushing=self._is_pushing)
 
 
 def _plain(value: Any) -> Any:
@@ -516,45 +390,6 @@ def check_step(step: Any) -> int:
             "step_XXXXXX). Pass the optimizer step as an int, e.g. int(step) or trainer.global_step."
         )
     return value
-
-
-def _say(line: str) -> None:
-    """One line on stderr (at exit, where logging may be unconfigured or already shut down)."""
-    with contextlib.suppress(OSError, ValueError):  # stderr closed
-        print(line, file=sys.stderr, flush=True)
-
-
-# Exporters that may hold pending writes; finished at interpreter exit if close() was never called.
-_LIVE: weakref.WeakSet[HFExporter] = weakref.WeakSet()
-_hooks_lock = threading.Lock()
-_hooks_registered = False
-
-
-def _register_exit_hooks() -> None:
-    """Register :func:`_finish_all_at_exit` twice: as a threading exit hook, which runs before
-    ``concurrent.futures`` refuses new work and before non-daemon threads are joined (the writer still runs
-    normally then), and as an ``atexit`` hook for what a non-daemon thread queued after that."""
-    global _hooks_registered
-    with _hooks_lock:
-        if _hooks_registered:
-            return
-        _hooks_registered = True
-    register = getattr(threading, "_register_atexit", None)  # CPython >= 3.9; hooks run last-registered first
-    if register is not None:
-        with contextlib.suppress(RuntimeError):  # the interpreter is already shutting down
-            register(_finish_all_at_exit)
-    atexit.register(_finish_all_at_exit)
-
-
-def _finish_all_at_exit() -> None:
-    for exporter in list(_LIVE):
-        try:
-            exporter._finish_at_exit()
-        except KeyboardInterrupt:
-            _say(f"hfexport: interrupted at exit; pending exports to {exporter.root} were not written")
-            return
-        except Exception as exc:  # at exit: report, never raise into the interpreter's shutdown
-            _say(f"hfexport: error: could not finish the pending exports to {exporter.root}: {exc!r}")
 
 
 def export_hf(model: Any, step: int, output_dir: str | os.PathLike[str] = "hf_exports", **options: Any) -> Path:

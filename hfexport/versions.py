@@ -21,21 +21,25 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HFExportError
 from .fsutil import fsync_dir
+from .writer import PAYLOAD, clean_stale_temporaries, make_temporary, remove_temporary
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LATEST",
     "Version",
+    "VersionStore",
     "list_versions",
     "read_latest",
     "resolve_latest",
     "set_latest",
+    "step_of",
     "version_name",
 ]
 
@@ -64,6 +68,12 @@ def version_name(step: int) -> str:
     if step < 0:
         raise ValueError(f"Invalid step {step}: must be >= 0.")
     return f"step_{step:06d}"
+
+
+def step_of(name: str) -> int | None:
+    """``"step_000500"`` → ``500``; ``None`` for any name that is not a version's (``latest``, ``step_5``)."""
+    m = _VERSION.match(name)
+    return int(m.group(1)) if m else None
 
 
 def list_versions(root: str | os.PathLike[str]) -> list[Version]:
@@ -129,10 +139,83 @@ def set_latest(root: str | os.PathLike[str], name: str) -> None:
 def remove_version(version: Version) -> None:
     """Delete a version directory: moved out of sight first (into a marked hfexport temporary, which a later run
     removes if this one is killed meanwhile), so it never appears half-deleted."""
-    from .writer import PAYLOAD, make_temporary, remove_temporary
-
     trash = make_temporary(version.path.parent, version.name, ".old-")
     try:
         os.replace(version.path, trash / PAYLOAD)
     finally:
         remove_temporary(trash)
+
+
+class VersionStore:
+    """The versions one run writes into an export root: publishing, ``latest``, rotation.
+
+    Single-threaded: only the thread that writes the versions changes it (the background writer, or the training
+    loop when writing synchronously, and :meth:`rotate` after that thread stopped). :attr:`created` is an immutable
+    tuple replaced at each change, so another thread may read it at any time.
+
+    Args:
+        root: The export root (created; stale temporaries of killed runs removed).
+        keep_last_n: Keep only this run's last N versions, in write order (``None``: all).
+    """
+
+    def __init__(self, root: Path, keep_last_n: int | None) -> None:
+        self.root = root
+        self.keep_last_n = keep_last_n
+        self.created: tuple[str, ...] = ()  # this run's versions (and the run it resumes), in write order
+        self._warned_ahead = False
+        root.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(root)
+
+    def restore(self, names: list[str]) -> None:
+        """Take over a previous run's :attr:`created` (those still on disk)."""
+        existing = {v.name for v in list_versions(self.root)}
+        self.created = tuple(name for name in names if name in existing)
+
+    def published(self, step: int, *, unwritten: set[str], is_pushing: Callable[[Path], bool]) -> None:
+        """``step`` was just published: it becomes ``latest`` and this run's newest version, then rotation runs
+        (see :meth:`rotate`)."""
+        name = version_name(step)
+        self.created = (*(n for n in self.created if n != name), name)  # write order: what rotation removes first
+        set_latest(self.root, name)
+        ahead = [v.name for v in list_versions(self.root) if v.step > step]
+        if ahead and not self._warned_ahead:
+            self._warned_ahead = True
+            logger.warning(
+                "%s: %s hold(s) steps above %d, the step just written: training went back (resumed from an earlier "
+                "checkpoint?). They are kept, but `latest` follows the current run and points at %s. Delete them "
+                "by hand if that future is abandoned.",
+                self.root,
+                ", ".join(ahead),
+                step,
+                name,
+            )
+        self.rotate(keep_name=name, unwritten=unwritten, is_pushing=is_pushing)
+
+    def rotate(self, *, keep_name: str | None = None, unwritten: set[str], is_pushing: Callable[[Path], bool]) -> None:
+        """Remove this run's oldest versions (write order) beyond ``keep_last_n``; never ``keep_name`` (the version
+        just written), ``latest``, one being written again (``unwritten``: not counted either), or one
+        ``is_pushing`` (its Hub push pending)."""
+        keep = self.keep_last_n
+        if keep is None:
+            return
+        latest = read_latest(self.root)
+        skip = unwritten - {keep_name}
+        mine = [n for n in self.created if n not in skip and (self.root / n).is_dir()]
+        kept_for_hub = []
+        for name in mine[: max(0, len(mine) - keep)]:  # older (in write order) than the newest keep_last_n
+            path = self.root / name
+            if name in (keep_name, latest):
+                continue
+            if is_pushing(path):
+                kept_for_hub.append(name)  # not pushed yet (queued, in flight or failed): never deleted
+                continue
+            remove_version(Version(int(step_of(name) or 0), path))
+            self.created = tuple(n for n in self.created if n != name)
+            logger.info("Removed %s (keep_last_n=%d)", path, keep)
+        if kept_for_hub:
+            logger.info(
+                "Keeping %d version(s) past keep_last_n=%d until their Hub push succeeds: %s",
+                len(kept_for_hub),
+                keep,
+                ", ".join(kept_for_hub),
+            )

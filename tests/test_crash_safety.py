@@ -45,9 +45,12 @@ def describe(root: Path, names: set[str]) -> dict[str, list[str]]:
 
 
 def nothing_in(path: Path) -> bool:
-    """An empty directory: all a kill leaves in the instant between a temporary's mkdir and its marker (or between
-    the marker's removal and the rmdir); cleanup leaves it (nothing proves it is hfexport's), and it holds no data."""
-    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    """An empty directory, or one holding only an empty marker: all a kill leaves in the instant between a
+    temporary's mkdir and its marker's content (or between the marker's removal and the rmdir); cleanup leaves it
+    (nothing proves it is hfexport's), and it holds no data."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return all(p.name == "hfexport-temporary.json" and p.stat().st_size == 0 for p in path.iterdir())
 
 
 def assert_only_complete_versions(root: Path) -> None:

@@ -32,8 +32,7 @@ from exportkit import (
     weights_copy,
 )
 
-from hfexport import ConversionError, ExportWorkerError, HFExportError, verify_directory, writer
-from hfexport import exporter as exporter_module
+from hfexport import ConversionError, ExportWorkerError, HFExportError, background, verify_directory, versions, writer
 from hfexport.exporter import HFExporter, export_hf
 from hfexport.versions import read_latest
 from hfexport.writer import interrupt_outcome
@@ -463,7 +462,7 @@ def test_pending_exports_are_written_in_the_exiting_thread_when_the_worker_is_go
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     exporter = HFExporter(tmp_path, every_n_steps=1, dtype="float32")
-    monkeypatch.setattr(exporter, "_ensure_worker", lambda: None)  # the writer thread cannot run any more
+    monkeypatch.setattr(exporter._writer, "_start", lambda: None)  # the writer thread cannot run any more
     model = tiny_gpt(0)
     state = weights_copy(model)
     exporter.maybe_export(model, 1)
@@ -471,10 +470,10 @@ def test_pending_exports_are_written_in_the_exiting_thread_when_the_worker_is_go
     if hasattr(os, "fork"):  # a forked child inherits the queue; its exit must not write the parent's version
         child = os.fork()
         if child == 0:
-            exporter_module._finish_all_at_exit()
+            background._finish_all_at_exit()
             os._exit(3 if step_dirs(tmp_path) else 0)
         assert os.waitpid(child, 0)[1] == 0
-    exporter_module._finish_all_at_exit()
+    background._finish_all_at_exit()
     assert "hfexport: finishing 1 pending export before exit" in capsys.readouterr().err
     assert_file_tensors(tmp_path / "step_000001", state, torch.float32)
     assert read_latest(tmp_path) == "step_000001"
@@ -514,7 +513,7 @@ def test_an_interrupt_after_the_rename_says_the_version_was_published(
     def interrupted(*args: object, **kwargs: object) -> None:  # Ctrl-C while `latest` moves
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(exporter_module, "set_latest", interrupted)
+    monkeypatch.setattr(versions, "set_latest", interrupted)
     with pytest.raises(KeyboardInterrupt) as info:
         export_hf(tiny_gpt(0), 5, tmp_path, dtype="float32")
     assert verify_directory(tmp_path / "step_000005").ok

@@ -328,7 +328,7 @@ def test_rotation_never_deletes_an_unpushed_version_and_all_arrive_later(hub_ser
     model = make_gpt()
     exporter = HFExporter(tmp_path, every_n_steps=1, keep_last_n=2, push_to_hub=True, repo_id=REPO, hub_max_retries=0)
     hub_server.inject(r"/commit/", status=503, times=None)
-    with caplog.at_level("INFO", logger="hfexport.exporter"):
+    with caplog.at_level("INFO", logger="hfexport"):
         for step in range(1, 6):
             exporter.maybe_export(model, step)
         exporter.close()

@@ -69,3 +69,13 @@ def test_every_convert_option_is_documented() -> None:
     real = {s for s in _option_strings("convert") if s.startswith("--") and "-" not in s[2:] and s != "--help"}
     undocumented = sorted(o for o in real if o not in section)
     assert not undocumented, f"`hfexport convert` options missing from the README: {undocumented}"
+
+
+def test_the_layout_section_names_every_module() -> None:
+    """Every module of ``hfexport/`` (and no module that is not there) is named in the README's layout paragraph."""
+    layout = README.split("Layout, every module of `hfexport/`:", 1)[1].split("\n\n", 1)[0]
+    package = ROOT / "hfexport"
+    modules = {p.name for p in package.glob("*.py")} | {p.name for p in package.glob("*/*.py")}
+    named = set(re.findall(r"`([a-z0-9_]+\.py)`", layout))
+    assert modules - named == set(), "modules missing from the README layout"
+    assert named - modules == set(), "the README layout names modules that do not exist"
