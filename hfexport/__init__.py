@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .convert import convert_checkpoint, plan_conversion, resolve_dtype, write_export
 from .errors import (
     CheckpointError,

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__
+from ._version import __version__
 from .architectures import ACTIVATIONS
 from .chunkio import IO_MODES
 from .convert import DTYPES

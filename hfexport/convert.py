@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import architectures
+from ._version import __version__
 from .architectures import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from .card import render_model_card
 from .chunkio import resolve_io
@@ -31,7 +32,7 @@ from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
 from .tokenizer import ExportTokenizer, TokenizerSource, as_source
-from .writer import WriteResult, write_hf_directory
+from .writer import WriteResult, check_output_path, parse_size, write_hf_directory
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +120,18 @@ def output_tensors(
     *,
     allow_nonfinite: bool = False,
     release: Callable[[torch.Tensor], object] | None = None,
+    already_cast: bool = False,
 ) -> list[OutputTensor]:
     """The plan's tensors in ``dtype``, produced lazily chunk by chunk into the writer's buffers, checked for NaN/inf.
 
     Args:
-        plan: The conversion plan.
+        plan: The conversion plan (or a snapshot's :meth:`~hfexport.snapshot.Snapshot.copies`).
         dtype: The target dtype; every source value is cast exactly once.
         allow_nonfinite: Write NaN/inf values instead of refusing them.
         release: Called with each source tensor once every output made from it has been produced (e.g.
             :meth:`hfexport.pages.MappedCheckpoint.release`).
+        already_cast: The sources are copies already in ``dtype`` (a snapshot): an inf in a float16 copy may be a
+            finite model's overflow, which the copy can no longer tell (the message says so and suggests bf16).
     """
     users: dict[int, int] = {}
     for tp in plan.tensors:
@@ -139,7 +143,7 @@ def output_tensors(
 
         def fill(out: torch.Tensor, start: int, stop: int, tp: TensorPlan = tp) -> None:
             tp.fill(out, start, stop)
-            check_finite(tp.name, out, dtype, allow_nonfinite, source=tp.source)
+            check_finite(tp.name, out, dtype, allow_nonfinite, source=None if already_cast else tp.source)
 
         def done(source: torch.Tensor | None = tp.source) -> None:
             if release is None or source is None:
@@ -244,8 +248,6 @@ def write_export(
             what the exporter uses), ``"auto"`` or ``"direct"``.
         protected: Paths the output directory must not hold (the checkpoint being read).
     """
-    from . import __version__
-
     if tensors is None:
         tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
     config = dict(plan.config)
@@ -423,8 +425,6 @@ def convert_checkpoint(
         >>> convert_checkpoint("out/ckpt.pt", "hf_model", dtype="float32")  # doctest: +SKIP
         PosixPath('hf_model')
     """
-    from .writer import check_output_path, parse_size
-
     torch_dtype = resolve_dtype(dtype)
     parse_size(max_shard_size)
     resolve_io(io)  # a bad value fails before the (possibly long) load

@@ -43,10 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .background import BackgroundWriter
-from .convert import dtype_name, write_export
+from .convert import dtype_name, output_tensors, write_export
 from .errors import ConversionError, ExportWorkerError, HFExportError
 from .hub import HubPusher
 from .options import ExportOptions
@@ -56,9 +54,9 @@ from .snapshot import (
     global_rank,
     is_sharded,
     plan_for_model,
-    snapshot_outputs,
     take_snapshot,
 )
+from .sources import scalar_value
 from .versions import Version, VersionStore, list_versions, version_name
 from .writer import note_interrupt
 
@@ -325,7 +323,9 @@ class HFExporter:
                 job.snapshot.plan,
                 target,
                 dtype=o.torch_dtype,
-                tensors=snapshot_outputs(job.snapshot, allow_nonfinite=o.allow_nonfinite),
+                tensors=output_tensors(
+                    job.snapshot.copies(), o.torch_dtype, allow_nonfinite=o.allow_nonfinite, already_cast=True
+                ),
                 card_facts=job.card,
                 manifest_facts={**job.manifest, "dtype": dtype_name(o.torch_dtype)},
                 tokenizer=o.tokenizer_source,
@@ -365,10 +365,9 @@ class HFExporter:
             self._store.rotate(unwritten=self._unwritten(), is_pushing=self._is_pushing)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    return value if isinstance(value, (int, float, str, bool)) else str(value)
+def _plain(value: Any) -> int | float | str | bool:
+    scalar = scalar_value(value)
+    return str(value) if scalar is None else scalar
 
 
 def check_step(step: Any) -> int:

@@ -38,10 +38,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .errors import HubError, HubSetupError
+from .errors import HFExportError, HubError, HubSetupError
 from .hubretry import MAX_RETRY_AFTER_S, bounded_requests, describe, http_status, is_transient, with_retries
 from .journal import PushJournal
 from .pushfiles import publishable_files, verify_remote
+from .versions import LATEST, resolve_latest, step_of
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -62,8 +63,6 @@ T = TypeVar("T")
 
 # Hub repository names: letters, digits, "-", "_", "."; no "--" or ".."; at most 96 characters.
 _REPO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
-_STEP_DIR = re.compile(r"step_(\d+)")
-_VERSION_DIR = re.compile(r"step_\d{6,}")
 # While pushes fall behind, say so at most this often (seconds).
 BEHIND_LOG_INTERVAL_S = 60.0
 
@@ -190,25 +189,14 @@ def resolve_push_dir(path: str | Path) -> Path:
             leaving the root).
     """
     path = Path(path)
-    latest = path / "latest" if path.is_dir() else path
-    if latest.name == "latest" and (latest.is_symlink() or latest.exists()):
-        root = latest.parent.resolve()
-        if latest.is_symlink() or latest.is_dir():
-            target = latest.resolve()
-        else:
-            target = (latest.parent / latest.read_text(encoding="utf-8").strip()).resolve()
-        inside = target.parent == root and _VERSION_DIR.fullmatch(target.name) is not None
-        if not inside or (root / target.name).is_symlink():
+    latest = path / LATEST if path.is_dir() else path
+    if latest.name == LATEST and (latest.is_symlink() or latest.exists()):
+        try:
+            return resolve_latest(latest.parent)
+        except HFExportError as error:
             raise HubError(
-                f"Refusing to push: {latest} points at {target}, which is not a version directory (step_XXXXXX) "
-                f"of the export root {root}. Pass a version directory such as hf_exports/step_000500 instead."
-            )
-        if not target.is_dir():
-            raise HubError(
-                f"{latest} points at {target}, which is not a version directory. Pass a version directory "
-                "such as hf_exports/step_000500 instead."
-            )
-        return target
+                f"Refusing to push: {error} Pass a version directory such as hf_exports/step_000500 instead."
+            ) from error
     if path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.safetensors"))):
         return path.resolve()
     if not path.exists():
@@ -217,11 +205,6 @@ def resolve_push_dir(path: str | Path) -> Path:
         f"Nothing to push at {path}: expected a version directory (holding config.json and *.safetensors) "
         "or an export root holding `latest`, e.g. hf_exports/step_000500 or hf_exports."
     )
-
-
-def _step_of(version_dir: Path) -> int | None:
-    m = _STEP_DIR.fullmatch(version_dir.name)
-    return int(m.group(1)) if m else None
 
 
 def _set_tag(api: HfApi, options: HubOptions, tag: str, oid: str, message: str) -> None:
@@ -286,7 +269,7 @@ def push_version(
     version_dir = Path(version_dir)
     if not version_dir.is_dir():
         raise HubError(f"Cannot push {version_dir}: it is not a directory (was it rotated away?).")
-    step = _step_of(version_dir) if step is None else step
+    step = step_of(version_dir.name) if step is None else step
     if tag is None and options.tag_versions:
         tag = version_dir.name
     title = commit_message or (f"Export step {step}" if step is not None else f"Export {version_dir.name}")
@@ -344,7 +327,7 @@ def push_version(
 
 def _journal(version_dir: Path, options: HubOptions, step: int | None, state: str, **extra: Any) -> None:
     """Record a version's push state in its export root's journal (``step_XXXXXX`` directories only)."""
-    if step is None or not _VERSION_DIR.fullmatch(version_dir.name):
+    if step is None or step_of(version_dir.name) is None:
         return
     try:
         PushJournal(version_dir.parent).record(
@@ -356,7 +339,9 @@ def _journal(version_dir: Path, options: HubOptions, step: int | None, state: st
 
 # ------------------------------------------------------------------------------------- background pusher
 @dataclass(order=True)
-class _Job:
+class _PushJob:
+    """One version waiting for (or in) its push."""
+
     step: int
     final: bool
     version_dir: Path = field(compare=False)
@@ -398,8 +383,8 @@ class HubPusher:
         self._cond = threading.Condition()
         self._setup_lock = threading.Lock()
         self._setup_done = False
-        self._queue: list[_Job] = []
-        self._in_flight: _Job | None = None
+        self._queue: list[_PushJob] = []
+        self._in_flight: _PushJob | None = None
         self._failures: list[PushFailure] = []
         self._results: list[PushResult] = []
         self._skipped: list[Path] = []
@@ -493,7 +478,7 @@ class HubPusher:
         Raises:
             HubError: The pusher is closed.
         """
-        job = _Job(step, final, Path(version_dir).absolute())
+        job = _PushJob(step, final, Path(version_dir).absolute())
         with self._cond:
             if self._closed:
                 raise HubError(f"Cannot submit {job.version_dir.name}: the Hub pusher is closed.")
@@ -511,7 +496,7 @@ class HubPusher:
                 and f.version_dir.is_dir()
                 and all(j.version_dir != f.version_dir for j in self._active())
             ]
-            self._queue += [_Job(f.step, False, f.version_dir) for f in retry]
+            self._queue += [_PushJob(f.step, False, f.version_dir) for f in retry]
             self._queue.sort()
             skipped = self._coalesce() if self.options.push_mode == "latest" else []
             self._log_if_behind()
@@ -569,7 +554,7 @@ class HubPusher:
         self.submit(path, step=step)
         return True
 
-    def _coalesce(self) -> list[_Job]:
+    def _coalesce(self) -> list[_PushJob]:
         """Keep only the newest intermediate version among those waiting (finals always stay)."""
         intermediate = [j for j in self._queue if not j.final]
         for job in intermediate[:-1]:
@@ -617,7 +602,7 @@ class HubPusher:
                 jobs.setdefault(f.version_dir, f.step)
         return sorted((step, path) for path, step in jobs.items())
 
-    def _active(self) -> list[_Job]:
+    def _active(self) -> list[_PushJob]:
         return ([self._in_flight] if self._in_flight else []) + self._queue
 
     @property

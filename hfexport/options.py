@@ -14,6 +14,7 @@ import torch
 
 from .architectures import ACTIVATIONS
 from .convert import resolve_dtype
+from .hub import HubOptions
 from .tokenizer import TokenizerSource
 from .writer import parse_size
 
@@ -124,16 +125,10 @@ class ExportOptions:
         """The keyword names every entry point accepts."""
         return [f.name for f in fields(cls)]
 
-    @property
-    def activation_name(self) -> str:
-        return self.activation or "gelu"
-
-    def hub_options(self) -> Any:
+    def hub_options(self) -> HubOptions | None:
         """The :class:`~hfexport.hub.HubOptions` for these options (``None`` when not pushing)."""
         if not self.push_to_hub:
             return None
-        from .hub import HubOptions
-
         return HubOptions(
             repo_id=str(self.repo_id),
             token=self.hub_token,

@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from .architectures import ConversionPlan, TensorPlan
-from .convert import check_finite, plan_conversion
+from .convert import plan_conversion
 from .errors import ConversionError
-from .safetensors_io import OutputTensor
 from .sources import model_facts, strip_prefixes, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,6 @@ __all__ = [
     "global_rank",
     "is_sharded",
     "plan_for_model",
-    "snapshot_outputs",
     "take_snapshot",
 ]
 
@@ -49,6 +47,18 @@ class Snapshot:
     # Names whose copy is held in the source layout; :func:`snapshot_outputs` transposes them in the writer's
     # thread (a transposing copy costs ~3x a straight cast: it is kept off the training path).
     untransposed: set[str] = field(default_factory=set)
+    dtype: torch.dtype | None = None
+
+    def copies(self) -> ConversionPlan:
+        """The plan over the host copies, for :func:`hfexport.convert.output_tensors` with ``already_cast=True``
+        (the copies are cast and trimmed; what is left is the plan's fill: a transpose, in the writer's thread)."""
+        held = []
+        for tp in self.plan.tensors:
+            tensor = self.tensors[tp.name]
+            transpose = tp.name in self.untransposed
+            shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
+            held.append(TensorPlan(tp.name, tensor, shape, transpose=transpose))
+        return replace(self.plan, tensors=held)
 
 
 def global_rank() -> int:
@@ -169,12 +179,12 @@ def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
                 if _is_dtensor(src):
                     out = _gather(src, dtype)  # a fresh tensor of this snapshot's own: no second device copy
                     if tp.rows is not None or tp.row_start is not None or tp.rope_heads is not None:
-                        out = replace(tp, source=out, transpose=False).materialize(dtype, device=out.device)
+                        out = _untransposed(replace(tp, source=out)).materialize(dtype, device=out.device)
                     out = out.to(dtype).contiguous()
                     if out.untyped_storage().data_ptr() == src.to_local().untyped_storage().data_ptr():
                         out = out.clone()  # one rank, nothing to gather: the "full" tensor is the parameter
                 elif rank0:
-                    out = replace(tp, transpose=False).materialize(dtype, device=src.device)
+                    out = _untransposed(tp).materialize(dtype, device=src.device)
                 else:
                     continue
                 cache[key] = (out.to("cpu") if out.device.type != "cpu" else out) if rank0 else None
@@ -186,24 +196,9 @@ def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
     if not rank0:
         return Snapshot(plan)
     nbytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors.values()}.values())
-    return Snapshot(plan, tensors, nbytes, untransposed)
+    return Snapshot(plan, tensors, nbytes, untransposed, dtype)
 
 
-def snapshot_outputs(snapshot: Snapshot, *, allow_nonfinite: bool = False) -> list[OutputTensor]:
-    """The snapshot as writer inputs; NaN/inf are checked in the writer's thread, off the training path."""
-    outputs = []
-    for tp in snapshot.plan.tensors:
-        tensor = snapshot.tensors[tp.name]
-        transpose = tp.name in snapshot.untransposed
-        shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
-
-        # The host copy is already cast (and trimmed): what is left is the plan's fill without them.
-        held = TensorPlan(tp.name, tensor, shape, transpose=transpose)
-
-        def fill(out: torch.Tensor, start: int, stop: int, held: TensorPlan = held) -> None:
-            held.fill(out, start, stop)
-            # A float16 snapshot with inf may come from a finite model: the message says so and suggests bf16.
-            check_finite(held.name, out, out.dtype, allow_nonfinite)
-
-        outputs.append(OutputTensor(tp.name, tensor.dtype, shape, fill=fill, whole=transpose))
-    return outputs
+def _untransposed(tp: TensorPlan) -> TensorPlan:
+    """``tp`` in its source layout: a snapshot leaves the transpose (~3x a straight cast) to the writer's thread."""
+    return replace(tp, shape=tuple(tp.shape[::-1]), transpose=False) if tp.transpose else tp

@@ -297,7 +297,9 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _scalar(value: Any) -> Any:
+def scalar_value(value: Any) -> int | float | str | bool | None:
+    """``value`` as a plain scalar for a card or manifest (a one-element tensor's item), or ``None`` if it is not
+    one (a list, a dict, a multi-element tensor)."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return value.item()
     return value if isinstance(value, (int, float, str)) else None
@@ -309,23 +311,24 @@ def _find_weights(obj: Any, file: Path) -> tuple[str, dict[str, torch.Tensor], A
             f"{str(file)!r} holds a {type(obj).__name__}, not a state dict or a checkpoint dict. Save "
             "model.state_dict() or a dict with a 'model' / 'state_dict' entry."
         )
-    extra = {k: _scalar(obj.get(k)) for k in ("val_loss", "best_val_loss", "loss") if _scalar(obj.get(k)) is not None}
+    found = {k: scalar_value(obj.get(k)) for k in ("val_loss", "best_val_loss", "loss")}
+    extra = {k: v for k, v in found.items() if v is not None}
     if "model" in obj and _is_state_dict(obj["model"]):
         config = obj.get("model_args")
         layout = "nanogpt"
         if config is None:
             config = obj.get("config")
             layout = "build-nanogpt" if isinstance(config, _ConfigStandIn) else "nanogpt"
-        step = _scalar(obj.get("iter_num", obj.get("step")))
+        step = scalar_value(obj.get("iter_num", obj.get("step")))
         return layout, dict(obj["model"]), _as_mapping(config), step, extra
     if "model_state_dict" in obj and _is_state_dict(obj["model_state_dict"]):
-        step = _scalar(obj.get("step", obj.get("iter_num")))
+        step = scalar_value(obj.get("step", obj.get("iter_num")))
         return "nano-gpt", dict(obj["model_state_dict"]), _as_mapping(obj.get("config")), step, extra
     if "state_dict" in obj and _is_state_dict(obj["state_dict"]):
         hparams = _as_mapping(obj.get("hyper_parameters")) or {}
         config = _as_mapping(hparams.get("config")) or hparams
         sd = _strip_module_attribute(dict(obj["state_dict"]))
-        return "lightning", sd, config, _scalar(obj.get("global_step")), extra
+        return "lightning", sd, config, scalar_value(obj.get("global_step")), extra
     if _is_state_dict(obj):
         return "state_dict", dict(obj), None, None, extra
     keys = ", ".join(map(str, list(obj)[:8]))

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from .architectures.llama import expected_shapes
 from .dircheck import MAX_JSON_BYTES, check_directory, one_line
-from .errors import HFExportError
+from .errors import ConversionError, HFExportError
+from .names import CONFIG_FILE
+from .sources import load_checkpoint
+from .versions import LATEST, resolve_latest
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +91,7 @@ def verify_directory(
         ImportError: ``checkpoint`` is given and ``transformers`` is not installed.
     """
     root = Path(path)
-    if os.path.lexists(root / "latest") and not os.path.lexists(root / "config.json"):
-        from .versions import resolve_latest
-
+    if os.path.lexists(root / LATEST) and not os.path.lexists(root / CONFIG_FILE):
         root = resolve_latest(root)
     check = check_directory(root)
     report = VerifyReport(root, check.tensors, check.files_checked, problems=check.problems)
@@ -153,8 +157,6 @@ def logits_difference(
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
         raise ImportError("Comparing logits needs transformers: pip install 'hfexport[transformers]'") from exc
-    from .sources import load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     exported = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     cfg = exported.config
@@ -180,8 +182,6 @@ def nanogpt_forward(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """nanoGPT's forward pass, written from its equations, over a training-layout state dict (float32)."""
-    import torch.nn.functional as F
-
     sd = {k: v.float() for k, v in state_dict.items()}
 
     def ln(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -305,9 +305,6 @@ def _load_tokenizer(root: Path) -> tuple[dict[str, int], dict[str, int | None]]:
 
 def _check_llama_config(config: dict[str, Any], shapes: dict[str, list[int]], report: VerifyReport) -> None:
     """Every tensor a ``LlamaForCausalLM`` with this config loads is there, with the shape the config implies."""
-    from .architectures.llama import expected_shapes
-    from .errors import ConversionError
-
     try:
         expected = expected_shapes(config)
     except (ConversionError, KeyError, TypeError, ZeroDivisionError) as exc:
@@ -360,10 +357,6 @@ def llama_forward(
     names (fused ``attn.qkv``) rotate halves. No weight is permuted here, so a wrong permutation in the export
     shows up as a difference.
     """
-    import math
-
-    import torch.nn.functional as F
-
     sd = {k: v.float() for k, v in state_dict.items()}
     meta = "tok_embeddings.weight" in sd
     embed = sd["tok_embeddings.weight" if meta else "transformer.wte.weight"]

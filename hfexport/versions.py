@@ -103,15 +103,31 @@ def read_latest(root: str | os.PathLike[str]) -> str | None:
 
 
 def resolve_latest(root: str | os.PathLike[str]) -> Path:
-    """The directory ``root/latest`` designates.
+    """The version directory ``root/latest`` designates (resolved, so its name is the version's).
+
+    The one place ``latest`` is resolved (the exporter, ``verify`` and ``push`` use it): the entry may be a symlink
+    or a text file holding the version's name; it must designate an existing ``step_XXXXXX`` directory directly
+    inside ``root`` (not ``../elsewhere``, not a symlink leaving the root).
 
     Raises:
-        HFExportError: no ``latest`` or it designates nothing complete.
+        HFExportError: no ``latest``, or it designates anything else.
     """
-    name = read_latest(root)
-    if name is None or not (Path(root) / name).is_dir():
+    base = Path(root)
+    link = base / LATEST
+    if link.is_symlink() or link.is_dir():
+        target = link.resolve()
+    elif link.is_file():
+        target = (base / link.read_text(encoding="utf-8").strip()).resolve()
+    else:
         raise HFExportError(f"{str(root)!r} has no valid 'latest' version; is it an hfexport export root?")
-    return Path(root) / name
+    real_root = base.resolve()
+    inside = target.parent == real_root and step_of(target.name) is not None
+    if not inside or (real_root / target.name).is_symlink() or not target.is_dir():
+        raise HFExportError(
+            f"{str(root)!r} has no valid 'latest' version: {link} points at {target}, which is not a version "
+            f"directory (step_XXXXXX) of the export root {real_root}."
+        )
+    return target
 
 
 def set_latest(root: str | os.PathLike[str], name: str) -> None:

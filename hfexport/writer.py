@@ -52,6 +52,7 @@ from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
 from .names import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import OutputTensor, TensorRecord, write_safetensors
+from .tokenizer import resolve_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -523,8 +524,6 @@ def _tokenizer_files(tokenizer: Any, protected: set[str]) -> dict[str, bytes]:
     ``tokenizer_config.json`` are written: nothing else of a tokenizer directory (no symlink, no stray file)
     enters the export, and a tokenizer never replaces one of the model's files.
     """
-    from .tokenizer import resolve_tokenizer
-
     resolved = resolve_tokenizer(tokenizer)
     if resolved is None:
         return {}

@@ -7,8 +7,9 @@ import torch
 from exportkit import expected_hf_tensors, tiny_gpt, weights_copy
 
 from hfexport import ConversionError
+from hfexport.convert import output_tensors
 from hfexport.safetensors_io import OutputTensor
-from hfexport.snapshot import global_rank, plan_for_model, snapshot_outputs, take_snapshot
+from hfexport.snapshot import global_rank, plan_for_model, take_snapshot
 
 
 def produced(output: OutputTensor) -> torch.Tensor:
@@ -33,7 +34,7 @@ def test_snapshot_owns_copies_of_its_steps_weights(dtype: torch.dtype) -> None:
     for name, tensor in snapshot.tensors.items():
         assert tensor.untyped_storage().data_ptr() not in live, f"{name} aliases a live parameter"
         assert tensor.dtype == dtype and tensor.device.type == "cpu"
-    outputs = snapshot_outputs(snapshot)  # what the writer thread reads
+    outputs = output_tensors(snapshot.copies(), dtype, already_cast=True)  # what the writer thread reads
     assert [o.name for o in outputs] == [tp.name for tp in snapshot.plan.tensors]
     for output in outputs:
         tensor = produced(output)
@@ -67,10 +68,12 @@ def test_nonfinite_weights_fail_in_the_writer_not_in_the_snapshot() -> None:
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
     snapshot = take_snapshot(plan_for_model(model), torch.bfloat16)  # cheap: no check on the training path
-    outputs = {o.name: o for o in snapshot_outputs(snapshot)}
+    outputs = {o.name: o for o in output_tensors(snapshot.copies(), snapshot.dtype, already_cast=True)}
     with pytest.raises(ConversionError, match=r"transformer\.h\.0\.mlp\.c_fc\.weight holds 1 non-finite"):
         produced(outputs["transformer.h.0.mlp.c_fc.weight"])
-    allowed = {o.name: o for o in snapshot_outputs(snapshot, allow_nonfinite=True)}
+    allowed = {
+        o.name: o for o in output_tensors(snapshot.copies(), snapshot.dtype, allow_nonfinite=True, already_cast=True)
+    }
     assert produced(allowed["transformer.h.0.mlp.c_fc.weight"]).isnan().sum() == 1
 
 
@@ -79,7 +82,7 @@ def test_float16_overflow_suggests_bfloat16() -> None:
     with torch.no_grad():
         model.transformer.wpe.weight[0, 0] = 1e6
     snapshot = take_snapshot(plan_for_model(model), torch.float16)
-    outputs = {o.name: o for o in snapshot_outputs(snapshot)}
+    outputs = {o.name: o for o in output_tensors(snapshot.copies(), snapshot.dtype, already_cast=True)}
     with pytest.raises(ConversionError, match="bfloat16"):
         produced(outputs["transformer.wpe.weight"])
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
-from .base import ConversionPlan, ModelFacts, TensorPlan, config_dim, positive_int
+from .base import ConversionPlan, ModelFacts, TensorPlan, config_dim, positive_int, same_storage
 
 logger = logging.getLogger(__name__)
 
@@ -29,23 +29,8 @@ ACTIVATIONS: dict[str, str] = {
     "gelu_pytorch_tanh": "nn.GELU(approximate='tanh'): build-nanogpt, the nano-gpt package",
 }
 
-#: Per-layer parameters: nanoGPT name suffix → HF name suffix (identical here; kept as data for other families).
-LAYER_KEYS: dict[str, str] = {
-    "ln_1.weight": "ln_1.weight",
-    "ln_1.bias": "ln_1.bias",
-    "attn.c_attn.weight": "attn.c_attn.weight",
-    "attn.c_attn.bias": "attn.c_attn.bias",
-    "attn.c_proj.weight": "attn.c_proj.weight",
-    "attn.c_proj.bias": "attn.c_proj.bias",
-    "ln_2.weight": "ln_2.weight",
-    "ln_2.bias": "ln_2.bias",
-    "mlp.c_fc.weight": "mlp.c_fc.weight",
-    "mlp.c_fc.bias": "mlp.c_fc.bias",
-    "mlp.c_proj.weight": "mlp.c_proj.weight",
-    "mlp.c_proj.bias": "mlp.c_proj.bias",
-}
-
-#: Per-layer shapes in the Hugging Face model, from n_embd (E) and the MLP width (I, 4E unless n_inner says).
+#: Per-layer parameters (nanoGPT and Hugging Face name them alike) and their shapes in the Hugging Face model, from
+#: n_embd (E) and the MLP width (I, 4E unless n_inner says).
 LAYER_SHAPES: dict[str, Callable[[int, int], tuple[int, ...]]] = {
     "ln_1.weight": lambda e, i: (e,),
     "ln_1.bias": lambda e, i: (e,),
@@ -156,19 +141,19 @@ class GPT2:
         ]
         for i in layers:
             prefix = f"transformer.h.{i}."
-            for src_suffix, hf_suffix in LAYER_KEYS.items():
-                key = prefix + src_suffix
-                if src_suffix.endswith(".bias") and not has_bias:
+            for suffix in LAYER_SHAPES:
+                key = prefix + suffix
+                if suffix.endswith(".bias") and not has_bias:
                     if key in sd:
                         raise ConversionError(f"{key} is present but transformer.ln_f.bias is not.")
                     weight = _require(sd, key[: -len("bias")] + "weight")
                     out_dim = weight.shape[0]  # nn.Linear (out, in) / LayerNorm (C,)
-                    tensors.append(TensorPlan(prefix + hf_suffix, None, (out_dim,)))
+                    tensors.append(TensorPlan(key, None, (out_dim,)))
                     continue
                 tensor = _require(sd, key)
-                transpose = src_suffix in TRANSPOSED
+                transpose = suffix in TRANSPOSED
                 shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
-                tensors.append(TensorPlan(prefix + hf_suffix, tensor, shape, transpose=transpose))
+                tensors.append(TensorPlan(key, tensor, shape, transpose=transpose))
         ln_f = _require(sd, "transformer.ln_f.weight")
         tensors.append(TensorPlan("transformer.ln_f.weight", ln_f, tuple(ln_f.shape)))
         if has_bias:
@@ -178,7 +163,7 @@ class GPT2:
 
         tied = True
         head = sd.get("lm_head.weight")
-        if head is not None and not _same_storage(head, wte) and not _equal(head, wte):
+        if head is not None and not same_storage(head, wte, same_shape=True) and not _equal(head, wte):
             # A model trained with an untied head: its head must be written, or transformers ties wte to it.
             tied = False
         if untie_embeddings or not tied:
@@ -251,13 +236,6 @@ class GPT2:
 
 def _rows(out_vocab: int, trained: int) -> int | None:
     return out_vocab if out_vocab != trained else None
-
-
-def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    try:
-        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.shape == b.shape
-    except (RuntimeError, NotImplementedError):  # meta / DTensor without local storage
-        return a is b
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
-from .base import ConversionPlan, ModelFacts, TensorPlan, config_dim, positive_int
+from .base import ConversionPlan, ModelFacts, TensorPlan, config_dim, positive_int, same_storage
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,11 @@ class _LlamaFamily:
         sources["model.norm.weight"] = self.norm_key
         head = sd.get(self.head_key)
         # llama2.c ties output to tok_embeddings (one tensor); an equal copy is a tie stored twice.
-        tied = head is None or _same_storage(head, embed) or (head.shape == embed.shape and torch.equal(head, embed))
+        tied = (
+            head is None
+            or same_storage(head, embed, same_shape=True)
+            or (head.shape == embed.shape and torch.equal(head, embed))
+        )
         if untie_embeddings or not tied:
             source = head if head is not None else embed
             key = self.head_key if head is not None else self.embed_key
@@ -536,13 +540,6 @@ def _out_vocab(vocab_size: int | None, trained: int) -> int:
             f"supported: pass a value <= {trained}, or leave it out to keep the vocabulary as trained."
         )
     return vocab_size
-
-
-def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    try:
-        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.shape == b.shape
-    except (RuntimeError, NotImplementedError):  # meta / DTensor without local storage
-        return a is b
 
 
 def _require(sd: Mapping[str, torch.Tensor], key: str, family: str) -> torch.Tensor:
