@@ -9,12 +9,9 @@ reads back exactly the metadata meant.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Mapping
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["render_model_card"]
 

@@ -20,8 +20,6 @@ from .chunkio import IO_MODES
 from .convert import DTYPES
 from .errors import HFExportError, HubError
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["build_parser", "main"]
 
 EXIT_BAD_INPUT = 2

@@ -25,7 +25,6 @@ would only read the page cache's copy).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import stat
 from collections.abc import Collection, Mapping, Sequence
@@ -35,11 +34,8 @@ from typing import Any
 
 from .checksum import crc32_file
 from .errors import FileFormatError
-from .fsutil import sha256_file
 from .names import CONFIG_FILE, INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DirectoryCheck", "Expected", "check_directory", "one_line", "unsafe_name"]
 
@@ -341,21 +337,18 @@ def _check_manifest(directory: _Directory, check: DirectoryCheck, *, recompute: 
             continue
         if not recompute:
             continue
-        if isinstance(entry.get("crc32"), str):
-            kind, want, compute = "CRC-32", entry["crc32"], lambda p: f"{crc32_file(p):08x}"
-        elif isinstance(entry.get("sha256"), str):  # manifests of development versions before 0.1.0
-            kind, want, compute = "SHA-256", entry["sha256"], sha256_file
-        else:
+        want = entry.get("crc32")
+        if not isinstance(want, str):
             directory.problem(f"{name}: no checksum in the manifest")
             check.files_checked += 1
             continue
         try:
-            same = compute(path) == want
+            same = f"{crc32_file(path):08x}" == want
         except OSError as exc:
             directory.problem(f"{name} cannot be read ({exc.strerror or exc})")
             continue
         if not same:
-            directory.problem(f"{name}: {kind} differs from the manifest (the file changed or is corrupt)")
+            directory.problem(f"{name}: CRC-32 differs from the manifest (the file changed or is corrupt)")
         check.files_checked += 1
 
 

@@ -14,7 +14,6 @@ cast on its shard and then gathered (``full_tensor``), and only global rank 0 ke
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,8 +23,6 @@ from .architectures import ConversionPlan, TensorPlan
 from .convert import plan_conversion
 from .errors import ConversionError
 from .sources import model_facts, strip_prefixes, unwrap_model
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "Snapshot",

@@ -10,7 +10,6 @@ against a reference forward pass of the source weights.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from .errors import ConversionError, HFExportError
 from .names import CONFIG_FILE
 from .sources import load_checkpoint
 from .versions import LATEST, resolve_latest
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "VerifyReport",

@@ -89,22 +89,19 @@ def test_damage_is_reported(export: tuple[Path, Path, torch.nn.Module], case: st
     assert report.max_logit_diff is None  # no logits compared on a damaged directory
 
 
-def test_manifest_checksums_crc32_and_earlier_sha256(export: tuple[Path, Path, torch.nn.Module]) -> None:
-    """Manifests carry CRC-32s; the SHA-256s of manifests from earlier development versions are still checked."""
+def test_manifest_checksums_are_crc32(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    """Manifests carry CRC-32s; a file whose entry has none (an old SHA-256 manifest) is a problem, not skipped."""
     out, _, _ = export
     path = out / "hfexport.json"
     manifest = json.loads(path.read_text())
     for name, entry in manifest["files"].items():
         assert entry["crc32"] == f"{zlib.crc32((out / name).read_bytes()):08x}", name
-        entry.pop("crc32")
-        entry["sha256"] = hashlib.sha256((out / name).read_bytes()).hexdigest()
-    path.write_text(json.dumps(manifest))
-    assert verify_directory(out).ok
     _corrupt_byte(out / "model.safetensors")
     report = verify_directory(out)
-    assert report.problems == ["model.safetensors: SHA-256 differs from the manifest (the file changed or is corrupt)"]
-    for entry in manifest["files"].values():
-        entry.pop("sha256")
+    assert report.problems == ["model.safetensors: CRC-32 differs from the manifest (the file changed or is corrupt)"]
+    for name, entry in manifest["files"].items():
+        entry.pop("crc32")
+        entry["sha256"] = hashlib.sha256((out / name).read_bytes()).hexdigest()
     path.write_text(json.dumps(manifest))
     assert "config.json: no checksum in the manifest" in verify_directory(out).problems
 

@@ -6,14 +6,10 @@ A source family is one module exposing a class that satisfies :class:`~hfexport.
 
 from __future__ import annotations
 
-import logging
-
 from ..errors import CheckpointError
 from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, check_plan, transpose_into
 from .gpt2 import ACTIVATIONS, GPT2
 from .llama import LitGPTLlama, MetaLlama
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVATIONS",

@@ -10,7 +10,6 @@ chunk (peak memory of a few chunks) and the exporter can snapshot everything at 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,8 +17,6 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConversionError
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "Architecture",
