@@ -15,6 +15,7 @@ __all__ = [
     "HFExportError",
     "HubError",
     "HubSetupError",
+    "OptionError",
     "OutputExistsError",
     "OutputPathError",
     "PushVerificationError",
@@ -42,6 +43,10 @@ class ConversionError(HFExportError, ValueError):
 
 class FileFormatError(HFExportError, ValueError):
     """A file is not valid in the format its name claims (e.g. a malformed safetensors header)."""
+
+
+class OptionError(HFExportError, ValueError):
+    """An invalid value of an export or Hub option (``dtype``, ``keep_last_n``, ``repo_id``, ...)."""
 
 
 class OutputExistsError(HFExportError, FileExistsError):

@@ -41,11 +41,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import torch
 
 from .background import BackgroundWriter
 from .convert import dtype_name, output_tensors, write_export
-from .errors import ConversionError, ExportWorkerError, HFExportError
+from .errors import ConversionError, ExportWorkerError, HFExportError, OptionError
 from .hub import HubPusher
 from .options import ExportOptions
 from .snapshot import (
@@ -102,29 +104,94 @@ class HFExporter:
         output_dir: The export root (``step_XXXXXX/`` directories and ``latest`` go there).
         every_n_steps: Export when ``step % every_n_steps == 0`` in :meth:`maybe_export`; ``None`` exports only
             when :meth:`export` is called.
-        **options: The export options of :class:`~hfexport.options.ExportOptions` (``dtype="bfloat16"``,
-            ``keep_last_n``, ``config``, ``tokenizer``, ``async_write``, ``if_busy``, ``on_error``, the Hub
-            options ``push_to_hub``/``repo_id``/...).
+        dtype, keep_last_n, config, tokenizer, activation, vocab_size, untie_embeddings, model_name,
+            max_shard_size, allow_nonfinite, async_write, if_busy, on_error: How each version is written; see
+            :meth:`~hfexport.options.ExportOptions.create` (``dtype="bfloat16"`` by default).
+        push_to_hub, repo_id, hub_token, hub_private, hub_revision, hub_tag_versions, on_push_error,
+            hub_max_retries, hub_backoff_s, hub_push, hub_timeout_s: Where and how each version is pushed; see
+            :meth:`~hfexport.options.ExportOptions.create`.
 
     Call :meth:`maybe_export` on every rank under FSDP2 (gathering the weights is a collective); under DDP
     calling it on rank 0 only is fine. Only global rank 0 writes.
 
     Raises:
-        ValueError: an invalid option.
+        OptionError: an invalid option (a ``ValueError``).
         HubSetupError: ``push_to_hub=True`` and the repository cannot be used (checked here, before training).
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike[str] = "hf_exports", *, every_n_steps: int | None = None, **options: Any
+        self,
+        output_dir: str | os.PathLike[str] = "hf_exports",
+        *,
+        every_n_steps: int | None = None,
+        dtype: str | torch.dtype = "bfloat16",
+        keep_last_n: int | None = None,
+        config: Any = None,
+        tokenizer: Any = None,
+        activation: str | None = None,
+        vocab_size: int | None = None,
+        untie_embeddings: bool = False,
+        model_name: str | None = None,
+        max_shard_size: int | str = "5GB",
+        allow_nonfinite: bool = False,
+        async_write: bool = True,
+        if_busy: Literal["wait", "skip"] = "wait",
+        on_error: Literal["raise", "warn"] = "raise",
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        hub_token: str | None = None,
+        hub_private: bool = True,
+        hub_revision: str = "main",
+        hub_tag_versions: bool = True,
+        on_push_error: Literal["warn", "raise"] = "warn",
+        hub_max_retries: int = 6,
+        hub_backoff_s: float = 1.0,
+        hub_push: Literal["every", "latest"] = "every",
+        hub_timeout_s: float = 60.0,
     ) -> None:
+        options = ExportOptions.create(
+            dtype=dtype,
+            keep_last_n=keep_last_n,
+            config=config,
+            tokenizer=tokenizer,
+            activation=activation,
+            vocab_size=vocab_size,
+            untie_embeddings=untie_embeddings,
+            model_name=model_name,
+            max_shard_size=max_shard_size,
+            allow_nonfinite=allow_nonfinite,
+            async_write=async_write,
+            if_busy=if_busy,
+            on_error=on_error,
+            push_to_hub=push_to_hub,
+            repo_id=repo_id,
+            hub_token=hub_token,
+            hub_private=hub_private,
+            hub_revision=hub_revision,
+            hub_tag_versions=hub_tag_versions,
+            on_push_error=on_push_error,
+            hub_max_retries=hub_max_retries,
+            hub_backoff_s=hub_backoff_s,
+            hub_push=hub_push,
+            hub_timeout_s=hub_timeout_s,
+        )
+        self._setup(output_dir, every_n_steps, options)
+
+    @classmethod
+    def from_options(
+        cls, output_dir: str | os.PathLike[str], options: ExportOptions, *, every_n_steps: int | None = None
+    ) -> HFExporter:
+        """An exporter for options already validated (:meth:`ExportOptions.create`), as the callback holds them."""
+        exporter = cls.__new__(cls)
+        exporter._setup(output_dir, every_n_steps, options)
+        return exporter
+
+    def _setup(self, output_dir: str | os.PathLike[str], every_n_steps: int | None, options: ExportOptions) -> None:
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
-            raise ValueError(f"Invalid value for every_n_steps={every_n_steps!r}. Must be >= 1 or None.")
-        unknown = sorted(set(options) - set(ExportOptions.names()))
-        if unknown:
-            raise TypeError(f"Unknown export option(s) {unknown}. Valid options: {ExportOptions.names()}.")
+            raise OptionError(f"Invalid value for every_n_steps={every_n_steps!r}. Must be >= 1 or None.")
         self.root = Path(output_dir).expanduser()
         self.every_n_steps = every_n_steps
-        self.options = ExportOptions(**options)
+        self.options = options
         self.is_writer = global_rank() == 0
         self.last_step: int | None = None
         self.last_stats: ExportStats | None = None
@@ -134,12 +201,11 @@ class HFExporter:
         self._writer: BackgroundWriter[_Job] | None = None
         self._pusher: HubPusher | None = None
         if self.is_writer:
-            self._store = VersionStore(self.root, self.options.keep_last_n)
+            self._store = VersionStore(self.root, options.keep_last_n)
             # Pending work is finished even if close() is forgotten (the final version must not be lost).
             self._writer = BackgroundWriter(self._write, lambda job: f"step {job.step} to {job.target}")
-            hub = self.options.hub_options()
-            if hub is not None:
-                self._pusher = HubPusher(hub)
+            if options.hub is not None:
+                self._pusher = HubPusher(options.hub)
                 self._pusher.setup()
                 self._pusher.resume(self.root)  # versions a previous run on this root left unpushed (journal)
 
@@ -226,14 +292,14 @@ class HFExporter:
         if self._writer is not None and o.async_write:
             self._writer.wait_for_slot()  # before the snapshot: at most one snapshot waits for the writer
             self.raise_if_failed()
-        snapshot = take_snapshot(plan, o.torch_dtype)  # every rank takes part (FSDP2 gathers)
+        snapshot = take_snapshot(plan, o.dtype)  # every rank takes part (FSDP2 gathers)
         self.last_step = step
         if self._writer is None:
             return None
         facts = {k: _plain(v) for k, v in facts.items() if v is not None}
         card = {"model_name": o.model_name, "step": step, **self.metadata, **facts}
-        if o.push_to_hub:
-            card.update(repo_id=o.repo_id, version=version_name(step))
+        if o.hub is not None:
+            card.update(repo_id=o.hub.repo_id, version=version_name(step))
         manifest = {"step": step, **self.metadata, **facts}
         stats = ExportStats(step, 0.0, nbytes=snapshot.nbytes)
         target = self.root / version_name(step)
@@ -322,13 +388,13 @@ class HFExporter:
             write_export(
                 job.snapshot.plan,
                 target,
-                dtype=o.torch_dtype,
+                dtype=o.dtype,
                 tensors=output_tensors(
-                    job.snapshot.copies(), o.torch_dtype, allow_nonfinite=o.allow_nonfinite, already_cast=True
+                    job.snapshot.copies(), o.dtype, allow_nonfinite=o.allow_nonfinite, already_cast=True
                 ),
                 card_facts=job.card,
-                manifest_facts={**job.manifest, "dtype": dtype_name(o.torch_dtype)},
-                tokenizer=o.tokenizer_source,
+                manifest_facts={**job.manifest, "dtype": dtype_name(o.dtype)},
+                tokenizer=o.tokenizer,
                 max_shard_size=o.max_shard_size,
                 force=True,
                 allow_nonfinite=o.allow_nonfinite,
@@ -391,29 +457,86 @@ def check_step(step: Any) -> int:
     return value
 
 
-def export_hf(model: Any, step: int, output_dir: str | os.PathLike[str] = "hf_exports", **options: Any) -> Path:
+def export_hf(
+    model: Any,
+    step: int,
+    output_dir: str | os.PathLike[str] = "hf_exports",
+    *,
+    epoch: int | None = None,
+    loss: float | None = None,
+    dtype: str | torch.dtype = "bfloat16",
+    keep_last_n: int | None = None,
+    config: Any = None,
+    tokenizer: Any = None,
+    activation: str | None = None,
+    vocab_size: int | None = None,
+    untie_embeddings: bool = False,
+    model_name: str | None = None,
+    max_shard_size: int | str = "5GB",
+    allow_nonfinite: bool = False,
+    on_error: Literal["raise", "warn"] = "raise",
+    push_to_hub: bool = False,
+    repo_id: str | None = None,
+    hub_token: str | None = None,
+    hub_private: bool = True,
+    hub_revision: str = "main",
+    hub_tag_versions: bool = True,
+    on_push_error: Literal["warn", "raise"] = "warn",
+    hub_max_retries: int = 6,
+    hub_backoff_s: float = 1.0,
+    hub_push: Literal["every", "latest"] = "every",
+    hub_timeout_s: float = 60.0,
+) -> Path:
     """Export ``model`` as ``<output_dir>/step_XXXXXX`` now; returns when it is written (and pushed).
 
     Args:
         model: A nanoGPT-style ``nn.Module`` (wrapped or not) or a ``transformers`` model.
         step: The training step (names the version).
         output_dir: The export root.
-        **options: The export options of :class:`~hfexport.options.ExportOptions` (``dtype="bfloat16"``, ...).
+        epoch: The training epoch, for the model card and manifest.
+        loss: The training loss, for the model card and manifest.
+        dtype, keep_last_n, config, tokenizer, activation, vocab_size, untie_embeddings, model_name,
+            max_shard_size, allow_nonfinite, on_error, push_to_hub, repo_id, hub_token, hub_private,
+            hub_revision, hub_tag_versions, on_push_error, hub_max_retries, hub_backoff_s, hub_push,
+            hub_timeout_s: See :meth:`~hfexport.options.ExportOptions.create` (the write is synchronous).
 
     Returns:
         The version directory (on rank 0; the would-be path on other ranks).
 
     Raises:
         ConversionError: ``step`` is not a whole number >= 0.
+        OptionError: an invalid option (a ``ValueError``).
 
     Example:
         >>> export_hf(model, 1000, "hf_exports", dtype="float32")  # doctest: +SKIP
         PosixPath('hf_exports/step_001000')
     """
     step = check_step(step)
-    epoch = options.pop("epoch", None)
-    loss = options.pop("loss", None)
-    options["async_write"] = False
-    with HFExporter(output_dir, **options) as exporter:
+    options = ExportOptions.create(
+        dtype=dtype,
+        keep_last_n=keep_last_n,
+        config=config,
+        tokenizer=tokenizer,
+        activation=activation,
+        vocab_size=vocab_size,
+        untie_embeddings=untie_embeddings,
+        model_name=model_name,
+        max_shard_size=max_shard_size,
+        allow_nonfinite=allow_nonfinite,
+        on_error=on_error,
+        push_to_hub=push_to_hub,
+        repo_id=repo_id,
+        hub_token=hub_token,
+        hub_private=hub_private,
+        hub_revision=hub_revision,
+        hub_tag_versions=hub_tag_versions,
+        on_push_error=on_push_error,
+        hub_max_retries=hub_max_retries,
+        hub_backoff_s=hub_backoff_s,
+        hub_push=hub_push,
+        hub_timeout_s=hub_timeout_s,
+        async_write=False,
+    )
+    with HFExporter.from_options(output_dir, options) as exporter:
         path = exporter.export(model, step, final=True, epoch=epoch, loss=loss)
     return path if path is not None else Path(output_dir) / version_name(step)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from .errors import HFExportError, HubError, HubSetupError
+from .errors import HFExportError, HubError, HubSetupError, OptionError
 from .hubretry import MAX_RETRY_AFTER_S, bounded_requests, describe, http_status, is_transient, with_retries
 from .journal import PushJournal
 from .pushfiles import publishable_files, verify_remote
@@ -92,7 +92,7 @@ class HubOptions:
             (an upload that keeps sending is not cut). A request that times out is a failed attempt, retried.
 
     Raises:
-        ValueError: An option is invalid (the message says which and why).
+        OptionError: An option is invalid (the message says which and why); a ``ValueError``.
     """
 
     repo_id: str
@@ -114,26 +114,26 @@ class HubOptions:
             or not all(_REPO_NAME.fullmatch(p) for p in parts)
             or any(".." in p or "--" in p for p in parts)
         ):
-            raise ValueError(
+            raise OptionError(
                 f"Invalid value for repo_id={self.repo_id!r}. Must look like 'namespace/name' (letters, "
                 "digits, '-', '_' and '.', no '--' or '..', at most 96 characters each), e.g. 'me/gpt2'."
             )
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
-            raise ValueError("Invalid token: must be a non-empty string, or None to use HF_TOKEN / `hf auth login`.")
+            raise OptionError("Invalid token: must be a non-empty string, or None to use HF_TOKEN / `hf auth login`.")
         if not isinstance(self.revision, str) or not self.revision.strip() or self.revision.startswith("refs/"):
-            raise ValueError(f"Invalid value for revision={self.revision!r}. Must be a branch name, e.g. 'main'.")
+            raise OptionError(f"Invalid value for revision={self.revision!r}. Must be a branch name, e.g. 'main'.")
         if self.on_push_error not in ("warn", "raise"):
-            raise ValueError(f"Invalid value for on_push_error={self.on_push_error!r}. Must be 'warn' or 'raise'.")
+            raise OptionError(f"Invalid value for on_push_error={self.on_push_error!r}. Must be 'warn' or 'raise'.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"Invalid value for max_retries={self.max_retries!r}. Must be an int >= 0.")
+            raise OptionError(f"Invalid value for max_retries={self.max_retries!r}. Must be an int >= 0.")
         if not self.backoff_base_s >= 0:
-            raise ValueError(f"Invalid value for backoff_base_s={self.backoff_base_s!r}. Must be >= 0.")
+            raise OptionError(f"Invalid value for backoff_base_s={self.backoff_base_s!r}. Must be >= 0.")
         if self.push_mode not in ("every", "latest"):
-            raise ValueError(f"Invalid value for hub_push={self.push_mode!r}. Must be 'every' or 'latest'.")
+            raise OptionError(f"Invalid value for hub_push={self.push_mode!r}. Must be 'every' or 'latest'.")
         if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
-            raise ValueError(f"Invalid value for hub_timeout_s={self.timeout_s!r}. Must be a number of seconds > 0.")
+            raise OptionError(f"Invalid value for hub_timeout_s={self.timeout_s!r}. Must be a number of seconds > 0.")
         if not self.backoff_max_s >= self.backoff_base_s:
-            raise ValueError(
+            raise OptionError(
                 f"Invalid value for backoff_max_s={self.backoff_max_s!r}. Must be >= backoff_base_s "
                 f"({self.backoff_base_s})."
             )

@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import torch
 
 try:
     import lightning.pytorch as pl
@@ -34,7 +36,7 @@ except ImportError:  # the standalone package
             "hfexport.lightning needs Lightning: pip install 'hfexport[lightning]' (or pip install lightning)"
         ) from exc
 
-from .errors import HFExportError
+from .errors import HFExportError, OptionError
 from .exporter import HFExporter
 from .options import ExportOptions
 
@@ -51,13 +53,14 @@ class HFExportCallback(Callback):
         every_n_train_steps: Export every N optimizer steps (``None``: not by steps).
         every_n_epochs: Export at the end of every N-th epoch (``None``: not by epochs).
         export_on_train_end: Export the final step when training ends (if not already exported).
-        **options: The export options of :class:`~hfexport.options.ExportOptions`: ``dtype`` (default
-            ``"bfloat16"``), ``keep_last_n``, ``async_write``, ``config``, ``tokenizer``, ``activation``,
-            ``vocab_size``, ``if_busy``, ``on_error``, ``push_to_hub``, ``repo_id``, ``hub_token``,
-            ``hub_private``, ``hub_revision``, ``hub_tag_versions``, ``on_push_error``, ...
+        dtype, keep_last_n, config, tokenizer, activation, vocab_size, untie_embeddings, model_name,
+            max_shard_size, allow_nonfinite, async_write, if_busy, on_error, push_to_hub, repo_id, hub_token,
+            hub_private, hub_revision, hub_tag_versions, on_push_error, hub_max_retries, hub_backoff_s, hub_push,
+            hub_timeout_s: The export options; see :meth:`~hfexport.options.ExportOptions.create`
+            (``dtype="bfloat16"`` by default).
 
     Raises:
-        ValueError: an invalid argument, with the value and what is expected.
+        OptionError: an invalid argument, with the value and what is expected (a ``ValueError``).
     """
 
     def __init__(
@@ -67,23 +70,65 @@ class HFExportCallback(Callback):
         every_n_train_steps: int | None = None,
         every_n_epochs: int | None = None,
         export_on_train_end: bool = True,
-        **options: Any,
+        dtype: str | torch.dtype = "bfloat16",
+        keep_last_n: int | None = None,
+        config: Any = None,
+        tokenizer: Any = None,
+        activation: str | None = None,
+        vocab_size: int | None = None,
+        untie_embeddings: bool = False,
+        model_name: str | None = None,
+        max_shard_size: int | str = "5GB",
+        allow_nonfinite: bool = False,
+        async_write: bool = True,
+        if_busy: Literal["wait", "skip"] = "wait",
+        on_error: Literal["raise", "warn"] = "raise",
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        hub_token: str | None = None,
+        hub_private: bool = True,
+        hub_revision: str = "main",
+        hub_tag_versions: bool = True,
+        on_push_error: Literal["warn", "raise"] = "warn",
+        hub_max_retries: int = 6,
+        hub_backoff_s: float = 1.0,
+        hub_push: Literal["every", "latest"] = "every",
+        hub_timeout_s: float = 60.0,
     ) -> None:
         super().__init__()
         for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"Invalid value for {name}={value!r}. Must be >= 1 or None.")
-        unknown = sorted(set(options) - set(ExportOptions.names()))
-        if unknown:
-            raise TypeError(
-                f"Unknown HFExportCallback argument(s) {unknown}. Valid export options: {ExportOptions.names()}."
-            )
-        ExportOptions(**options)  # validate now, with the user's call on the stack
+                raise OptionError(f"Invalid value for {name}={value!r}. Must be >= 1 or None.")
+        self.options = ExportOptions.create(
+            dtype=dtype,
+            keep_last_n=keep_last_n,
+            config=config,
+            tokenizer=tokenizer,
+            activation=activation,
+            vocab_size=vocab_size,
+            untie_embeddings=untie_embeddings,
+            model_name=model_name,
+            max_shard_size=max_shard_size,
+            allow_nonfinite=allow_nonfinite,
+            async_write=async_write,
+            if_busy=if_busy,
+            on_error=on_error,
+            push_to_hub=push_to_hub,
+            repo_id=repo_id,
+            hub_token=hub_token,
+            hub_private=hub_private,
+            hub_revision=hub_revision,
+            hub_tag_versions=hub_tag_versions,
+            on_push_error=on_push_error,
+            hub_max_retries=hub_max_retries,
+            hub_backoff_s=hub_backoff_s,
+            hub_push=hub_push,
+            hub_timeout_s=hub_timeout_s,
+        )
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self.export_on_train_end = export_on_train_end
-        self.options = options
         self.exporter: HFExporter | None = None
         self._restored: dict[str, Any] | None = None
         self._final_state: dict[str, Any] | None = None  # the closed exporter's, for a checkpoint saved after fit
@@ -105,7 +150,7 @@ class HFExportCallback(Callback):
         error: str | None = None
         exporter: HFExporter | None = None
         try:
-            exporter = HFExporter(self.dirpath, **self.options)
+            exporter = HFExporter.from_options(self.dirpath, self.options)
         except HFExportError as exc:
             error = f"{type(exc).__name__}: {exc}"
             cause: BaseException | None = exc

@@ -361,8 +361,8 @@ def test_sync_write_is_on_disk_when_the_call_returns(tmp_path: Path) -> None:
 def test_invalid_arguments_are_refused_with_the_value(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"every_n_steps=0\. Must be >= 1 or None"):
         HFExporter(tmp_path, every_n_steps=0)
-    with pytest.raises(TypeError, match=r"Unknown export option\(s\) \['colour'\]"):
-        HFExporter(tmp_path, colour="blue")
+    with pytest.raises(TypeError, match="colour"):
+        HFExporter(tmp_path, colour="blue")  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="Invalid dtype 'int8'"):
         HFExporter(tmp_path, dtype="int8")
     with pytest.raises(ValueError, match=r"keep_last_n=0"):

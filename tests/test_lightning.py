@@ -168,7 +168,7 @@ def test_dirpath_defaults_under_default_root_dir(tmp_path: Path) -> None:
         ({"every_n_train_steps": True}, ValueError, "Invalid value for every_n_train_steps=True."),
         ({"dtype": "int8"}, ValueError, "Invalid dtype 'int8'. Expected one of"),
         ({"keep_last_n": 0}, ValueError, "Invalid value for keep_last_n=0."),
-        ({"every_n_step": 5}, TypeError, "Unknown HFExportCallback argument(s) ['every_n_step']"),
+        ({"every_n_step": 5}, TypeError, "unexpected keyword argument 'every_n_step'"),
     ],
 )
 def test_argument_validation(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
