@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from hfexport import HFExportError
-from hfexport.versions import list_versions, read_latest, remove_version, resolve_latest, set_latest, version_name
+from hfexport.versions import (
+    VersionStore,
+    list_versions,
+    read_latest,
+    remove_version,
+    resolve_latest,
+    set_latest,
+    step_of,
+    version_name,
+)
 
 
 def make_root(tmp_path: Path, *steps: int) -> Path:
@@ -98,3 +107,39 @@ def test_remove_version_leaves_no_trace(tmp_path: Path) -> None:
     remove_version(first)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002"]
     assert list_versions(tmp_path) == [second]
+
+
+def test_step_of_parses_only_version_names() -> None:
+    assert step_of("step_000500") == 500 and step_of("step_1234567") == 1234567
+    assert [step_of(n) for n in ("step_5", "latest", "step_000500x", ".step_000500.tmp-1-abcdef12")] == [None] * 4
+
+
+def test_resolve_latest_refuses_a_pointer_leaving_the_root(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    root = make_root(tmp_path / "root", 1)
+    make_root(tmp_path / "elsewhere", 1)
+    (root / "latest").write_text("../elsewhere/step_000001\n")
+    with pytest.raises(HFExportError, match="not a version directory"):
+        resolve_latest(root)
+    (root / "latest").write_text("step_000001\n")
+    assert resolve_latest(root) == (root / "step_000001").resolve()
+
+
+def test_the_store_rotates_its_own_oldest_versions_but_never_a_protected_one(tmp_path: Path) -> None:
+    make_root(tmp_path, 1)  # a foreign version: never this store's to remove
+    store = VersionStore(tmp_path, keep_last_n=2)
+    pushing = {"step_000010"}
+    for step in (10, 20, 30, 40):
+        make_root(tmp_path, step)
+        store.published(step, unwritten=set(), is_pushing=lambda path: path.name in pushing)
+    # 10 waits for its push (kept past keep_last_n), 20 was removed, 30 and 40 are the newest two.
+    assert [v.step for v in list_versions(tmp_path)] == [1, 10, 30, 40]
+    assert store.created == ("step_000010", "step_000030", "step_000040")
+    assert read_latest(tmp_path) == "step_000040"
+    pushing.clear()
+    # 30 is being written again: neither removed nor counted, so 10 and 40 are the newest two.
+    store.rotate(unwritten={"step_000030"}, is_pushing=lambda path: False)
+    assert [v.step for v in list_versions(tmp_path)] == [1, 10, 30, 40]
+    store.rotate(unwritten=set(), is_pushing=lambda path: False)  # pushed now
+    assert [v.step for v in list_versions(tmp_path)] == [1, 30, 40]
