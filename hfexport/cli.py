@@ -12,13 +12,20 @@ import errno
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from ._version import __version__
 from .architectures import ACTIVATIONS
 from .chunkio import IO_MODES
-from .convert import DTYPES
+from .convert import DTYPES, convert_checkpoint
 from .errors import HFExportError, HubError
+from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
+from .hubretry import is_transient
+from .journal import PushJournal
+from .verify import verify_directory
+from .versions import list_versions, read_latest
+from .writer import interrupt_outcome
 
 __all__ = ["build_parser", "main"]
 
@@ -234,8 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_checkpoint
-
     out = convert_checkpoint(
         args.checkpoint,
         args.output_dir,
@@ -262,10 +267,6 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .verify import verify_directory
-
     if not Path(args.directory).is_dir():
         raise HFExportError(
             f"{args.directory!r} is not a directory; pass a model directory or an export root (holding latest)."
@@ -285,11 +286,6 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .journal import PushJournal
-    from .versions import list_versions, read_latest
-
     root = Path(args.root)
     if not root.is_dir():
         raise HFExportError(f"{args.root!r} is not a directory; pass an export root such as hf_exports.")
@@ -312,10 +308,6 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
-
     if not args.debug:  # no per-request HTTP lines at INFO
         for noisy in ("httpx2", "httpx", "httpcore", "huggingface_hub"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -375,8 +367,6 @@ def _hub_down(exc: HubError) -> bool:
     """Whether a Hub failure is the network's or the Hub's (down, rate-limited, a corrupt copy, still failing after
     every retry: exit 1), as opposed to the user's to fix (no or bad token, a repository they can't write, a path
     that is not a version: exit 2)."""
-    from .hubretry import is_transient
-
     cause: BaseException | None = exc
     while cause is not None:
         if is_transient(cause):
@@ -397,8 +387,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt as exc:
-        from .writer import interrupt_outcome
-
         print(f"error: interrupted; {interrupt_outcome(exc)}", file=sys.stderr)
         return 130
     except HubError as exc:

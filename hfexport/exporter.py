@@ -6,6 +6,10 @@ hands it to a single background worker, so the training loop only pays for the c
 published atomically as ``<root>/step_XXXXXX/``, then ``latest`` moves to it, then old versions are rotated
 (``keep_last_n``), then it is queued for the Hub (``push_to_hub``).
 
+``HFExporter`` only decides (when, skip or wait, the FSDP busy broadcast) and hands off: the writing to a
+:class:`~hfexport.background.BackgroundWriter`, the versions to a :class:`~hfexport.versions.VersionStore`
+(publishing, ``latest``, rotation), the pushes to a :class:`~hfexport.hub.HubPusher`.
+
 Guarantees:
     * a version directory is complete or absent; ``latest`` only ever points at a complete version;
     * an export holds the weights of its step, even when training changes them right after the call;
