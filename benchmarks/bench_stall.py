@@ -112,10 +112,15 @@ def main() -> int:
             # Writer busy: only one fake training step since the previous export.
             fake_train_step(model, ids)
             step += 1
-            # private state of the exporter, read only for the report (absent in other versions: "?")
-            idle_event, queue = getattr(exporter, "_idle", None), getattr(exporter, "_queue", None)
-            writing = idle_event is not None and not idle_event.is_set()
-            queued = queue is not None and queue.full()
+            # private state of the exporter, read only for the report (it differs between versions)
+            writer = getattr(exporter, "_writer", None)
+            if writer is not None:  # the background writer of hfexport >= 0.1.0's refactor
+                jobs = writer.pending()
+                writing, queued = bool(jobs), len(jobs) > 1
+            else:  # the earlier hand-made queue
+                idle_event, queue = getattr(exporter, "_idle", None), getattr(exporter, "_queue", None)
+                writing = idle_event is not None and not idle_event.is_set()
+                queued = queue is not None and queue.full()
             t = time.perf_counter()
             exporter.maybe_export(model, step)
             busy.append(time.perf_counter() - t)
