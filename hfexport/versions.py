@@ -20,14 +20,13 @@ import contextlib
 import logging
 import os
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HFExportError
 from .fsutil import fsync_dir
-from .writer import PAYLOAD, clean_stale_temporaries, make_temporary, remove_temporary
+from .writer import PAYLOAD, clean_stale_temporaries, make_temporary, pointer_temporary, remove_temporary
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def set_latest(root: str | os.PathLike[str], name: str) -> None:
     link = base / LATEST
     if link.is_dir() and not link.is_symlink():  # checked first: a refusal leaves no temporary behind
         raise HFExportError(f"{str(link)!r} is a real directory; hfexport needs that name for its pointer. Move it.")
-    tmp = base / f".{LATEST}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = pointer_temporary(base, LATEST)
     try:
         try:
             os.symlink(name, tmp, target_is_directory=True)

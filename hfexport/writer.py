@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import threading
 import time
@@ -65,6 +67,7 @@ __all__ = [
     "interrupt_outcome",
     "make_temporary",
     "parse_size",
+    "pointer_temporary",
     "release_temporary",
     "remove_temporary",
     "replace_refusal",
@@ -77,6 +80,12 @@ MARKER_NAME = "hfexport-temporary.json"  # inside every temporary hfexport creat
 PAYLOAD = "payload"  # the data inside a temporary (the marker stays next to it until the very end)
 _NAME_MAX = 255  # bytes in one path component (Linux, macOS; most file systems)
 _TEMPORARY = re.compile(r"^\.(?P<base>.+)(?P<tag>\.tmp-|\.old-)(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{8})$", re.DOTALL)
+# A pointer (``latest``) being replaced by rename: a symlink or a small file, so no marker fits inside; its name
+# says who made it: PID, that process's start time, and a digest of host, boot and PID namespace.
+_POINTER = re.compile(
+    r"^\.(?P<base>.+)\.tmp-(?P<pid>[0-9]+)-(?P<start>[0-9]+)-(?P<where>[0-9a-f]{8})-(?P<token>[0-9a-f]{8})$", re.DOTALL
+)
+_POINTER_MAX_BYTES = 4096  # the text-file fallback of a pointer holds one version name
 
 
 @dataclass
@@ -845,6 +854,11 @@ def clean_stale_temporaries(parent: Path, name: str | None = None) -> list[Path]
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
+        pointer = _POINTER.match(entry.name)
+        if pointer:
+            if (name is None or name == pointer["base"]) and _remove_stale_pointer(entry, pointer):
+                removed.append(entry)
+            continue
         match = _TEMPORARY.match(entry.name)
         if not match:
             continue
@@ -868,6 +882,44 @@ def clean_stale_temporaries(parent: Path, name: str | None = None) -> list[Path]
         logger.info("Removed %s, left by an interrupted export (%s)", entry, why)
         removed.append(entry)
     return removed
+
+
+def pointer_temporary(parent: Path, name: str) -> Path:
+    """A fresh path beside ``parent / name`` for a pointer (a symlink or a small text file) that will be renamed
+    over it. Its name proves who made it (see :func:`clean_stale_temporaries`), since no marker fits inside."""
+    pid = os.getpid()
+    return parent / f".{name}.tmp-{pid}-{_start_time(pid) or 0}-{_where()}-{uuid.uuid4().hex[:8]}"
+
+
+def _where() -> str:
+    """8 hex digits naming this host, boot and PID namespace (a PID means something only within all three)."""
+    here = _process_identity()
+    text = "\0".join(str(here[key]) for key in ("host", "boot_id", "pid_namespace"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _remove_stale_pointer(entry: Path, match: re.Match[str]) -> bool:
+    """Unlink a pointer temporary of a dead hfexport process on this host; leave (and log) anything else."""
+    pid, start = int(match["pid"]), int(match["start"])
+    try:
+        st = entry.lstat()
+    except OSError:
+        return False
+    is_pointer = stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size <= _POINTER_MAX_BYTES)
+    if not is_pointer:
+        logger.info("Leaving %s: named like hfexport's pointer temporaries but not a symlink or a small file", entry)
+        return False
+    if match["where"] != _where():
+        logger.info("Leaving %s: made on another host, boot or PID namespace, whose state is unknown here", entry)
+        return False
+    now = _start_time(pid)
+    if _pid_alive(pid) and not (start and now is not None and now != start):
+        logger.info("Leaving %s: made by PID %d, which is still running", entry, pid)
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        entry.unlink()  # a symlink or a one-line file: unlinking it never touches what it points to
+    logger.info("Removed %s, a pointer left by an interrupted export (PID %d has exited)", entry, pid)
+    return True
 
 
 def _read_marker(entry: Path) -> dict[str, Any] | None:

@@ -618,3 +618,38 @@ def test_a_dead_writers_temporary_holding_a_replaced_export_with_user_files_is_k
     (payload / "notes.txt").unlink()  # now it is only what hfexport wrote
     assert clean_stale_temporaries(tmp_path) == [stale]
     assert hidden(tmp_path) == []
+
+
+def test_a_pointer_temporary_of_a_dead_writer_on_this_host_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    """A kill between creating ``latest``'s replacement link and renaming it leaves ``.latest.tmp-...``: removed at
+    the next start when its name proves it is a dead hfexport writer's on this host; anything else is left."""
+    from hfexport.writer import pointer_temporary
+
+    root = tmp_path / "root"
+    (root / "step_000001").mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)
+    mine = pointer_temporary(root, "latest").name
+    assert mine.startswith(f".latest.tmp-{os.getpid()}-")
+    where = mine.split("-")[3]  # .latest.tmp-PID-START-WHERE-TOKEN
+    stale = root / f".latest.tmp-{dead}-0-{where}-0123abcd"
+    stale.symlink_to("step_000001", target_is_directory=True)
+    stale_text = root / f".latest.tmp-{dead}-0-{where}-4567abcd"
+    stale_text.write_text("step_000001\n")  # the text fallback where symlinks are unavailable
+    kept = {
+        root / mine: "symlink",  # this process is alive
+        root / f".latest.tmp-{dead}-0-00000000-89abcdef": "symlink",  # another host, boot or PID namespace
+        root / f".latest.tmp-{dead}-0-{where}-cdef0123": "dir",  # not a pointer: never deleted as one
+        root / f".latest.tmp-{dead}-0123abcd": "symlink",  # the old name, which proves nothing
+    }
+    for path, kind in kept.items():
+        if kind == "dir":
+            (path / "data").mkdir(parents=True)
+        else:
+            path.symlink_to("step_000001", target_is_directory=True)
+
+    removed = clean_stale_temporaries(root)
+
+    assert sorted(removed) == sorted([stale, stale_text])
+    assert all(os.path.lexists(path) for path in kept)
+    assert (root / "step_000001").is_dir()  # what the pointers pointed at is untouched
