@@ -26,7 +26,15 @@ from pathlib import Path
 
 from .errors import HFExportError
 from .fsutil import fsync_dir
-from .writer import PAYLOAD, clean_stale_temporaries, make_temporary, pointer_temporary, remove_temporary
+from .names import MANIFEST_NAME
+from .writer import (
+    PAYLOAD,
+    clean_stale_temporaries,
+    make_temporary,
+    pointer_temporary,
+    remove_temporary,
+    replace_refusal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +231,10 @@ class VersionStore:
                 continue
             if is_pushing(path):
                 kept_for_hub.append(name)  # not pushed yet (queued, in flight or failed): never deleted
+                continue
+            problem = replace_refusal(path) if (path / MANIFEST_NAME).is_file() else None
+            if problem:  # you added or changed files in it: they are not hfexport's to delete
+                logger.warning("Keeping %s past keep_last_n=%d: it %s. Remove it by hand.", path, keep, problem)
                 continue
             remove_version(Version(int(step_of(name) or 0), path))
             self.created = tuple(n for n in self.created if n != name)

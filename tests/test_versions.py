@@ -143,3 +143,19 @@ def test_the_store_rotates_its_own_oldest_versions_but_never_a_protected_one(tmp
     assert [v.step for v in list_versions(tmp_path)] == [1, 10, 30, 40]
     store.rotate(unwritten=set(), is_pushing=lambda path: False)  # pushed now
     assert [v.step for v in list_versions(tmp_path)] == [1, 30, 40]
+
+
+def test_rotation_keeps_a_version_you_added_files_to(tmp_path: Path) -> None:
+    """Rotation deletes what hfexport wrote: a version holding a file its manifest does not list is kept."""
+    from hfexport import HFExporter
+    from nanogpt import make_gpt
+
+    model = make_gpt(0)
+    exporter = HFExporter(tmp_path, keep_last_n=1, async_write=False)
+    exporter.export(model, 1)
+    (tmp_path / "step_000001" / "eval-results.txt").write_text("mine")
+    exporter.export(model, 2)
+    exporter.export(model, 3)
+    exporter.close()
+    assert (tmp_path / "step_000001" / "eval-results.txt").read_text() == "mine"  # kept, with the user's file
+    assert [v.step for v in list_versions(tmp_path)] == [1, 3]  # step 2 was hfexport's alone: rotated
