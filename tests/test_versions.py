@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from nanogpt import make_gpt
 
-from hfexport import HFExportError
+from hfexport import HFExporter, HFExportError
 from hfexport.versions import (
     VersionStore,
     list_versions,
@@ -147,9 +148,6 @@ def test_the_store_rotates_its_own_oldest_versions_but_never_a_protected_one(tmp
 
 def test_rotation_keeps_a_version_you_added_files_to(tmp_path: Path) -> None:
     """Rotation deletes what hfexport wrote: a version holding a file its manifest does not list is kept."""
-    from hfexport import HFExporter
-    from nanogpt import make_gpt
-
     model = make_gpt(0)
     exporter = HFExporter(tmp_path, keep_last_n=1, async_write=False)
     exporter.export(model, 1)
