@@ -10,6 +10,7 @@ chunk (peak memory of a few chunks) and the exporter can snapshot everything at 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,7 +27,12 @@ __all__ = [
     "check_plan",
     "config_dim",
     "halves_from_interleaved",
+    "is_tied",
+    "layer_indices",
+    "out_vocab",
     "positive_int",
+    "refuse_unexpected",
+    "require",
     "transpose_into",
 ]
 
@@ -249,6 +255,63 @@ def positive_int(name: str, value: Any, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConversionError(f"{name}={value!r} ({type(value).__name__}) is not a positive integer. {fix}")
     return value
+
+
+def require(sd: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
+    """``sd[key]``, else a ``ConversionError``: the checkpoint is incomplete or not ``what`` (``"a llama model"``)."""
+    try:
+        return sd[key]
+    except KeyError:
+        raise ConversionError(
+            f"Missing tensor {key!r}: the checkpoint is incomplete or not {what} ({len(sd)} tensors found)."
+        ) from None
+
+
+def layer_indices(sd: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
+    """The layer numbers ``N`` of the keys ``{prefix}N.*``; refused unless they are ``0 .. n-1`` (n >= 1)."""
+    pattern = re.compile("^" + re.escape(prefix) + r"(\d+)\.")
+    layers = sorted({int(m.group(1)) for k in sd if (m := pattern.match(k))})
+    if not layers:
+        raise ConversionError(f"No transformer layers ({prefix}N.*) found in the state dict.")
+    if layers != list(range(len(layers))):
+        raise ConversionError(f"Layer indices are not contiguous: found {layers}; the checkpoint is incomplete.")
+    return layers
+
+
+def out_vocab(vocab_size: int | None, trained: int) -> int:
+    """The vocabulary rows to write: ``vocab_size`` (trimming only) or, when ``None``, the ``trained`` rows."""
+    if vocab_size is None:
+        return trained
+    if vocab_size < 1:
+        raise ConversionError(f"Invalid vocab_size={vocab_size}. Must be >= 1.")
+    if vocab_size > trained:
+        raise ConversionError(
+            f"--vocab_size {vocab_size} is larger than the trained embedding ({trained} rows). Only trimming is "
+            f"supported: pass a value <= {trained}, or leave it out to keep the vocabulary as trained."
+        )
+    return vocab_size
+
+
+def is_tied(head: torch.Tensor | None, embed: torch.Tensor) -> bool:
+    """Whether an output head repeats the embedding: absent, the same tensor, or an equal copy (a tie stored
+    twice). Compared only at the same dtype (``torch.equal`` raises on some dtype pairs)."""
+    if head is None or same_storage(head, embed, same_shape=True):
+        return True
+    return head.shape == embed.shape and head.dtype == embed.dtype and bool(torch.equal(head, embed))
+
+
+def refuse_unexpected(
+    sd: Mapping[str, torch.Tensor], known: set[str], kind: str, family: str, expects: str | None = None
+) -> None:
+    """Refuse the tensors of ``sd`` not in ``known``: not a ``kind`` (``"GPT-2"``) of ``family``, which ``expects``
+    these names."""
+    unexpected = sorted(k for k in sd if k not in known)
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise ConversionError(
+            f"The state dict has {len(unexpected)} tensor(s) a {kind} does not have: {shown}. It is not {family} "
+            "(or carries an unknown prefix)." + (f" Expected: {expects}." if expects else "")
+        )
 
 
 def check_plan(plan: ConversionPlan, expected: Mapping[str, tuple[int, ...]]) -> None:

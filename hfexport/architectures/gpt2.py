@@ -16,7 +16,18 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
-from .base import ConversionPlan, ModelFacts, TensorPlan, config_dim, positive_int, same_storage
+from .base import (
+    ConversionPlan,
+    ModelFacts,
+    TensorPlan,
+    config_dim,
+    is_tied,
+    layer_indices,
+    out_vocab,
+    positive_int,
+    refuse_unexpected,
+    require,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +68,6 @@ TRANSPOSED: tuple[str, ...] = (
 #: Buffers that are not parameters: nanoGPT's causal mask on old torch, HF's own mask buffers.
 IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
 
-_LAYER = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
-
 
 class GPT2:
     """The nanoGPT-style GPT-2 family."""
@@ -96,12 +105,8 @@ class GPT2:
         trained_vocab, n_embd = wte.shape
         n_positions = wpe.shape[0]
 
-        layers = sorted({int(m.group(1)) for k in sd if (m := _LAYER.match(k))})
+        layers = layer_indices(sd, "transformer.h.")
         n_layer = len(layers)
-        if layers != list(range(n_layer)):
-            raise ConversionError(f"Layer indices are not contiguous: found {layers}; the checkpoint is incomplete.")
-        if n_layer == 0:
-            raise ConversionError("No transformer layers (transformer.h.N.*) found in the state dict.")
 
         n_head = facts.n_head
         if n_head is None:
@@ -114,17 +119,8 @@ class GPT2:
         if n_embd % n_head:
             raise ConversionError(f"n_head={n_head} does not divide n_embd={n_embd}; pass the right --n_head.")
 
-        out_vocab = trained_vocab
-        if vocab_size is not None:
-            if vocab_size > trained_vocab:
-                raise ConversionError(
-                    f"--vocab_size {vocab_size} is larger than the trained embedding ({trained_vocab} rows). "
-                    "Only trimming is supported: pass a value <= "
-                    f"{trained_vocab}, or leave it out to keep the vocabulary as trained."
-                )
-            if vocab_size < 1:
-                raise ConversionError(f"Invalid vocab_size={vocab_size}. Must be >= 1.")
-            out_vocab = vocab_size
+        vocab = out_vocab(vocab_size, trained_vocab)
+        rows = vocab if vocab != trained_vocab else None
 
         # bias=False models have no LayerNorm/Linear biases; HF GPT-2 always has them: write zeros.
         has_bias = "transformer.ln_f.bias" in sd
@@ -136,7 +132,7 @@ class GPT2:
             )
 
         tensors: list[TensorPlan] = [
-            TensorPlan("transformer.wte.weight", wte, (out_vocab, n_embd), rows=_rows(out_vocab, trained_vocab)),
+            TensorPlan("transformer.wte.weight", wte, (vocab, n_embd), rows=rows),
             TensorPlan("transformer.wpe.weight", wpe, tuple(wpe.shape)),
         ]
         for i in layers:
@@ -161,34 +157,22 @@ class GPT2:
         else:
             tensors.append(TensorPlan("transformer.ln_f.bias", None, (n_embd,)))
 
-        tied = True
         head = sd.get("lm_head.weight")
-        if head is not None and not same_storage(head, wte, same_shape=True) and not _equal(head, wte):
-            # A model trained with an untied head: its head must be written, or transformers ties wte to it.
-            tied = False
+        # A model trained with an untied head: its head must be written, or transformers ties wte to it.
+        tied = is_tied(head, wte)
         if untie_embeddings or not tied:
             source = head if head is not None else wte
             # Trimmed like wte (never to fit a head of another size: check_plan refuses that).
-            tensors.append(
-                TensorPlan("lm_head.weight", source, (out_vocab, n_embd), rows=_rows(out_vocab, trained_vocab))
-            )
+            tensors.append(TensorPlan("lm_head.weight", source, (vocab, n_embd), rows=rows))
             tied = False
-
-        known = {t.name for t in tensors} | {"lm_head.weight"}
-        unexpected = sorted(k for k in sd if k not in known)
-        if unexpected:
-            shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-            raise ConversionError(
-                f"The state dict has {len(unexpected)} tensor(s) a GPT-2 does not have: {shown}. "
-                "It is not a nanoGPT-style GPT-2 (or carries an unknown prefix)."
-            )
+        refuse_unexpected(sd, {t.name for t in tensors} | {"lm_head.weight"}, "GPT-2", "a nanoGPT-style GPT-2")
 
         dropout = float(facts.dropout) if facts.dropout is not None else 0.0
-        eos = 50256 if out_vocab > 50256 else None
+        eos = 50256 if vocab > 50256 else None
         config: dict[str, Any] = {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
-            "vocab_size": out_vocab,
+            "vocab_size": vocab,
             "n_positions": n_positions,
             "n_ctx": n_positions,
             "n_embd": n_embd,
@@ -209,8 +193,8 @@ class GPT2:
         }
         generation_config = {"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {}
         notes = []
-        if out_vocab != trained_vocab:
-            notes.append(f"vocabulary trimmed from {trained_vocab} to {out_vocab} rows")
+        if vocab != trained_vocab:
+            notes.append(f"vocabulary trimmed from {trained_vocab} to {vocab} rows")
         if not has_bias:
             notes.append("bias=False model: zero biases written")
         return ConversionPlan("gpt2", tensors, config, generation_config, notes)
@@ -234,15 +218,6 @@ class GPT2:
         return shapes
 
 
-def _rows(out_vocab: int, trained: int) -> int | None:
-    return out_vocab if out_vocab != trained else None
-
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same shape, dtype and values (``torch.equal`` raises on some dtype pairs)."""
-    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
-
-
 def _require_matrix(sd: Mapping[str, torch.Tensor], key: str, layout: str) -> torch.Tensor:
     tensor = _require(sd, key)
     if tensor.dim() != 2:
@@ -254,10 +229,4 @@ def _require_matrix(sd: Mapping[str, torch.Tensor], key: str, layout: str) -> to
 
 
 def _require(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    try:
-        return sd[key]
-    except KeyError:
-        raise ConversionError(
-            f"Missing tensor {key!r}: the checkpoint is incomplete or not a nanoGPT-style GPT-2 "
-            f"({len(sd)} tensors found)."
-        ) from None
+    return require(sd, key, "a nanoGPT-style GPT-2")

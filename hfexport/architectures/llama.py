@@ -26,7 +26,18 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
-from .base import ConversionPlan, ModelFacts, TensorPlan, config_dim, positive_int, same_storage
+from .base import (
+    ConversionPlan,
+    ModelFacts,
+    TensorPlan,
+    config_dim,
+    is_tied,
+    layer_indices,
+    out_vocab,
+    positive_int,
+    refuse_unexpected,
+    require,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -209,14 +220,8 @@ class _LlamaFamily:
         return expected_shapes(config)
 
     # -- the plan -----------------------------------------------------------------------------------------------
-    def _layers(self, sd: Mapping[str, torch.Tensor]) -> list[int]:
-        pattern = re.compile("^" + re.escape(self.layer_prefix) + r"(\d+)\.")
-        layers = sorted({int(m.group(1)) for k in sd if (m := pattern.match(k))})
-        if not layers:
-            raise ConversionError(f"No transformer layers ({self.layer_prefix}N.*) found in the state dict.")
-        if layers != list(range(len(layers))):
-            raise ConversionError(f"Layer indices are not contiguous: found {layers}; the checkpoint is incomplete.")
-        return layers
+    def _require(self, sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+        return require(sd, key, f"a {self.name} model")
 
     def _finish(
         self,
@@ -231,22 +236,17 @@ class _LlamaFamily:
         sentencepiece: bool,
     ) -> ConversionPlan:
         """Add embeddings, final norm and head; check every shape against the config; build the plan."""
-        embed = _require(sd, self.embed_key, self.name)
+        embed = self._require(sd, self.embed_key)
         trained_vocab = embed.shape[0]
-        out_vocab = _out_vocab(vocab_size, trained_vocab)
-        rows = out_vocab if out_vocab != trained_vocab else None
-        tensors.insert(0, TensorPlan("model.embed_tokens.weight", embed, (out_vocab, dims.hidden), rows=rows))
+        vocab = out_vocab(vocab_size, trained_vocab)
+        rows = vocab if vocab != trained_vocab else None
+        tensors.insert(0, TensorPlan("model.embed_tokens.weight", embed, (vocab, dims.hidden), rows=rows))
         sources["model.embed_tokens.weight"] = self.embed_key
-        norm = _require(sd, self.norm_key, self.name)
+        norm = self._require(sd, self.norm_key)
         tensors.append(TensorPlan("model.norm.weight", norm, tuple(norm.shape)))
         sources["model.norm.weight"] = self.norm_key
         head = sd.get(self.head_key)
-        # llama2.c ties output to tok_embeddings (one tensor); an equal copy is a tie stored twice.
-        tied = (
-            head is None
-            or same_storage(head, embed, same_shape=True)
-            or (head.shape == embed.shape and torch.equal(head, embed))
-        )
+        tied = is_tied(head, embed)  # llama2.c ties output to tok_embeddings (one tensor)
         if untie_embeddings or not tied:
             source = head if head is not None else embed
             key = self.head_key if head is not None else self.embed_key
@@ -254,27 +254,20 @@ class _LlamaFamily:
                 TensorPlan(
                     "lm_head.weight",
                     source,
-                    (out_vocab, source.shape[1]),
-                    rows=out_vocab if out_vocab != source.shape[0] else None,
+                    (vocab, source.shape[1]),
+                    rows=vocab if vocab != source.shape[0] else None,
                 )
             )
             sources["lm_head.weight"] = key
             tied = False
-
         known = set(sources.values()) | {self.head_key}
-        unexpected = sorted(k for k in sd if k not in known)
-        if unexpected:
-            shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-            raise ConversionError(
-                f"The state dict has {len(unexpected)} tensor(s) a {self.name} model does not have: {shown}. "
-                f"It is not a Llama-shaped model (or carries an unknown prefix). Expected: {self.expects}."
-            )
+        refuse_unexpected(sd, known, f"{self.name} model", "a Llama-shaped model", self.expects)
 
-        bos, eos = _special_ids(out_vocab, sentencepiece)
+        bos, eos = _special_ids(vocab, sentencepiece)
         config: dict[str, Any] = {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
-            "vocab_size": out_vocab,
+            "vocab_size": vocab,
             "hidden_size": dims.hidden,
             "intermediate_size": intermediate,
             "num_hidden_layers": dims.n_layers,
@@ -298,8 +291,8 @@ class _LlamaFamily:
         }
         generation = {k: v for k, v in (("bos_token_id", bos), ("eos_token_id", eos)) if v is not None}
         notes = [f"{self.name} source; RoPE base {dims.rope_theta:g}, RMSNorm eps {dims.eps:g}"]
-        if out_vocab != trained_vocab:
-            notes.append(f"vocabulary trimmed from {trained_vocab} to {out_vocab} rows")
+        if vocab != trained_vocab:
+            notes.append(f"vocabulary trimmed from {trained_vocab} to {vocab} rows")
         return ConversionPlan(self.name, tensors, config, generation, notes)
 
 
@@ -330,9 +323,9 @@ class MetaLlama(_LlamaFamily):
     ) -> ConversionPlan:
         del activation  # SiLU, always
         sd = {k: v for k, v in state_dict.items() if not META_IGNORED.match(k)}
-        layers = self._layers(sd)
-        embed = _require(sd, self.embed_key, self.name)
-        wk = _require(sd, "layers.0.attention.wk.weight", self.name)
+        layers = layer_indices(sd, self.layer_prefix)
+        embed = self._require(sd, self.embed_key)
+        wk = self._require(sd, "layers.0.attention.wk.weight")
         dims = self._resolve(facts, embed.shape[1], len(layers), kv_rows=wk.shape[0], qkv_rows=None)
         heads = {"n_heads": dims.n_heads, "n_kv_heads": dims.n_kv_heads}
         tensors: list[TensorPlan] = []
@@ -340,7 +333,7 @@ class MetaLlama(_LlamaFamily):
         for i in layers:
             for src_suffix, hf_suffix in META_LAYER_KEYS.items():
                 key, name = f"layers.{i}.{src_suffix}", f"model.layers.{i}.{hf_suffix}"
-                tensor = _require(sd, key, self.name)
+                tensor = self._require(sd, key)
                 permute = ROPE_PERMUTED.get(src_suffix)
                 rope_heads = heads[permute] if permute else None
                 if rope_heads is not None and tensor.shape[0] != rope_heads * dims.head_dim:
@@ -351,7 +344,7 @@ class MetaLlama(_LlamaFamily):
                     )
                 tensors.append(TensorPlan(name, tensor, tuple(tensor.shape), rope_heads=rope_heads))
                 sources[name] = key
-        intermediate = _require(sd, "layers.0.feed_forward.w1.weight", self.name).shape[0]
+        intermediate = self._require(sd, "layers.0.feed_forward.w1.weight").shape[0]
         return self._finish(
             sd,
             tensors,
@@ -409,19 +402,19 @@ class LitGPTLlama(_LlamaFamily):
                 f"This litgpt model has {', '.join(not_llama)}: it is not Llama-shaped (GptNeoxMLP / LayerNorm "
                 "with bias). hfexport converts litgpt's Llama-shaped models only (RMSNorm + LLaMAMLP)."
             )
-        layers = self._layers(sd)
-        embed = _require(sd, self.embed_key, self.name)
-        qkv0 = _require(sd, "transformer.h.0.attn.qkv.weight", self.name)
+        layers = layer_indices(sd, self.layer_prefix)
+        embed = self._require(sd, self.embed_key)
+        qkv0 = self._require(sd, "transformer.h.0.attn.qkv.weight")
         dims = self._resolve(facts, embed.shape[1], len(layers), kv_rows=None, qkv_rows=qkv0.shape[0])
         q_rows, kv_rows = dims.n_heads * dims.head_dim, dims.n_kv_heads * dims.head_dim
         tensors: list[TensorPlan] = []
         sources: dict[str, str] = {}
         for i in layers:
             prefix, out = f"transformer.h.{i}.", f"model.layers.{i}."
-            norm_1 = _require(sd, prefix + "norm_1.weight", self.name)
+            norm_1 = self._require(sd, prefix + "norm_1.weight")
             tensors.append(TensorPlan(out + "input_layernorm.weight", norm_1, tuple(norm_1.shape)))
             sources[out + "input_layernorm.weight"] = prefix + "norm_1.weight"
-            qkv = _require(sd, prefix + "attn.qkv.weight", self.name)
+            qkv = self._require(sd, prefix + "attn.qkv.weight")
             if qkv.shape[0] != q_rows + 2 * kv_rows:
                 raise ConversionError(
                     f"{prefix}attn.qkv.weight has {qkv.shape[0]} rows, expected {q_rows + 2 * kv_rows} = "
@@ -436,10 +429,10 @@ class LitGPTLlama(_LlamaFamily):
             for src_suffix, hf_suffix in LITGPT_LAYER_KEYS.items():
                 if src_suffix == "norm_1.weight":
                     continue
-                tensor = _require(sd, prefix + src_suffix, self.name)
+                tensor = self._require(sd, prefix + src_suffix)
                 tensors.append(TensorPlan(out + hf_suffix, tensor, tuple(tensor.shape)))
                 sources[out + hf_suffix] = prefix + src_suffix
-        intermediate = _require(sd, "transformer.h.0.mlp.fc_1.weight", self.name).shape[0]
+        intermediate = self._require(sd, "transformer.h.0.mlp.fc_1.weight").shape[0]
         plan = self._finish(
             sd,
             tensors,
@@ -527,25 +520,3 @@ def _special_ids(vocab: int, sentencepiece: bool) -> tuple[int | None, int | Non
     if sentencepiece or vocab == 32000:
         return 1, 2  # sentencepiece's defaults: Llama 2's tokenizer and llama2.c's trained ones
     return None, None
-
-
-def _out_vocab(vocab_size: int | None, trained: int) -> int:
-    if vocab_size is None:
-        return trained
-    if vocab_size < 1:
-        raise ConversionError(f"Invalid vocab_size={vocab_size}. Must be >= 1.")
-    if vocab_size > trained:
-        raise ConversionError(
-            f"--vocab_size {vocab_size} is larger than the trained embedding ({trained} rows). Only trimming is "
-            f"supported: pass a value <= {trained}, or leave it out to keep the vocabulary as trained."
-        )
-    return vocab_size
-
-
-def _require(sd: Mapping[str, torch.Tensor], key: str, family: str) -> torch.Tensor:
-    try:
-        return sd[key]
-    except KeyError:
-        raise ConversionError(
-            f"Missing tensor {key!r}: the checkpoint is incomplete or not a {family} model ({len(sd)} tensors found)."
-        ) from None
