@@ -229,27 +229,48 @@ def resolve_tokenizer(
 def _parts_for(
     spec: Any, *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
 ) -> TokenizerParts | None:
-    if spec is False or (isinstance(spec, str) and spec.lower() == "none"):
+    kind = _spec_kind(spec)
+    if kind == "none":
         return None
-    if spec is None or (isinstance(spec, str) and spec.lower() == "auto"):
+    if kind == "auto":
         return _auto_parts(vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint)
-    if isinstance(spec, str) and spec.lower() == "gpt2":
+    if kind == "gpt2":
         return gpt2_parts()
+    if kind == "path":
+        return path_parts(Path(spec).expanduser())
+    if kind == "hub":
+        return hub_parts(os.fspath(spec))
+    return tiktoken_parts(spec) if kind == "tiktoken" else transformers_parts(spec)
+
+
+def _spec_kind(spec: Any) -> str:
+    """What a tokenizer spec is: ``"none"``, ``"auto"``, ``"gpt2"``, ``"path"``, ``"hub"`` (a repo id that is no
+    local path), ``"tiktoken"``, ``"transformers"`` or ``"export"`` (an :class:`ExportTokenizer`).
+
+    Raises:
+        TokenizerError: a path that does not exist, or a kind of object hfexport does not read.
+    """
+    if spec is None or spec is False:
+        return "auto" if spec is None else "none"
+    if isinstance(spec, str) and spec.lower() in ("auto", "none", "gpt2"):
+        return spec.lower()
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec).expanduser()
         if path.exists() or path.is_symlink():
-            return path_parts(path)
+            return "path"
         text = os.fspath(spec)
         if isinstance(text, str) and _REPO_ID.fullmatch(text):
-            return hub_parts(text)
+            return "hub"
         raise TokenizerError(
             f"Tokenizer path {text!r} does not exist; pass a tokenizer directory, a tokenizer.json or meta.pkl "
             "file, 'gpt2', or a Hub repo id (namespace/name)."
         )
-    if _is_tiktoken(spec):
-        return tiktoken_parts(spec)
+    if isinstance(spec, ExportTokenizer):
+        return "export"
+    if type(spec).__module__.split(".")[0] == "tiktoken" and hasattr(spec, "_mergeable_ranks"):
+        return "tiktoken"
     if hasattr(spec, "backend_tokenizer") or hasattr(spec, "save_pretrained"):
-        return transformers_parts(spec)
+        return "transformers"
     raise TokenizerError(
         f"Unsupported tokenizer {type(spec).__name__!r}: pass a path, 'gpt2', a transformers tokenizer, "
         "a tiktoken.Encoding, a Hub repo id, or None (automatic) / False (none)."
@@ -299,19 +320,6 @@ def find_meta_pkl(dataset: str | None, checkpoint: str | os.PathLike[str] | None
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _DATASET = re.compile(r"[\w.-]+")
-
-
-def _is_object_spec(obj: Any) -> bool:
-    return (
-        isinstance(obj, ExportTokenizer)
-        or _is_tiktoken(obj)
-        or hasattr(obj, "backend_tokenizer")
-        or hasattr(obj, "save_pretrained")
-    )
-
-
-def _is_tiktoken(obj: Any) -> bool:
-    return type(obj).__module__.split(".")[0] == "tiktoken" and hasattr(obj, "_mergeable_ranks")
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -779,8 +787,6 @@ def hub_parts(repo_id: str) -> TokenizerParts:
 
 
 # ------------------------------------------------------------------------------------------------ registries
-#: Directory kinds, in order of preference: (files that must be present, reader of the first one). A new source
-#: kind (e.g. ``(("tokenizer.model",), sentencepiece_parts)``) is one more entry.
 def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
     """A sentencepiece ``tokenizer.model`` (llama2.c, Llama 2): see :mod:`hfexport.llama_tokenizer`."""
     from .llama_tokenizer import sentencepiece_parts as convert
@@ -788,6 +794,7 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
     return convert(path, root)
 
 
+#: Directory kinds, in order of preference: (files that must be present, reader of the first one).
 DIRECTORY_KINDS: list[tuple[tuple[str, ...], Callable[[Path, Path], TokenizerParts]]] = [
     (("tokenizer.json",), tokenizer_json_parts),
     (("vocab.json", "merges.txt"), vocab_merges_parts),
@@ -824,21 +831,7 @@ class TokenizerSource:
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], ExportTokenizer | None] = {}
         self._reported = False
-        if isinstance(spec, (str, os.PathLike)) and not isinstance(spec, bool):
-            text = os.fspath(spec)
-            lowered = text.lower() if isinstance(text, str) else ""
-            special = lowered in ("auto", "none", "gpt2")
-            path = Path(text).expanduser()
-            if not special and not (path.exists() or path.is_symlink()) and not _REPO_ID.fullmatch(str(text)):
-                raise TokenizerError(
-                    f"Tokenizer path {text!r} does not exist; pass a tokenizer directory, a tokenizer.json or "
-                    "meta.pkl file, 'gpt2', or a Hub repo id (namespace/name)."
-                )
-        elif spec is not None and spec is not False and not _is_object_spec(spec):
-            raise TokenizerError(
-                f"Unsupported tokenizer {type(spec).__name__!r}: pass a path, 'gpt2', a transformers tokenizer, "
-                "a tiktoken.Encoding, a Hub repo id, or None (automatic) / False (none)."
-            )
+        _spec_kind(spec)  # a missing path or an unsupported kind fails now, before training
 
     @property
     def automatic(self) -> bool:
