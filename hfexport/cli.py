@@ -40,6 +40,17 @@ _ENVIRONMENT_ERRORS = {
     errno.EIO: "the disk reported an I/O error; check it, or write to another disk (--output_dir)",
 }
 
+#: Bad input: exit status 2.
+_BAD_INPUT = (
+    HFExportError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+    ImportError,
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose rejections are one line, ``error: ...`` and where to find the usage."""
@@ -388,44 +399,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"error: interrupted; {interrupt_outcome(exc)}", file=sys.stderr)
         return 130
-    except HubError as exc:
+    except Exception as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE if _hub_down(exc) else EXIT_BAD_INPUT
-    except (
-        HFExportError,
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        NotADirectoryError,
-        PermissionError,
-        ImportError,
-    ) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        if args.debug:
-            raise
-        fix = _ENVIRONMENT_ERRORS.get(exc.errno or 0)
-        where = f" ({exc.filename})" if exc.filename else ""
-        if fix is None:
-            print(
-                f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr
-            )
-        else:
-            print(f"error: {exc.strerror or exc}{where}; nothing was published: {fix}", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as exc:  # unexpected: still one line, but a different status
-        if args.debug:
-            raise
-        print(
-            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        status, message = _failure(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return status
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The exit status and the line to print: 2 for bad input, 1 for the machine's or the Hub's failures (see
+    :data:`_ENVIRONMENT_ERRORS`, :func:`_hub_down`) and for unexpected ones."""
+    if isinstance(exc, HubError):
+        return (EXIT_FAILURE if _hub_down(exc) else EXIT_BAD_INPUT), str(exc)
+    if isinstance(exc, _BAD_INPUT):
+        return EXIT_BAD_INPUT, str(exc)
+    fix = _ENVIRONMENT_ERRORS.get(exc.errno or 0) if isinstance(exc, OSError) else None
+    if fix is None:
+        return EXIT_FAILURE, f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+    where = f" ({exc.filename})" if exc.filename else ""
+    return EXIT_FAILURE, f"{exc.strerror or exc}{where}; nothing was published: {fix}"
 
 
 if __name__ == "__main__":  # pragma: no cover
