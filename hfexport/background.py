@@ -119,18 +119,25 @@ class BackgroundWriter(Generic[Job]):
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._waiting or self._closed)
-                if not self._waiting:
-                    return
-                job = self._running = self._waiting.popleft()
+            if not self._run_next(BaseException):  # stored: raised (or reported) in the training thread
+                return
+
+    def _run_next(self, catch: type[BaseException]) -> bool:
+        """Run the next waiting job in this thread, storing what it raises of ``catch``; ``False`` if none waits."""
+        with self._cond:
+            if not self._waiting:
+                return False
+            job = self._running = self._waiting.popleft()
+            self._cond.notify_all()
+        try:
+            self._run(job)
+        except catch as exc:
+            self._store(exc, job)
+        finally:
+            with self._cond:
+                self._running = None
                 self._cond.notify_all()
-            try:
-                self._run(job)
-            except BaseException as exc:  # stored: raised (or reported) in the training thread
-                self._store(exc, job)
-            finally:
-                with self._cond:
-                    self._running = None
-                    self._cond.notify_all()
+        return True
 
     def _store(self, exc: BaseException, job: Job) -> None:
         with self._cond:
@@ -152,18 +159,8 @@ class BackgroundWriter(Generic[Job]):
             if thread is not None and thread.is_alive():
                 self.wait()
             else:
-                while True:
-                    with self._cond:
-                        if not self._waiting:
-                            break
-                        job = self._running = self._waiting.popleft()
-                    try:
-                        self._run(job)
-                    except Exception as exc:
-                        self._store(exc, job)
-                    finally:
-                        with self._cond:
-                            self._running = None
+                while self._run_next(Exception):  # a KeyboardInterrupt stops it (see _finish_all_at_exit)
+                    pass
         with self._cond:
             error, self._error = self._error, None
             what = self._error_what
