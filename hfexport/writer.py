@@ -912,13 +912,13 @@ def _remove_stale_pointer(entry: Path, match: re.Match[str]) -> bool:
     if match["where"] != _where():
         logger.info("Leaving %s: made on another host, boot or PID namespace, whose state is unknown here", entry)
         return False
-    now = _start_time(pid)
-    if _pid_alive(pid) and not (start and now is not None and now != start):
-        logger.info("Leaving %s: made by PID %d, which is still running", entry, pid)
+    dead, why = _process_is_dead(pid, start)
+    if not dead:
+        logger.info("Leaving %s: %s", entry, why)
         return False
     with contextlib.suppress(FileNotFoundError):
         entry.unlink()  # a symlink or a one-line file: unlinking it never touches what it points to
-    logger.info("Removed %s, a pointer left by an interrupted export (PID %d has exited)", entry, pid)
+    logger.info("Removed %s, a pointer left by an interrupted export (%s)", entry, why)
     return True
 
 
@@ -948,10 +948,15 @@ def _writer_is_dead(marker: Mapping[str, Any]) -> tuple[bool, str]:
     for key, what in (("host", "host"), ("boot_id", "boot"), ("pid_namespace", "PID namespace")):
         if marker.get(key) != here[key]:
             return False, f"made by PID {pid} in another {what} ({marker.get(key)!r}), whose state is unknown here"
+    return _process_is_dead(pid, marker.get("start_time"))
+
+
+def _process_is_dead(pid: int, start: int | None) -> tuple[bool, str]:
+    """Whether process ``pid`` of this host, started at ``start`` (``None`` or ``0``: unknown), has exited."""
     if not _pid_alive(pid):
         return True, f"PID {pid} has exited"
-    then, now = marker.get("start_time"), _start_time(pid)
-    if then is not None and now is not None and then != now:
+    now = _start_time(pid)
+    if start and now is not None and start != now:
         return True, f"PID {pid} has exited (that PID now belongs to another process)"
     return False, f"made by PID {pid}, which is still running"
 
