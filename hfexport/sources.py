@@ -41,8 +41,8 @@ __all__ = [
     "unwrap_model",
 ]
 
-#: Prefixes that wrappers add to parameter names, in any combination and order.
-WRAPPER_PREFIXES: tuple[str, ...] = ("_orig_mod.", "module.")
+#: Prefixes that wrappers (``torch.compile``, DDP) add to parameter names, in any combination and order.
+_WRAPPERS = re.compile(r"(^|\.)(?:_orig_mod\.|module\.)+")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt", ".bin")
 #: Globals that may be stood in for: plain config holders (read as attribute bags, never executed).
 _CONFIG_GLOBAL = re.compile(r"(Config|Args|ModelArgs|Hyperparameters|HParams)$")
@@ -351,23 +351,11 @@ def _strip_module_attribute(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def strip_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes (``_orig_mod.``, ``module.``, stacked in any order) from every key."""
+    """Remove wrapper prefixes (``_orig_mod.``, ``module.``, stacked in any order) from every key, also inside an
+    attribute path (``model._orig_mod.transformer...``)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        name = key
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if name.startswith(prefix):
-                    name = name[len(prefix) :]
-                    changed = True
-            # Wrappers can also sit inside an attribute path: "model._orig_mod.transformer..."
-            for prefix in WRAPPER_PREFIXES:
-                marker = "." + prefix
-                if marker in name:
-                    name = name.replace(marker, ".")
-                    changed = True
+        name = _WRAPPERS.sub(r"\1", key)
         if name in out:
             raise CheckpointError(f"Two tensors map to {name!r} once prefixes are stripped ({key!r}).")
         out[name] = value
