@@ -15,12 +15,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from .dircheck import unsafe_name
 from .errors import HubError, PushVerificationError
 from .fsutil import sha256_file
-from .writer import MANIFEST_NAME
+from .names import MANIFEST_NAME
 
 __all__ = ["STANDARD_FILES", "git_blob_id", "publishable_files", "verify_remote"]
 
@@ -102,13 +103,12 @@ def publishable_files(version_dir: Path) -> list[str]:
 
 
 def _check_relative(version_dir: Path, name: str) -> None:
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\\" in name:
-        raise HubError(f"Refusing to push {version_dir.name}: {name!r} is not a path inside the version directory.")
+    why = unsafe_name(name)
+    if why:
+        raise HubError(f"Refusing to push {version_dir.name}: {name!r} {why}, not a path inside the version directory.")
 
 
 def _check_inside(version_dir: Path, base: Path, name: str) -> None:
-    _check_relative(version_dir, name)
     path = version_dir / name
     resolved = path.resolve()
     if not resolved.is_relative_to(base):
