@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fsync_dir", "fsync_tree", "libc_function", "sha256_file"]
+__all__ = ["fsync_dir", "fsync_tree", "hash_file", "libc_function", "sha256_file"]
 
 _libc: Any = None
 _functions: dict[str, Any] = {}
@@ -57,8 +57,13 @@ def fsync_tree(path: Path) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
+    """The hex SHA-256 of a file."""
+    return hash_file(hashlib.sha256(), path)
+
+
+def hash_file(digest: Any, path: Path) -> str:
+    """The hex digest of ``digest`` (a ``hashlib`` object, possibly fed a prefix already) fed the file, read in
+    4 MiB chunks."""
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)

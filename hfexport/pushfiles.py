@@ -20,7 +20,7 @@ from typing import Any
 
 from .dircheck import unsafe_name
 from .errors import HubError, PushVerificationError
-from .fsutil import sha256_file
+from .fsutil import hash_file, sha256_file
 from .names import MANIFEST_NAME
 
 __all__ = ["STANDARD_FILES", "git_blob_id", "publishable_files", "verify_remote"]
@@ -122,11 +122,7 @@ def _check_inside(version_dir: Path, base: Path, name: str) -> None:
 
 def git_blob_id(path: Path) -> str:
     """The git blob id (SHA-1 of ``blob <size>\\0<bytes>``) of a file: the Hub's ``oid`` of a regular file."""
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(hashlib.sha1(b"blob %d\0" % path.stat().st_size), path)
 
 
 def verify_remote(remote: Iterable[Any], version_dir: Path, names: list[str], what: str) -> None:
