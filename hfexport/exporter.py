@@ -10,22 +10,10 @@ published atomically as ``<root>/step_XXXXXX/``, then ``latest`` moves to it, th
 :class:`~hfexport.background.BackgroundWriter`, the versions to a :class:`~hfexport.versions.VersionStore`
 (publishing, ``latest``, rotation), the pushes to a :class:`~hfexport.hub.HubPusher`.
 
-Guarantees:
-    * a version directory is complete or absent; ``latest`` only ever points at a complete version;
-    * an export holds the weights of its step, even when training changes them right after the call;
-    * at most one snapshot waits for the writer; with ``if_busy="wait"`` no requested version is lost;
-    * a background failure is logged at once and raised from the next call (``on_error="raise"``);
-    * ``KeyboardInterrupt`` and ``SystemExit`` go through untouched (the unpublished temporary removed first);
-    * a script that ends without :meth:`HFExporter.close` still gets its pending versions: they are written at
-      interpreter exit (said on stderr), and one that cannot be written is reported on stderr;
-    * rotation deletes only versions this exporter created, never ``latest``, never one not pushed yet (queued,
-      in flight or failed).
-
-Steps going backwards (a run resumed from an earlier checkpoint, or a rollback): ``latest`` always moves to the
-version just written, so it is the newest version of the *current* run, even when a version with a higher step
-exists. Versions above the step just written (an abandoned future) are kept but are not ``latest``; a warning
-says so once. The version just written is never rotated away; ``keep_last_n`` removes this run's versions in the
-order they were written, oldest first.
+What it guarantees (a version complete or absent, ``latest`` only on a complete one, the weights of the step
+asked for, no version lost with ``if_busy="wait"``, Ctrl-C let through, pending versions written at exit, steps
+going backwards, rotation of this run's pushed versions only) is in README's *What an export looks like* and
+*Guarantees*.
 
 Example:
     ```python

@@ -14,13 +14,9 @@ A failure (or ``KeyboardInterrupt``) removes the temporary directory; a killed p
 temporary, which :func:`clean_stale_temporaries` removes on a later run.
 
 Temporaries: every directory hfexport creates next to an output (``.NAME.tmp-PID-XXXXXXXX`` for a write,
-``.NAME.old-PID-XXXXXXXX`` for a version being replaced or rotated away) is made by :func:`make_temporary`, which
-writes a marker file (``hfexport-temporary.json``) into it before anything else: the host, boot id and PID
-namespace, the PID and its start time, and the real output name (``NAME`` is shortened when the whole name would
-exceed 255 bytes). The data lives in a ``payload/`` subdirectory, so the marker is there until the very end.
-Cleanup removes only such a marked directory, and only when its process is known to be dead on this host (same
-host, boot and PID namespace; the PID is gone, a zombie, or was reused by a process started at another time).
-Everything else is left in place and logged.
+``.NAME.old-PID-XXXXXXXX`` for a version being replaced or rotated away) carries a marker naming the process that
+made it (:func:`make_temporary`), and cleanup removes only such a directory, once that process is known to be dead
+(:func:`clean_stale_temporaries`; the rules are README's *What cleanup may delete*).
 """
 
 from __future__ import annotations
@@ -48,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checksum import crc32_file
 from .dircheck import Expected, check_directory, unsafe_name
 from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
@@ -464,11 +459,6 @@ def _write_all(
             _write_file(tmp / name, content)
             sizes[name] = len(content)
             checksums[name] = f"{zlib.crc32(content):08x}"
-        for path in sorted(tmp.rglob("*")):
-            rel = path.relative_to(tmp).as_posix()
-            if path.is_file() and rel not in checksums:
-                checksums[rel] = f"{crc32_file(path):08x}"
-                sizes[rel] = path.stat().st_size
         if manifest is not None:
             body = dict(manifest)
             body["files"] = {name: {"size": sizes[name], "crc32": checksums[name]} for name in sorted(sizes)}
@@ -544,9 +534,6 @@ def _tokenizer_files(tokenizer: Any, protected: set[str]) -> dict[str, bytes]:
 
 def _verify(tmp: Path, records: list[TensorRecord], files: Mapping[str, bytes], checksums: Mapping[str, str]) -> None:
     """Reopen everything and compare it with what was meant to be written (:func:`check_directory`).
-
-    This checks each shard's header as strictly as ``safetensors`` does and against the records (names, dtypes,
-    shapes, offsets, sizes), the index, and the small files' contents.
 
     Raises:
         VerificationError: with every problem found.
