@@ -16,15 +16,6 @@ HTTP 5xx and 429, honouring ``Retry-After``, a verification mismatch); other HTT
 :class:`HubPusher` runs them on one background thread, in step order, so that training never waits for the
 network, and never dies because of it unless asked to. Each version's state (pending, failed, pushed at a commit,
 skipped) is kept in the export root's push journal (:mod:`hfexport.journal`), from which a restarted run resumes.
-
-Example:
-    ```python
-    pusher = HubPusher(HubOptions("me/gpt2-run", private=True))
-    pusher.setup()  # fails fast on a bad token or a forbidden repository
-    pusher.submit(Path("hf_exports/step_000500"), step=500)
-    ...
-    pusher.close()  # waits for the final push
-    ```
 """
 
 from __future__ import annotations
@@ -236,13 +227,9 @@ def push_version(
     api: HfApi | None = None,
     progress: bool = False,
 ) -> PushResult:
-    """Push one version directory as one commit on ``options.revision``, verify it, then tag it. Synchronous.
-
-    Only the version's own files are sent (:func:`~hfexport.pushfiles.publishable_files`); files of the previous
-    version that this one lacks are deleted in the same commit. The commit's files are then listed on the Hub and
-    compared with the local ones (size, and LFS SHA-256 or git blob id); a mismatch is a failed attempt, retried.
-    The result is recorded in the export root's push journal when the directory is a ``step_XXXXXX`` version.
-    The repository (and the branch) must exist: call :meth:`HubPusher.setup` first.
+    """Push one version directory as one commit on ``options.revision``, verify it, then tag it (as the module
+    docstring describes). Synchronous. The result is recorded in the export root's push journal when the directory
+    is a ``step_XXXXXX`` version. The repository (and the branch) must exist: call :meth:`HubPusher.setup` first.
 
     Args:
         version_dir: The version directory to push (complete, in its final place).
@@ -348,17 +335,15 @@ class _PushJob:
 
 
 class HubPusher:
-    """Pushes versions in the background, one at a time, in step order.
+    """Pushes versions in the background, one at a time, in step order (``push_mode``, ``on_push_error``: see
+    :class:`HubOptions`).
 
-    :meth:`submit` only queues (it never waits for the network) and marks the version pending in the export
-    root's push journal. With ``push_mode="every"`` (the default) every version is pushed; while pushes fall behind,
-    a warning says how many wait (at most once a minute). With ``push_mode="latest"`` intermediate versions still
-    waiting are coalesced: only the newest one, plus any final one, is pushed, and the skipped ones are logged. A
-    failed push is logged, journaled and recorded in :attr:`failures`; with ``on_push_error="raise"`` it is raised by
-    :meth:`check` and :meth:`close`. With ``push_mode="every"``, versions that failed because the Hub or the network
-    was down are pushed again, in step order, before the next version submitted; while the Hub stays down each gets
-    one attempt (so a backlog costs one timeout per version), until a push succeeds. A version not pushed yet
-    (queued, in flight or failed) is :meth:`is_pending`, so that rotation keeps it.
+    :meth:`submit` only queues (it never waits for the network) and marks the version pending in the journal; while
+    pushes fall behind, a warning says how many wait (at most once a minute). A failed push is logged, journaled
+    and recorded in :attr:`failures`. With ``push_mode="every"``, versions that failed because the Hub or the
+    network was down are pushed again, in step order, before the next version submitted; while the Hub stays down
+    each gets one attempt (so a backlog costs one timeout per version), until a push succeeds. A version not pushed
+    yet (queued, in flight or failed) is :meth:`is_pending`, so that rotation keeps it.
 
     Args:
         options: Where and how to push.
@@ -589,10 +574,7 @@ class HubPusher:
     def is_pending(self, version_dir: Path) -> bool:
         """Whether ``version_dir`` is not pushed yet: queued, being pushed, or failed (so it must be kept)."""
         path = Path(version_dir).absolute()
-        with self._cond:
-            return any(j.version_dir == path for j in self._active()) or any(
-                f.version_dir == path for f in self._failures
-            )
+        return any(pending == path for _, pending in self.pending())
 
     def pending(self) -> list[tuple[int, Path]]:
         """``(step, version_dir)`` of the versions not pushed yet: queued, being pushed, or failed."""
