@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .architectures import ACTIVATIONS
@@ -88,6 +88,11 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _option(parser: Any, name: str, **kwargs: Any) -> None:
+    """Add ``--name`` to ``parser`` (or a group of it), also spelled ``--name-with-dashes`` when it has a ``_``."""
+    parser.add_argument(*dict.fromkeys((f"--{name}", f"--{name.replace('_', '-')}")), **kwargs)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("--quiet", "-q", action="store_true", help="only print errors")
@@ -105,102 +110,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert a checkpoint file into a Hugging Face directory")
     c.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt/.ckpt file, a directory of them, or dir/step_N")
-    c.add_argument("--output_dir", "--output-dir", required=True, help="directory to create")
-    c.add_argument(
-        "--dtype",
-        default="bfloat16",
-        choices=list(DTYPES),
-        help="dtype of the written weights (default: bfloat16)",
+    _option(c, "output_dir", required=True, help="directory to create")
+    _option(
+        c, "dtype", default="bfloat16", choices=list(DTYPES), help="dtype of the written weights (default: bfloat16)"
     )
-    c.add_argument("--model_name", "--model-name", default=None, help="model name for the model card")
-    c.add_argument(
-        "--vocab_size",
-        "--vocab-size",
-        type=_positive_int,
-        default=None,
-        help="keep the first N vocabulary rows (e.g. 50257 of 50304)",
-    )
-    c.add_argument(
-        "--activation",
+    _option(c, "model_name", help="model name for the model card")
+    _option(c, "vocab_size", type=_positive_int, help="keep the first N vocabulary rows (e.g. 50257 of 50304)")
+    _option(
+        c,
+        "activation",
         choices=list(ACTIVATIONS),
-        default=None,
         help="GELU the model was trained with: gelu (current nanoGPT, default), gelu_new (old nanoGPT, llm.c), "
         "gelu_pytorch_tanh (build-nanogpt, nano-gpt package; picked automatically for those layouts)",
     )
-    c.add_argument(
-        "--n_head",
-        "--n-head",
-        type=_positive_int,
-        default=None,
-        help="attention heads, when the checkpoint does not record them",
-    )
+    _option(c, "n_head", type=_positive_int, help="attention heads, when the checkpoint does not record them")
     for flag, what in (
         ("rope_theta", "RoPE base of a Llama-style model (10000 llama2.c/Llama 2, 500000 Llama 3)"),
         ("norm_eps", "RMSNorm/LayerNorm epsilon"),
         ("rope_scaling_factor", "Llama 3.1-style RoPE scaling factor (8 Llama 3.1, 32 Llama 3.2 1B/3B)"),
     ):
-        c.add_argument(
-            f"--{flag}",
-            f"--{flag.replace('_', '-')}",
-            type=float,
-            default=None,
-            help=what + ", when the checkpoint does not record it",
-        )
-    c.add_argument("--base_model", "--base-model", default=None, help="Hub id it was fine-tuned from (model card)")
-    c.add_argument(
-        "--untie_embeddings",
-        "--untie-embeddings",
-        action="store_true",
-        help="also write an independent lm_head.weight",
-    )
+        _option(c, flag, type=float, help=what + ", when the checkpoint does not record it")
+    _option(c, "base_model", help="Hub id it was fine-tuned from (model card)")
+    _option(c, "untie_embeddings", action="store_true", help="also write an independent lm_head.weight")
     tok = c.add_mutually_exclusive_group()
-    tok.add_argument(
-        "--tokenizer",
-        default=None,
+    _option(
+        tok,
+        "tokenizer",
         help="tokenizer to write: a directory, tokenizer.json, nanoGPT meta.pkl, 'gpt2' or a cached Hub repo id "
         "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 vocabulary)",
     )
-    tok.add_argument(
-        "--no_tokenizer", "--no-tokenizer", action="store_true", help="write no tokenizer (the export is incomplete)"
-    )
-    c.add_argument(
-        "--max_shard_size",
-        "--max-shard-size",
-        default="5GB",
-        help="shard the weights past this size (default: 5GB)",
-    )
-    c.add_argument(
-        "--force",
+    _option(tok, "no_tokenizer", action="store_true", help="write no tokenizer (the export is incomplete)")
+    _option(c, "max_shard_size", default="5GB", help="shard the weights past this size (default: 5GB)")
+    _option(
+        c,
+        "force",
         action="store_true",
         help="replace --output_dir if it holds an earlier export of hfexport (atomically); never anything else",
     )
-    c.add_argument(
-        "--allow_nonfinite",
-        "--allow-nonfinite",
-        action="store_true",
-        help="write NaN/inf weights instead of refusing",
-    )
-    c.add_argument(
-        "--io",
+    _option(c, "allow_nonfinite", action="store_true", help="write NaN/inf weights instead of refusing")
+    _option(
+        c,
+        "io",
         choices=IO_MODES,
         default="auto",
         help="how the weights reach the disk: auto (default: the page cache, direct I/O once it proves slower "
         "than 2 GB/s), buffered (the page cache only), direct (direct I/O where the file system allows); "
         "HFEXPORT_DIRECT_IO=0/1/auto overrides it",
     )
-    c.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    _option(c, "no_progress", action="store_true", help="no progress bar")
     _add_common(c)
 
     v = sub.add_parser("verify", help="check a Hugging Face directory (and its logits against a checkpoint)")
     v.add_argument("directory", metavar="DIR", help="a model directory, or an export root (checks its latest)")
-    v.add_argument("--checkpoint", default=None, help="source checkpoint: compare logits through transformers")
-    v.add_argument(
-        "--activation",
-        choices=list(ACTIVATIONS),
-        default=None,
-        help="GELU of the source (default: the directory's)",
-    )
-    v.add_argument("--n_head", "--n-head", type=_positive_int, default=None, help="attention heads of the source")
+    _option(v, "checkpoint", help="source checkpoint: compare logits through transformers")
+    _option(v, "activation", choices=list(ACTIVATIONS), help="GELU of the source (default: the directory's)")
+    _option(v, "n_head", type=_positive_int, help="attention heads of the source")
     _add_common(v)
 
     ls = sub.add_parser("list", help="list the versions of an export root")
@@ -213,39 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="a version directory, or an export root (pushes its latest; with --pending, every unpushed version)",
     )
-    push.add_argument("--repo_id", "--repo-id", required=True, help="namespace/name of the Hub model repository")
+    _option(push, "repo_id", required=True, help="namespace/name of the Hub model repository")
     vis = push.add_mutually_exclusive_group()
-    vis.add_argument(
-        "--private",
-        dest="private",
-        action="store_true",
-        default=True,
-        help="create the repo private (default)",
-    )
-    vis.add_argument("--public", dest="private", action="store_false", help="create the repo public")
-    push.add_argument("--revision", default="main", help="branch to commit to (default: main)")
-    push.add_argument("--tag", default=None, help="tag for the commit (default: the version directory's name)")
-    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` cache)")
-    push.add_argument(
-        "--pending",
+    _option(vis, "private", action="store_true", default=True, help="create the repo private (default)")
+    _option(vis, "public", dest="private", action="store_false", help="create the repo public")
+    _option(push, "revision", default="main", help="branch to commit to (default: main)")
+    _option(push, "tag", help="tag for the commit (default: the version directory's name)")
+    _option(push, "token", help="Hub token (default: HF_TOKEN or the `hf auth login` cache)")
+    _option(
+        push,
+        "pending",
         action="store_true",
         help="push every version of the export root DIR that its push journal lists as not pushed, in step order",
     )
-    push.add_argument(
-        "--timeout_s",
-        "--timeout-s",
+    _option(
+        push,
+        "timeout_s",
         type=_positive_seconds,
         default=60.0,
         help="timeout of every Hub request, in seconds (default: 60)",
     )
-    push.add_argument(
-        "--max_retries",
-        "--max-retries",
+    _option(
+        push,
+        "max_retries",
         type=_non_negative_int,
         default=6,
         help="retries of a failed request (connection errors, timeouts, HTTP 5xx and 429; default: 6)",
     )
-    push.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    _option(push, "no_progress", action="store_true", help="no progress bar")
     _add_common(push)
     return parser
 
