@@ -30,21 +30,9 @@ __all__ = ["ExportOptions"]
 class ExportOptions:
     """How each version is written, and where it is pushed (validated; build it with :meth:`create`).
 
-    Attributes:
-        dtype: The export dtype.
-        keep_last_n: Keep only the last N versions this exporter wrote, in write order (``None``: keep all).
-        config: Model facts the weights do not carry.
-        tokenizer: The tokenizer written into every version (checked now, resolved at the first export).
-        activation: GELU of the model, or ``None`` (``gelu``).
-        vocab_size: Keep only the first N vocabulary rows.
-        untie_embeddings: Also write an independent ``lm_head.weight``.
-        model_name: Name shown in the model card.
-        max_shard_size: Shard the weights past this size.
-        allow_nonfinite: Write NaN/inf weights instead of failing the export.
-        async_write: Write in a background thread.
-        if_busy: ``"wait"`` or ``"skip"`` when an export is due while one still waits.
-        on_error: A failed background write: ``"raise"`` it from the next call, or only ``"warn"``.
-        hub: Where and how versions are pushed; ``None`` when not pushing.
+    Each attribute holds the validated argument of :meth:`create` of the same name (``dtype`` as a ``torch.dtype``,
+    ``tokenizer`` as a :class:`~hfexport.tokenizer.TokenizerSource`), except ``hub``: the Hub arguments grouped as
+    a :class:`~hfexport.hub.HubOptions`, or ``None`` when not pushing.
     """
 
     dtype: torch.dtype = torch.bfloat16
