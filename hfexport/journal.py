@@ -125,12 +125,7 @@ class PushJournal:
         if state not in STATES:
             raise ValueError(f"Invalid push state {state!r}. Expected one of {STATES}.")
         entry: dict[str, Any] = {"step": int(step), "state": state, "time": _now()}
-        if commit is not None:
-            entry["commit"] = commit
-        if tag is not None:
-            entry["tag"] = tag
-        if error is not None:
-            entry["error"] = error
+        entry.update({k: v for k, v in (("commit", commit), ("tag", tag), ("error", error)) if v is not None})
         with self._locked():
             data = self.read()
             target = data["targets"].setdefault(

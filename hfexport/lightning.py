@@ -1,8 +1,7 @@
 """``HFExportCallback``: Hugging Face exports from a Lightning ``Trainer`` (the only module importing lightning).
 
-Arguments follow ``ModelCheckpoint``: ``dirpath`` (default ``<default_root_dir>/hf_exports``),
-``every_n_train_steps``, ``every_n_epochs``, ``export_on_train_end``, plus the export options shared with
-``HFExporter`` (``dtype="bfloat16"``, ``keep_last_n``, ``async_write``, ``config``, ``tokenizer``, the Hub options).
+Arguments follow ``ModelCheckpoint`` (``dirpath``, ``every_n_train_steps``, ...), plus the export options shared
+with ``HFExporter``.
 
 When it acts: after optimizer steps (so once per step under gradient accumulation), at the end of every N-th
 epoch, and at the end of training (the final step, unless already exported); never during the sanity check,
@@ -147,16 +146,13 @@ class HFExportCallback(Callback):
         self.dirpath = Path(dirpath)
         # Rank 0 checks the Hub (token, repository) before training; the verdict is shared so that every
         # rank stops together instead of the others hanging in the next collective.
-        error: str | None = None
         exporter: HFExporter | None = None
+        cause: HFExportError | None = None
         try:
             exporter = HFExporter.from_options(self.dirpath, self.options)
         except HFExportError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            cause: BaseException | None = exc
-        else:
-            cause = None
-        error = trainer.strategy.broadcast(error, src=0)
+            cause = exc
+        error = trainer.strategy.broadcast(f"{type(cause).__name__}: {cause}" if cause is not None else None, src=0)
         if error is not None:
             raise HFExportError(f"HFExportCallback could not start: {error}") from cause
         self.exporter = exporter
