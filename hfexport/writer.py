@@ -264,10 +264,8 @@ def replace_refusal(directory: Path) -> str | None:
         return None
     if MANIFEST_NAME not in found:
         return f"has no {MANIFEST_NAME} manifest (it was not written by hfexport)"
-    try:
-        listed = json.loads((directory / MANIFEST_NAME).read_bytes())["files"]
-        sizes = {str(name): int(entry["size"]) for name, entry in listed.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    sizes = _listed(directory)
+    if sizes is None:
         return f"has an unreadable {MANIFEST_NAME} manifest"
     extra = foreign + sorted(name for name in found if name not in sizes and name != MANIFEST_NAME)
     if extra:
@@ -277,6 +275,15 @@ def replace_refusal(directory: Path) -> str | None:
     if changed:
         return f"holds files changed since hfexport wrote them ({', '.join(changed[:3])})"
     return None
+
+
+def _listed(directory: Path) -> dict[str, int] | None:
+    """The files the manifest of ``directory`` lists, with their sizes; ``None`` when it cannot be read."""
+    try:
+        listed = json.loads((directory / MANIFEST_NAME).read_bytes())["files"]
+        return {str(name): int(entry["size"]) for name, entry in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _scan(directory: Path, prefix: str, found: dict[str, int], foreign: list[str]) -> None:
@@ -699,11 +706,8 @@ def _remove_export(directory: Path) -> None:
 
     Anything else (a file that appeared at the last moment) is kept, with the directory, and logged.
     """
-    try:
-        listed = json.loads((directory / MANIFEST_NAME).read_bytes())["files"]
-        names = [str(name) for name in listed] + [MANIFEST_NAME]
-    except (OSError, ValueError, KeyError, TypeError):
-        names = []
+    listed = _listed(directory)  # checked by replace_refusal before anything is removed
+    names = [*listed, MANIFEST_NAME] if listed is not None else []
     root = directory.resolve()
     for name in names:
         path = directory / name
