@@ -158,6 +158,7 @@ class _LlamaFamily:
     norm_key = ""
     head_key = ""
     layer_prefix = ""
+    sentencepiece = False  # the family's tokenizers are sentencepiece models (their bos/eos ids are known)
 
     # -- facts --------------------------------------------------------------------------------------------------
     def _resolve(
@@ -233,7 +234,6 @@ class _LlamaFamily:
         *,
         vocab_size: int | None,
         untie_embeddings: bool,
-        sentencepiece: bool,
     ) -> ConversionPlan:
         """Add embeddings, final norm and head; check every shape against the config; build the plan."""
         embed = self._require(sd, self.embed_key)
@@ -263,7 +263,7 @@ class _LlamaFamily:
         known = set(sources.values()) | {self.head_key}
         refuse_unexpected(sd, known, f"{self.name} model", "a Llama-shaped model", self.expects)
 
-        bos, eos = _special_ids(vocab, sentencepiece)
+        bos, eos = _special_ids(vocab, self.sentencepiece)
         config: dict[str, Any] = {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -308,6 +308,7 @@ class MetaLlama(_LlamaFamily):
     norm_key = "norm.weight"
     head_key = "output.weight"
     layer_prefix = "layers."
+    sentencepiece = True
 
     def detect(self, keys: set[str]) -> bool:
         return "tok_embeddings.weight" in keys and any(k.endswith("attention.wq.weight") for k in keys)
@@ -346,14 +347,7 @@ class MetaLlama(_LlamaFamily):
                 sources[name] = key
         intermediate = self._require(sd, "layers.0.feed_forward.w1.weight").shape[0]
         return self._finish(
-            sd,
-            tensors,
-            sources,
-            dims,
-            intermediate,
-            vocab_size=vocab_size,
-            untie_embeddings=untie_embeddings,
-            sentencepiece=True,
+            sd, tensors, sources, dims, intermediate, vocab_size=vocab_size, untie_embeddings=untie_embeddings
         )
 
 
@@ -434,14 +428,7 @@ class LitGPTLlama(_LlamaFamily):
                 sources[out + hf_suffix] = prefix + src_suffix
         intermediate = self._require(sd, "transformer.h.0.mlp.fc_1.weight").shape[0]
         plan = self._finish(
-            sd,
-            tensors,
-            sources,
-            dims,
-            intermediate,
-            vocab_size=vocab_size,
-            untie_embeddings=untie_embeddings,
-            sentencepiece=False,
+            sd, tensors, sources, dims, intermediate, vocab_size=vocab_size, untie_embeddings=untie_embeddings
         )
         if raw.get("name"):
             plan.card_facts["litgpt_config"] = str(raw["name"])
