@@ -162,10 +162,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
 
 
 class _ConfigStandIn:
-    """Receives the fields of a pickled config object. Defines nothing that could run."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+    """Receives the fields of a pickled config object (read back with ``vars``). Defines nothing that could run."""
 
 
 class _DictStandIn(dict):
@@ -282,8 +279,6 @@ def _unpickling_error(file: Path, exc: pickle.UnpicklingError, name: str | None)
 def _as_mapping(config: Any) -> dict[str, Any] | None:
     if config is None:
         return None
-    if isinstance(config, _ConfigStandIn):
-        return config.as_dict()
     if isinstance(config, Mapping):
         return dict(config)
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
