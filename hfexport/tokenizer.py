@@ -46,7 +46,6 @@ import logging
 import os
 import pickle
 import re
-import shutil
 import stat
 import tempfile
 import threading
@@ -673,13 +672,10 @@ def transformers_parts(tokenizer: Any) -> TokenizerParts:
         return TokenizerParts(
             backend, "PreTrainedTokenizerFast", special, f"{type(tokenizer).__name__} object", config=config
         )
-    staging = Path(tempfile.mkdtemp(prefix="hfexport-tokenizer-"))
-    try:
-        tokenizer.save_pretrained(str(staging))
-        root = staging.resolve()
+    with tempfile.TemporaryDirectory(prefix="hfexport-tokenizer-", ignore_cleanup_errors=True) as staging:
+        tokenizer.save_pretrained(staging)
+        root = Path(staging).resolve()
         parts = directory_parts(root, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     parts.source = f"{type(tokenizer).__name__} object"
     return parts
 
