@@ -90,9 +90,9 @@ def list_versions(root: str | os.PathLike[str]) -> list[Version]:
         return []
     found = []
     for entry in base.iterdir():
-        m = _VERSION.match(entry.name)
-        if m and entry.is_dir() and not entry.is_symlink():
-            found.append(Version(int(m.group(1)), entry))
+        step = step_of(entry.name)
+        if step is not None and entry.is_dir() and not entry.is_symlink():
+            found.append(Version(step, entry))
     return sorted(found, key=lambda v: v.step)
 
 
@@ -106,7 +106,7 @@ def read_latest(root: str | os.PathLike[str]) -> str | None:
     else:
         return None
     name = Path(name).name
-    return name if _VERSION.match(name) else None
+    return name if step_of(name) is not None else None
 
 
 def resolve_latest(root: str | os.PathLike[str]) -> Path:
