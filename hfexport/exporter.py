@@ -296,12 +296,9 @@ class HFExporter:
         stats = ExportStats(step, 0.0, nbytes=snapshot.nbytes)
         target = self.root / version_name(step)
         job = _Job(step, target, snapshot, card, manifest, final, stats)
-        if o.async_write:
-            self._writer.submit(job)
-            stats.stall_s = time.perf_counter() - start
-        else:
-            self._writer.run_here(job)
-            stats.stall_s = time.perf_counter() - start
+        (self._writer.submit if o.async_write else self._writer.run_here)(job)
+        stats.stall_s = time.perf_counter() - start
+        if not o.async_write:
             self.raise_if_failed()
         self.last_stats = stats
         return target
