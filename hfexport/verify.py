@@ -257,7 +257,7 @@ def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyRep
         )
         return
     try:
-        vocab, special = _load_tokenizer(root)
+        vocab, special = _load_tokenizer(root, settings)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         report.problems.append(f"the tokenizer does not load: {first}")
@@ -278,8 +278,9 @@ def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyRep
             report.problems.append(f"config.json says {key}={expected}, the tokenizer's is {token_id}")
 
 
-def _load_tokenizer(root: Path) -> tuple[dict[str, int], dict[str, int | None]]:
-    """The tokenizer's vocabulary (with added tokens) and bos/eos ids, loaded as users load it."""
+def _load_tokenizer(root: Path, settings: dict[str, Any]) -> tuple[dict[str, int], dict[str, int | None]]:
+    """The tokenizer's vocabulary (with added tokens) and bos/eos ids, loaded as users load it (without
+    transformers: ``tokenizer.json`` with the special tokens of ``settings``, its ``tokenizer_config.json``)."""
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -290,9 +291,6 @@ def _load_tokenizer(root: Path) -> tuple[dict[str, int], dict[str, int | None]]:
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_file(str(root / "tokenizer.json"))
-    settings = (
-        json.loads((root / "tokenizer_config.json").read_text()) if (root / "tokenizer_config.json").is_file() else {}
-    )
     ids = {}
     for key in ("bos", "eos"):
         text = settings.get(f"{key}_token")
