@@ -303,8 +303,8 @@ def is_tied(head: torch.Tensor | None, embed: torch.Tensor) -> bool:
 def refuse_unexpected(
     sd: Mapping[str, torch.Tensor], known: set[str], kind: str, family: str, expects: str | None = None
 ) -> None:
-    """Refuse the tensors of ``sd`` not in ``known``: not a ``kind`` (``"GPT-2"``) of ``family``, which ``expects``
-    these names."""
+    """Refuse a state dict holding tensors outside ``known``; the message names them, says that the state dict is
+    not ``family`` (``"a nanoGPT-style GPT-2"``, whose models are ``kind``: ``"GPT-2"``) and what it ``expects``."""
     unexpected = sorted(k for k in sd if k not in known)
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
