@@ -61,9 +61,9 @@ ROPE_PERMUTED: dict[str, str] = {"attention.wq.weight": "n_heads", "attention.wk
 #: ``freqs_cis``, old llama2.c ``freqs_cos``/``freqs_sin``): recomputed by transformers, not weights.
 META_IGNORED = re.compile(r"^(rope\.freqs|freqs_cis|freqs_cos|freqs_sin)$")
 
-#: litgpt per-layer suffix → transformers suffix (``attn.qkv`` is split, see :class:`LitGPTLlama`).
+#: litgpt per-layer suffix → transformers suffix, after ``norm_1`` and the split ``attn.qkv`` (see
+#: :class:`LitGPTLlama`).
 LITGPT_LAYER_KEYS: dict[str, str] = {
-    "norm_1.weight": "input_layernorm.weight",
     "attn.proj.weight": "self_attn.o_proj.weight",
     "norm_2.weight": "post_attention_layernorm.weight",
     "mlp.fc_1.weight": "mlp.gate_proj.weight",
@@ -421,8 +421,6 @@ class LitGPTLlama(_LlamaFamily):
                 tensors.append(TensorPlan(name, qkv, (rows, qkv.shape[1]), row_start=start))
                 sources[name] = prefix + "attn.qkv.weight"
             for src_suffix, hf_suffix in LITGPT_LAYER_KEYS.items():
-                if src_suffix == "norm_1.weight":
-                    continue
                 tensor = self._require(sd, prefix + src_suffix)
                 tensors.append(TensorPlan(out + hf_suffix, tensor, tuple(tensor.shape)))
                 sources[out + hf_suffix] = prefix + src_suffix
