@@ -5,8 +5,8 @@ function that produces its bytes) and calls :func:`write_shard`. Producer thread
 buffers, ahead of the writer but never more than ``BUFFERS_PER_WORKER * workers`` chunks ahead, and take each
 chunk's CRC-32 right after filling it (while its bytes are in the CPU cache); the calling thread takes the chunks
 in file order, writes them, and combines their CRC-32s into the file's (:func:`hfexport.checksum.crc32_combine`);
-at the end the file is fsynced. Production (torch), ``zlib.crc32`` and the writes release the GIL, so the
-producers and the writer run in parallel.
+at the end the file is fsynced. Production (torch), the CRC-32 (:func:`hfexport.checksum.crc32`) and the writes
+release the GIL, so the producers and the writer run in parallel.
 
 How the bytes reach the disk is the ``io`` option (:func:`resolve_io`):
 
@@ -24,7 +24,6 @@ import contextlib
 import mmap
 import os
 import sys
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Protocol
 
 import torch
 
+from . import checksum
 from .checksum import crc32_combine
 from .errors import ConversionError
 
@@ -296,4 +296,4 @@ def _fill(ch: Chunk, staging: StagingBuffer) -> tuple[int, int]:
             out = torch.empty(ch.shape, dtype=ch.dtype)
             ch.produce(out)
             raw.copy_(out.reshape(-1).view(torch.uint8))
-    return start, zlib.crc32(staging.view[start : start + n])
+    return start, checksum.crc32(staging.view[start : start + n])

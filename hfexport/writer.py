@@ -38,12 +38,12 @@ import sys
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checksum import crc32
 from .dircheck import Expected, check_directory, unsafe_name
 from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
@@ -465,14 +465,14 @@ def _write_all(
         for name, content in small.items():
             _write_file(tmp / name, content)
             sizes[name] = len(content)
-            checksums[name] = f"{zlib.crc32(content):08x}"
+            checksums[name] = f"{crc32(content):08x}"
         if manifest is not None:
             body = dict(manifest)
             body["files"] = {name: {"size": sizes[name], "crc32": checksums[name]} for name in sorted(sizes)}
             content = (json.dumps(body, indent=2, default=str) + "\n").encode()
             _write_file(tmp / MANIFEST_NAME, content)
             sizes[MANIFEST_NAME] = len(content)
-            checksums[MANIFEST_NAME] = f"{zlib.crc32(content):08x}"
+            checksums[MANIFEST_NAME] = f"{crc32(content):08x}"
     return _Written(records, sizes, checksums, {name: small[name] for name in small if name != INDEX_FILE})
 
 

@@ -1,4 +1,4 @@
-"""The CRC-32 of a file on disk."""
+"""The CRC-32 the manifest records: of a buffer (ISA-L's where installed), of pieces combined, of a file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from hfexport.checksum import crc32_combine, crc32_file
+from hfexport import checksum
+from hfexport.checksum import crc32, crc32_combine, crc32_file
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 63, 64, 255, 4096 + 7, (1 << 20) + 3])
+def test_crc32_equals_zlibs_at_every_size_and_continuation(size: int) -> None:
+    data = memoryview(os.urandom(size))
+    assert crc32(data) == zlib.crc32(data)
+    assert crc32(data, 0xDEADBEEF) == zlib.crc32(data, 0xDEADBEEF)  # continuing a running CRC, as crc32_file does
+    assert crc32(data[size // 3 :], crc32(data[: size // 3])) == zlib.crc32(data)
+
+
+def test_the_accelerated_crc32_is_the_one_used_where_isal_is_installed() -> None:
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    assert checksum.crc32 is isal_zlib.crc32
 
 
 def test_crc32_file(tmp_path: Path) -> None:
