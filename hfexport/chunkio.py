@@ -11,9 +11,11 @@ release the GIL, so the producers and the writer run in parallel.
 How the bytes reach the disk is the ``io`` option (:func:`resolve_io`):
 
 * ``"buffered"`` (the default): plain sequential writes through the page cache, then ``fsync``. Runs everywhere.
-* ``"direct"`` / ``"auto"``: the Linux direct-I/O path of :mod:`hfexport.directio` (``"auto"`` writes exactly as
-  ``"buffered"`` does until the page cache has proven slow). Where direct I/O does not exist, both are
-  ``"buffered"``.
+* ``"direct"``: the Linux direct-I/O path of :mod:`hfexport.directio`.
+* ``"auto"``: ``"direct"`` for a file of at least :data:`DIRECT_MIN_BYTES`, ``"buffered"`` for a smaller one (whose
+  page-cache write and ``fsync`` take next to nothing).
+
+Where direct I/O does not exist, every mode is ``"buffered"``.
 
 The environment variable ``HFEXPORT_DIRECT_IO`` overrides the option: ``0`` (buffered), ``1`` (direct), ``auto``.
 """
@@ -40,10 +42,10 @@ __all__ = ["IO_MODES", "Chunk", "StagingBuffer", "WrittenFile", "resolve_io", "w
 IO_MODES = ("auto", "buffered", "direct")
 ALIGN = 4096  # chunks are produced at their file offset modulo this, so direct I/O can write their whole blocks
 ENV_IO = "HFEXPORT_DIRECT_IO"
-# Staging buffers per producer. A buffer is busy from its production through its write and, with direct I/O, the
-# read-back that follows in the background; with two per producer, the producers wait for read-backs and the
-# writer for the producers (see benchmarks/README.md).
-BUFFERS_PER_WORKER = 4  # with producer threads (workers > 1); the calling thread alone uses two
+DIRECT_MIN_BYTES = 64 << 20  # "auto": files of at least this size are written with direct I/O
+# Staging buffers per producer thread (workers > 1): a buffer is busy from its production to the end of its write,
+# and the producers may run this many chunks each ahead of the writing thread, which writes at the device's pace.
+BUFFERS_PER_WORKER = 4
 _ENV_VALUES = {
     **dict.fromkeys(("0", "false", "no", "off", "never", "buffered"), "buffered"),
     **dict.fromkeys(("1", "true", "yes", "on", "always", "direct"), "direct"),
@@ -87,8 +89,7 @@ class WrittenFile:
         crc32: The CRC-32 of the whole file, combined from each chunk's, taken from the staging buffer that the
             chunk was then written from.
         io: How it was written: ``"buffered"``, or ``"direct"`` when any of it went out with direct I/O.
-        direct_bytes: How many bytes went out with direct I/O (each of them read back from the device and
-            compared); the rest went through the page cache.
+        direct_bytes: How many bytes went out with direct I/O; the rest went through the page cache.
     """
 
     size: int
@@ -118,15 +119,16 @@ class ChunkWriter(Protocol):
     def write(self, staging: StagingBuffer, start: int, offset: int, n: int) -> None:
         """Write ``n`` bytes of ``staging`` from ``start`` at file offset ``offset`` (where the last write ended)."""
 
-    def settle(self, staging: StagingBuffer) -> None:
-        """Return once the writer is done with ``staging`` (it is about to be refilled); raise what went wrong."""
-
-    def close(self, *, check: bool) -> int:
-        """Wait for pending work and release it all; raise its errors if ``check``. Returns the direct bytes."""
+    def close(self) -> int:
+        """Release what the writer holds. Returns the bytes written with direct I/O."""
 
 
-def resolve_io(io: str = "buffered") -> str:
+def resolve_io(io: str = "buffered", size: int | None = None) -> str:
     """The I/O mode to use: ``HFEXPORT_DIRECT_IO`` when set, else ``io``; ``"buffered"`` where direct I/O is absent.
+
+    Args:
+        io: ``"buffered"``, ``"auto"`` or ``"direct"``.
+        size: The size of the file to write: ``"auto"`` then resolves to ``"direct"`` or ``"buffered"``.
 
     Raises:
         ConversionError: ``io`` or the environment variable is not a known mode.
@@ -141,6 +143,8 @@ def resolve_io(io: str = "buffered") -> str:
         io = mode
     if io != "buffered" and not (sys.platform.startswith("linux") and hasattr(os, "O_DIRECT")):
         return "buffered"
+    if io == "auto" and size is not None:
+        return "direct" if size >= DIRECT_MIN_BYTES else "buffered"
     return io
 
 
@@ -167,7 +171,6 @@ def write_shard(
 
     Raises:
         OSError: the file exists, the disk is full, or any other I/O error.
-        VerificationError: bytes written with direct I/O read back different from the device.
         Exception: whatever a chunk's ``produce`` raised (the first one in file order when several failed).
     """
     total = 0
@@ -177,31 +180,29 @@ def write_shard(
         if ch.data is not None and len(ch.data) != ch.nbytes:
             raise ValueError(f"a chunk at {ch.offset} has {len(ch.data)} bytes, its shape says {ch.nbytes}")
         total += ch.nbytes
-    mode = resolve_io(io)
+    mode = resolve_io(io, total)
     workers = max(1, min(workers, len(chunks)))
     size = max((ch.nbytes for ch in chunks), default=0) + ALIGN
-    # workers == 1 produces in the calling thread, never ahead: one buffer filled, one still being read back
-    buffers = [StagingBuffer(size) for _ in range(BUFFERS_PER_WORKER * workers if workers > 1 else 2)]
+    # workers == 1 produces in the calling thread, a chunk at a time: one buffer
+    buffers = [StagingBuffer(size) for _ in range(BUFFERS_PER_WORKER * workers if workers > 1 else 1)]
     crc = 0
     try:
         with open(path, "xb", buffering=0) as fh:
             writer: ChunkWriter = _PlainWriter(fh)
-            if mode != "buffered":
+            if mode == "direct":
                 from . import directio  # imports this module (ChunkWriter, StagingBuffer): imported here, no cycle
 
-                writer = directio.DirectWriter(fh, path, total, plain=writer, always=mode == "direct")
+                writer = directio.DirectWriter(fh, path, total)
             try:
                 # closing(): on any error the producers are stopped here, before the file is closed
-                with contextlib.closing(_produced(chunks, workers, buffers, writer.settle)) as produced:
+                with contextlib.closing(_produced(chunks, workers, buffers)) as produced:
                     for ch, staging, start, chunk_crc in produced:
                         crc = crc32_combine(crc, chunk_crc, ch.nbytes)
                         writer.write(staging, start, ch.offset, ch.nbytes)
                         if on_progress is not None and ch.data is None:
                             on_progress(ch.nbytes)
-            except BaseException:
-                writer.close(check=False)  # waits for what still uses the buffers; the first error is the one raised
-                raise
-            direct_bytes = writer.close(check=True)
+            finally:
+                direct_bytes = writer.close()
             os.fsync(fh.fileno())
     finally:
         for staging in buffers:
@@ -223,33 +224,23 @@ class _PlainWriter:
                 raise OSError(f"write() wrote nothing at offset {offset + n - len(view)}")
             view = view[written:]
 
-    def settle(self, staging: StagingBuffer) -> None:
-        pass
-
-    def close(self, *, check: bool) -> int:
+    def close(self) -> int:
         return 0
 
 
 def _produced(
-    chunks: Sequence[Chunk],
-    workers: int,
-    buffers: list[StagingBuffer],
-    settle: Callable[[StagingBuffer], None],
+    chunks: Sequence[Chunk], workers: int, buffers: list[StagingBuffer]
 ) -> Iterator[tuple[Chunk, StagingBuffer, int, int]]:
     """Yield ``(chunk, staging, start, crc32)`` in file order, the chunk's bytes at ``staging.view[start:]``.
 
     ``start`` is the chunk's file offset modulo :data:`ALIGN`, ``crc32`` the CRC-32 of the chunk's bytes (taken by
-    the thread that produced them, right after). The chunks are produced into ``buffers`` in turn, each after
-    ``settle(buffer)`` (the writer is done with it); with ``workers > 1`` by producer threads, up to
-    ``len(buffers)`` chunks ahead of the caller. A producer thread calls ``settle`` itself: the caller, which
-    writes, never waits for the writer's background work (the read-back of a direct write) on a buffer it just
-    handed back.
+    the thread that produced them, right after). A buffer is refilled once the caller asks for the next chunk
+    (it is done with the buffer then); with ``workers > 1`` producer threads fill the free buffers, up to
+    ``len(buffers)`` chunks ahead of the caller.
     """
     if workers == 1:
-        for i, ch in enumerate(chunks):
-            staging = buffers[i % len(buffers)]
-            settle(staging)
-            yield ch, staging, *_fill(ch, staging)
+        for ch in chunks:
+            yield ch, buffers[0], *_fill(ch, buffers[0])
         return
     threads = torch.get_num_threads()
 
@@ -259,7 +250,6 @@ def _produced(
         # becomes the default of threads created meanwhile.
         torch.set_num_threads(1)
         try:
-            settle(staging)
             return _fill(ch, staging)
         finally:
             torch.set_num_threads(threads)

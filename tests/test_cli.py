@@ -467,23 +467,27 @@ def test_convert_io_option_reaches_the_writer(
     tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--io picks how the weights are written (auto by default); HFEXPORT_DIRECT_IO overrides it; bad values exit 2."""
-    from hfexport import directio
+    from hfexport import chunkio, directio
 
     made: list[bool] = []
     real_init = directio.DirectWriter.__init__
 
-    def spy(self: directio.DirectWriter, *args: object, always: bool, **kwargs: object) -> None:
-        made.append(always)
-        real_init(self, *args, always=always, **kwargs)  # type: ignore[arg-type]
+    def spy(self: directio.DirectWriter, *args: object, **kwargs: object) -> None:
+        made.append(True)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(directio.DirectWriter, "__init__", spy)
     monkeypatch.delenv("HFEXPORT_DIRECT_IO", raising=False)
     seen = {}
-    for name, extra in [("default", []), ("buffered", ["--io", "buffered"]), ("direct", ["--io", "direct"])]:
+    runs = [("default", []), ("buffered", ["--io", "buffered"]), ("direct", ["--io", "direct"]), ("large", [])]
+    for name, extra in runs:
         made.clear()
+        if name == "large":  # the same checkpoint, once the threshold lies below its size
+            monkeypatch.setattr(chunkio, "DIRECT_MIN_BYTES", 0)
         assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / name), "--quiet", *extra]) == 0
         seen[name] = list(made)
-    assert seen == {"default": [False], "buffered": [], "direct": [True]}  # default: auto (page cache until slow)
+    # default: auto, i.e. the page cache for this small file, direct I/O for a large one
+    assert seen == {"default": [], "buffered": [], "direct": [True], "large": [True]}
     assert (tmp_path / "direct" / "model.safetensors").read_bytes() == (
         tmp_path / "buffered" / "model.safetensors"
     ).read_bytes()

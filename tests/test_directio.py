@@ -1,14 +1,12 @@
-"""write_shard's direct-I/O path (io="direct" / "auto"): exact files, the switch, the read-back from the device."""
+"""write_shard's direct-I/O path (io="direct", and "auto" for large files): exact files, fallbacks, preallocation."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import os
 import random
 import sys
-import threading
 import zlib
 from pathlib import Path
 
@@ -16,9 +14,8 @@ import pytest
 import torch
 from test_chunkio import random_file
 
-from hfexport import directio
-from hfexport.chunkio import ALIGN, Chunk, StagingBuffer, write_shard
-from hfexport.errors import VerificationError
+from hfexport import chunkio, directio
+from hfexport.chunkio import ALIGN, Chunk, write_shard
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="direct I/O: Linux")
 
@@ -66,49 +63,22 @@ def test_direct_writes_any_tiling_exactly(direct_dir: Path, workers: int) -> Non
         assert result.io == ("direct" if result.direct_bytes else "buffered")
 
 
-@pytest.mark.parametrize("slow", [True, False])
-def test_auto_switches_to_direct_io_after_slow_page_cache_writes(
-    direct_dir: Path, monkeypatch: pytest.MonkeyPatch, slow: bool
-) -> None:
-    """After PROBE_BYTES of page-cache writes slower than SLOW_BYTES_PER_S, the rest goes out directly."""
-    monkeypatch.setattr(directio, "PROBE_BYTES", 100_000)
-    monkeypatch.setattr(directio, "SLOW_BYTES_PER_S", 1e30 if slow else 0.0)  # every rate is slow / none is
-    rng = random.Random(7)
-    chunks, expected = random_file(rng)
-    while len(expected) < 1_000_000 or whole_blocks(chunks) < 600_000:
-        chunks, expected = random_file(rng)
-    result = write_shard(direct_dir / "f", chunks, io="auto", workers=2)
-    assert (direct_dir / "f").read_bytes() == expected
-    assert result.crc32 == zlib.crc32(expected)
-    if slow:  # the first ~100 KB (and the chunk that crossed it) went through the page cache, the rest directly
-        assert 0 < result.direct_bytes <= whole_blocks(chunks)
-        assert result.direct_bytes >= whole_blocks(chunks) - 100_000 - 2 * max(c.nbytes for c in chunks)
-        assert result.io == "direct"
-    else:
-        assert (result.io, result.direct_bytes) == ("buffered", 0)
-
-
-def test_bytes_the_device_does_not_hold_are_a_verification_error(
+def test_auto_writes_large_files_directly_and_small_ones_through_the_page_cache(
     direct_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A direct write that stores something else (simulated: one byte flipped on its way) fails the read-back."""
-    real = directio._pwrite_all
-
-    def corrupting(fd: int, data: memoryview, offset: int) -> None:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            bad = StagingBuffer(len(data))  # aligned, as direct I/O needs
-            bad.view[: len(data)] = data
-            bad.view[len(data) // 2] ^= 0xFF
-            data = bad.view[: len(data)]
-        real(fd, data, offset)
-
-    monkeypatch.setattr(directio, "_pwrite_all", corrupting)
-    payload = os.urandom(5 * ALIGN)
-    chunks = [Chunk(0, torch.uint8, (100,), data=payload[:100]), Chunk(100, torch.uint8, (len(payload) - 100,))]
-    chunks[1].data = payload[100:]
-    with pytest.raises(VerificationError, match=r"with direct I/O at offset 4096 read back from the device as diff"):
-        write_shard(direct_dir / "f", chunks, io="direct")
-    assert write_shard(direct_dir / "g", chunks, io="buffered").crc32 == zlib.crc32(payload)  # not read back
+    """ "auto": direct I/O for a file of at least DIRECT_MIN_BYTES, the page cache below."""
+    rng = random.Random(7)
+    chunks, expected = random_file(rng)
+    while len(expected) < 200_000 or whole_blocks(chunks) < 100_000:
+        chunks, expected = random_file(rng)
+    monkeypatch.setattr(chunkio, "DIRECT_MIN_BYTES", len(expected))
+    result = write_shard(direct_dir / "large", chunks, io="auto", workers=2)
+    assert (direct_dir / "large").read_bytes() == expected and result.crc32 == zlib.crc32(expected)
+    assert (result.io, result.direct_bytes) == ("direct", whole_blocks(chunks))
+    monkeypatch.setattr(chunkio, "DIRECT_MIN_BYTES", len(expected) + 1)
+    result = write_shard(direct_dir / "small", chunks, io="auto", workers=2)
+    assert (direct_dir / "small").read_bytes() == expected and result.crc32 == zlib.crc32(expected)
+    assert (result.io, result.direct_bytes) == ("buffered", 0)
 
 
 def test_a_file_system_that_refuses_direct_io_gets_the_page_cache(
@@ -165,49 +135,22 @@ def test_training_exports_stay_on_the_plain_path_and_convert_does_not(
     entered: list[bool] = []
     real_init = directio.DirectWriter.__init__
 
-    def spy(self: directio.DirectWriter, *args: object, always: bool, **kwargs: object) -> None:
-        entered.append(always)
-        real_init(self, *args, always=always, **kwargs)  # type: ignore[arg-type]
+    def spy(self: directio.DirectWriter, *args: object, **kwargs: object) -> None:
+        entered.append(True)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(directio.DirectWriter, "__init__", spy)
+    monkeypatch.setattr(chunkio, "DIRECT_MIN_BYTES", 0)  # "auto" writes these tiny files directly too
     model = make_gpt(3, n_embd=32)
     export_hf(model, 10, tmp_path / "exports")
     assert entered == []
     torch.save({"model": model.state_dict(), "model_args": model.model_args()}, tmp_path / "ckpt.pt")
     convert_checkpoint(tmp_path / "ckpt.pt", tmp_path / "converted")
-    assert entered == [False]  # auto: page cache until it proves slow
+    assert entered == [True]
 
 
-def test_the_writing_thread_never_waits_for_a_read_back(direct_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With producer threads, a buffer's read-back is awaited by the producer that refills it, not by the writer."""
-    settled_by: list[str] = []
-    real = directio.DirectWriter.settle
-
-    def recording(self: directio.DirectWriter, staging: StagingBuffer) -> None:
-        settled_by.append(threading.current_thread().name)
-        real(self, staging)
-
-    monkeypatch.setattr(directio.DirectWriter, "settle", recording)
-    rng = random.Random(11)
-    chunks, expected = random_file(rng)
-    while len(chunks) < 10 or whole_blocks(chunks) < 200_000:
-        chunks, expected = random_file(rng)
-    result = write_shard(direct_dir / "f", chunks, io="direct", workers=2)
-    assert (direct_dir / "f").read_bytes() == expected and result.crc32 == zlib.crc32(expected)
-    assert len(settled_by) == len(chunks)
-    assert all(name.startswith("hfexport-produce") for name in settled_by), set(settled_by)
-
-
-def test_auto_preallocates_the_file_and_hands_page_cache_writes_to_the_disk_early(
-    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """ "auto": the whole file is allocated before the first chunk is written, and every WRITEBACK_BYTES written
-    through the page cache are handed to the disk (sync_file_range), in order, without gaps."""
-    monkeypatch.setattr(directio, "SLOW_BYTES_PER_S", 0.0)  # never slow: everything through the page cache
-    monkeypatch.setattr(directio, "WRITEBACK_BYTES", 50_000)
-    ranges: list[tuple[int, int]] = []
-    real = directio._start_writeback
-    monkeypatch.setattr(directio, "_start_writeback", lambda fd, o, n: (ranges.append((o, n)), real(fd, o, n)))
+def test_direct_preallocates_the_whole_file_before_the_first_write(direct_dir: Path) -> None:
+    """A full disk fails before anything is written: the file's blocks are reserved before the first chunk."""
     path = direct_dir / "f"
     allocated: list[int] = []
     rng = random.Random(3)
@@ -222,9 +165,6 @@ def test_auto_preallocates_the_file_and_hands_page_cache_writes_to_the_disk_earl
         produce(out)  # type: ignore[misc]
 
     first.produce = measuring
-    result = write_shard(path, chunks, io="auto", workers=1)
-    assert path.read_bytes() == expected and (result.io, result.direct_bytes) == ("buffered", 0)
+    result = write_shard(path, chunks, io="direct", workers=1)
+    assert path.read_bytes() == expected and result.crc32 == zlib.crc32(expected)
     assert allocated and allocated[0] >= len(expected)  # fallocate'd before anything was written
-    assert ranges and ranges[0][0] == 0
-    assert all(o + n == o2 for (o, n), (o2, _) in itertools.pairwise(ranges))
-    assert all(n >= 50_000 for _, n in ranges) and ranges[-1][0] + ranges[-1][1] <= len(expected)
