@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         "io",
         choices=IO_MODES,
         default="auto",
-        help="how the weights reach the disk: auto (default: the page cache, direct I/O once it proves slower "
-        "than 2 GB/s), buffered (the page cache only), direct (direct I/O where the file system allows); "
+        help="how the weights reach the disk: auto (default: direct I/O for shards of 64 MB or more, the page "
+        "cache below), buffered (the page cache only), direct (direct I/O where the file system allows); "
         "HFEXPORT_DIRECT_IO=0/1/auto overrides it",
     )
     _option(c, "no_progress", action="store_true", help="no progress bar")

@@ -407,10 +407,9 @@ def convert_checkpoint(
             file-system root.
         allow_nonfinite: Write NaN/inf values instead of refusing.
         progress: Progress bar; ``None`` shows it on a terminal only.
-        io: How the weights reach the disk: ``"auto"`` (default: through the page cache, switching to direct I/O
-            once 64 MB went slower than 2 GB/s, as on VMs that return free memory to their host), ``"buffered"``
-            (the page cache only) or ``"direct"`` (direct I/O where the file system allows it). The environment
-            variable ``HFEXPORT_DIRECT_IO`` (``0``, ``1``, ``auto``) overrides it.
+        io: How the weights reach the disk: ``"auto"`` (default: direct I/O for shards of 64 MB or more, the page
+            cache for smaller ones), ``"buffered"`` (the page cache only) or ``"direct"`` (direct I/O where the file
+            system allows it). The environment variable ``HFEXPORT_DIRECT_IO`` (``0``, ``1``, ``auto``) overrides it.
 
     Returns:
         The output directory.
