@@ -69,7 +69,7 @@ BLOCK = 1024
 METHODS = ("bound", "hfexport", "classic")
 # hfexport with HFEXPORT_DIRECT_IO=0 (the page cache only) / =1 (direct I/O from the start), and with the checkpoint's
 # pages kept mapped (no madvise): what each of the platform-specific parts brings.
-EXTRA_METHODS = ("hfexport_buffered", "hfexport_direct", "hfexport_keep_pages")
+EXTRA_METHODS = ("hfexport_buffered", "hfexport_direct", "hfexport_keep_pages", "hfexport_zlib_crc")
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GOAL_TIME = 1.10  # (b) / (a)
 GOAL_RSS = 1.15  # peak RSS (b) / checkpoint size
@@ -251,6 +251,15 @@ def run_hfexport_keep_pages(ckpt: Path, out: Path) -> None:
     run_hfexport(ckpt, out)
 
 
+def run_hfexport_zlib_crc(ckpt: Path, out: Path) -> None:
+    import zlib
+
+    import hfexport.checksum
+
+    hfexport.checksum.crc32 = zlib.crc32  # what the CRC-32s cost without ISA-L (the isal package)
+    run_hfexport(ckpt, out)
+
+
 def run_classic(ckpt: Path, out: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -307,11 +316,11 @@ def _classic_llama(obj: dict, out: Path) -> None:
 
 def run_phases(ckpt: Path, out: Path) -> None:
     """hfexport's work, one phase at a time over the whole model (no overlap), to show where time goes."""
-    import zlib
 
     import torch
 
     from hfexport.architectures import transpose_into
+    from hfexport.checksum import crc32
     from hfexport.convert import _all_finite, plan_conversion
     from hfexport.sources import load_checkpoint
 
@@ -339,7 +348,7 @@ def run_phases(ckpt: Path, out: Path) -> None:
             timed("NaN/inf check (sum)", lambda t=tensor: _all_finite(t))
             data = tensor_bytes(tensor)
             timed("write to page cache", lambda d=data: fh.write(d))
-            crc = timed("CRC-32 (at write)", lambda d=data, c=crc: zlib.crc32(d, c))
+            crc = timed("CRC-32 (at write)", lambda d=data, c=crc: crc32(d, c))
             del data, tensor
         fh.flush()
         timed("fsync", lambda: os.fsync(fh.fileno()))
@@ -349,7 +358,7 @@ def run_phases(ckpt: Path, out: Path) -> None:
         def reread() -> None:
             c = 0
             while n := fh.readinto(buffer):
-                c = zlib.crc32(buffer[:n], c)
+                c = crc32(buffer[:n], c)
 
         timed("read back + CRC-32 (what hfexport verify does)", reread)
     total = sum(clock.values())
@@ -364,6 +373,7 @@ RUNNERS = {
     "hfexport_buffered": run_hfexport_buffered,
     "hfexport_direct": run_hfexport_direct,
     "hfexport_keep_pages": run_hfexport_keep_pages,
+    "hfexport_zlib_crc": run_hfexport_zlib_crc,
     "hfexport_src": run_hfexport,  # from --compare-src's tree (see spawn)
     "classic": run_classic,
     "phases": run_phases,
