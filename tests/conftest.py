@@ -6,9 +6,10 @@ internet, and a developer's real cached token is never sent.
 
 Every process that imports this file (the pytest process, each pytest-xdist worker) gets one scratch directory,
 ``<tmp>/hfexport-tests-<pid>-XXXXXXXX``, for what the libraries would otherwise write outside ``tmp_path``: the
-Hugging Face cache (``HF_HOME``), Hypothesis' storage (instead of ``./.hypothesis``) and torch inductor's cache. It
-is removed when that process exits (``atexit``; not by a forked child's exit), and, at the next start, when the
-process that made it died without exiting (SIGKILL, OOM): a live process holds a lock on its ``.lock`` file.
+Hugging Face cache (``HF_HOME``), Hypothesis' storage (instead of ``./.hypothesis``), torch inductor's and tiktoken's
+caches (instead of ``<tmp>/torchinductor_<user>``, ``<tmp>/data-gym-cache``). It is removed when that process exits
+(``atexit``; not by a forked child's exit), and, at the next start, when the process that made it died without
+exiting (SIGKILL, OOM): a live process holds a lock on its ``.lock`` file.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ os.environ.update(
         "HF_HOME": _HF_HOME,
         "HYPOTHESIS_STORAGE_DIRECTORY": str(_SCRATCH / "hypothesis"),  # not ./.hypothesis in the working directory
         "TORCHINDUCTOR_CACHE_DIR": str(_SCRATCH / "torchinductor"),
+        "TIKTOKEN_CACHE_DIR": str(_SCRATCH / "tiktoken"),  # not <tmp>/data-gym-cache
         "HF_TOKEN": HUB_TOKEN,
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",

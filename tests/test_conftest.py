@@ -45,7 +45,8 @@ def test_a_test_process_removes_its_scratch_directory_at_exit_and_a_forked_child
     code = """
     home = os.environ["HF_HOME"]
     assert os.path.isdir(home) and os.path.dirname(home) == str(conftest._SCRATCH)
-    assert os.environ["HYPOTHESIS_STORAGE_DIRECTORY"].startswith(str(conftest._SCRATCH))
+    for name in ("HYPOTHESIS_STORAGE_DIRECTORY", "TORCHINDUCTOR_CACHE_DIR", "TIKTOKEN_CACHE_DIR"):
+        assert os.environ[name].startswith(str(conftest._SCRATCH)), name
     child = os.fork()
     if child == 0:
         sys.exit(0)  # a normal exit: the inherited atexit handlers run in the child
