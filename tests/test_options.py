@@ -74,3 +74,117 @@ def test_invalid_values_raise_option_error(kwargs, message) -> None:  # type: ig
     with pytest.raises(OptionError, match=re.escape(message)):
         ExportOptions.create(**kwargs)
     assert issubclass(OptionError, ValueError)
+
+
+# ------------------------------------------------------------------------------------- docstrings
+# The three entry points and ``ExportOptions.create``: each documents every parameter in its own docstring
+# (IDEs read ``__doc__`` statically, so the text is written out in each), in signature order.
+DOCUMENTED = {
+    "ExportOptions.create": (ExportOptions.create, ExportOptions.create),
+    "HFExporter": (HFExporter, HFExporter.__init__),
+    "HFExportCallback": (HFExportCallback, HFExportCallback.__init__),
+    "export_hf": (export_hf, export_hf),
+}
+# Options whose entry deliberately differs from ``ExportOptions.create``'s: export_hf writes one version,
+# synchronously, with an exporter of its own (so rotation has nothing of its to remove).
+OWN_WORDING = {("export_hf", name) for name in ("keep_last_n", "on_error", "push_to_hub", "on_push_error", "hub_push")}
+_ENTRY = re.compile(r"(\*{0,2}\w+)(?: \([^)]*\))?: (.*)")
+_DEFAULT = re.compile(r"Default: ``(.+?)``\.")
+
+
+def args_section(doc: str | None) -> dict[str, str]:
+    """A Google-style docstring's ``Args:`` entries: name → text (continuation lines joined by one space).
+
+    A line at the entries' indentation that is not ``name: text`` (e.g. ``dtype, keep_last_n: ...``, several
+    names in one entry) fails: each parameter gets its own entry.
+    """
+    lines = inspect.cleandoc(doc or "").splitlines()
+    headers = [i for i, line in enumerate(lines) if line.strip() == "Args:"]
+    assert len(headers) == 1, f"expected one 'Args:' section, found {len(headers)}"
+    header_indent = len(lines[headers[0]]) - len(lines[headers[0]].lstrip())
+    entries: dict[str, list[str]] = {}
+    indent: int | None = None
+    for line in lines[headers[0] + 1 :]:
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
+        if depth <= header_indent:
+            break  # the next section (Returns:, Raises:, Example:, ...) or the end of Args
+        indent = depth if indent is None else indent
+        if depth == indent:
+            match = _ENTRY.fullmatch(line.strip())
+            assert match, f"not a 'name: text' entry in Args: {line.strip()!r}"
+            name = match.group(1).lstrip("*")
+            assert name not in entries, f"{name} documented twice"
+            entries[name] = [match.group(2)]
+        else:
+            assert entries, f"continuation before the first entry: {line!r}"
+            entries[list(entries)[-1]].append(line.strip())
+    return {name: " ".join(parts) for name, parts in entries.items()}
+
+
+def parameters_of(function) -> dict[str, inspect.Parameter]:  # type: ignore[no-untyped-def]
+    params = inspect.signature(function).parameters
+    return {name: p for name, p in params.items() if name not in ("self", "cls")}
+
+
+def args_mismatch(documented_object, function) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
+    """(parameters of ``function`` missing from the docstring's Args, Args entries that are no parameter)."""
+    documented = args_section(documented_object.__doc__)
+    params = parameters_of(function)
+    return [p for p in params if p not in documented], [p for p in documented if p not in params]
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTED))
+def test_the_docstring_documents_every_parameter_and_only_those(name: str) -> None:
+    documented_object, function = DOCUMENTED[name]
+    missing, unknown = args_mismatch(documented_object, function)
+    assert not missing and not unknown, f"{name}: undocumented {missing}, documented but no such parameter {unknown}"
+    documented = args_section(documented_object.__doc__)
+    assert list(documented) == list(parameters_of(function)), f"{name}: Args not in signature order"
+
+
+def test_the_args_reader_finds_a_missing_an_unknown_and_a_grouped_entry() -> None:
+    def renamed(model: object, *, dtype: str = "bfloat16", keep_last_n: int | None = None) -> None:
+        """Export.
+
+        Args:
+            model: The model,
+                on two lines.
+            dtype: The dtype. Default: ``"bfloat16"``.
+            keep_last: Renamed since. Default: ``None``.
+
+        Returns:
+            Nothing.
+        """
+
+    assert args_section(renamed.__doc__)["model"] == "The model, on two lines."
+    assert args_mismatch(renamed, renamed) == (["keep_last_n"], ["keep_last"])
+    with pytest.raises(AssertionError, match="not a 'name: text' entry"):
+        args_section("Export.\n\nArgs:\n    dtype, keep_last_n: See ExportOptions.create.\n")
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTED))
+def test_the_documented_defaults_are_the_signature_defaults(name: str) -> None:
+    documented_object, function = DOCUMENTED[name]
+    documented = args_section(documented_object.__doc__)
+    for param, p in parameters_of(function).items():
+        stated = _DEFAULT.findall(documented.get(param, ""))
+        if p.default is inspect.Parameter.empty:
+            assert not stated, f"{name}({param}) has no default, yet its entry states one: {stated}"
+        else:
+            assert len(stated) == 1, f"{name}({param}): the entry must end with 'Default: ``{p.default!r}``.'"
+            assert ast.literal_eval(stated[0]) == p.default, (name, param, stated[0], p.default)
+
+
+@pytest.mark.parametrize("name", ["HFExporter", "HFExportCallback", "export_hf"])
+def test_the_entry_points_describe_each_option_in_create_s_words(name: str) -> None:
+    reference = args_section(ExportOptions.create.__doc__)
+    documented = args_section(DOCUMENTED[name][0].__doc__)
+    for option in options_of(DOCUMENTED[name][1]):
+        if (name, option) in OWN_WORDING:
+            assert documented.get(option) != reference[option], f"{name}({option}) no longer differs: drop it"
+            continue
+        assert documented.get(option) == reference[option], (
+            f"{name}({option}) drifted from ExportOptions.create's entry; copy it:\n    {option}: {reference[option]}"
+        )

@@ -121,8 +121,8 @@ def test_read_header_is_exactly_as_strict_as_safetensors(case: tuple[bytes, bool
 
 
 @pytest.fixture(scope="module")
-def pristine() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="hfexport-fuzz-"))
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("fuzz")  # pytest's: not left in the temporary directory if setting up fails
     model = make_gpt(3)
     ckpt = root / "ckpt.pt"
     torch.save({"model": model.state_dict(), "model_args": model.model_args(), "iter_num": 7}, ckpt)
