@@ -63,7 +63,8 @@ class VerificationError(HFExportError, RuntimeError):
 
 
 class ExportWorkerError(HFExportError, RuntimeError):
-    """A background export failed; raised from the next call on the exporter (the cause is chained)."""
+    """An export failed: raised from the next call on the exporter when it was written in the background, else from
+    the call itself (the cause is chained)."""
 
 
 class HubError(HFExportError, RuntimeError):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,7 +396,8 @@ class HFExporter:
         if error is not None and not isinstance(error, Exception):
             raise error  # a KeyboardInterrupt/SystemExit in the writer thread: delivered as itself
         if error is not None and self.options.on_error == "raise":
-            raise ExportWorkerError(f"A background export failed: {error}") from error
+            how = "A background export" if self.options.async_write else "The export"
+            raise ExportWorkerError(f"{how} failed: {error}") from error
         if self._pusher is not None:
             self._pusher.check()
 
@@ -541,7 +543,7 @@ def export_hf(
     hub_backoff_s: float = 1.0,
     hub_push: Literal["every", "latest"] = "every",
     hub_timeout_s: float = 60.0,
-) -> Path:
+) -> Path | None:
     """Export ``model`` as ``<output_dir>/step_XXXXXX`` now; returns when it is written (and pushed).
 
     Args:
@@ -556,8 +558,9 @@ def export_hf(
         dtype: The dtype every tensor is written in (each tensor is cast once): ``"bfloat16"``, ``"float16"`` or
             ``"float32"`` (also ``"bf16"``, ``"fp16"``, ``"half"``, ``"fp32"``, ``"float"``, with or without a
             ``torch.`` prefix), or the ``torch.dtype`` itself. Default: ``"bfloat16"``.
-        keep_last_n: Has no effect here: each call is a new exporter, and rotation deletes only versions the same
-            exporter wrote (use ``HFExporter`` to rotate). Default: ``None``.
+        keep_last_n: Keep only the last N versions that ``export_hf`` wrote into ``output_dir`` in this process
+            (write order), deleting older ones after each call; never ``latest``, never a version another run
+            wrote or one you added or changed files in (``None``: keep all). Default: ``None``.
         config: Model facts the weights do not carry (``n_head``, ``dropout``, ...; for a Llama ``n_heads``,
             ``n_kv_heads``, ``norm_eps``, ``rope_theta``, ``rope_scaling_factor``, ...): a dict, a dataclass or an
             object. ``None`` reads them from the model's ``config``, ``params`` or ``args`` attribute.
@@ -607,7 +610,8 @@ def export_hf(
             Default: ``60.0``.
 
     Returns:
-        The version directory (on rank 0; the would-be path on other ranks).
+        The version directory (on rank 0; the would-be path on other ranks); ``None`` when the write failed and
+        ``on_error="warn"`` (the failure is logged).
 
     Raises:
         ConversionError: ``step`` is not a whole number >= 0, or an unknown ``dtype`` (a ``ValueError``).
@@ -649,5 +653,19 @@ def export_hf(
         async_write=False,
     )
     with HFExporter.from_options(output_dir, options) as exporter:
+        store = exporter._store  # rank 0's
+        if store is not None:  # rotation also counts the versions earlier calls wrote here
+            with _EXPORTED_LOCK:
+                store.restore(list(_EXPORTED.get(exporter.root, ())))
         path = exporter.export(model, step, final=True, epoch=epoch, loss=loss)
+        if store is not None:
+            with _EXPORTED_LOCK:
+                _EXPORTED[exporter.root] = store.created
+            if version_name(step) not in store.created:  # failed, on_error="warn" (logged)
+                return None
     return path if path is not None else Path(output_dir) / version_name(step)
+
+
+# Export root → the versions export_hf wrote there in this process, in write order: what its keep_last_n rotates.
+_EXPORTED: dict[Path, tuple[str, ...]] = {}
+_EXPORTED_LOCK = threading.Lock()

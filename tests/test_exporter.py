@@ -83,6 +83,37 @@ def test_export_hf_bfloat16_holds_the_bf16_cast(tmp_path: Path) -> None:
     assert_reproduces(path, state, torch.bfloat16)
 
 
+def test_export_hf_keep_last_n_rotates_what_export_hf_wrote_there_in_this_process(tmp_path: Path) -> None:
+    """keep_last_n works across export_hf calls (each builds a new exporter), and only on versions those calls
+    wrote: a version another run left in the directory is never counted or deleted."""
+    model = tiny_gpt(1)
+    other = export_hf(model, 1, tmp_path / "theirs")
+    (tmp_path / "root").mkdir()
+    other.rename(tmp_path / "root" / "step_000001")  # written by "another run": not this process's export_hf
+    for step in (10, 20, 30, 40):
+        train_step(model, step)
+        assert export_hf(model, step, tmp_path / "root", keep_last_n=2) == tmp_path / "root" / f"step_{step:06d}"
+    assert step_dirs(tmp_path / "root") == ["step_000001", "step_000030", "step_000040"]
+    assert read_latest(tmp_path / "root") == "step_000040"
+    export_hf(model, 50, tmp_path / "elsewhere", keep_last_n=1)  # another root: its own count
+    assert step_dirs(tmp_path / "root") == ["step_000001", "step_000030", "step_000040"]
+    assert step_dirs(tmp_path / "elsewhere") == ["step_000050"]
+
+
+def test_export_hf_with_on_error_warn_returns_none_when_the_write_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tiny_gpt(1)
+    with torch.no_grad():
+        model.transformer.wte.weight[0, 0] = float("nan")
+    with caplog.at_level(logging.ERROR, logger="hfexport"):
+        assert export_hf(model, 7, tmp_path, on_error="warn") is None
+    assert not (tmp_path / "step_000007").exists() and "non-finite" in caplog.text
+    with pytest.raises(ExportWorkerError, match=r"^The export failed: .*non-finite") as info:
+        export_hf(model, 7, tmp_path)  # on_error="raise": a synchronous export says so, not "background"
+    assert isinstance(info.value.__cause__, ConversionError)
+
+
 def test_export_leaves_the_live_model_and_its_config_unchanged(tmp_path: Path) -> None:
     model = tiny_gpt(2).train()
     before = weights_copy(model)
