@@ -394,8 +394,12 @@ def gpt2_parts() -> TokenizerParts:
     )
     with _gpt2_lock:
         if _gpt2 is None:
-            parts.backend = _build_gpt2()
-            _gpt2 = serialize(parts)
+            backend = _build_gpt2()
+            # The files are GPT-2's (SHA-256 checked): ids 0-50256, <|endoftext|> the last; no vocabulary scan needed
+            eot = GPT2_VOCAB_SIZE - 1
+            if backend.token_to_id(GPT2_EOT) != eot or backend.id_to_token(eot + 1) is not None:
+                raise TokenizerError(f"tokenizers {_tokenizers().__version__} built GPT-2's BPE with other ids.")
+            _gpt2 = Serialized(backend.to_str().encode("utf-8"), GPT2_VOCAB_SIZE, dict.fromkeys(special, eot))
     parts.serialized = _gpt2
     return parts
 

@@ -343,12 +343,18 @@ def write_hf_directory(
         OutputExistsError: the output path is a file, a non-empty directory without ``force``, a directory that
             hfexport did not write, or it appeared or was filled while writing (nothing is published then).
         VerificationError: the written files do not hold what was meant (nothing is published).
+        ValueError: a file name that would lead out of the directory, or a ``.json`` file that is not JSON.
     """
     start = time.perf_counter()
-    for name in files:  # written as ``tmp / name``: a name must not lead out of the temporary directory
+    for name, content in files.items():  # written as ``tmp / name``: a name must not lead out of the temporary
         why = unsafe_name(name)
         if why:
             raise ValueError(f"Cannot write the file {name!r} into a model directory: the name {why}.")
+        if name.endswith(".json"):  # refused before anything is written (the tokenizer's are made by serializers)
+            try:
+                json.loads(content)
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"Cannot write {name!r}: it is not valid JSON ({exc}).") from None
     target = check_output_path(output_dir, force=force, protected=protected)
     max_shard = parse_size(max_shard_size)
     created = _make_parents(target.parent)

@@ -175,6 +175,13 @@ def test_force_replaces_atomically_without_leftovers(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("content", ['{"a": 1', "not json", b"\xff\xfe"])
+def test_a_json_file_that_is_not_json_is_refused_before_anything_is_written(tmp_path: Path, content: Any) -> None:
+    with pytest.raises(ValueError, match=r"Cannot write 'config.json': it is not valid JSON"):
+        write_hf_directory(tmp_path / "out", tensors_of({"a": torch.zeros(2)}), {**FILES, "config.json": content})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary, no parent, nothing
+
+
 def test_tokenizer_file_cannot_clobber_model_files(tmp_path: Path) -> None:
     tok = tmp_path / "tok"
     tok.mkdir()
