@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import cache
 from .errors import TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -373,7 +374,7 @@ def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool) 
 
 # ------------------------------------------------------------------------------------------------ GPT-2
 _gpt2_lock = threading.Lock()
-_gpt2: Serialized | None = None  # built once per process (~0.1 s), then reused by every export
+_gpt2: Serialized | None = None  # read or built once per process, then reused by every export
 
 
 def gpt2_parts() -> TokenizerParts:
@@ -394,12 +395,7 @@ def gpt2_parts() -> TokenizerParts:
     )
     with _gpt2_lock:
         if _gpt2 is None:
-            backend = _build_gpt2()
-            # The files are GPT-2's (SHA-256 checked): ids 0-50256, <|endoftext|> the last; no vocabulary scan needed
-            eot = GPT2_VOCAB_SIZE - 1
-            if backend.token_to_id(GPT2_EOT) != eot or backend.id_to_token(eot + 1) is not None:
-                raise TokenizerError(f"tokenizers {_tokenizers().__version__} built GPT-2's BPE with other ids.")
-            _gpt2 = Serialized(backend.to_str().encode("utf-8"), GPT2_VOCAB_SIZE, dict.fromkeys(special, eot))
+            _gpt2 = _gpt2_serialized(list(special))
     parts.serialized = _gpt2
     return parts
 
@@ -419,8 +415,25 @@ def _gpt2_data_dir() -> Path:
     return data
 
 
-def _build_gpt2() -> Any:
-    data = _gpt2_data_dir()
+def _gpt2_serialized(special: list[str]) -> Serialized:
+    """GPT-2's ``tokenizer.json``: from hfexport's cache (:mod:`hfexport.cache`) when this ``tokenizers`` version
+    built it before, else built now (~0.1-0.2 s) and cached."""
+    data = _gpt2_data_dir()  # the package's files are checked either way
+    tk = _tokenizers()
+    recipe = json.dumps([tk.__version__, GPT2_FILES_SHA256, _BPE_OPTIONS, GPT2_EOT], sort_keys=True)
+    name = f"gpt2-tokenizer-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.json"
+    text = cache.read_entry(name)
+    if text is None:
+        backend = _build_gpt2(data)
+        # The files are GPT-2's (SHA-256 checked): ids 0-50256, <|endoftext|> the last; no vocabulary scan needed
+        if backend.token_to_id(GPT2_EOT) != GPT2_VOCAB_SIZE - 1 or backend.id_to_token(GPT2_VOCAB_SIZE) is not None:
+            raise TokenizerError(f"tokenizers {tk.__version__} built GPT-2's BPE with other ids.")
+        text = backend.to_str().encode("utf-8")
+        cache.write_entry(name, text)
+    return Serialized(text, GPT2_VOCAB_SIZE, dict.fromkeys(special, GPT2_VOCAB_SIZE - 1))
+
+
+def _build_gpt2(data: Path) -> Any:
     # tokenizers reads the two files itself (~0.1 s, against ~0.3 s handing it a Python dict and list); they are
     # the files just checked, in the installed package.
     model = _tokenizers().models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe"), **_BPE_OPTIONS)

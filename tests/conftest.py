@@ -112,6 +112,7 @@ os.environ.update(
         "HYPOTHESIS_STORAGE_DIRECTORY": str(_SCRATCH / "hypothesis"),  # not ./.hypothesis in the working directory
         "TORCHINDUCTOR_CACHE_DIR": str(_SCRATCH / "torchinductor"),
         "TIKTOKEN_CACHE_DIR": str(_SCRATCH / "tiktoken"),  # not <tmp>/data-gym-cache
+        "HFEXPORT_CACHE": str(_SCRATCH / "hfexport_cache"),  # not ~/.cache/hfexport
         "HF_TOKEN": HUB_TOKEN,
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",

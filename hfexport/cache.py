@@ -1,0 +1,71 @@
+"""hfexport's on-disk cache: files that are expensive to make and always the same, kept between processes.
+
+One user today: GPT-2's ``tokenizer.json``, which every export of a GPT-2 vocabulary carries and which takes
+``tokenizers`` ~0.1-0.2 s to build from the BPE files (:func:`hfexport.tokenizer.gpt2_parts`); read from here it
+takes a few milliseconds. The caller names an entry by everything its content depends on (e.g. the SHA-256 of
+the source files and the ``tokenizers`` version), so an entry never goes stale; each file also carries the
+SHA-256 of its content, checked on every read, so a truncated or damaged entry is rebuilt, never used.
+
+Where: ``HFEXPORT_CACHE`` when set (an empty value turns the cache off), else ``$XDG_CACHE_HOME/hfexport``, else
+``~/.cache/hfexport``. Nothing here is required: an unreadable or unwritable cache only costs the time to
+rebuild (logged at DEBUG). Deleting the directory is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["cache_dir", "read_entry", "write_entry"]
+
+ENV_CACHE = "HFEXPORT_CACHE"
+_MAGIC = b"hfexport-cache sha256="
+
+
+def cache_dir() -> Path | None:
+    """The cache directory (not created here), or ``None`` when ``HFEXPORT_CACHE`` is set to an empty value."""
+    env = os.environ.get(ENV_CACHE)
+    if env is not None:
+        return Path(env).expanduser() if env.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "hfexport"
+
+
+def read_entry(name: str) -> bytes | None:
+    """The content stored under ``name``, or ``None`` when there is none or it does not match its checksum."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        raw = (directory / name).read_bytes()
+    except OSError:
+        return None
+    header, _, content = raw.partition(b"\n")
+    if header != _MAGIC + hashlib.sha256(content).hexdigest().encode():
+        logger.debug("Cache entry %s is damaged (checksum); it will be rebuilt", directory / name)
+        return None
+    return content
+
+
+def write_entry(name: str, content: bytes) -> None:
+    """Store ``content`` under ``name``, atomically (a reader sees the old entry, the new one or none)."""
+    directory = cache_dir()
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(_MAGIC + hashlib.sha256(content).hexdigest().encode() + b"\n" + content)
+            os.replace(tmp, directory / name)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        logger.debug("Cannot write the cache entry %s (%s): not cached", directory / name, exc)

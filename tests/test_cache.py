@@ -1,0 +1,68 @@
+"""hfexport's on-disk cache, and GPT-2's tokenizer read from it instead of being built again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import hfexport.tokenizer
+from hfexport import cache
+
+
+@pytest.fixture
+def cache_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HFEXPORT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_an_entry_reads_back_and_a_damaged_one_reads_as_missing(cache_at: Path) -> None:
+    assert cache.read_entry("x.json") is None
+    cache.write_entry("x.json", b'{"a": 1}\n')
+    assert cache.read_entry("x.json") == b'{"a": 1}\n'
+    assert [p.name for p in cache_at.iterdir()] == ["x.json"]  # no temporary left
+    raw = (cache_at / "x.json").read_bytes()
+    (cache_at / "x.json").write_bytes(raw[:-3])  # truncated
+    assert cache.read_entry("x.json") is None
+    (cache_at / "x.json").write_bytes(raw.replace(b'"a"', b'"b"'))  # changed
+    assert cache.read_entry("x.json") is None
+
+
+def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HFEXPORT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "hfexport"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "hfexport"
+    monkeypatch.setenv("HFEXPORT_CACHE", "")  # off
+    assert cache.cache_dir() is None
+    cache.write_entry("x.json", b"{}")
+    assert cache.read_entry("x.json") is None and not (tmp_path / "home" / ".cache").exists()
+
+
+def test_an_unwritable_cache_only_costs_the_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("HFEXPORT_CACHE", str(tmp_path / "file" / "cache"))
+    cache.write_entry("x.json", b"{}")  # no error
+    assert cache.read_entry("x.json") is None
+
+
+def test_gpt2_tokenizer_is_built_once_then_read_from_the_cache(cache_at: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hfexport.tokenizer, "_gpt2", None)  # as in a new process
+    built = hfexport.tokenizer.gpt2_parts().serialized
+    assert built is not None and built.size == 50257
+    (entry,) = cache_at.glob("gpt2-tokenizer-*.json")
+
+    def no_build(data: Path) -> None:
+        raise AssertionError("built again instead of read from the cache")
+
+    monkeypatch.setattr(hfexport.tokenizer, "_build_gpt2", no_build)
+    monkeypatch.setattr(hfexport.tokenizer, "_gpt2", None)
+    assert hfexport.tokenizer.gpt2_parts().serialized == built  # same bytes, size and special ids
+    entry.write_bytes(entry.read_bytes()[:-100])  # damaged: built again, and the entry repaired
+    monkeypatch.undo()
+    monkeypatch.setenv("HFEXPORT_CACHE", str(cache_at))
+    monkeypatch.setattr(hfexport.tokenizer, "_gpt2", None)
+    assert hfexport.tokenizer.gpt2_parts().serialized == built
+    assert cache.read_entry(entry.name) == built.text
