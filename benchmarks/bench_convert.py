@@ -67,9 +67,15 @@ DEFAULT_SIZE = {"gpt2": "774M", "llama": "1B"}
 VOCAB = 50257
 BLOCK = 1024
 METHODS = ("bound", "hfexport", "classic")
-# hfexport with HFEXPORT_DIRECT_IO=0 (the page cache only) / =1 (direct I/O from the start), and with the checkpoint's
-# pages kept mapped (no madvise): what each of the platform-specific parts brings.
-EXTRA_METHODS = ("hfexport_buffered", "hfexport_direct", "hfexport_keep_pages", "hfexport_zlib_crc")
+# hfexport with HFEXPORT_DIRECT_IO=0 (the page cache only) / =1 (direct I/O for every shard), with the checkpoint's
+# pages kept mapped (no madvise), with zlib's CRC-32, without the cache: what each of those parts brings.
+EXTRA_METHODS = (
+    "hfexport_buffered",
+    "hfexport_direct",
+    "hfexport_keep_pages",
+    "hfexport_zlib_crc",
+    "hfexport_no_cache",
+)
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GOAL_TIME = 1.10  # (b) / (a)
 GOAL_RSS = 1.15  # peak RSS (b) / checkpoint size
@@ -260,6 +266,11 @@ def run_hfexport_zlib_crc(ckpt: Path, out: Path) -> None:
     run_hfexport(ckpt, out)
 
 
+def run_hfexport_no_cache(ckpt: Path, out: Path) -> None:
+    os.environ["HFEXPORT_CACHE"] = ""  # GPT-2's tokenizer built in this process, as on a first conversion
+    run_hfexport(ckpt, out)
+
+
 def run_classic(ckpt: Path, out: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -374,6 +385,7 @@ RUNNERS = {
     "hfexport_direct": run_hfexport_direct,
     "hfexport_keep_pages": run_hfexport_keep_pages,
     "hfexport_zlib_crc": run_hfexport_zlib_crc,
+    "hfexport_no_cache": run_hfexport_no_cache,
     "hfexport_src": run_hfexport,  # from --compare-src's tree (see spawn)
     "classic": run_classic,
     "phases": run_phases,
