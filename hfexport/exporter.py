@@ -45,6 +45,7 @@ from .hub import HubPusher
 from .options import ExportOptions
 from .snapshot import (
     Snapshot,
+    SnapshotBuffers,
     broadcast_from_rank0,
     global_rank,
     is_sharded,
@@ -259,7 +260,10 @@ class HFExporter:
         self._store: VersionStore | None = None
         self._writer: BackgroundWriter[_Job] | None = None
         self._pusher: HubPusher | None = None
+        # The host copies of the last version written, reused by the next snapshot (see SnapshotBuffers).
+        self._buffers: SnapshotBuffers | None = None
         if self.is_writer:
+            self._buffers = SnapshotBuffers()
             self._store = VersionStore(self.root, options.keep_last_n)
             # Pending work is finished even if close() is forgotten (the final version must not be lost).
             self._writer = BackgroundWriter(self._write, lambda job: f"step {job.step} to {job.target}")
@@ -351,7 +355,7 @@ class HFExporter:
         if self._writer is not None and o.async_write:
             self._writer.wait_for_slot()  # before the snapshot: at most one snapshot waits for the writer
             self.raise_if_failed()
-        snapshot = take_snapshot(plan, o.dtype)  # every rank takes part (FSDP2 gathers)
+        snapshot = take_snapshot(plan, o.dtype, self._buffers)  # every rank takes part (FSDP2 gathers)
         self.last_step = step
         if self._writer is None:
             return None
@@ -388,6 +392,8 @@ class HFExporter:
                 self._rotate()  # versions kept only until their push succeeded may go now
         finally:
             self._closed = True
+            if self._buffers is not None:
+                self._buffers.clear()
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
@@ -458,7 +464,9 @@ class HFExporter:
                 progress=False,
             )
             published = True
-            job.snapshot.tensors.clear()  # free the host copy now, not when the job object dies
+            if self._buffers is not None:  # the version is written: its host copies may take the next snapshot
+                self._buffers.give_back(job.snapshot)
+            job.snapshot.tensors.clear()
             self._store.published(job.step, unwritten=self._unwritten(), is_pushing=self._is_pushing)
             job.stats.write_s = time.perf_counter() - start
             logger.info("Exported step %d to %s in %.2fs", job.step, target, job.stats.write_s)

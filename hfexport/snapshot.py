@@ -9,11 +9,17 @@ Sources: a nanoGPT-style or Llama-style ``nn.Module`` (facts such as ``n_head`` 
 LightningModule, and any ``transformers.PreTrainedModel`` (written with its own config and tied weights). Under
 FSDP2 (``fully_shard``) parameters are DTensors: every rank must call :func:`take_snapshot`, each parameter is
 cast on its shard and then gathered (``full_tensor``), and only global rank 0 keeps the result.
+
+Host memory: a snapshot's copies are new tensors, or, with a :class:`SnapshotBuffers`, the buffers of a snapshot
+whose version was written (the exporter gives them back once its writer has finished with them): copying into
+pages already resident costs about half as much as copying into fresh memory, which the kernel (and, on a VM
+that returns free memory to the host, the host) must first provide.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,6 +32,7 @@ from .sources import model_facts, strip_prefixes, unwrap_model
 
 __all__ = [
     "Snapshot",
+    "SnapshotBuffers",
     "broadcast_from_rank0",
     "global_rank",
     "is_sharded",
@@ -56,6 +63,69 @@ class Snapshot:
             shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
             held.append(TensorPlan(tp.name, tensor, shape, transpose=transpose))
         return replace(self.plan, tensors=held)
+
+
+class SnapshotBuffers:
+    """The host buffers of one written snapshot, kept for the next snapshot to copy into.
+
+    The exporter's writer calls :meth:`give_back` with a snapshot once its version is written (never while a
+    version is being written from it); :func:`take_snapshot` then takes them all (:meth:`take_all`) and copies into
+    the ones whose shape and dtype match, allocating the rest. Buffers it could not use are dropped then, so at
+    most one snapshot's worth is held here, and only between a finished write and the next snapshot. Thread-safe
+    (given back in the writer's thread, taken in the training thread).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spare: list[torch.Tensor] = []
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        with self._lock:
+            return sum(t.numel() * t.element_size() for t in self._spare)
+
+    def give_back(self, snapshot: Snapshot) -> None:
+        """Keep ``snapshot``'s host copies for reuse (replacing what is held) and empty the snapshot.
+
+        Only for a snapshot nothing reads any more (its version written): the next snapshot overwrites them.
+        """
+        distinct = list({id(t): t for t in snapshot.tensors.values()}.values())  # a tied copy is one buffer
+        snapshot.tensors.clear()
+        spare = [t for t in distinct if t.device.type == "cpu" and t.is_contiguous() and _owns_storage(t)]
+        with self._lock:
+            self._spare = spare
+
+    def take_all(self) -> _Spare:
+        """Everything held, removed from here, grouped by ``(shape, dtype)``."""
+        with self._lock:
+            spare, self._spare = self._spare, []
+        groups: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+        for t in spare:
+            groups.setdefault((tuple(t.shape), t.dtype), []).append(t)
+        return _Spare(groups)
+
+    def clear(self) -> None:
+        """Drop what is held."""
+        with self._lock:
+            self._spare = []
+
+
+class _Spare:
+    """Buffers taken from a :class:`SnapshotBuffers` for one snapshot."""
+
+    def __init__(self, groups: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]]) -> None:
+        self._groups = groups
+
+    def new(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A host tensor of ``shape`` and ``dtype`` whose contents will be overwritten: a spare one, else a new one."""
+        group = self._groups.get((tuple(shape), dtype))
+        return group.pop() if group else torch.empty(shape, dtype=dtype)
+
+
+def _owns_storage(t: torch.Tensor) -> bool:
+    """Whether ``t`` spans its whole storage (not a view into something larger that someone else may hold)."""
+    return t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
 def global_rank() -> int:
@@ -148,20 +218,28 @@ def _gather(src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return local.full_tensor()
 
 
-def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
+def take_snapshot(plan: ConversionPlan, dtype: torch.dtype, buffers: SnapshotBuffers | None = None) -> Snapshot:
     """Copy the plan's tensors to host memory in ``dtype`` (every rank must call it under FSDP2).
 
     Each distinct source is cast once on its own device, in its own layout (straight copies: the transposes
     the output needs are done later, in the writer's thread); the copies never alias the live parameters.
-    FSDP2 shards are gathered one tensor at a time, in the plan's order on every rank, and each full tensor
-    is dropped (other ranks) or moved to the host (rank 0) before the next: the device never holds the whole
-    unsharded model, and the snapshot keeps no reference to a gathered device tensor.
+    A CPU source is cast straight into its host buffer; a device source is cast on its device, then copied into
+    its host buffer. FSDP2 shards are gathered one tensor at a time, in the plan's order on every rank, and each
+    full tensor is dropped (other ranks) or moved to the host (rank 0) before the next: the device never holds the
+    whole unsharded model, and the snapshot keeps no reference to a gathered device tensor.
+
+    Args:
+        plan: The plan over the live tensors (:func:`plan_for_model`).
+        dtype: The export dtype.
+        buffers: Host buffers of a written snapshot to copy into (all taken; those that fit are reused, the rest
+            dropped). ``None``: every copy is a new tensor.
     """
     rank0 = global_rank() == 0
     sharded = is_sharded(plan)
     if not rank0 and not sharded:
         return Snapshot(plan)
-    cache: dict[tuple[int, int | None], torch.Tensor | None] = {}
+    spare = buffers.take_all() if buffers is not None and rank0 else _Spare({})
+    cache: dict[tuple[int, int | None, int | None, int | None], torch.Tensor | None] = {}
     tensors: dict[str, torch.Tensor] = {}
     untransposed: set[str] = set()
     with torch.no_grad():
@@ -176,15 +254,22 @@ def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
                 if _is_dtensor(src):
                     out = _gather(src, dtype)  # a fresh tensor of this snapshot's own: no second device copy
                     if tp.rows is not None or tp.row_start is not None or tp.rope_heads is not None:
-                        out = _untransposed(replace(tp, source=out)).materialize(dtype, device=out.device)
+                        out = _untransposed(tp, out).materialize(dtype, device=out.device)
                     out = out.to(dtype).contiguous()
                     if out.untyped_storage().data_ptr() == src.to_local().untyped_storage().data_ptr():
                         out = out.clone()  # one rank, nothing to gather: the "full" tensor is the parameter
+                    if rank0 and out.device.type != "cpu":
+                        out = _to_host(out, spare)
                 elif rank0:
-                    out = _untransposed(tp).materialize(dtype, device=src.device)
+                    part = _untransposed(tp)
+                    if src.device.type == "cpu":
+                        out = spare.new(part.shape, dtype)
+                        part.fill(out)  # cast straight into the host buffer
+                    else:
+                        out = _to_host(part.materialize(dtype, device=src.device), spare)  # cast on the device
                 else:
                     continue
-                cache[key] = (out.to("cpu") if out.device.type != "cpu" else out) if rank0 else None
+                cache[key] = out if rank0 else None
                 del out
             if rank0:
                 tensors[tp.name] = cache[key]  # type: ignore[assignment]
@@ -196,6 +281,16 @@ def take_snapshot(plan: ConversionPlan, dtype: torch.dtype) -> Snapshot:
     return Snapshot(plan, tensors, nbytes, untransposed, dtype)
 
 
-def _untransposed(tp: TensorPlan) -> TensorPlan:
-    """``tp`` in its source layout: a snapshot leaves the transpose (~3x a straight cast) to the writer's thread."""
+def _to_host(out: torch.Tensor, spare: _Spare) -> torch.Tensor:
+    """A device tensor copied into a host buffer (a spare one when one fits)."""
+    host = spare.new(tuple(out.shape), out.dtype)
+    host.copy_(out)
+    return host
+
+
+def _untransposed(tp: TensorPlan, source: torch.Tensor | None = None) -> TensorPlan:
+    """``tp`` in its source layout (over ``source`` if given): a snapshot leaves the transpose (~3x a straight
+    cast) to the writer's thread."""
+    if source is not None:
+        tp = replace(tp, source=source)
     return replace(tp, shape=tuple(tp.shape[::-1]), transpose=False) if tp.transpose else tp
