@@ -90,7 +90,8 @@ class SnapshotBuffers:
 
         Only for a snapshot nothing reads any more (its version written): the next snapshot overwrites them.
         """
-        distinct = list({id(t): t for t in snapshot.tensors.values()}.values())  # a tied copy is one buffer
+        # One buffer per storage (a tied copy is one tensor): never handed out twice.
+        distinct = list({t.untyped_storage().data_ptr(): t for t in snapshot.tensors.values()}.values())
         snapshot.tensors.clear()
         spare = [t for t in distinct if t.device.type == "cpu" and t.is_contiguous() and _owns_storage(t)]
         with self._lock:

@@ -316,6 +316,43 @@ def test_if_busy_wait_keeps_every_version(tmp_path: Path) -> None:
         assert_file_tensors(tmp_path / f"step_{step:06d}", state, torch.float32)
 
 
+def storages(tensors: dict[str, torch.Tensor]) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors.values()}
+
+
+def test_a_snapshot_reuses_only_the_host_copies_of_a_version_already_written(tmp_path: Path) -> None:
+    # Private state read on purpose: what the exporter holds between versions (_buffers) and what is in flight.
+    model = tiny_gpt(0)
+    recorded = {}
+    exporter = HFExporter(tmp_path, every_n_steps=1, dtype="float32", tokenizer=SlowTokenizer(0.3))
+    held = exporter._buffers
+    assert held is not None and exporter._writer is not None
+    for step in (1, 2):  # step 2's snapshot is taken while step 1 is written (its writer sleeps, then reads)
+        train_step(model, step)
+        recorded[step] = weights_copy(model)
+        exporter.maybe_export(model, step)
+        assert held.nbytes == 0
+    exporter.wait()
+    one_version = sum(p.numel() * 4 for p in model.parameters())  # float32, the tied embedding once
+    assert held.nbytes == one_version  # the last version's copies, kept for the next snapshot
+    spare = {t.untyped_storage().data_ptr() for t in held._spare}
+
+    train_step(model, 3)
+    recorded[3] = weights_copy(model)
+    exporter.maybe_export(model, 3)  # the writer is idle: the snapshot goes into the kept copies
+    (job,) = exporter._writer.pending()  # being written for 0.3 s more
+    assert storages(job.snapshot.tensors) == spare and held.nbytes == 0
+    train_step(model, 4)  # training goes on while step 3 is written from those buffers
+    recorded[4] = weights_copy(model)
+    exporter.maybe_export(model, 4)  # taken while step 3 is written: new tensors, not step 3's buffers
+    written, waiting = exporter._writer.pending()
+    assert written is job and not storages(waiting.snapshot.tensors) & spare
+    exporter.close()
+    assert held.nbytes == 0  # close() lets the kept copies go
+    for step, state in recorded.items():
+        assert_file_tensors(tmp_path / f"step_{step:06d}", state, torch.float32)
+
+
 def test_if_busy_skip_drops_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = tiny_gpt(0)
     caplog.set_level(logging.INFO, logger="hfexport")

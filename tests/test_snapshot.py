@@ -9,7 +9,7 @@ from exportkit import expected_hf_tensors, tiny_gpt, weights_copy
 from hfexport import ConversionError
 from hfexport.convert import output_tensors
 from hfexport.safetensors_io import OutputTensor
-from hfexport.snapshot import global_rank, plan_for_model, take_snapshot
+from hfexport.snapshot import SnapshotBuffers, global_rank, plan_for_model, take_snapshot
 
 
 def produced(output: OutputTensor) -> torch.Tensor:
@@ -107,6 +107,51 @@ def test_transformers_plan_copies_the_config_and_writes_tied_weights_once() -> N
     assert "transformer.wte.weight" in names and "lm_head.weight" not in names
     snapshot = take_snapshot(plan, torch.bfloat16)
     assert torch.equal(snapshot.tensors["transformer.wte.weight"], model.lm_head.weight.detach().bfloat16())
+
+
+def storages(tensors: dict[str, torch.Tensor]) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors.values()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_given_back_buffers_take_the_next_steps_weights(dtype: torch.dtype) -> None:
+    model = tiny_gpt(0)
+    buffers = SnapshotBuffers()
+    plan = plan_for_model(model, untie_embeddings=True)  # wte and lm_head: two outputs of one copy
+    first = take_snapshot(plan, dtype, buffers)  # nothing held yet: new tensors
+    used, nbytes = storages(first.tensors), first.nbytes
+    buffers.give_back(first)
+    assert first.tensors == {} and buffers.nbytes == nbytes  # one snapshot's worth, each buffer once
+
+    with torch.no_grad():  # the next optimizer steps
+        for p in model.parameters():
+            p.mul_(-2.0).add_(0.5)
+    state = weights_copy(model)
+    second = take_snapshot(plan_for_model(model, untie_embeddings=True), dtype, buffers)
+    assert storages(second.tensors) == used  # every copy went into a buffer of the first snapshot
+    assert buffers.nbytes == 0  # taken, not shared: the next snapshot cannot write into this one
+    assert second.tensors["transformer.wte.weight"] is second.tensors["lm_head.weight"]  # tied: still one copy
+    assert len(storages(second.tensors)) == len(second.tensors) - 1  # no buffer handed out twice
+    expected = expected_hf_tensors(state, dtype)
+    expected["lm_head.weight"] = expected["transformer.wte.weight"]
+    for output in output_tensors(second.copies(), dtype, already_cast=True):
+        assert torch.equal(produced(output), expected[output.name]), output.name
+    live = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not storages(second.tensors) & live
+
+
+def test_buffers_that_fit_no_tensor_are_dropped_not_held() -> None:
+    model = tiny_gpt(0)
+    buffers = SnapshotBuffers()
+    buffers.give_back(take_snapshot(plan_for_model(model), torch.bfloat16))
+    wte = buffers.nbytes
+    trimmed = take_snapshot(plan_for_model(model, vocab_size=50), torch.bfloat16, buffers)  # wte: (50, 32) now
+    assert buffers.nbytes == 0  # the (64, 32) buffer no tensor could use was dropped
+    assert trimmed.nbytes == wte - 14 * 32 * 2
+    assert torch.equal(trimmed.tensors["transformer.wte.weight"], model.transformer.wte.weight[:50].bfloat16())
+    buffers.give_back(trimmed)
+    buffers.clear()
+    assert buffers.nbytes == 0
 
 
 def test_global_rank_without_distributed() -> None:
