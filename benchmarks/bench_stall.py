@@ -17,7 +17,7 @@ memory comes from, so that is fixed too:
   also cost a host fault once they have been free for ~2 s. Before each measurement ``--memory`` puts free memory in
   a defined state: ``hot`` allocates, touches and frees the snapshot's size just before, ``cold`` waits
   ``--cold-wait`` seconds (the steady state of a loop that exports every few minutes); ``both`` (default) does every
-  round in each state.
+  round in each state; ``as-is`` prepares nothing.
 
 Also measured, once per round, for the record (not part of the goal):
 
