@@ -535,3 +535,52 @@ def test_cli_push_that_fails_after_its_retries_exits_1_while_a_refused_token_exi
     with pytest.raises(SystemExit) as info:
         main(["push", str(tmp_path), "--repo_id", REPO, "--max_retries", "-1"])
     assert info.value.code == 2 and "--max_retries" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- the branch never goes back
+def _main_weights() -> bytes:
+    return Path(hf_hub_download(REPO, "model.safetensors", revision="main", force_download=True)).read_bytes()
+
+
+@pytest.mark.parametrize("later", ["cli_pending", "restarted_exporter"])
+def test_a_late_push_of_an_older_version_never_moves_the_branch_back(hub_server, tmp_path: Path, later) -> None:
+    from hfexport.cli import main
+
+    hub_server.inject(r"/commit/main$", status=403, times=1)  # step 1's push fails for good, step 2's succeeds
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, **FAST)
+    exporter.maybe_export(make_gpt(seed=1), 1)
+    exporter.wait()
+    exporter.maybe_export(make_gpt(seed=2), 2)
+    exporter.close()
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == [(1, "step_000001")]
+    step2 = (tmp_path / "step_000002" / "model.safetensors").read_bytes()
+    assert _main_weights() == step2
+
+    if later == "cli_pending":
+        assert main(["push", str(tmp_path), "--repo_id", REPO, "--pending"]) == 0
+    else:
+        HFExporter(
+            tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, **FAST
+        ).close()  # resumes, exports nothing
+
+    assert _main_weights() == step2  # main still serves the newest step
+    assert tags() == {"step_000001", "step_000002"}
+    assert_same_files(tmp_path / "step_000001", "step_000001")  # the older one: reachable by its tag
+    assert [b.name for b in HfApi().list_repo_refs(REPO).branches] == ["main"]  # no temporary branch left
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == []
+
+
+def test_an_older_untagged_version_is_not_pushed_and_says_why(hub_server, tmp_path: Path, caplog) -> None:
+    from hfexport.hub import HubOptions, HubPusher, push_version
+
+    export_hf(make_gpt(seed=1), 1, tmp_path)
+    export_hf(make_gpt(seed=2), 2, tmp_path)
+    options = HubOptions(REPO, tag_versions=False, max_retries=0)
+    HubPusher(options).setup()
+    push_version(tmp_path / "step_000002", options)
+    result = push_version(tmp_path / "step_000001", options)
+
+    assert result.commit_oid is None
+    assert "the branch serves step_000002" in caplog.text
+    assert _main_weights() == (tmp_path / "step_000002" / "model.safetensors").read_bytes()
+    assert PushJournal(tmp_path).versions(REPO, "main")["step_000001"]["state"] == "skipped"

@@ -12,6 +12,8 @@ from hfexport.journal import JOURNAL_DIR, JOURNAL_NAME, PushJournal
 
 
 def test_records_states_per_repository_and_branch(tmp_path: Path) -> None:
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"step_{step:06d}").mkdir()
     journal = PushJournal(tmp_path)
     journal.record("me/a", "main", "step_000002", 2, "pushed", commit="c" * 40, tag="step_000002")
     journal.record("me/a", "main", "step_000004", 4, "failed", error="HTTP 503")
