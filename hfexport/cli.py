@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 vocabulary)",
     )
     _option(tok, "no_tokenizer", action="store_true", help="write no tokenizer (the export is incomplete)")
+    _option(
+        c,
+        "hub_timeout_s",
+        type=_positive_seconds,
+        default=60.0,
+        help="timeout of every Hub request when --tokenizer is a Hub repo id not in the cache (default: 60)",
+    )
     _option(c, "max_shard_size", default="5GB", help="shard the weights past this size (default: 5GB)")
     _option(
         c,
@@ -224,6 +231,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         base_model=args.base_model,
         tokenizer=False if args.no_tokenizer else args.tokenizer,
+        hub_timeout_s=args.hub_timeout_s,
         max_shard_size=args.max_shard_size,
         force=args.force,
         allow_nonfinite=args.allow_nonfinite,

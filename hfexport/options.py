@@ -147,7 +147,7 @@ class ExportOptions:
                 final version is always pushed). Default: ``"every"``.
             hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and
                 each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried
-                like a 5xx. Default: ``60.0``.
+                like a 5xx. Also bounds the download of a Hub-id ``tokenizer``. Default: ``60.0``.
 
         Returns:
             The validated options.
@@ -199,7 +199,7 @@ class ExportOptions:
             dtype=resolve_dtype(dtype),
             keep_last_n=keep_last_n,
             config=config,
-            tokenizer=TokenizerSource(tokenizer),
+            tokenizer=TokenizerSource(tokenizer, hub_timeout_s=hub_timeout_s),
             activation=activation,
             vocab_size=vocab_size,
             untie_embeddings=untie_embeddings,

@@ -584,3 +584,58 @@ def test_an_older_untagged_version_is_not_pushed_and_says_why(hub_server, tmp_pa
     assert "the branch serves step_000002" in caplog.text
     assert _main_weights() == (tmp_path / "step_000002" / "model.safetensors").read_bytes()
     assert PushJournal(tmp_path).versions(REPO, "main")["step_000001"]["state"] == "skipped"
+
+
+# ------------------------------------------------------------------------ a Hub-id tokenizer is bounded too
+def _finishes_within(seconds: float, fn) -> object:
+    """Run ``fn`` on a thread; fail (instead of hanging the suite) when it is not done within ``seconds``."""
+    import threading
+
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out.get("value")
+
+
+def test_a_hub_id_tokenizer_from_a_hub_that_never_answers_is_bounded(hub_server, tmp_path: Path, capsys) -> None:
+    from hfexport.cli import main
+
+    hub_server.inject(r"someone/tok", hang=True, times=None)  # accepts the connection, never answers
+    model = make_gpt(seed=3, vocab_size=65)
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model.model_args(), "iter_num": 1}, checkpoint)
+    argv = ["convert", str(checkpoint), "--output_dir", str(tmp_path / "hf"), "--tokenizer", "someone/tok"]
+
+    rc = _finishes_within(20, lambda: main([*argv, "--hub_timeout_s", "1", "--no_progress"]))
+    assert rc == 2 and "someone/tok" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+    exporter = HFExporter(tmp_path / "exports", tokenizer="someone/tok", hub_timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(HFExportError, match="someone/tok"):
+        _finishes_within(20, lambda: (exporter.export(model, 1), exporter.close()))
+    assert time.monotonic() - started < 20
+
+
+def test_an_uncached_hub_id_tokenizer_while_offline_is_refused_when_the_exporter_is_built(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import huggingface_hub.constants
+
+    from hfexport.errors import TokenizerError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TokenizerError, match="HF_HUB_OFFLINE"):
+        HFExporter(tmp_path, tokenizer="someone/not-cached")
+    assert not list(tmp_path.glob("step_*"))
