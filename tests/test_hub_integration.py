@@ -608,7 +608,7 @@ def _finishes_within(seconds: float, fn) -> object:
     return out.get("value")
 
 
-def test_a_hub_id_tokenizer_from_a_hub_that_never_answers_is_bounded(hub_server, tmp_path: Path, capsys) -> None:
+def test_convert_with_a_hub_id_tokenizer_from_a_hub_that_never_answers_is_bounded(hub_server, tmp_path, capsys) -> None:
     from hfexport.cli import main
 
     hub_server.inject(r"someone/tok", hang=True, times=None)  # accepts the connection, never answers
@@ -621,6 +621,10 @@ def test_a_hub_id_tokenizer_from_a_hub_that_never_answers_is_bounded(hub_server,
     assert rc == 2 and "someone/tok" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
 
+
+def test_an_exporter_with_a_hub_id_tokenizer_from_a_hub_that_never_answers_is_bounded(hub_server, tmp_path) -> None:
+    hub_server.inject(r"someone/tok", hang=True, times=None)  # accepts the connection, never answers
+    model = make_gpt(seed=3, vocab_size=65)
     exporter = HFExporter(tmp_path / "exports", tokenizer="someone/tok", hub_timeout_s=1)
     started = time.monotonic()
     with pytest.raises(HFExportError, match="someone/tok"):
