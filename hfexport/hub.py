@@ -568,7 +568,7 @@ class HubPusher:
         logger.info("Hub repository %s@%s ready (user %s).", opts.repo_id, opts.revision, user)
 
     # ------------------------------------------------------------------------------------ queueing
-    def submit(self, version_dir: Path, *, step: int, final: bool = False) -> None:
+    def submit(self, version_dir: Path, *, step: int, final: bool = False, mark_pending: bool = True) -> None:
         """Queue a push of a complete version directory, mark it pending in the journal, and return at once.
 
         Args:
@@ -576,6 +576,8 @@ class HubPusher:
                 see :meth:`is_pending`).
             step: Its training step (pushes happen in step order).
             final: The last version of the run: never coalesced away.
+            mark_pending: Mark it pending in the journal (not when it is queued from the journal: another process
+                may have pushed it since it was read, and the push re-checks the journal under the push lock).
 
         Raises:
             HubError: The pusher is closed.
@@ -584,7 +586,8 @@ class HubPusher:
         with self._cond:
             if self._closed:
                 raise HubError(f"Cannot submit {job.version_dir.name}: the Hub pusher is closed.")
-        _journal(job.version_dir, self.options, step, "pending")
+        if mark_pending:
+            _journal(job.version_dir, self.options, step, "pending")
         with self._cond:
             self._queue = [j for j in self._queue if j.version_dir != job.version_dir]
             self._queue.append(job)
@@ -640,7 +643,7 @@ class HubPusher:
                 ", ".join(p.name for _, p in queued),
             )
         for step, path in queued:
-            self.submit(path, step=step)
+            self.submit(path, step=step, mark_pending=False)
         return queued
 
     def resubmit(self, version_dir: Path, *, step: int) -> bool:

@@ -165,14 +165,14 @@ class PushJournal:
             return
         except OSError as exc:
             logger.warning(
-                "The push journal %s cannot be read: %s; treating it as empty (it could not be set aside: %s).",
+                "The push journal %s is unusable (%s); treating it as empty (it could not be set aside: %s).",
                 self.path,
                 problem,
                 exc,
             )
             return
         logger.warning(
-            "The push journal %s cannot be read: %s. It was set aside as %s (not deleted) and a new one is started: "
+            "The push journal %s is unusable (%s). It was set aside as %s (not deleted) and a new one is started: "
             "versions it listed as not pushed are not pushed again automatically (push them with `hfexport push "
             "VERSION_DIR --repo_id ...`).",
             self.path,

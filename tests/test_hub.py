@@ -26,9 +26,7 @@ TOKEN = "hf_test_token"
 CARD = "---\nlicense: mit\nlibrary_name: transformers\n---\n# gpt2-run\n\nExported by hfexport.\n"
 
 
-def make_version(
-    root: Path, step: int, *, seed: int | None = None, card: str = CARD, manifest: bool = True
-) -> Path:
+def make_version(root: Path, step: int, *, seed: int | None = None, card: str = CARD, manifest: bool = True) -> Path:
     """A small version directory as the writer would publish it (``manifest=False``: without its hfexport.json)."""
     path = root / f"step_{step:06d}"
     path.mkdir(parents=True)
