@@ -20,7 +20,7 @@ from .architectures import ACTIVATIONS
 from .chunkio import IO_MODES
 from .convert import DTYPES, convert_checkpoint
 from .errors import HFExportError, HubError
-from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
+from .hub import HubOptions, HubPusher, check_ref_name, push_version, resolve_push_dir
 from .hubretry import is_transient
 from .journal import PushJournal
 from .verify import verify_directory
@@ -297,12 +297,14 @@ def _run_push(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         max_retries=args.max_retries,
     )
+    if args.tag is not None:
+        check_ref_name(args.tag, "tag")  # before the repository is created: `--tag ''` is not "no tag"
     if args.pending:
         root = Path(args.directory)
-        if not root.is_dir() or args.tag:
+        if not root.is_dir() or args.tag is not None:
             raise HFExportError(
                 f"--pending needs an export root (a directory holding step_XXXXXX/), got {args.directory!r}"
-                + (" and cannot be combined with --tag" if args.tag else "")
+                + (" and cannot be combined with --tag" if args.tag is not None else "")
             )
         pusher = HubPusher(options, token_hint="--token")
         pusher.setup()

@@ -160,7 +160,7 @@ class HFExporter:
             version is always pushed). Default: ``"every"``.
         hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and each
             read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried like a 5xx.
-            Also bounds the download of a Hub-id ``tokenizer``. Default: ``60.0``.
+            Default: ``60.0``.
 
     Raises:
         OptionError: an invalid option, with the value received and what is expected (a ``ValueError``).

@@ -302,7 +302,11 @@ def push_version(
     what = f"Pushing {version_dir.name} to {options.repo_id}@{options.revision}"
     if journal is None:
         return _push(version_dir, options, step, tag, commit_message, api, progress, None, what)
-    with journal.push_lock(_lock_wait_s(options), what):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(journal.push_lock(_lock_wait_s(options), what))
+        except OSError as exc:  # a read-only export root: pushing it is still allowed, unserialized
+            logger.warning("%s without the export root's push lock (%s): it cannot be created.", what, exc)
         if skip_if_pushed:
             entry = journal.versions(options.repo_id, options.revision).get(version_dir.name)
             if entry is not None and entry["state"] == "pushed":

@@ -141,11 +141,15 @@ class PushJournal:
         data, problem = self._load()
         if problem is None:
             return data
-        with self._locked():  # set aside under the lock, and only if it is still the bad file
-            data, problem = self._load()
-            if problem is not None:
-                self._set_aside(problem)
-                return _empty()
+        try:
+            with self._locked():  # set aside under the lock, and only if it is still the bad file
+                data, problem = self._load()
+                if problem is not None:
+                    self._set_aside(problem)
+                    return _empty()
+        except OSError as exc:  # no lock on a read-only root: leave the file as it is
+            logger.warning("The push journal %s is unusable (%s); treating it as empty (%s).", self.path, problem, exc)
+            return _empty()
         return data
 
     def _load(self) -> tuple[dict[str, Any], str | None]:

@@ -147,7 +147,7 @@ class ExportOptions:
                 final version is always pushed). Default: ``"every"``.
             hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and
                 each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried
-                like a 5xx. Also bounds the download of a Hub-id ``tokenizer``. Default: ``60.0``.
+                like a 5xx. Default: ``60.0``.
 
         Returns:
             The validated options.
