@@ -3,8 +3,10 @@
 Each version directory (``step_000500/``) becomes one commit on a branch of a model repository, tagged with
 the directory name, so that ``from_pretrained(repo_id, revision="step_000500")`` loads exactly that version.
 Files that did not change since the previous version (a tokenizer, a model card) are not sent again: the Hub
-reports their remote ids and the client skips them. The revision mirrors the directory: files of an earlier
-version that the new one lacks are deleted in the same commit (``.gitattributes`` excepted).
+reports their remote ids and the client skips them. Files an earlier hfexport push put on the branch that the new
+version lacks are deleted in the same commit; nothing else is (the user's files stay, a ``README.md`` hfexport did
+not write is kept: :mod:`hfexport.hubowned`). The branch never goes back: a version older than the one the branch
+serves (the push journal says which) is committed beside it and reachable by its tag only.
 
 Only the version's own files are published (:func:`~hfexport.pushfiles.publishable_files`), and each commit is
 verified on the Hub before it is tagged: its files are listed at the commit and their sizes and hashes compared
