@@ -20,7 +20,7 @@ from .architectures import ACTIVATIONS
 from .chunkio import IO_MODES
 from .convert import DTYPES, convert_checkpoint
 from .errors import HFExportError, HubError
-from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
+from .hub import HubOptions, HubPusher, check_ref_name, push_version, resolve_push_dir
 from .hubretry import is_transient
 from .journal import PushJournal
 from .verify import verify_directory
@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 vocabulary)",
     )
     _option(tok, "no_tokenizer", action="store_true", help="write no tokenizer (the export is incomplete)")
+    _option(
+        c,
+        "hub_timeout_s",
+        type=_positive_seconds,
+        default=60.0,
+        help="timeout of every Hub request when --tokenizer is a Hub repo id not in the cache (default: 60)",
+    )
     _option(c, "max_shard_size", default="5GB", help="shard the weights past this size (default: 5GB)")
     _option(
         c,
@@ -224,6 +231,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         base_model=args.base_model,
         tokenizer=False if args.no_tokenizer else args.tokenizer,
+        hub_timeout_s=args.hub_timeout_s,
         max_shard_size=args.max_shard_size,
         force=args.force,
         allow_nonfinite=args.allow_nonfinite,
@@ -289,12 +297,14 @@ def _run_push(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         max_retries=args.max_retries,
     )
+    if args.tag is not None:
+        check_ref_name(args.tag, "tag")  # before the repository is created: `--tag ''` is not "no tag"
     if args.pending:
         root = Path(args.directory)
-        if not root.is_dir() or args.tag:
+        if not root.is_dir() or args.tag is not None:
             raise HFExportError(
                 f"--pending needs an export root (a directory holding step_XXXXXX/), got {args.directory!r}"
-                + (" and cannot be combined with --tag" if args.tag else "")
+                + (" and cannot be combined with --tag" if args.tag is not None else "")
             )
         pusher = HubPusher(options, token_hint="--token")
         pusher.setup()

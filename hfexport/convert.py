@@ -377,6 +377,7 @@ def convert_checkpoint(
     allow_nonfinite: bool = False,
     progress: bool | None = None,
     io: str = "auto",
+    hub_timeout_s: float = 60.0,
 ) -> Path:
     """Convert a nanoGPT-family or Llama-style checkpoint file into a verified Hugging Face directory.
 
@@ -410,6 +411,7 @@ def convert_checkpoint(
         io: How the weights reach the disk: ``"auto"`` (default: direct I/O for shards of 64 MB or more, the page
             cache for smaller ones), ``"buffered"`` (the page cache only) or ``"direct"`` (direct I/O where the file
             system allows it). The environment variable ``HFEXPORT_DIRECT_IO`` (``0``, ``1``, ``auto``) overrides it.
+        hub_timeout_s: The timeout of every Hub request when ``tokenizer`` is a Hub repo id that is not cached.
 
     Returns:
         The output directory.
@@ -430,7 +432,8 @@ def convert_checkpoint(
     source = resolve_checkpoint_path(path)
     protected = [source] + ([Path(tokenizer)] if isinstance(tokenizer, (str, os.PathLike)) else [])
     out = check_output_path(output_dir, force=force, protected=protected)  # before the (possibly long) load
-    tokenizer = TokenizerSource(tokenizer)  # a missing path or an unsupported kind fails before the load
+    # A missing path, an unsupported kind, an uncached Hub id while offline: refused before the load.
+    tokenizer = TokenizerSource(tokenizer, hub_timeout_s=hub_timeout_s)
     with _collection_paused():
         start = time.perf_counter()
         ckpt = load_checkpoint(source)

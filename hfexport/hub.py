@@ -3,8 +3,10 @@
 Each version directory (``step_000500/``) becomes one commit on a branch of a model repository, tagged with
 the directory name, so that ``from_pretrained(repo_id, revision="step_000500")`` loads exactly that version.
 Files that did not change since the previous version (a tokenizer, a model card) are not sent again: the Hub
-reports their remote ids and the client skips them. The revision mirrors the directory: files of an earlier
-version that the new one lacks are deleted in the same commit (``.gitattributes`` excepted).
+reports their remote ids and the client skips them. Files an earlier hfexport push put on the branch that the new
+version lacks are deleted in the same commit; nothing else is (the user's files stay, a ``README.md`` hfexport did
+not write is kept: :mod:`hfexport.hubowned`). The branch never goes back: a version older than the one the branch
+serves (the push journal says which) is committed beside it and reachable by its tag only.
 
 Only the version's own files are published (:func:`~hfexport.pushfiles.publishable_files`), and each commit is
 verified on the Hub before it is tagged: its files are listed at the commit and their sizes and hashes compared
@@ -25,11 +27,13 @@ import logging
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import HFExportError, HubError, HubSetupError, OptionError
+from .hubowned import plan_remote
 from .hubretry import MAX_RETRY_AFTER_S, bounded_requests, describe, http_status, is_transient, with_retries
 from .journal import PushJournal
 from .pushfiles import publishable_files, verify_remote
@@ -45,6 +49,7 @@ __all__ = [
     "PushFailure",
     "PushResult",
     "bounded_requests",
+    "check_ref_name",
     "push_version",
     "resolve_push_dir",
 ]
@@ -54,6 +59,8 @@ T = TypeVar("T")
 
 # Hub repository names: letters, digits, "-", "_", "."; no "--" or ".."; at most 96 characters.
 _REPO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+# Characters and sequences git refuses in a branch or tag name (git check-ref-format), plus whitespace.
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|^[./-]|[./]$|\.lock$|^@$")
 # While pushes fall behind, say so at most this often (seconds).
 BEHIND_LOG_INTERVAL_S = 60.0
 
@@ -111,8 +118,9 @@ class HubOptions:
             )
         if self.token is not None and (not isinstance(self.token, str) or not self.token.strip()):
             raise OptionError("Invalid token: must be a non-empty string, or None to use HF_TOKEN / `hf auth login`.")
-        if not isinstance(self.revision, str) or not self.revision.strip() or self.revision.startswith("refs/"):
+        if not isinstance(self.revision, str) or self.revision.startswith("refs/"):
             raise OptionError(f"Invalid value for revision={self.revision!r}. Must be a branch name, e.g. 'main'.")
+        check_ref_name(self.revision, "revision")
         if self.on_push_error not in ("warn", "raise"):
             raise OptionError(f"Invalid value for on_push_error={self.on_push_error!r}. Must be 'warn' or 'raise'.")
         if not isinstance(self.max_retries, int) or self.max_retries < 0:
@@ -155,6 +163,24 @@ class PushFailure:
         """Whether it failed on errors that pass (the Hub or the network down): worth pushing again later."""
         cause = self.error.__cause__
         return cause is not None and is_transient(cause)
+
+
+def check_ref_name(name: str, what: str) -> None:
+    """Refuse a branch or tag name git (and so the Hub) would refuse, or that is empty.
+
+    Args:
+        name: The name.
+        what: ``"revision"`` or ``"tag"``, for the message.
+
+    Raises:
+        OptionError: the name is empty or not a valid git ref name.
+    """
+    if not isinstance(name, str) or not name or len(name) > 200 or _BAD_REF.search(name):
+        raise OptionError(
+            f"Invalid {what} name {name!r}: must be a non-empty git ref name of at most 200 characters, without "
+            "spaces, control characters, '..', '~', '^', ':', '?', '*', '[', '\\' or '@{', not starting with "
+            "'-', '.' or '/' and not ending with '/', '.' or '.lock', e.g. 'main' or 'step_000500'."
+        )
 
 
 # ------------------------------------------------------------------------------------------ one push
@@ -226,10 +252,20 @@ def push_version(
     commit_message: str | None = None,
     api: HfApi | None = None,
     progress: bool = False,
+    skip_if_pushed: bool = False,
 ) -> PushResult:
-    """Push one version directory as one commit on ``options.revision``, verify it, then tag it (as the module
-    docstring describes). Synchronous. The result is recorded in the export root's push journal when the directory
-    is a ``step_XXXXXX`` version. The repository (and the branch) must exist: call :meth:`HubPusher.setup` first.
+    """Push one version directory as one commit, verify it, then tag it (as the module docstring describes).
+    Synchronous. The result is recorded in the export root's push journal when the directory is a ``step_XXXXXX``
+    version. The repository (and the branch) must exist: call :meth:`HubPusher.setup` first.
+
+    The commit goes on ``options.revision``, unless the journal says the branch already serves a newer version of
+    this export root: then the version is committed beside the branch (on a temporary branch, deleted afterwards)
+    and reachable by its tag only, so that the branch never goes back to an older version; without a tag it is not
+    pushed (logged, journaled as ``skipped``). Files of the branch that hfexport did not push are never deleted,
+    and a ``README.md`` it did not write is kept (:mod:`hfexport.hubowned`).
+
+    While it runs, the export root's push lock is held (:meth:`~hfexport.journal.PushJournal.push_lock`), so that
+    two processes never push the same root at once.
 
     Args:
         version_dir: The version directory to push (complete, in its final place).
@@ -239,13 +275,16 @@ def push_version(
         commit_message: The commit title; default ``"Export step {step}"`` or ``"Export {directory name}"``.
         api: An ``HfApi`` to use (default: one built from ``options.token``).
         progress: Log each file and its size before uploading.
+        skip_if_pushed: Do nothing when the journal says the version was pushed already (by another process).
 
     Returns:
-        What was pushed: the verified commit id, the tag, the number of attempts and the time taken.
+        What was pushed: the verified commit id, the tag, the number of attempts and the time taken
+        (``commit_oid`` ``None`` when nothing was pushed: an untagged older version, or pushed already).
 
     Raises:
         HubError: The push failed for good (a permanent error, retries exhausted, a file that may not be
             published); the cause is chained.
+        OptionError: ``tag`` is not a valid tag name.
 
     Example:
         ```python
@@ -254,11 +293,59 @@ def push_version(
         ```
     """
     version_dir = Path(version_dir)
+    if tag is not None:
+        check_ref_name(tag, "tag")
     if not version_dir.is_dir():
         raise HubError(f"Cannot push {version_dir}: it is not a directory (was it rotated away?).")
     step = step_of(version_dir.name) if step is None else step
     if tag is None and options.tag_versions:
         tag = version_dir.name
+    journal = PushJournal(version_dir.parent) if step_of(version_dir.name) is not None else None
+    what = f"Pushing {version_dir.name} to {options.repo_id}@{options.revision}"
+    if journal is None:
+        return _push(version_dir, options, step, tag, commit_message, api, progress, None, what)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(journal.push_lock(_lock_wait_s(options), what))
+        except OSError as exc:  # a read-only export root: pushing it is still allowed, unserialized
+            logger.warning("%s without the export root's push lock (%s): it cannot be created.", what, exc)
+        if skip_if_pushed:
+            entry = journal.versions(options.repo_id, options.revision).get(version_dir.name)
+            if entry is not None and entry["state"] == "pushed":
+                logger.info("%s was pushed already (by another push from this export root).", version_dir.name)
+                return PushResult(version_dir, step, entry.get("commit"), entry.get("tag"), 0, 0.0)
+        branch = journal.branch(options.repo_id, options.revision)
+        newer = branch if branch is not None and step_of(version_dir.name) < branch["step"] else None  # type: ignore[operator]
+        if newer is not None and not tag:
+            logger.warning(
+                "Not pushing %s to %s@%s: the branch serves %s, a newer version, and the version has no tag to be "
+                "reachable by (pass --tag, or hub_tag_versions=True).",
+                version_dir.name,
+                options.repo_id,
+                options.revision,
+                newer["name"],
+            )
+            _journal(version_dir, options, step, "skipped")
+            return PushResult(version_dir, step, None, None, 0, 0.0)
+        return _push(version_dir, options, step, tag, commit_message, api, progress, newer, what)
+
+
+def _lock_wait_s(options: HubOptions) -> float:
+    """How long a push waits for another push from the same export root: long enough for one whole push."""
+    return (options.max_retries + 1) * (8 * options.timeout_s + options.backoff_max_s)
+
+
+def _push(
+    version_dir: Path,
+    options: HubOptions,
+    step: int | None,
+    tag: str | None,
+    commit_message: str | None,
+    api: HfApi | None,
+    progress: bool,
+    newer: dict[str, Any] | None,
+    what: str,
+) -> PushResult:
     title = commit_message or (f"Export step {step}" if step is not None else f"Export {version_dir.name}")
     description = f"Pushed by hfexport from the version directory `{version_dir.name}`."
     api = api if api is not None else _make_api(options)
@@ -266,30 +353,48 @@ def push_version(
     if progress:
         for name in names:
             logger.info("  %s (%.1f MB)", name, (version_dir / name).stat().st_size / 1e6)
-    what = f"Pushing {version_dir.name} to {options.repo_id}@{options.revision}"
+    if newer is not None:
+        logger.info(
+            "%s: the branch serves %s, a newer version; committing beside it, reachable by the tag %s only.",
+            what,
+            newer["name"],
+            tag,
+        )
+    _quiet_empty_commit_warning()
 
     def attempt() -> str:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         # A cheap request the client does not retry by itself: when the Hub is down, this attempt fails in
         # milliseconds and our own backoff decides what next. It also lists the files now on the revision.
-        remote = api.repo_info(options.repo_id, revision=options.revision).siblings or []
-        # The revision mirrors the directory: files of the previous version that this one lacks are deleted.
-        stale = sorted({s.rfilename for s in remote} - set(names) - {".gitattributes"})
-        operations: list[Any] = [CommitOperationAdd(name, str(version_dir / name)) for name in names]
-        operations += [CommitOperationDelete(name) for name in stale]
-        info = api.create_commit(
-            options.repo_id,
-            operations,
-            commit_message=title,
-            commit_description=description,
-            revision=options.revision,
-        )
-        listed = api.list_repo_tree(options.repo_id, revision=info.oid, recursive=True)
-        verify_remote(listed, version_dir, names, f"{what} (commit {str(info.oid)[:10]})")
-        if tag:
-            _set_tag(api, options, tag, info.oid, title)
-        return info.oid
+        info = api.repo_info(options.repo_id, revision=options.revision, files_metadata=True)
+        remote = {s.rfilename: s.size for s in info.siblings or []}
+        plan = plan_remote(api, options.repo_id, str(info.sha), remote, names, what)
+        operations: list[Any] = [CommitOperationAdd(name, str(version_dir / name)) for name in plan.upload]
+        operations += [CommitOperationDelete(name) for name in plan.delete]
+        revision = options.revision
+        if newer is not None:  # beside the branch: a temporary branch from its head, deleted once tagged
+            revision = f"hfexport-tmp-{version_dir.name}-{uuid.uuid4().hex[:8]}"
+            api.create_branch(options.repo_id, branch=revision, revision=str(info.sha))
+        try:
+            commit = api.create_commit(
+                options.repo_id,
+                operations,
+                commit_message=title,
+                commit_description=description,
+                revision=revision,
+            )
+            if commit.oid == info.sha:
+                logger.info("%s: its files are on the Hub already; no new commit.", what)
+            listed = api.list_repo_tree(options.repo_id, revision=commit.oid, recursive=True)
+            verify_remote(listed, version_dir, plan.upload, f"{what} (commit {str(commit.oid)[:10]})")
+            if tag:
+                _set_tag(api, options, tag, commit.oid, title)
+        finally:
+            if revision != options.revision:
+                with contextlib.suppress(Exception):
+                    api.delete_branch(options.repo_id, branch=revision)
+        return commit.oid
 
     started = time.monotonic()
     try:
@@ -298,12 +403,12 @@ def push_version(
         _journal(version_dir, options, step, "failed", error=str(error))
         raise
     seconds = time.monotonic() - started
-    _journal(version_dir, options, step, "pushed", commit=oid, tag=tag)
+    _journal(version_dir, options, step, "pushed", commit=oid, tag=tag, on_branch=newer is None)
     logger.info(
         "Pushed %s to %s@%s: commit %s%s, verified (%.1f s, %d attempt(s)).",
         version_dir.name,
         options.repo_id,
-        options.revision,
+        options.revision if newer is None else f"{options.revision} (tag only: the branch serves {newer['name']})",
         oid[:10] if oid else None,
         f", tag {tag}" if tag else "",
         seconds,
@@ -312,15 +417,33 @@ def push_version(
     return PushResult(version_dir, step, oid, tag, attempts, seconds)
 
 
+class _DropEmptyCommitWarning(logging.Filter):
+    """huggingface_hub warns "No files have been modified since last commit..." on its own logger, which both
+    prints it (its own handler) and passes it on: hfexport says it once, in its own words, instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No files have been modified since last commit")
+
+
+_EMPTY_COMMIT_FILTER = _DropEmptyCommitWarning()
+
+
+def _quiet_empty_commit_warning() -> None:
+    hf_logger = logging.getLogger("huggingface_hub.hf_api")
+    if _EMPTY_COMMIT_FILTER not in hf_logger.filters:
+        hf_logger.addFilter(_EMPTY_COMMIT_FILTER)
+
+
 def _journal(version_dir: Path, options: HubOptions, step: int | None, state: str, **extra: Any) -> None:
-    """Record a version's push state in its export root's journal (``step_XXXXXX`` directories only)."""
+    """Record a version's push state in its export root's journal (``step_XXXXXX`` directories only); a failure to
+    record is logged, never raised (the push itself is what matters)."""
     if step is None or step_of(version_dir.name) is None:
         return
     try:
         PushJournal(version_dir.parent).record(
             options.repo_id, options.revision, version_dir.name, step, state, **extra
         )
-    except OSError as exc:
+    except Exception as exc:
         logger.warning("Could not record the push state of %s in the push journal: %s", version_dir.name, exc)
 
 
@@ -451,7 +574,7 @@ class HubPusher:
         logger.info("Hub repository %s@%s ready (user %s).", opts.repo_id, opts.revision, user)
 
     # ------------------------------------------------------------------------------------ queueing
-    def submit(self, version_dir: Path, *, step: int, final: bool = False) -> None:
+    def submit(self, version_dir: Path, *, step: int, final: bool = False, mark_pending: bool = True) -> None:
         """Queue a push of a complete version directory, mark it pending in the journal, and return at once.
 
         Args:
@@ -459,6 +582,8 @@ class HubPusher:
                 see :meth:`is_pending`).
             step: Its training step (pushes happen in step order).
             final: The last version of the run: never coalesced away.
+            mark_pending: Mark it pending in the journal (not when it is queued from the journal: another process
+                may have pushed it since it was read, and the push re-checks the journal under the push lock).
 
         Raises:
             HubError: The pusher is closed.
@@ -467,7 +592,8 @@ class HubPusher:
         with self._cond:
             if self._closed:
                 raise HubError(f"Cannot submit {job.version_dir.name}: the Hub pusher is closed.")
-        _journal(job.version_dir, self.options, step, "pending")
+        if mark_pending:
+            _journal(job.version_dir, self.options, step, "pending")
         with self._cond:
             self._queue = [j for j in self._queue if j.version_dir != job.version_dir]
             self._queue.append(job)
@@ -505,9 +631,10 @@ class HubPusher:
         """
         journal = PushJournal(root)
         queued = []
+        base = Path(root).resolve()
         for step, name in journal.unpushed(self.options.repo_id, self.options.revision):
-            path = Path(root) / name
-            if path.is_dir() and not path.is_symlink():
+            path = Path(root) / name  # the journal holds step_XXXXXX names only (checked when it is read)
+            if step_of(name) is not None and path.is_dir() and not path.is_symlink() and path.resolve().parent == base:
                 queued.append((step, path))
             else:
                 logger.info("%s was pending a Hub push but is gone from %s; forgetting it", name, root)
@@ -522,7 +649,7 @@ class HubPusher:
                 ", ".join(p.name for _, p in queued),
             )
         for step, path in queued:
-            self.submit(path, step=step)
+            self.submit(path, step=step, mark_pending=False)
         return queued
 
     def resubmit(self, version_dir: Path, *, step: int) -> bool:
@@ -607,6 +734,8 @@ class HubPusher:
 
     # -------------------------------------------------------------------------------------- worker
     def _work(self) -> None:
+        """The worker: pushes the queued versions one at a time. Whatever one push raises, the worker records it
+        as that version's failure and goes on; it never leaves a version marked in flight."""
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -616,37 +745,51 @@ class HubPusher:
                 job = self._in_flight = self._queue.pop(0)
             result: PushResult | None = None
             failure: PushFailure | None = None
-            # While the Hub is down, one attempt per version (not the whole retry policy each), so that a backlog
-            # costs one timeout per version, not (max_retries + 1) of them; the first success restores the policy.
-            options = replace(self.options, max_retries=0) if self._hub_down else self.options
             try:
-                self.setup()
-                result = push_version(job.version_dir, options, step=job.step, api=self.api)
-                self._hub_down = False
-            except Exception as exc:
-                error = exc
-                if not isinstance(exc, HubError):
-                    error = HubError(f"Pushing {job.version_dir.name} failed: {describe(exc)}")
-                    error.__cause__ = exc
+                result, failure = self._push_one(job)
+            except BaseException as exc:  # a bug: never a silent death with a version left in flight
+                error = HubError(f"Pushing {job.version_dir.name} failed: {describe(exc)}")
+                error.__cause__ = exc
                 failure = PushFailure(job.version_dir, job.step, error)
-                self._hub_down = failure.transient
-                _journal(job.version_dir, self.options, job.step, "failed", error=str(error))
-                logger.warning(
-                    "Hub push of %s failed%s: %s",
-                    job.version_dir.name,
-                    "" if self.options.on_push_error == "raise" else " (training goes on; the version stays on disk)",
-                    error,
-                )
-            with self._cond:
-                self._failures = [f for f in self._failures if f.version_dir != job.version_dir]
-                if result is not None:
-                    self._results.append(result)
-                if failure is not None:
-                    self._failures.append(failure)
-                    self._failures.sort(key=lambda f: f.step)
-                self._checked = min(self._checked, len(self._failures))
-                self._in_flight = None
-                self._cond.notify_all()
+                logger.error("Hub push of %s failed unexpectedly: %s", job.version_dir.name, describe(exc))
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                with self._cond:
+                    self._failures = [f for f in self._failures if f.version_dir != job.version_dir]
+                    if result is not None and result.commit_oid is not None:
+                        self._results.append(result)
+                    if failure is not None:
+                        self._failures.append(failure)
+                        self._failures.sort(key=lambda f: f.step)
+                    self._checked = min(self._checked, len(self._failures))
+                    self._in_flight = None
+                    self._cond.notify_all()
+
+    def _push_one(self, job: _PushJob) -> tuple[PushResult | None, PushFailure | None]:
+        # While the Hub is down, one attempt per version (not the whole retry policy each), so that a backlog
+        # costs one timeout per version, not (max_retries + 1) of them; the first success restores the policy.
+        options = replace(self.options, max_retries=0) if self._hub_down else self.options
+        try:
+            self.setup()
+            result = push_version(job.version_dir, options, step=job.step, api=self.api, skip_if_pushed=True)
+            self._hub_down = False
+            return result, None
+        except Exception as exc:
+            error = exc
+            if not isinstance(exc, HubError):
+                error = HubError(f"Pushing {job.version_dir.name} failed: {describe(exc)}")
+                error.__cause__ = exc
+            failure = PushFailure(job.version_dir, job.step, error)
+            self._hub_down = failure.transient
+            _journal(job.version_dir, self.options, job.step, "failed", error=str(error))
+            logger.warning(
+                "Hub push of %s failed%s: %s",
+                job.version_dir.name,
+                "" if self.options.on_push_error == "raise" else " (training goes on; the version stays on disk)",
+                error,
+            )
+            return None, failure
 
     # ------------------------------------------------------------------------------ surfacing, end
     def check(self) -> None:
@@ -669,13 +812,23 @@ class HubPusher:
             if count == 0:
                 return
             logger.info("Waiting for %d pending Hub push(es) to %s...", count, self.options.repo_id)
-            if not self._cond.wait_for(lambda: not self._active(), timeout):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._active() and self._worker_alive():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(1.0 if remaining is None else min(1.0, remaining))
+            if self._active():
                 logger.warning(
-                    "Still %d Hub push(es) pending after %.1f s: %s",
+                    "Still %d Hub push(es) pending %s: %s",
                     len(self._active()),
-                    timeout,
+                    f"after {timeout:.1f} s" if self._worker_alive() else "and the push thread has stopped",
                     ", ".join(j.version_dir.name for j in self._active()),
                 )
+
+    def _worker_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def close(self) -> None:
         """Wait for the pending pushes, stop the worker and log a summary. Idempotent.

@@ -199,7 +199,7 @@ class ExportOptions:
             dtype=resolve_dtype(dtype),
             keep_last_n=keep_last_n,
             config=config,
-            tokenizer=TokenizerSource(tokenizer),
+            tokenizer=TokenizerSource(tokenizer, hub_timeout_s=hub_timeout_s),
             activation=activation,
             vocab_size=vocab_size,
             untie_embeddings=untie_embeddings,

@@ -23,7 +23,7 @@ from .errors import HubError, PushVerificationError
 from .fsutil import hash_file, sha256_file
 from .names import MANIFEST_NAME
 
-__all__ = ["STANDARD_FILES", "git_blob_id", "publishable_files", "verify_remote"]
+__all__ = ["STANDARD_FILES", "git_blob_id", "manifest_files", "publishable_files", "verify_remote"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,19 @@ STANDARD_FILES = (
 )
 
 
+def manifest_files(data: Any) -> dict[str, dict[str, Any]] | None:
+    """The ``files`` of a parsed ``hfexport.json`` (``name → {"size": int, "crc32": str}``), or ``None`` when it does
+    not have that shape (the schema a manifest is parsed against, on disk and on the Hub)."""
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        return None
+    for name, entry in data["files"].items():
+        if not isinstance(name, str) or not isinstance(entry, dict) or type(entry.get("size")) is not int:
+            return None
+        if "crc32" in entry and not isinstance(entry["crc32"], str):
+            return None
+    return data["files"]
+
+
 def publishable_files(version_dir: Path) -> list[str]:
     """The files of ``version_dir`` a push publishes, as relative POSIX paths, sorted.
 
@@ -64,12 +77,17 @@ def publishable_files(version_dir: Path) -> list[str]:
     present = sorted(p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file())
     if manifest_path.is_file():
         try:
-            listed = json.loads(manifest_path.read_text(encoding="utf-8")).get("files") or {}
+            listed = manifest_files(json.loads(manifest_path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             raise HubError(
                 f"Cannot push {version_dir.name}: its {MANIFEST_NAME} cannot be read ({exc}); run "
                 f"`hfexport verify {version_dir}`."
             ) from exc
+        if listed is None:
+            raise HubError(
+                f"Cannot push {version_dir.name}: its {MANIFEST_NAME} is not an hfexport manifest (an object whose "
+                f"'files' maps each file to its size and crc32); run `hfexport verify {version_dir}`."
+            )
         names = sorted({*listed, MANIFEST_NAME})
         for name in names:
             _check_relative(version_dir, name)

@@ -193,6 +193,7 @@ def resolve_tokenizer(
     model_max_length: int | None = None,
     dataset: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    hub_timeout_s: float = 60.0,
 ) -> ExportTokenizer | None:
     """Turn a tokenizer spec into the files an export carries.
 
@@ -204,6 +205,7 @@ def resolve_tokenizer(
         model_max_length: The model's context, written as ``model_max_length``.
         dataset: nanoGPT's ``config['dataset']`` of the checkpoint, to find ``data/<dataset>/meta.pkl``.
         checkpoint: The checkpoint file, to look for ``data/`` next to its directory.
+        hub_timeout_s: The timeout of each request when a Hub repo id is downloaded (not cached).
 
     Returns:
         The tokenizer, or ``None`` when there is none (asked for, or none could be determined: logged).
@@ -216,18 +218,23 @@ def resolve_tokenizer(
     if isinstance(spec, TokenizerSource):
         return spec.resolve(
             vocab_size=vocab_size, model_max_length=model_max_length, dataset=dataset, checkpoint=checkpoint
-        )
+        )  # with the source's own hub_timeout_s
     if isinstance(spec, ExportTokenizer):
         _check_size(spec.size, vocab_size, spec.source, exact=False)
         return spec
-    parts = _parts_for(spec, vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint)
+    parts = _parts_for(spec, vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint, hub_timeout_s=hub_timeout_s)
     if parts is None:
         return None
     return _finish(parts, vocab_size=vocab_size, model_max_length=model_max_length)
 
 
 def _parts_for(
-    spec: Any, *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
+    spec: Any,
+    *,
+    vocab_size: int | None,
+    dataset: str | None,
+    checkpoint: str | os.PathLike[str] | None,
+    hub_timeout_s: float = 60.0,
 ) -> TokenizerParts | None:
     kind = _spec_kind(spec)
     if kind == "none":
@@ -239,7 +246,7 @@ def _parts_for(
     if kind == "path":
         return path_parts(Path(spec).expanduser())
     if kind == "hub":
-        return hub_parts(os.fspath(spec))
+        return hub_parts(os.fspath(spec), hub_timeout_s)
     return tiktoken_parts(spec) if kind == "tiktoken" else transformers_parts(spec)
 
 
@@ -766,25 +773,54 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 # ------------------------------------------------------------------------------------------------ the Hub
-def hub_parts(repo_id: str) -> TokenizerParts:
-    """A Hub repository's tokenizer from the local cache; from the Hub only when online (bounded timeouts).
+def check_hub_id_usable(repo_id: str) -> None:
+    """Refuse, before any export, a Hub-id tokenizer that can never be read: ``HF_HUB_OFFLINE=1`` and not cached.
 
     Raises:
-        TokenizerError: not cached and the Hub cannot be reached (or ``HF_HUB_OFFLINE=1``).
+        TokenizerError: offline and not in the Hugging Face cache.
+    """
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if HF_HUB_OFFLINE and _cached_hub_snapshot(repo_id) is None:
+        raise _offline_error(repo_id)
+
+
+def _cached_hub_snapshot(repo_id: str) -> str | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True)
+    except Exception:
+        return None
+
+
+def _offline_error(repo_id: str) -> TokenizerError:
+    return TokenizerError(
+        f"Tokenizer {repo_id!r} is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE "
+        f"is set: download it first (hf download {repo_id}) or pass a local tokenizer path."
+    )
+
+
+def hub_parts(repo_id: str, timeout_s: float = 60.0) -> TokenizerParts:
+    """A Hub repository's tokenizer from the local cache; from the Hub only when online, every request bounded by
+    ``timeout_s`` (connecting, and each read), as the pushes' (:func:`~hfexport.hubretry.bounded_requests`).
+
+    Raises:
+        TokenizerError: not cached and the Hub cannot be reached or does not answer in time (or
+            ``HF_HUB_OFFLINE=1``).
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_OFFLINE
 
-    try:
-        folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=True)
-    except Exception as cached_exc:
+    from .hubretry import bounded_requests
+
+    folder = _cached_hub_snapshot(repo_id)
+    if folder is None:
         if HF_HUB_OFFLINE:
-            raise TokenizerError(
-                f"Tokenizer {repo_id!r} is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE "
-                f"is set: download it first (hf download {repo_id}) or pass a local tokenizer path."
-            ) from cached_exc
+            raise _offline_error(repo_id)
         try:
-            folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=10)
+            with bounded_requests(timeout_s):
+                folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=timeout_s)
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise TokenizerError(
@@ -831,19 +867,23 @@ class TokenizerSource:
 
     Args:
         spec: See :func:`resolve_tokenizer`.
+        hub_timeout_s: The timeout of each request when a Hub repo id is downloaded (``hub_timeout_s``).
 
     Raises:
-        TokenizerError: an unsupported kind or a path that does not exist.
+        TokenizerError: an unsupported kind, a path that does not exist, or a Hub repo id that is not cached while
+            ``HF_HUB_OFFLINE=1``.
     """
 
-    def __init__(self, spec: Any = None) -> None:
+    def __init__(self, spec: Any = None, *, hub_timeout_s: float = 60.0) -> None:
         if isinstance(spec, TokenizerSource):
             spec = spec.spec
         self.spec = spec
+        self.hub_timeout_s = hub_timeout_s
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], ExportTokenizer | None] = {}
         self._reported = False
-        _spec_kind(spec)  # a missing path or an unsupported kind fails now, before training
+        if _spec_kind(spec) == "hub":  # a missing path or an unsupported kind fails now, before training
+            check_hub_id_usable(os.fspath(spec))
 
     @property
     def automatic(self) -> bool:
@@ -866,18 +906,19 @@ class TokenizerSource:
         """:func:`resolve_tokenizer` of the spec with the model's ``facts`` (memoized when the spec is not an
         object)."""
         if not self.memoized:
-            return resolve_tokenizer(self.spec, **facts)
+            return resolve_tokenizer(self.spec, hub_timeout_s=self.hub_timeout_s, **facts)
         key = tuple(sorted((k, str(v)) for k, v in facts.items()))
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = resolve_tokenizer(self.spec, **facts)
+                self._cache[key] = resolve_tokenizer(self.spec, hub_timeout_s=self.hub_timeout_s, **facts)
             return self._cache[key]
 
     def __getstate__(self) -> dict[str, Any]:  # picklable (e.g. in a spawned process): memo and lock stay here
-        return {"spec": self.spec}
+        return {"spec": self.spec, "hub_timeout_s": self.hub_timeout_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.spec = state["spec"]
+        self.hub_timeout_s = state.get("hub_timeout_s", 60.0)
         self._lock = threading.Lock()
         self._cache = {}
         self._reported = False

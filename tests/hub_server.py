@@ -244,6 +244,32 @@ class HubServer:
             self.repos[(repo_type, repo_id)] = repo
             return repo
 
+    def seed_files(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        *,
+        branch: str = "main",
+        private: bool = True,
+        title: str = "Upload",
+    ) -> Commit:
+        """Commit ``files`` on ``branch`` of ``repo_id`` (created if missing) as its owner would, e.g. through the
+        web interface: a repository that already holds the user's own files before hfexport pushes to it."""
+        with self.lock:
+            repo = self.repos.get(("model", repo_id)) or self.create_repo_state(repo_id, private=private)
+            head = repo.commits[repo.branches[branch]]
+            commit = self._new_commit(repo, head.id, title, "", repo_id.split("/")[0], {**head.files, **files})
+            commit.lfs = set(head.lfs) - set(files)
+            repo.branches[branch] = commit.id
+            return commit
+
+    def files_at(self, repo_id: str, rev: str = "main") -> dict[str, bytes]:
+        """The files of a revision (a branch, a tag or a commit), read straight from the server's state."""
+        with self.lock:
+            commit = self.repo(repo_id).resolve(rev)
+            assert commit is not None, f"{rev} does not exist in {repo_id}"
+            return dict(commit.files)
+
 
 class _Handler(BaseHTTPRequestHandler):
     hub: HubServer

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -25,15 +26,28 @@ TOKEN = "hf_test_token"
 CARD = "---\nlicense: mit\nlibrary_name: transformers\n---\n# gpt2-run\n\nExported by hfexport.\n"
 
 
-def make_version(root: Path, step: int, *, seed: int | None = None, card: str = CARD) -> Path:
-    """A small version directory as the writer would publish it."""
+def make_version(root: Path, step: int, *, seed: int | None = None, card: str = CARD, manifest: bool = True) -> Path:
+    """A small version directory as the writer would publish it (``manifest=False``: without its hfexport.json)."""
     path = root / f"step_{step:06d}"
     path.mkdir(parents=True)
     generator = torch.Generator().manual_seed(step if seed is None else seed)
     save_file({"wte.weight": torch.randn(16, 8, generator=generator)}, str(path / "model.safetensors"))
     (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 8}))
     (path / "README.md").write_text(card)
+    if manifest:
+        write_manifest(path)
     return path
+
+
+def write_manifest(path: Path, **facts) -> None:
+    """The ``hfexport.json`` the writer puts in a version: each file's size and CRC-32."""
+    files = {
+        p.name: {"size": p.stat().st_size, "crc32": f"{zlib.crc32(p.read_bytes()):08x}"}
+        for p in sorted(path.iterdir())
+        if p.is_file() and p.name != "hfexport.json"
+    }
+    step = {"step": int(path.name[5:])} if path.name.startswith("step_") else {}
+    (path / "hfexport.json").write_text(json.dumps({**step, **facts, "files": files}, indent=2))
 
 
 def fast_options(**kwargs) -> HubOptions:
@@ -101,8 +115,8 @@ def test_unchanged_files_are_not_sent_again(hub_server, tmp_path):
     push_version(make_version(tmp_path, 1000), options, step=1000)
 
     first, second = hub_server.requests_to(r"/commit/main$", method="POST")
-    assert commit_paths(first) == ["README.md", "config.json", "model.safetensors"]
-    assert commit_paths(second) == ["model.safetensors"]  # config and card unchanged: skipped
+    assert commit_paths(first) == ["README.md", "config.json", "hfexport.json", "model.safetensors"]
+    assert commit_paths(second) == ["hfexport.json", "model.safetensors"]  # config and card unchanged: skipped
     titles = [c.title for c in HfApi().list_repo_commits(REPO)]
     assert titles[:2] == ["Export step 1000", "Export step 500"]
 
@@ -110,9 +124,9 @@ def test_unchanged_files_are_not_sent_again(hub_server, tmp_path):
 def test_large_files_go_through_lfs(hub_server, tmp_path):
     options = ready(hub_server)
     hub_server.lfs_min_size = 200  # the weights (~600 bytes) become LFS files, config and card stay regular
-    first = make_version(tmp_path, 500)
+    first = make_version(tmp_path, 500, manifest=False)
     push_version(first, options, step=500)
-    second = make_version(tmp_path, 1000, seed=500)  # same weights as step 500
+    second = make_version(tmp_path, 1000, seed=500, manifest=False)  # same weights as step 500
     push_version(second, options, step=1000)
 
     assert len(hub_server.requests_to(r"^/lfs-upload/", method="PUT")) == 1  # the same weights: sent once
@@ -126,6 +140,7 @@ def test_revision_mirrors_the_directory(hub_server, tmp_path):
     options = ready(hub_server)
     first = make_version(tmp_path, 500)
     (first / "generation_config.json").write_text("{}")  # only in the first version
+    write_manifest(first)
     push_version(first, options, step=500)
     push_version(make_version(tmp_path, 1000), options, step=1000)
 
@@ -492,7 +507,7 @@ def test_local_hub_answers_like_the_hub(hub_server, tmp_path):
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     options = ready(hub_server)
-    version = make_version(tmp_path, 500)
+    version = make_version(tmp_path, 500, manifest=False)
     result = push_version(version, options, step=500)
     cache = tmp_path / "cache"
 
@@ -637,7 +652,7 @@ def test_repeated_rate_limits_say_the_interval_is_too_fast(hub_server, tmp_path,
 # ------------------------------------------------------------------------------------ what may be published
 def test_only_the_versions_own_files_are_pushed(hub_server, tmp_path, caplog):
     options = ready(hub_server)
-    version = make_version(tmp_path, 500)
+    version = make_version(tmp_path, 500, manifest=False)
     (version / "notes-with-secrets.txt").write_text("password=hunter2")
     (version / "sub").mkdir()
     (version / "sub" / "id_rsa").write_text("PRIVATE KEY")

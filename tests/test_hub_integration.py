@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -535,3 +536,272 @@ def test_cli_push_that_fails_after_its_retries_exits_1_while_a_refused_token_exi
     with pytest.raises(SystemExit) as info:
         main(["push", str(tmp_path), "--repo_id", REPO, "--max_retries", "-1"])
     assert info.value.code == 2 and "--max_retries" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- the branch never goes back
+def _main_weights() -> bytes:
+    return Path(hf_hub_download(REPO, "model.safetensors", revision="main", force_download=True)).read_bytes()
+
+
+@pytest.mark.parametrize("later", ["cli_pending", "restarted_exporter"])
+def test_a_late_push_of_an_older_version_never_moves_the_branch_back(hub_server, tmp_path: Path, later) -> None:
+    from hfexport.cli import main
+
+    hub_server.inject(r"/commit/main$", status=403, times=1)  # step 1's push fails for good, step 2's succeeds
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, **FAST)
+    exporter.maybe_export(make_gpt(seed=1), 1)
+    exporter.wait()
+    exporter.maybe_export(make_gpt(seed=2), 2)
+    exporter.close()
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == [(1, "step_000001")]
+    step2 = (tmp_path / "step_000002" / "model.safetensors").read_bytes()
+    assert _main_weights() == step2
+
+    if later == "cli_pending":
+        assert main(["push", str(tmp_path), "--repo_id", REPO, "--pending"]) == 0
+    else:
+        HFExporter(
+            tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, **FAST
+        ).close()  # resumes, exports nothing
+
+    assert _main_weights() == step2  # main still serves the newest step
+    assert tags() == {"step_000001", "step_000002"}
+    assert_same_files(tmp_path / "step_000001", "step_000001")  # the older one: reachable by its tag
+    assert [b.name for b in HfApi().list_repo_refs(REPO).branches] == ["main"]  # no temporary branch left
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == []
+
+
+def test_an_older_untagged_version_is_not_pushed_and_says_why(hub_server, tmp_path: Path, caplog) -> None:
+    from hfexport.hub import HubOptions, HubPusher, push_version
+
+    export_hf(make_gpt(seed=1), 1, tmp_path)
+    export_hf(make_gpt(seed=2), 2, tmp_path)
+    options = HubOptions(REPO, tag_versions=False, max_retries=0)
+    HubPusher(options).setup()
+    push_version(tmp_path / "step_000002", options)
+    result = push_version(tmp_path / "step_000001", options)
+
+    assert result.commit_oid is None
+    assert "the branch serves step_000002" in caplog.text
+    assert _main_weights() == (tmp_path / "step_000002" / "model.safetensors").read_bytes()
+    assert PushJournal(tmp_path).versions(REPO, "main")["step_000001"]["state"] == "skipped"
+
+
+# ------------------------------------------------------------------------ a Hub-id tokenizer is bounded too
+def _finishes_within(seconds: float, fn) -> object:
+    """Run ``fn`` on a thread; fail (instead of hanging the suite) when it is not done within ``seconds``."""
+    import threading
+
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out.get("value")
+
+
+def test_convert_with_a_hub_id_tokenizer_from_a_hub_that_never_answers_is_bounded(hub_server, tmp_path, capsys) -> None:
+    from hfexport.cli import main
+
+    hub_server.inject(r"someone/tok", hang=True, times=None)  # accepts the connection, never answers
+    model = make_gpt(seed=3, vocab_size=65)
+    checkpoint = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": model.model_args(), "iter_num": 1}, checkpoint)
+    argv = ["convert", str(checkpoint), "--output_dir", str(tmp_path / "hf"), "--tokenizer", "someone/tok"]
+
+    rc = _finishes_within(20, lambda: main([*argv, "--hub_timeout_s", "1", "--no_progress"]))
+    assert rc == 2 and "someone/tok" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_an_exporter_with_a_hub_id_tokenizer_from_a_hub_that_never_answers_is_bounded(hub_server, tmp_path) -> None:
+    hub_server.inject(r"someone/tok", hang=True, times=None)  # accepts the connection, never answers
+    model = make_gpt(seed=3, vocab_size=65)
+    exporter = HFExporter(tmp_path / "exports", tokenizer="someone/tok", hub_timeout_s=1)
+    started = time.monotonic()
+    with pytest.raises(HFExportError, match="someone/tok"):
+        _finishes_within(20, lambda: (exporter.export(model, 1), exporter.close()))
+    assert time.monotonic() - started < 20
+
+
+def test_an_uncached_hub_id_tokenizer_while_offline_is_refused_when_the_exporter_is_built(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import huggingface_hub.constants
+
+    from hfexport.errors import TokenizerError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TokenizerError, match="HF_HUB_OFFLINE"):
+        HFExporter(tmp_path, tokenizer="someone/not-cached")
+    assert not list(tmp_path.glob("step_*"))
+
+
+# --------------------------------------------------------------- journal entries, malformed journals, threads
+def _write_journal(root: Path, data: object) -> Path:
+    path = root / ".hfexport" / "push-journal.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set_aside(root: Path) -> list[Path]:
+    return sorted((root / ".hfexport").glob("push-journal.json.bad-*"))
+
+
+def _hub_holds(hub, needle: bytes) -> bool:
+    """Whether any file of any commit of any repository of the test Hub holds ``needle``."""
+    with hub.lock:
+        return any(
+            needle in data for repo in hub.repos.values() for c in repo.commits.values() for data in c.files.values()
+        )
+
+
+@pytest.mark.parametrize("how", ["cli_pending", "restarted_exporter"])
+def test_a_journal_entry_naming_a_directory_outside_the_root_is_never_published(
+    hub_server, tmp_path: Path, how
+) -> None:
+    from hfexport.cli import main
+
+    root = tmp_path / "exports"
+    export_hf(make_gpt(), 1, root)
+    private = tmp_path / "private_stuff"
+    shutil.copytree(root / "step_000001", private)
+    (private / "README.md").write_text("password=hunter2\n")
+    entry = {"step": 1, "state": "pending", "time": "2026-01-01T00:00:00Z"}
+    journal = _write_journal(
+        root,
+        {
+            "format": 1,
+            "targets": {f"{REPO}@main": {"repo_id": REPO, "revision": "main", "versions": {"../private_stuff": entry}}},
+        },
+    )
+    before = journal.read_bytes()
+
+    if how == "cli_pending":
+        assert main(["push", str(root), "--repo_id", REPO, "--pending"]) == 0
+    else:
+        HFExporter(root, push_to_hub=True, repo_id=REPO, **FAST).close()
+
+    assert not _hub_holds(hub_server, b"hunter2")
+    assert not hub_server.requests_to(r"/commit/", method="POST")
+    (aside,) = _set_aside(root)  # set aside, never deleted
+    assert aside.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "bad", [{"targets": {f"{REPO}@main": "x"}}, [1, 2], {"targets": {f"{REPO}@main": {"versions": []}}}]
+)
+def test_a_malformed_journal_is_set_aside_and_list_push_and_exports_go_on(
+    hub_server, tmp_path: Path, capsys, bad
+) -> None:
+    from hfexport.cli import main
+
+    export_hf(make_gpt(), 1, tmp_path)
+    _write_journal(tmp_path, bad)
+    assert main(["list", str(tmp_path)]) == 0
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--pending"]) == 0
+    assert "unexpected" not in capsys.readouterr().err
+    assert len(_set_aside(tmp_path)) == 1
+
+    _write_journal(tmp_path, bad)  # again, under a training run that pushes
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, on_error="raise", **FAST)
+    exporter.maybe_export(make_gpt(), 2)
+    exporter.close()
+    assert "step_000002" in tags()
+    assert PushJournal(tmp_path).versions(REPO, "main")["step_000002"]["state"] == "pushed"
+    assert len(_set_aside(tmp_path)) == 2
+
+
+def test_a_journal_that_changes_shape_during_a_push_neither_kills_the_pusher_nor_blocks_close(
+    hub_server, tmp_path: Path
+) -> None:
+    hub_server.inject(r"/commit/", status=403, times=1, delay_s=1.0)  # step 1's push fails, slowly
+    exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, **FAST)
+    exporter.maybe_export(make_gpt(), 1)
+    deadline = time.monotonic() + 20
+    while not hub_server.requests_to(r"/commit/") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _write_journal(tmp_path, {"targets": {f"{REPO}@main": "x"}})  # replaced while the push is in flight
+
+    _finishes_within(30, exporter.close)
+
+    assert [f.version_dir.name for f in exporter.pusher.failures] == ["step_000001"]
+    assert PushJournal(tmp_path).versions(REPO, "main")["step_000001"]["state"] == "failed"
+    assert len(_set_aside(tmp_path)) == 1
+
+
+def test_a_malformed_version_manifest_fails_its_push_with_a_clear_message(hub_server, tmp_path: Path, capsys) -> None:
+    from hfexport.cli import main
+
+    export_hf(make_gpt(), 1, tmp_path)
+    (tmp_path / "step_000001" / "hfexport.json").write_text("[1, 2]")
+    PushJournal(tmp_path).record(REPO, "main", "step_000001", 1, "pending")
+
+    assert main(["push", str(tmp_path), "--repo_id", REPO, "--pending"]) == 2
+    err = capsys.readouterr().err
+    assert "not an hfexport manifest" in err and "hfexport verify" in err and "unexpected" not in err
+
+
+# ------------------------------------------------------------------- one push per root, pruning, names
+def test_a_training_run_and_push_pending_on_the_same_root_push_each_version_once(hub_server, tmp_path: Path) -> None:
+    import threading
+
+    from hfexport.cli import main
+
+    for step in (1, 2):
+        export_hf(make_gpt(seed=step), step, tmp_path)
+        PushJournal(tmp_path).record(REPO, "main", f"step_{step:06d}", step, "failed", error="the Hub was down")
+    hub_server.inject(r"/commit/", status=None, delay_s=1.0, times=None)  # slow commits: the two overlap
+    cli = threading.Thread(target=main, args=(["push", str(tmp_path), "--repo_id", REPO, "--pending"],))
+    cli.start()
+    HFExporter(tmp_path, push_to_hub=True, repo_id=REPO, **FAST).close()  # resumes the same two versions
+    cli.join(60)
+
+    titles = [r.ndjson()[0]["value"]["summary"] for r in hub_server.requests_to(r"/commit/", method="POST")]
+    assert sorted(titles) == ["Export step 1", "Export step 2"]
+    assert tags() == {"step_000001", "step_000002"}
+    assert PushJournal(tmp_path).unpushed(REPO, "main") == []
+
+
+def test_the_journal_forgets_rotated_versions(hub_server, tmp_path: Path) -> None:
+    exporter = HFExporter(tmp_path, every_n_steps=1, keep_last_n=1, push_to_hub=True, repo_id=REPO, **FAST)
+    for step in range(1, 7):
+        exporter.maybe_export(make_gpt(), step)
+        exporter.pusher.wait()
+    exporter.close()
+
+    kept = set(PushJournal(tmp_path).versions(REPO, "main"))
+    assert len(kept) <= 2 and "step_000006" in kept and "step_000001" not in kept
+    assert len(tags()) == 6  # every version was pushed
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--tag", ""), ("--tag", "bad tag"), ("--revision", "x..y")])
+def test_revision_and_tag_names_are_checked_before_anything_is_pushed(hub_server, tmp_path, capsys, flag, value):
+    from hfexport.cli import main
+
+    export_hf(make_gpt(), 1, tmp_path)
+    assert main(["push", str(tmp_path), "--repo_id", REPO, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag.strip("-") in err and "git ref name" in err
+    assert not hub_server.requests_to(r"/commit/")
+
+
+def test_cli_push_says_once_that_nothing_changed(hub_server, tmp_path: Path) -> None:
+    export_hf(make_gpt(), 1, tmp_path)
+    command = [sys.executable, "-m", "hfexport", "push", str(tmp_path), "--repo_id", REPO]
+    assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)  # the same version once more
+
+    assert again.returncode == 0, again.stderr
+    assert "No files have been modified" not in again.stdout + again.stderr
+    assert (again.stdout + again.stderr).count("no new commit") == 1

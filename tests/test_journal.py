@@ -12,6 +12,8 @@ from hfexport.journal import JOURNAL_DIR, JOURNAL_NAME, PushJournal
 
 
 def test_records_states_per_repository_and_branch(tmp_path: Path) -> None:
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"step_{step:06d}").mkdir()
     journal = PushJournal(tmp_path)
     journal.record("me/a", "main", "step_000002", 2, "pushed", commit="c" * 40, tag="step_000002")
     journal.record("me/a", "main", "step_000004", 4, "failed", error="HTTP 503")
@@ -75,3 +77,52 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
         t.join()
 
     assert len(PushJournal(tmp_path).unpushed("me/a", "main")) == 60
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"targets": {"me/a@main": "x"}},
+        [1, 2],
+        {"targets": {"me/a@main": {"repo_id": "me/a", "revision": "main", "versions": {"../private": {"step": 1}}}}},
+        {"targets": {"me/a@main": {"repo_id": "me/a", "revision": "main", "versions": {"step_000001": []}}}},
+        {"targets": {"me/a@dev": {"repo_id": "me/a", "revision": "main", "versions": {}}}},
+        {"targets": {}, "format": 2},
+    ],
+)
+def test_a_journal_not_matching_the_schema_is_set_aside_never_deleted(tmp_path: Path, caplog, bad) -> None:
+    journal = PushJournal(tmp_path)
+    journal.path.parent.mkdir()
+    journal.path.write_text(json.dumps(bad))
+    before = journal.path.read_bytes()
+
+    with caplog.at_level(logging.WARNING, logger="hfexport.journal"):
+        assert journal.unpushed("me/a", "main") == []
+        assert journal.states() == {}
+
+    (aside,) = journal.path.parent.glob(f"{JOURNAL_NAME}.bad-*")
+    assert aside.read_bytes() == before and not journal.path.exists()
+    assert "set aside" in caplog.text and caplog.text.count("set aside") == 1
+    (tmp_path / "step_000002").mkdir()
+    journal.record("me/a", "main", "step_000002", 2, "pending")  # a new journal is started
+    assert journal.unpushed("me/a", "main") == [(2, "step_000002")]
+
+
+def test_only_version_names_are_recorded(tmp_path: Path) -> None:
+    for name in ("../private_stuff", "latest", "step_5", "/abs/step_000001"):
+        with pytest.raises(ValueError, match="version name"):
+            PushJournal(tmp_path).record("me/a", "main", name, 1, "pending")
+
+
+def test_settled_entries_of_versions_whose_directory_is_gone_are_pruned(tmp_path: Path) -> None:
+    journal = PushJournal(tmp_path)
+    for step in (1, 2, 3):
+        (tmp_path / f"step_{step:06d}").mkdir()
+    journal.record("me/a", "main", "step_000001", 1, "pushed", commit="a" * 40)
+    journal.record("me/a", "main", "step_000002", 2, "failed", error="503")
+    (tmp_path / "step_000001").rmdir()  # rotated away
+    (tmp_path / "step_000002").rmdir()  # removed while unpushed: kept until a resume forgets it (logged)
+    journal.record("me/a", "main", "step_000003", 3, "pushed", commit="b" * 40, on_branch=True)
+
+    assert sorted(journal.versions("me/a", "main")) == ["step_000002", "step_000003"]
+    assert journal.branch("me/a", "main") == {"step": 3, "name": "step_000003", "commit": "b" * 40}
