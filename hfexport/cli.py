@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import Any, NoReturn
 
 from ._version import __version__
 from .architectures import ACTIVATIONS
+from .architectures.llama import LLAMA_RANGES, ROPE_RANGES
 from .chunkio import IO_MODES
 from .convert import DTYPES, convert_checkpoint
 from .errors import HFExportError, HubError
 from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
 from .hubretry import is_transient
 from .journal import PushJournal
+from .validation import MAX_TIMEOUT_S, Range
 from .verify import verify_directory
 from .versions import list_versions, read_latest
 from .writer import interrupt_outcome
@@ -78,14 +81,23 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return value
+def _number(rng: Range) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``rng`` (the range the value has where it is written or used)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        problem = rng.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"expected {problem}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_seconds = _number(Range(above=0.0, maximum=MAX_TIMEOUT_S))
 
 
 def _option(parser: Any, name: str, **kwargs: Any) -> None:
@@ -124,12 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
         "gelu_pytorch_tanh (build-nanogpt, nano-gpt package; picked automatically for those layouts)",
     )
     _option(c, "n_head", type=_positive_int, help="attention heads, when the checkpoint does not record them")
-    for flag, what in (
-        ("rope_theta", "RoPE base of a Llama-style model (10000 llama2.c/Llama 2, 500000 Llama 3)"),
-        ("norm_eps", "RMSNorm/LayerNorm epsilon"),
-        ("rope_scaling_factor", "Llama 3.1-style RoPE scaling factor (8 Llama 3.1, 32 Llama 3.2 1B/3B)"),
+    for flag, rng, what in (
+        (
+            "rope_theta",
+            LLAMA_RANGES["rope_theta"][0],
+            "RoPE base of a Llama-style model (10000 llama2.c/Llama 2, 500000 Llama 3)",
+        ),
+        ("norm_eps", LLAMA_RANGES["rms_norm_eps"][0], "RMSNorm/LayerNorm epsilon"),
+        (
+            "rope_scaling_factor",
+            ROPE_RANGES["factor"][0],
+            "Llama 3.1-style RoPE scaling factor (8 Llama 3.1, 32 Llama 3.2 1B/3B)",
+        ),
     ):
-        _option(c, flag, type=float, help=what + ", when the checkpoint does not record it")
+        _option(c, flag, type=_number(rng), help=what + ", when the checkpoint does not record it")
     _option(c, "base_model", help="Hub id it was fine-tuned from (model card)")
     _option(c, "untie_embeddings", action="store_true", help="also write an independent lm_head.weight")
     tok = c.add_mutually_exclusive_group()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from .architectures import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from .card import render_model_card
 from .chunkio import resolve_io
 from .errors import ConversionError
+from .jsonio import dumps as json_dumps
 from .llama_tokenizer import llama_tokenizer_source
 from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
@@ -111,6 +111,12 @@ def plan_conversion(
     # Every entry point (CLI, export_hf, the callback) goes through here: nothing that transformers would refuse
     # to load is ever written.
     check_plan(plan, arch.expected_shapes(plan.config))
+    problems = architectures.config_problems(plan.config)
+    if problems:
+        raise ConversionError(
+            f"The {plan.architecture} config.json would hold a value out of range: {'; '.join(problems)}. "
+            "Pass the right value (with the option named), or fix the config of the source."
+        )
     return plan
 
 
@@ -279,10 +285,11 @@ def write_export(
         "notes": plan.notes,
         "tokenizer": tok.source if tok is not None else None,
     }
-    manifest.update(dict(manifest_facts or {}))
+    # A fact such as loss=nan (a diverged run) is recorded as text: strict JSON has no NaN.
+    manifest.update({key: _json_number(value) for key, value in dict(manifest_facts or {}).items()})
     files = {
-        "config.json": json.dumps(config, indent=2) + "\n",
-        "generation_config.json": json.dumps(generation, indent=2) + "\n",
+        "config.json": json_dumps(config, name="config.json", indent=2) + "\n",
+        "generation_config.json": json_dumps(generation, name="generation_config.json", indent=2) + "\n",
         "README.md": render_model_card(card),
     }
     result = write_hf_directory(
@@ -301,6 +308,11 @@ def write_export(
     if tok is None and source.automatic:
         source.report_missing(config.get("vocab_size"))
     return result
+
+
+def _json_number(value: Any) -> Any:
+    """``value``, or its text (``"nan"``, ``"inf"``) when it is a float strict JSON cannot hold."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @contextlib.contextmanager

@@ -47,6 +47,7 @@ from .checksum import crc32
 from .dircheck import Expected, check_directory, unsafe_name
 from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
+from .jsonio import dumps as json_dumps
 from .names import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import OutputTensor, TensorRecord, write_safetensors
 from .tokenizer import resolve_tokenizer
@@ -467,7 +468,7 @@ def _write_all(
             small.update(_tokenizer_files(tokenizer, protected=set(small) | set(sizes) | {INDEX_FILE, MANIFEST_NAME}))
         if len(shards) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            small[INDEX_FILE] = (json.dumps(index, indent=2) + "\n").encode()
+            small[INDEX_FILE] = (json_dumps(index, name=INDEX_FILE, indent=2) + "\n").encode()
         for name, content in small.items():
             _write_file(tmp / name, content)
             sizes[name] = len(content)
@@ -475,7 +476,7 @@ def _write_all(
         if manifest is not None:
             body = dict(manifest)
             body["files"] = {name: {"size": sizes[name], "crc32": checksums[name]} for name in sorted(sizes)}
-            content = (json.dumps(body, indent=2, default=str) + "\n").encode()
+            content = (json_dumps(body, name=MANIFEST_NAME, indent=2, default=str) + "\n").encode()
             _write_file(tmp / MANIFEST_NAME, content)
             sizes[MANIFEST_NAME] = len(content)
             checksums[MANIFEST_NAME] = f"{crc32(content):08x}"
@@ -770,7 +771,7 @@ def make_temporary(parent: Path, name: str, tag: str = _TMP_TAG) -> Path:
     if tag not in (_TMP_TAG, _OLD_TAG):
         raise ValueError(f"Invalid temporary tag {tag!r}: expected {_TMP_TAG!r} or {_OLD_TAG!r}.")
     path = parent / temporary_name(name, tag, os.getpid(), uuid.uuid4().hex[:8])
-    content = json.dumps(
+    content = json_dumps(
         {
             "hfexport_temporary": 1,
             "target": name,
@@ -779,7 +780,8 @@ def make_temporary(parent: Path, name: str, tag: str = _TMP_TAG) -> Path:
             "pid": os.getpid(),
             "start_time": _start_time(os.getpid()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        },
+        name=MARKER_NAME,
     )
     path.mkdir()
     try:
