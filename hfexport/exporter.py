@@ -40,7 +40,7 @@ import torch
 
 from .background import BackgroundWriter
 from .convert import dtype_name, output_tensors, write_export
-from .errors import ConversionError, ExportWorkerError, HFExportError, OptionError
+from .errors import ConversionError, ExportWorkerError, HFExportError
 from .hub import HubPusher
 from .options import ExportOptions
 from .snapshot import (
@@ -53,6 +53,7 @@ from .snapshot import (
     take_snapshot,
 )
 from .sources import scalar_value
+from .validation import check_int
 from .versions import Version, VersionStore, list_versions, version_name
 from .writer import note_interrupt
 
@@ -158,9 +159,9 @@ class HFExporter:
         hub_push: ``"every"`` pushes every version, in step order, none skipped; ``"latest"`` pushes only the newest
             waiting version when pushes fall behind (the skipped ones are logged and journaled as ``skipped``; the final
             version is always pushed). Default: ``"every"``.
-        hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and each
-            read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried like a 5xx.
-            Default: ``60.0``.
+        hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
+            connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt,
+            retried like a 5xx. Default: ``60.0``.
 
     Raises:
         OptionError: an invalid option, with the value received and what is expected (a ``ValueError``).
@@ -247,8 +248,7 @@ class HFExporter:
         return exporter
 
     def _setup(self, output_dir: str | os.PathLike[str], every_n_steps: int | None, options: ExportOptions) -> None:
-        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
-            raise OptionError(f"Invalid value for every_n_steps={every_n_steps!r}. Must be >= 1 or None.")
+        every_n_steps = check_int("every_n_steps", every_n_steps, optional=True)
         self.root = Path(output_dir).expanduser()
         self.every_n_steps = every_n_steps
         self.options = options
@@ -613,9 +613,9 @@ def export_hf(
             ``Retry-After`` is honoured, up to 600 s). Default: ``1.0``.
         hub_push: ``"every"`` or ``"latest"``: which waiting versions are pushed when pushes fall behind (see
             ``HFExporter``); this call's version, the final one, is always pushed. Default: ``"every"``.
-        hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and each
-            read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried like a 5xx.
-            Default: ``60.0``.
+        hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
+            connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt,
+            retried like a 5xx. Default: ``60.0``.
 
     Returns:
         The version directory (on rank 0; the would-be path on other ranks); ``None`` when the write failed and

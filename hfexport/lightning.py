@@ -35,9 +35,10 @@ except ImportError:  # the standalone package
             "hfexport.lightning needs Lightning: pip install 'hfexport[lightning]' (or pip install lightning)"
         ) from exc
 
-from .errors import HFExportError, OptionError
+from .errors import HFExportError
 from .exporter import HFExporter
 from .options import ExportOptions
+from .validation import check_bool, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +112,9 @@ class HFExportCallback(Callback):
         hub_push: ``"every"`` pushes every version, in step order, none skipped; ``"latest"`` pushes only the newest
             waiting version when pushes fall behind (the skipped ones are logged and journaled as ``skipped``; the final
             version is always pushed). Default: ``"every"``.
-        hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and each
-            read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried like a 5xx.
-            Default: ``60.0``.
+        hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
+            connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt,
+            retried like a 5xx. Default: ``60.0``.
 
     Raises:
         OptionError: an invalid argument, with the value received and what is expected (a ``ValueError``).
@@ -163,9 +164,9 @@ class HFExportCallback(Callback):
         hub_timeout_s: float = 60.0,
     ) -> None:
         super().__init__()
-        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise OptionError(f"Invalid value for {name}={value!r}. Must be >= 1 or None.")
+        every_n_train_steps = check_int("every_n_train_steps", every_n_train_steps, optional=True)
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, optional=True)
+        export_on_train_end = check_bool("export_on_train_end", export_on_train_end)
         self.options = ExportOptions.create(
             dtype=dtype,
             keep_last_n=keep_last_n,

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -427,7 +428,9 @@ def test_sync_write_is_on_disk_when_the_call_returns(tmp_path: Path) -> None:
 
 
 def test_invalid_arguments_are_refused_with_the_value(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"every_n_steps=0\. Must be >= 1 or None"):
+    with pytest.raises(
+        ValueError, match=re.escape("Invalid value for every_n_steps=0: expected a positive int, or None.")
+    ):
         HFExporter(tmp_path, every_n_steps=0)
     with pytest.raises(TypeError, match="colour"):
         HFExporter(tmp_path, colour="blue")  # type: ignore[call-arg]

@@ -163,11 +163,19 @@ def test_dirpath_defaults_under_default_root_dir(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"every_n_train_steps": 0}, ValueError, "Invalid value for every_n_train_steps=0. Must be >= 1 or None."),
-        ({"every_n_epochs": -1}, ValueError, "Invalid value for every_n_epochs=-1. Must be >= 1 or None."),
-        ({"every_n_train_steps": True}, ValueError, "Invalid value for every_n_train_steps=True."),
+        (
+            {"every_n_train_steps": 0},
+            ValueError,
+            "Invalid value for every_n_train_steps=0: expected a positive int, or None.",
+        ),
+        ({"every_n_epochs": -1}, ValueError, "Invalid value for every_n_epochs=-1: expected a positive int, or None."),
+        (
+            {"every_n_train_steps": True},
+            ValueError,
+            "Invalid value for every_n_train_steps=True: expected a positive int, or None (not a bool).",
+        ),
         ({"dtype": "int8"}, ValueError, "Invalid dtype 'int8'. Expected one of"),
-        ({"keep_last_n": 0}, ValueError, "Invalid value for keep_last_n=0."),
+        ({"keep_last_n": 0}, ValueError, "Invalid value for keep_last_n=0: expected a positive int, or None."),
         ({"every_n_step": 5}, TypeError, "unexpected keyword argument 'every_n_step'"),
     ],
 )
