@@ -81,6 +81,13 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _one_line(text: str) -> str:
+    """An argparse type: printable text without line breaks (it becomes the model card's heading)."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"expected one line of printable text, got {text!r}")
+    return text
+
+
 def _number(rng: Range) -> Callable[[str], float]:
     """An argparse type: a finite number in ``rng`` (the range the value has where it is written or used)."""
 
@@ -126,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(
         c, "dtype", default="bfloat16", choices=list(DTYPES), help="dtype of the written weights (default: bfloat16)"
     )
-    _option(c, "model_name", help="model name for the model card")
+    _option(c, "model_name", type=_one_line, help="model name for the model card (one line of text)")
     _option(c, "vocab_size", type=_positive_int, help="keep the first N vocabulary rows (e.g. 50257 of 50304)")
     _option(
         c,
@@ -249,6 +256,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         allow_nonfinite=args.allow_nonfinite,
         progress=False if args.no_progress else None,
         io=args.io,
+        output_option="--output_dir",
     )
     if not args.quiet:
         print(f"wrote {out} ({args.dtype}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")

@@ -32,6 +32,7 @@ from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
 from .tokenizer import ExportTokenizer, TokenizerSource, as_source
+from .validation import check_text
 from .writer import WriteResult, check_output_path, parse_size, write_hf_directory
 
 logger = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ def write_export(
     workers: int | None = 1,
     io: str = "buffered",
     protected: Sequence[str | os.PathLike[str]] = (),
+    output_option: str = "output_dir",
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -253,6 +255,8 @@ def write_export(
         io: How the weights reach the disk (:func:`hfexport.chunkio.write_shard`): ``"buffered"`` (default,
             what the exporter uses), ``"auto"`` or ``"direct"``.
         protected: Paths the output directory must not hold (the checkpoint being read).
+        output_option: How the caller names ``output_dir`` in messages (``"--output_dir"`` from the CLI,
+            ``"dirpath"`` from the Lightning callback).
     """
     if tensors is None:
         tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
@@ -304,6 +308,7 @@ def write_export(
         progress=progress,
         workers=default_workers() if workers is None else workers,
         io=io,
+        option=output_option,
     )
     if tok is None and source.automatic:
         source.report_missing(config.get("vocab_size"))
@@ -389,6 +394,7 @@ def convert_checkpoint(
     allow_nonfinite: bool = False,
     progress: bool | None = None,
     io: str = "auto",
+    output_option: str = "output_dir",
 ) -> Path:
     """Convert a nanoGPT-family or Llama-style checkpoint file into a verified Hugging Face directory.
 
@@ -422,6 +428,7 @@ def convert_checkpoint(
         io: How the weights reach the disk: ``"auto"`` (default: direct I/O for shards of 64 MB or more, the page
             cache for smaller ones), ``"buffered"`` (the page cache only) or ``"direct"`` (direct I/O where the file
             system allows it). The environment variable ``HFEXPORT_DIRECT_IO`` (``0``, ``1``, ``auto``) overrides it.
+        output_option: How messages name ``output_dir`` (the CLI passes ``"--output_dir"``).
 
     Returns:
         The output directory.
@@ -437,11 +444,12 @@ def convert_checkpoint(
         PosixPath('hf_model')
     """
     torch_dtype = resolve_dtype(dtype)
+    check_text("model_name", model_name, optional=True, one_line=True)
     parse_size(max_shard_size)
     resolve_io(io)  # a bad value fails before the (possibly long) load
     source = resolve_checkpoint_path(path)
     protected = [source] + ([Path(tokenizer)] if isinstance(tokenizer, (str, os.PathLike)) else [])
-    out = check_output_path(output_dir, force=force, protected=protected)  # before the (possibly long) load
+    out = check_output_path(output_dir, force=force, protected=protected, option=output_option)  # before the load
     tokenizer = TokenizerSource(tokenizer)  # a missing path or an unsupported kind fails before the load
     with _collection_paused():
         start = time.perf_counter()
@@ -495,6 +503,7 @@ def convert_checkpoint(
             workers=None,
             io=io,
             protected=protected,
+            output_option=output_option,
         )
         if mapped:
             logger.debug(

@@ -39,10 +39,18 @@ from .errors import HFExportError
 from .exporter import HFExporter
 from .options import ExportOptions
 from .validation import check_bool, check_int
+from .writer import check_export_root
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["HFExportCallback"]
+
+
+def _writes() -> bool:
+    """Whether this process is (or will be) the global rank 0 that writes: before the Trainer starts, only the
+    launchers' environment tells (torchrun, Slurm, Lightning's own launcher set these for every process)."""
+    ranks = (os.environ.get(name) for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+    return all(rank in (None, "", "0") for rank in ranks)
 
 
 class HFExportCallback(Callback):
@@ -120,6 +128,8 @@ class HFExportCallback(Callback):
         OptionError: an invalid argument, with the value received and what is expected (a ``ValueError``).
         ConversionError: an unknown ``dtype`` (a ``ValueError``).
         TokenizerError: an unusable ``tokenizer``, e.g. a path that does not exist (a ``ValueError``).
+        OutputPathError: ``dirpath`` cannot be used (empty, ``~`` of no known user, a name over 255 bytes, under a
+            file, not writable): checked here (the file system on the rank that writes).
         HFExportError: from ``trainer.fit``, on every rank, when the exporter cannot start at set-up (e.g. the Hub
             repository cannot be used; the cause is chained).
 
@@ -193,7 +203,8 @@ class HFExportCallback(Callback):
             hub_push=hub_push,
             hub_timeout_s=hub_timeout_s,
         )
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        # Checked now, before training: on every rank the path itself, on the rank that writes also the file system.
+        self.dirpath = check_export_root(dirpath, option="dirpath", probe=_writes()) if dirpath is not None else None
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self.export_on_train_end = export_on_train_end
@@ -218,7 +229,7 @@ class HFExportCallback(Callback):
         exporter: HFExporter | None = None
         cause: HFExportError | None = None
         try:
-            exporter = HFExporter.from_options(self.dirpath, self.options)
+            exporter = HFExporter.from_options(self.dirpath, self.options, option="dirpath")
         except HFExportError as exc:
             cause = exc
         error = trainer.strategy.broadcast(f"{type(cause).__name__}: {cause}" if cause is not None else None, src=0)

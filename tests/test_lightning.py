@@ -241,3 +241,19 @@ def test_checkpoint_saved_after_fit_keeps_the_callback_state(tmp_path: Path, cap
     second.fit(LitGPT(batches=8), ckpt_path=tmp_path / "final.ckpt")
     assert export_counts(caplog) == {6: 1}
     assert step_dirs(out) == ["step_000004", "step_000006"]  # the resumed run rotates the first run's versions
+
+
+def test_the_dirpath_is_checked_when_the_callback_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfexport.errors import OutputPathError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputPathError, match=re.escape("The output directory (dirpath) is an empty string")):
+        HFExportCallback(dirpath="")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(OutputPathError, match=re.escape("is a file, not a directory. Choose another dirpath.")):
+        HFExportCallback(dirpath=tmp_path / "file" / "exports")
+    with pytest.raises(OutputPathError, match="dirpath='~nouser-hfexport/x' starts with"):
+        HFExportCallback(dirpath="~nouser-hfexport/x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert HFExportCallback(dirpath=tmp_path / "new" / "exports").dirpath == tmp_path / "new" / "exports"
+    assert not (tmp_path / "new").exists()  # checked, not created
