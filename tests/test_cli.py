@@ -541,3 +541,14 @@ def test_a_model_name_with_a_newline_is_refused_by_the_cli(
     assert "--model_name" in capsys.readouterr().err
     with pytest.raises(ValueError, match="model_name='mine\\\\n# injected': expected one line of printable text"):
         convert_checkpoint(ckpt, tmp_path / "hf", model_name="mine\n# injected")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "1e9"])
+def test_push_timeout_must_be_finite_and_bounded(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["push", str(tmp_path), "--repo_id", "me/run", "--timeout_s", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--timeout_s" in err and "expected a finite number > 0 and <= 86400" in err, err
