@@ -25,7 +25,7 @@ from .errors import HFExportError, HubError
 from .hub import HubOptions, HubPusher, push_version, resolve_push_dir
 from .hubretry import is_transient
 from .journal import PushJournal
-from .validation import MAX_TIMEOUT_S, Range
+from .validation import MAX_TIMEOUT_S, Range, int_problem
 from .verify import verify_directory
 from .versions import list_versions, read_latest
 from .writer import interrupt_outcome
@@ -63,15 +63,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum``."""
+    """An argparse type: a whole number >= ``minimum`` (:func:`~hfexport.validation.int_problem`)."""
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value: Any = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+            value = text
+        problem = int_problem(value, minimum=minimum)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"expected {problem.split(' (not ')[0]}, got {text!r}")
         return value
 
     return parse
