@@ -89,14 +89,21 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
             continue
         if isinstance(value, float):
             value = f"{value:.6g}"
-        rows.append(f"| {key} | {value} |")
+        rows.append(f"| {_one_line(str(key))} | {_one_line(str(value))} |")
     return f"---\n{_yaml(metadata)}---\n" + _TEMPLATE.format(
-        model_name=model_name,
+        model_name=_one_line(model_name),  # the metadata holds it exactly (a JSON string); the heading one line
         family=_FAMILIES.get(model_type, model_type),
         when=when,
         usage=usage,
         facts_table="\n".join(rows) or "| (none recorded) | |",
     )
+
+
+def _one_line(text: str) -> str:
+    """``text`` as one printable line: a newline or another control character (a name from a config, a path) is
+    written escaped (``\\n``), never raw, so that it cannot add lines to the heading or the table. The entry points
+    refuse such a ``model_name`` already; this keeps every other fact in its line too."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _yaml(metadata: Mapping[str, str | list[str]]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import Any, NoReturn
 
 from ._version import __version__
 from .architectures import ACTIVATIONS
+from .architectures.llama import LLAMA_RANGES, ROPE_RANGES
 from .chunkio import IO_MODES
 from .convert import DTYPES, convert_checkpoint
 from .errors import HFExportError, HubError
 from .hub import HubOptions, HubPusher, check_ref_name, push_version, resolve_push_dir
 from .hubretry import is_transient
 from .journal import PushJournal
+from .validation import MAX_TIMEOUT_S, Range, int_problem
 from .verify import verify_directory
 from .versions import list_versions, read_latest
 from .writer import interrupt_outcome
@@ -60,15 +63,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum``."""
+    """An argparse type: a whole number >= ``minimum`` (:func:`~hfexport.validation.int_problem`)."""
 
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value: Any = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+            value = text
+        problem = int_problem(value, minimum=minimum)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"expected {problem.split(' (not ')[0]}, got {text!r}")
         return value
 
     return parse
@@ -78,14 +82,30 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return value
+def _one_line(text: str) -> str:
+    """An argparse type: printable text without line breaks (it becomes the model card's heading)."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"expected one line of printable text, got {text!r}")
+    return text
+
+
+def _number(rng: Range) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``rng`` (the range the value has where it is written or used)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        problem = rng.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(f"expected {problem}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_seconds = _number(Range(above=0.0, maximum=MAX_TIMEOUT_S))
 
 
 def _option(parser: Any, name: str, **kwargs: Any) -> None:
@@ -114,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _option(
         c, "dtype", default="bfloat16", choices=list(DTYPES), help="dtype of the written weights (default: bfloat16)"
     )
-    _option(c, "model_name", help="model name for the model card")
+    _option(c, "model_name", type=_one_line, help="model name for the model card (one line of text)")
     _option(c, "vocab_size", type=_positive_int, help="keep the first N vocabulary rows (e.g. 50257 of 50304)")
     _option(
         c,
@@ -124,12 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
         "gelu_pytorch_tanh (build-nanogpt, nano-gpt package; picked automatically for those layouts)",
     )
     _option(c, "n_head", type=_positive_int, help="attention heads, when the checkpoint does not record them")
-    for flag, what in (
-        ("rope_theta", "RoPE base of a Llama-style model (10000 llama2.c/Llama 2, 500000 Llama 3)"),
-        ("norm_eps", "RMSNorm/LayerNorm epsilon"),
-        ("rope_scaling_factor", "Llama 3.1-style RoPE scaling factor (8 Llama 3.1, 32 Llama 3.2 1B/3B)"),
+    for flag, rng, what in (
+        (
+            "rope_theta",
+            LLAMA_RANGES["rope_theta"][0],
+            "RoPE base of a Llama-style model (10000 llama2.c/Llama 2, 500000 Llama 3)",
+        ),
+        ("norm_eps", LLAMA_RANGES["rms_norm_eps"][0], "RMSNorm/LayerNorm epsilon"),
+        (
+            "rope_scaling_factor",
+            ROPE_RANGES["factor"][0],
+            "Llama 3.1-style RoPE scaling factor (8 Llama 3.1, 32 Llama 3.2 1B/3B)",
+        ),
     ):
-        _option(c, flag, type=float, help=what + ", when the checkpoint does not record it")
+        _option(c, flag, type=_number(rng), help=what + ", when the checkpoint does not record it")
     _option(c, "base_model", help="Hub id it was fine-tuned from (model card)")
     _option(c, "untie_embeddings", action="store_true", help="also write an independent lm_head.weight")
     tok = c.add_mutually_exclusive_group()
@@ -237,6 +265,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         allow_nonfinite=args.allow_nonfinite,
         progress=False if args.no_progress else None,
         io=args.io,
+        output_option="--output_dir",
     )
     if not args.quiet:
         print(f"wrote {out} ({args.dtype}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import math
 import os
@@ -27,11 +26,13 @@ from .architectures import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from .card import render_model_card
 from .chunkio import resolve_io
 from .errors import ConversionError
+from .jsonio import dumps as json_dumps
 from .llama_tokenizer import llama_tokenizer_source
 from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
 from .tokenizer import ExportTokenizer, TokenizerSource, as_source
+from .validation import check_text
 from .writer import WriteResult, check_output_path, parse_size, write_hf_directory
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,12 @@ def plan_conversion(
     # Every entry point (CLI, export_hf, the callback) goes through here: nothing that transformers would refuse
     # to load is ever written.
     check_plan(plan, arch.expected_shapes(plan.config))
+    problems = architectures.config_problems(plan.config)
+    if problems:
+        raise ConversionError(
+            f"The {plan.architecture} config.json would hold a value out of range: {'; '.join(problems)}. "
+            "Pass the right value (with the option named), or fix the config of the source."
+        )
     return plan
 
 
@@ -224,6 +231,7 @@ def write_export(
     workers: int | None = 1,
     io: str = "buffered",
     protected: Sequence[str | os.PathLike[str]] = (),
+    output_option: str = "output_dir",
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -247,6 +255,8 @@ def write_export(
         io: How the weights reach the disk (:func:`hfexport.chunkio.write_shard`): ``"buffered"`` (default,
             what the exporter uses), ``"auto"`` or ``"direct"``.
         protected: Paths the output directory must not hold (the checkpoint being read).
+        output_option: How the caller names ``output_dir`` in messages (``"--output_dir"`` from the CLI,
+            ``"dirpath"`` from the Lightning callback).
     """
     if tensors is None:
         tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
@@ -279,10 +289,11 @@ def write_export(
         "notes": plan.notes,
         "tokenizer": tok.source if tok is not None else None,
     }
-    manifest.update(dict(manifest_facts or {}))
+    # A fact such as loss=nan (a diverged run) is recorded as text: strict JSON has no NaN.
+    manifest.update({key: _json_number(value) for key, value in dict(manifest_facts or {}).items()})
     files = {
-        "config.json": json.dumps(config, indent=2) + "\n",
-        "generation_config.json": json.dumps(generation, indent=2) + "\n",
+        "config.json": json_dumps(config, name="config.json", indent=2) + "\n",
+        "generation_config.json": json_dumps(generation, name="generation_config.json", indent=2) + "\n",
         "README.md": render_model_card(card),
     }
     result = write_hf_directory(
@@ -297,10 +308,16 @@ def write_export(
         progress=progress,
         workers=default_workers() if workers is None else workers,
         io=io,
+        option=output_option,
     )
     if tok is None and source.automatic:
         source.report_missing(config.get("vocab_size"))
     return result
+
+
+def _json_number(value: Any) -> Any:
+    """``value``, or its text (``"nan"``, ``"inf"``) when it is a float strict JSON cannot hold."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 @contextlib.contextmanager
@@ -378,6 +395,7 @@ def convert_checkpoint(
     progress: bool | None = None,
     io: str = "auto",
     hub_timeout_s: float = 60.0,
+    output_option: str = "output_dir",
 ) -> Path:
     """Convert a nanoGPT-family or Llama-style checkpoint file into a verified Hugging Face directory.
 
@@ -412,6 +430,7 @@ def convert_checkpoint(
             cache for smaller ones), ``"buffered"`` (the page cache only) or ``"direct"`` (direct I/O where the file
             system allows it). The environment variable ``HFEXPORT_DIRECT_IO`` (``0``, ``1``, ``auto``) overrides it.
         hub_timeout_s: The timeout of every Hub request when ``tokenizer`` is a Hub repo id that is not cached.
+        output_option: How messages name ``output_dir`` (the CLI passes ``"--output_dir"``).
 
     Returns:
         The output directory.
@@ -427,11 +446,12 @@ def convert_checkpoint(
         PosixPath('hf_model')
     """
     torch_dtype = resolve_dtype(dtype)
+    check_text("model_name", model_name, optional=True, one_line=True)
     parse_size(max_shard_size)
     resolve_io(io)  # a bad value fails before the (possibly long) load
     source = resolve_checkpoint_path(path)
     protected = [source] + ([Path(tokenizer)] if isinstance(tokenizer, (str, os.PathLike)) else [])
-    out = check_output_path(output_dir, force=force, protected=protected)  # before the (possibly long) load
+    out = check_output_path(output_dir, force=force, protected=protected, option=output_option)  # before the load
     # A missing path, an unsupported kind, an uncached Hub id while offline: refused before the load.
     tokenizer = TokenizerSource(tokenizer, hub_timeout_s=hub_timeout_s)
     with _collection_paused():
@@ -486,6 +506,7 @@ def convert_checkpoint(
             workers=None,
             io=io,
             protected=protected,
+            output_option=output_option,
         )
         if mapped:
             logger.debug(

@@ -8,8 +8,9 @@ returned problems. It checks
   UTF-8 JSON object, known dtypes, shapes, offsets tiling the data section exactly, file size), plus the
   ``{"format": "pt"}`` metadata some ``transformers`` releases need;
 - the index against the shards (every tensor in exactly one shard, the one the index names);
-- the JSON files (``config.json``, the index, the manifest ``hfexport.json``): valid UTF-8 JSON objects whose
-  fields have the types they must have;
+- the JSON files (``config.json``, the index, the manifest ``hfexport.json``): valid UTF-8 strict JSON objects
+  (no ``NaN``/``Infinity``) whose fields have the types they must have; without ``expected``, every other
+  ``*.json`` file of the directory is strict JSON too;
 - that every name read from a JSON file is a plain relative path, and that no file is reached through a
   symlink leaving the directory: nothing outside it is ever opened;
 - that no foreign weight file lies in the directory (``pytorch_model.bin``, a ``*.safetensors`` the index
@@ -24,7 +25,6 @@ would only read the page cache's copy).
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Collection, Mapping, Sequence
@@ -34,6 +34,7 @@ from typing import Any
 
 from .checksum import crc32_file
 from .errors import FileFormatError
+from .jsonio import loads as strict_json
 from .names import CONFIG_FILE, INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header
 
@@ -119,6 +120,8 @@ def check_directory(path: str | os.PathLike[str], expected: Expected | None = No
     _check_manifest(directory, check, recompute=expected is None, required=[*headers, INDEX_FILE, CONFIG_FILE])
     if expected is None and not check.tensors:
         directory.problem("the directory holds no tensors")
+    if expected is None:
+        _check_other_json(directory, read={CONFIG_FILE, INDEX_FILE, MANIFEST_NAME})
     if expected is not None:
         _check_expected(directory, headers, expected)
     return check
@@ -170,27 +173,43 @@ class _Directory:
 
     def read_json(self, name: str, source: str) -> dict[str, Any] | None:
         """A JSON object file, or ``None`` (a problem recorded)."""
+        found, value = self.parse_json(name, source)
+        if found and not isinstance(value, dict):
+            self.problem(f"{name} is a JSON {type(value).__name__}, not an object")
+            return None
+        return value if found else None
+
+    def parse_json(self, name: str, source: str) -> tuple[bool, Any]:
+        """``(True, value)`` for a strict JSON file (no ``NaN``/``Infinity``), else ``(False, None)`` (a problem
+        recorded)."""
         path = self.file(name, source)
         if path is None:
-            return None
+            return False, None
         try:
             if path.stat().st_size > MAX_JSON_BYTES:
                 self.problem(f"{name} is larger than {MAX_JSON_BYTES} bytes; not a JSON file of a model directory")
-                return None
-            value = json.loads(path.read_bytes().decode("utf-8"))
+                return False, None
+            return True, strict_json(path.read_bytes().decode("utf-8"))
         except OSError as exc:
             self.problem(f"{name} cannot be read ({exc.strerror or exc})")
-            return None
         except UnicodeDecodeError as exc:
             self.problem(f"{name} is not valid UTF-8 ({exc.reason} at byte {exc.start})")
-            return None
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError; too many digits; nested too deeply
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError; NaN/Infinity; too many digits; too deep
             self.problem(f"{name} is not valid JSON ({_short(exc)})")
-            return None
-        if not isinstance(value, dict):
-            self.problem(f"{name} is a JSON {type(value).__name__}, not an object")
-            return None
-        return value
+        return False, None
+
+
+def _check_other_json(directory: _Directory, read: set[str]) -> None:
+    """Every other ``*.json`` file of the directory (``generation_config.json``, the tokenizer's, ...) is strict
+    JSON: no ``NaN``/``Infinity``, which only Python's parser reads."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(directory.root) if entry.name.endswith(".json"))
+    except OSError as exc:
+        directory.problem(f"the directory cannot be listed ({exc.strerror or exc})")
+        return
+    for name in names:
+        if name not in read and not unsafe_name(name):
+            directory.parse_json(name, "")
 
 
 def one_line(text: str) -> str:

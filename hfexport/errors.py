@@ -55,7 +55,8 @@ class OutputExistsError(HFExportError, FileExistsError):
 
 class OutputPathError(HFExportError, ValueError):
     """The output path must not or cannot be used (empty, a symlink, under a file, the working or home directory,
-    a file-system root, a directory holding the checkpoint being read, a name that is not UTF-8)."""
+    a file-system root, a directory holding the checkpoint being read, a name that is not UTF-8 or longer than
+    255 bytes, a ``~user`` of no known user, an export root this process cannot write)."""
 
 
 class VerificationError(HFExportError, RuntimeError):

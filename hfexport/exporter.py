@@ -40,7 +40,7 @@ import torch
 
 from .background import BackgroundWriter
 from .convert import dtype_name, output_tensors, write_export
-from .errors import ConversionError, ExportWorkerError, HFExportError, OptionError
+from .errors import ConversionError, ExportWorkerError, HFExportError
 from .hub import HubPusher
 from .options import ExportOptions
 from .snapshot import (
@@ -53,8 +53,9 @@ from .snapshot import (
     take_snapshot,
 )
 from .sources import scalar_value
+from .validation import check_int
 from .versions import Version, VersionStore, list_versions, version_name
-from .writer import note_interrupt
+from .writer import check_export_root, note_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +159,16 @@ class HFExporter:
         hub_push: ``"every"`` pushes every version, in step order, none skipped; ``"latest"`` pushes only the newest
             waiting version when pushes fall behind (the skipped ones are logged and journaled as ``skipped``; the final
             version is always pushed). Default: ``"every"``.
-        hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and each
-            read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried like a 5xx.
-            Default: ``60.0``.
+        hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
+            connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt,
+            retried like a 5xx. Default: ``60.0``.
 
     Raises:
         OptionError: an invalid option, with the value received and what is expected (a ``ValueError``).
         ConversionError: an unknown ``dtype`` (a ``ValueError``).
         TokenizerError: an unusable ``tokenizer``, e.g. a path that does not exist (a ``ValueError``).
+        OutputPathError: ``output_dir`` cannot be used (empty, ``~`` of no known user, a name over 255 bytes, under
+            a file, not writable): checked here, not at the first export (a ``ValueError``).
         HubSetupError: ``push_to_hub=True`` and the repository cannot be used (token, access): checked here,
             before training.
 
@@ -239,20 +242,33 @@ class HFExporter:
 
     @classmethod
     def from_options(
-        cls, output_dir: str | os.PathLike[str], options: ExportOptions, *, every_n_steps: int | None = None
+        cls,
+        output_dir: str | os.PathLike[str],
+        options: ExportOptions,
+        *,
+        every_n_steps: int | None = None,
+        option: str = "output_dir",
     ) -> HFExporter:
-        """An exporter for options already validated (:meth:`ExportOptions.create`), as the callback holds them."""
+        """An exporter for options already validated (:meth:`ExportOptions.create`), as the callback holds them;
+        ``option`` is how messages name ``output_dir`` (the callback's ``"dirpath"``)."""
         exporter = cls.__new__(cls)
-        exporter._setup(output_dir, every_n_steps, options)
+        exporter._setup(output_dir, every_n_steps, options, option)
         return exporter
 
-    def _setup(self, output_dir: str | os.PathLike[str], every_n_steps: int | None, options: ExportOptions) -> None:
-        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
-            raise OptionError(f"Invalid value for every_n_steps={every_n_steps!r}. Must be >= 1 or None.")
-        self.root = Path(output_dir).expanduser()
+    def _setup(
+        self,
+        output_dir: str | os.PathLike[str],
+        every_n_steps: int | None,
+        options: ExportOptions,
+        option: str = "output_dir",
+    ) -> None:
+        every_n_steps = check_int("every_n_steps", every_n_steps, optional=True)
+        self.is_writer = global_rank() == 0
+        # The root is checked now, not at the first export: empty, ~nouser, too long, under a file, not writable.
+        self.root = check_export_root(output_dir, option=option, probe=self.is_writer)
+        self._option = option
         self.every_n_steps = every_n_steps
         self.options = options
-        self.is_writer = global_rank() == 0
         self.last_step: int | None = None
         self.last_stats: ExportStats | None = None
         self.metadata: dict[str, Any] = {}  # extra facts for every card/manifest (e.g. the source)
@@ -462,6 +478,7 @@ class HFExporter:
                 force=True,
                 allow_nonfinite=o.allow_nonfinite,
                 progress=False,
+                output_option=self._option,
             )
             published = True
             if self._buffers is not None:  # the version is written: its host copies may take the next snapshot
@@ -613,9 +630,9 @@ def export_hf(
             ``Retry-After`` is honoured, up to 600 s). Default: ``1.0``.
         hub_push: ``"every"`` or ``"latest"``: which waiting versions are pushed when pushes fall behind (see
             ``HFExporter``); this call's version, the final one, is always pushed. Default: ``"every"``.
-        hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and each
-            read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried like a 5xx.
-            Default: ``60.0``.
+        hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
+            connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt,
+            retried like a 5xx. Default: ``60.0``.
 
     Returns:
         The version directory (on rank 0; the would-be path on other ranks); ``None`` when the write failed and
@@ -625,6 +642,8 @@ def export_hf(
         ConversionError: ``step`` is not a whole number >= 0, or an unknown ``dtype`` (a ``ValueError``).
         OptionError: an invalid option, with the value received and what is expected (a ``ValueError``).
         TokenizerError: an unusable ``tokenizer``, e.g. a path that does not exist (a ``ValueError``).
+        OutputPathError: ``output_dir`` cannot be used (empty, ``~`` of no known user, a name over 255 bytes, under
+            a file, not writable; checked before writing).
         HubSetupError: ``push_to_hub=True`` and the repository cannot be used (checked before writing).
         ExportWorkerError: the write failed (``on_error="raise"``); the cause, e.g. a ``ConversionError`` for
             NaN weights, is chained.

@@ -37,6 +37,7 @@ from .hubowned import plan_remote
 from .hubretry import MAX_RETRY_AFTER_S, bounded_requests, describe, http_status, is_transient, with_retries
 from .journal import PushJournal
 from .pushfiles import publishable_files, verify_remote
+from .validation import MAX_TIMEOUT_S, check_float, check_int
 from .versions import LATEST, resolve_latest, step_of
 
 if TYPE_CHECKING:
@@ -123,14 +124,12 @@ class HubOptions:
         check_ref_name(self.revision, "revision")
         if self.on_push_error not in ("warn", "raise"):
             raise OptionError(f"Invalid value for on_push_error={self.on_push_error!r}. Must be 'warn' or 'raise'.")
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise OptionError(f"Invalid value for max_retries={self.max_retries!r}. Must be an int >= 0.")
-        if not self.backoff_base_s >= 0:
-            raise OptionError(f"Invalid value for backoff_base_s={self.backoff_base_s!r}. Must be >= 0.")
+        check_int("max_retries", self.max_retries, minimum=0)
+        check_float("backoff_base_s", self.backoff_base_s, minimum=0.0)
+        check_float("backoff_max_s", self.backoff_max_s, minimum=0.0)
         if self.push_mode not in ("every", "latest"):
             raise OptionError(f"Invalid value for hub_push={self.push_mode!r}. Must be 'every' or 'latest'.")
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
-            raise OptionError(f"Invalid value for hub_timeout_s={self.timeout_s!r}. Must be a number of seconds > 0.")
+        check_float("hub_timeout_s", self.timeout_s, above=0.0, maximum=MAX_TIMEOUT_S)
         if not self.backoff_max_s >= self.backoff_base_s:
             raise OptionError(
                 f"Invalid value for backoff_max_s={self.backoff_max_s!r}. Must be >= backoff_base_s "

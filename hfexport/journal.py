@@ -279,7 +279,7 @@ class PushJournal:
         tmp = folder / f".{JOURNAL_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2, sort_keys=True)
+                json.dump(data, fh, indent=2, sort_keys=True, allow_nan=False)
                 fh.write("\n")
                 fh.flush()
                 os.fsync(fh.fileno())

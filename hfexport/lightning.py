@@ -35,13 +35,22 @@ except ImportError:  # the standalone package
             "hfexport.lightning needs Lightning: pip install 'hfexport[lightning]' (or pip install lightning)"
         ) from exc
 
-from .errors import HFExportError, OptionError
+from .errors import HFExportError
 from .exporter import HFExporter
 from .options import ExportOptions
+from .validation import check_bool, check_int
+from .writer import check_export_root
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["HFExportCallback"]
+
+
+def _writes() -> bool:
+    """Whether this process is (or will be) the global rank 0 that writes: before the Trainer starts, only the
+    launchers' environment tells (torchrun, Slurm, Lightning's own launcher set these for every process)."""
+    ranks = (os.environ.get(name) for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
+    return all(rank in (None, "", "0") for rank in ranks)
 
 
 class HFExportCallback(Callback):
@@ -111,14 +120,16 @@ class HFExportCallback(Callback):
         hub_push: ``"every"`` pushes every version, in step order, none skipped; ``"latest"`` pushes only the newest
             waiting version when pushes fall behind (the skipped ones are logged and journaled as ``skipped``; the final
             version is always pushed). Default: ``"every"``.
-        hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and each
-            read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried like a 5xx.
-            Default: ``60.0``.
+        hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
+            connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt,
+            retried like a 5xx. Default: ``60.0``.
 
     Raises:
         OptionError: an invalid argument, with the value received and what is expected (a ``ValueError``).
         ConversionError: an unknown ``dtype`` (a ``ValueError``).
         TokenizerError: an unusable ``tokenizer``, e.g. a path that does not exist (a ``ValueError``).
+        OutputPathError: ``dirpath`` cannot be used (empty, ``~`` of no known user, a name over 255 bytes, under a
+            file, not writable): checked here (the file system on the rank that writes).
         HFExportError: from ``trainer.fit``, on every rank, when the exporter cannot start at set-up (e.g. the Hub
             repository cannot be used; the cause is chained).
 
@@ -163,9 +174,9 @@ class HFExportCallback(Callback):
         hub_timeout_s: float = 60.0,
     ) -> None:
         super().__init__()
-        for name, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise OptionError(f"Invalid value for {name}={value!r}. Must be >= 1 or None.")
+        every_n_train_steps = check_int("every_n_train_steps", every_n_train_steps, optional=True)
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, optional=True)
+        export_on_train_end = check_bool("export_on_train_end", export_on_train_end)
         self.options = ExportOptions.create(
             dtype=dtype,
             keep_last_n=keep_last_n,
@@ -192,7 +203,8 @@ class HFExportCallback(Callback):
             hub_push=hub_push,
             hub_timeout_s=hub_timeout_s,
         )
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        # Checked now, before training: on every rank the path itself, on the rank that writes also the file system.
+        self.dirpath = check_export_root(dirpath, option="dirpath", probe=_writes()) if dirpath is not None else None
         self.every_n_train_steps = every_n_train_steps
         self.every_n_epochs = every_n_epochs
         self.export_on_train_end = export_on_train_end
@@ -217,7 +229,7 @@ class HFExportCallback(Callback):
         exporter: HFExporter | None = None
         cause: HFExportError | None = None
         try:
-            exporter = HFExporter.from_options(self.dirpath, self.options)
+            exporter = HFExporter.from_options(self.dirpath, self.options, option="dirpath")
         except HFExportError as exc:
             cause = exc
         error = trainer.strategy.broadcast(f"{type(cause).__name__}: {cause}" if cause is not None else None, src=0)

@@ -19,6 +19,17 @@ from .convert import resolve_dtype
 from .errors import OptionError
 from .hub import HubOptions
 from .tokenizer import TokenizerSource
+from .validation import (
+    MAX_TIMEOUT_S,
+    check_bool,
+    check_choice,
+    check_config,
+    check_float,
+    check_int,
+    check_text,
+    invalid,
+    shown,
+)
 from .writer import parse_size
 
 logger = logging.getLogger(__name__)
@@ -145,9 +156,9 @@ class ExportOptions:
             hub_push: ``"every"`` pushes every version, in step order, none skipped; ``"latest"`` pushes only the newest
                 waiting version when pushes fall behind (the skipped ones are logged and journaled as ``skipped``; the
                 final version is always pushed). Default: ``"every"``.
-            hub_timeout_s: Timeout in seconds (> 0) of every Hub request, the set-up check included: connecting, and
-                each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt, retried
-                like a 5xx. Default: ``60.0``.
+            hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
+                connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed
+                attempt, retried like a 5xx. Default: ``60.0``.
 
         Returns:
             The validated options.
@@ -163,20 +174,37 @@ class ExportOptions:
             (torch.float16, 3, None)
             >>> exporter = HFExporter.from_options("hf_exports", options, every_n_steps=500)  # doctest: +SKIP
         """
-        if keep_last_n is not None and (not isinstance(keep_last_n, int) or keep_last_n < 1):
-            raise OptionError(f"Invalid value for keep_last_n={keep_last_n!r}. Must be >= 1 or None (keep all).")
-        if activation is not None and activation not in ACTIVATIONS:
-            raise OptionError(f"Invalid value for activation={activation!r}. Expected one of {list(ACTIVATIONS)}.")
-        if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < 1):
-            raise OptionError(f"Invalid value for vocab_size={vocab_size!r}. Must be >= 1.")
-        if if_busy not in ("wait", "skip"):
-            raise OptionError(f"Invalid value for if_busy={if_busy!r}. Expected 'wait' or 'skip'.")
-        if on_error not in ("raise", "warn"):
-            raise OptionError(f"Invalid value for on_error={on_error!r}. Expected 'raise' or 'warn'.")
+        keep_last_n = check_int("keep_last_n", keep_last_n, optional=True)
+        config = check_config("config", config)
+        activation = check_choice("activation", activation, list(ACTIVATIONS), optional=True)
+        vocab_size = check_int("vocab_size", vocab_size, optional=True)
+        model_name = check_text("model_name", model_name, optional=True, one_line=True)
+        untie_embeddings = check_bool("untie_embeddings", untie_embeddings)
+        allow_nonfinite = check_bool("allow_nonfinite", allow_nonfinite)
+        async_write = check_bool("async_write", async_write)
+        if_busy = check_choice("if_busy", if_busy, ("wait", "skip"))
+        on_error = check_choice("on_error", on_error, ("raise", "warn"))
         try:
             parse_size(max_shard_size)
         except ValueError as exc:
-            raise OptionError(f"Invalid value for max_shard_size={max_shard_size!r}: {exc}") from exc
+            raise OptionError(f"Invalid value for max_shard_size={shown(max_shard_size)}: {exc}") from exc
+        # The Hub options are checked whether or not pushing: a wrong value is a mistake either way.
+        push_to_hub = check_bool("push_to_hub", push_to_hub)
+        if repo_id is not None and not isinstance(repo_id, str):
+            raise invalid("repo_id", repo_id, f"a str 'namespace/name', or None (not a {type(repo_id).__name__})")
+        if hub_token is not None and (not isinstance(hub_token, str) or not hub_token.strip()):  # never shown
+            raise OptionError(
+                f"Invalid value for hub_token (a {type(hub_token).__name__}, not shown): expected a non-empty str, or "
+                "None to use HF_TOKEN / `hf auth login`."
+            )
+        hub_private = check_bool("hub_private", hub_private)
+        hub_revision = check_text("hub_revision", hub_revision)
+        hub_tag_versions = check_bool("hub_tag_versions", hub_tag_versions)
+        on_push_error = check_choice("on_push_error", on_push_error, ("warn", "raise"))
+        hub_max_retries = check_int("hub_max_retries", hub_max_retries, minimum=0)
+        hub_backoff_s = check_float("hub_backoff_s", hub_backoff_s, minimum=0.0, maximum=HubOptions.backoff_max_s)
+        hub_push = check_choice("hub_push", hub_push, ("every", "latest"))
+        hub_timeout_s = check_float("hub_timeout_s", hub_timeout_s, above=0.0, maximum=MAX_TIMEOUT_S)
         hub = None
         if push_to_hub:
             if not repo_id:

@@ -125,7 +125,7 @@ def _header(records: list[TensorRecord], metadata: dict[str, str]) -> bytes:
             "data_offsets": [offset, offset + rec.nbytes],
         }
         offset += rec.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     raw += b" " * (-(len(raw) + 8) % 8)  # the data section starts 8-byte aligned
     return struct.pack("<Q", len(raw)) + raw
 

@@ -342,7 +342,9 @@ def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: 
     config.update(parts.config)
     files = {
         "tokenizer.json": serialized.text,
-        "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+        "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode(
+            "utf-8"
+        ),
     }
     return ExportTokenizer(
         files=files,

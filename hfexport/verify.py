@@ -9,7 +9,6 @@ against a reference forward pass of the source weights.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .architectures import config_problems
 from .architectures.llama import expected_shapes
 from .dircheck import MAX_JSON_BYTES, check_directory, one_line
 from .errors import ConversionError, HFExportError
+from .jsonio import loads as strict_json
 from .names import CONFIG_FILE
 from .sources import load_checkpoint
 from .versions import LATEST, resolve_latest
@@ -115,6 +116,7 @@ def verify_directory(
 
 
 def _check_config(config: dict[str, Any], shapes: dict[str, list[int]], report: VerifyReport) -> None:
+    report.problems.extend(f"config.json: {line}" for line in config_problems(config))
     if config.get("model_type") == "llama":
         _check_llama_config(config, shapes, report)
     if config.get("model_type") != "gpt2":
@@ -239,7 +241,7 @@ def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyRep
         try:
             if file.stat().st_size > MAX_JSON_BYTES:
                 raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
-            settings = json.loads(file.read_bytes())
+            settings = strict_json(file.read_bytes())
         except (OSError, ValueError, RecursionError) as exc:
             report.problems.append(f"tokenizer_config.json cannot be read as JSON: {exc}")
             return

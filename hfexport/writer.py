@@ -35,6 +35,7 @@ import shutil
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -47,9 +48,12 @@ from .checksum import crc32
 from .dircheck import Expected, check_directory, unsafe_name
 from .errors import OutputExistsError, OutputPathError, VerificationError
 from .fsutil import fsync_dir, fsync_tree, libc_function
+from .jsonio import dumps as json_dumps
+from .jsonio import loads as strict_json
 from .names import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import OutputTensor, TensorRecord, write_safetensors
 from .tokenizer import resolve_tokenizer
+from .validation import shown
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +61,12 @@ __all__ = [
     "MANIFEST_NAME",
     "OutputTensor",
     "WriteResult",
+    "check_export_root",
     "check_output_path",
     "clean_stale_temporaries",
     "interrupt_outcome",
     "make_temporary",
+    "output_path_text",
     "parse_size",
     "pointer_temporary",
     "release_temporary",
@@ -147,10 +153,12 @@ def check_output_path(
     *,
     force: bool,
     protected: Sequence[str | os.PathLike[str]] = (),
+    option: str = "output_dir",
 ) -> Path:
     """Refuse an output path that cannot or must not receive the export; return it as an absolute path.
 
-    Refused whatever ``force`` says: an empty path (an unset shell variable), a name that is not UTF-8, a symlink,
+    Refused whatever ``force`` says: an empty path (an unset shell variable), a name that is not UTF-8 or longer
+    than file systems allow (see :func:`output_path_text`), a symlink,
     a path under a file, a file, the working directory or one of its ancestors, the home directory, a
     file-system root or mount point, and a directory holding one of ``protected`` (the checkpoint being read).
     A non-empty directory is refused without ``force``; with it, only a directory hfexport wrote may be replaced
@@ -160,6 +168,8 @@ def check_output_path(
         output_dir: The directory to publish.
         force: Whether an existing export may be replaced.
         protected: Paths the output must not hold (the checkpoint file, the tokenizer being copied).
+        option: How the caller names the path, for the messages: ``"output_dir"`` (the Python API: ``Choose
+            another output_dir``), ``"--output_dir"`` (the CLI), ``"dirpath"`` (the Lightning callback).
 
     Returns:
         The absolute output path (``~`` expanded, symlinks in its parents kept).
@@ -169,25 +179,12 @@ def check_output_path(
         OutputExistsError: the path is occupied (a file, a non-empty directory, a directory hfexport did not write).
         OSError: the file system is read-only (``EROFS``; an environment failure, not bad input).
     """
-    text = os.fsdecode(os.fspath(output_dir))
-    if not text.strip():
-        raise OutputPathError(
-            "The output directory is an empty string (an unset shell variable?). Pass the directory to create: "
-            "--output_dir DIR (output_dir=...)."
-        )
-    target = Path(text).expanduser().absolute()
-    try:
-        os.fsencode(target).decode("utf-8")
-    except UnicodeDecodeError:
-        raise OutputPathError(
-            f"Output path {str(target)!r} is not valid UTF-8, which safetensors cannot open. Choose a UTF-8 name "
-            "for --output_dir."
-        ) from None
+    target = output_path_text(output_dir, option=option)
     if target.is_symlink():
         dest = os.readlink(target)
         raise OutputPathError(
             f"Output path {str(target)!r} is a symlink (to {dest!r}): publishing renames a directory into place, "
-            "which would replace the link itself. Pass the link's target as --output_dir, or remove the link."
+            f"which would replace the link itself. Pass the link's target as {option}, or remove the link."
         )
     existing = target
     while not existing.exists():  # the nearest existing ancestor, which must be a directory
@@ -195,32 +192,141 @@ def check_output_path(
     if existing != target and not existing.is_dir():
         raise OutputPathError(
             f"Output path {str(target)!r} cannot be created: {str(existing)!r} is a file, not a directory. "
-            "Choose another --output_dir."
+            f"Choose another {option}."
         )
-    _check_protected(target, protected)
+    _check_protected(target, protected, option)
     if target.exists() and not target.is_dir():
-        raise OutputExistsError(f"Output path {str(target)!r} is a file, not a directory. Choose another --output_dir.")
+        raise OutputExistsError(f"Output path {str(target)!r} is a file, not a directory. Choose another {option}.")
     if _read_only(existing):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(existing))
     if target.is_dir() and any(target.iterdir()):
         if not force:
             raise OutputExistsError(
-                f"Output directory {str(target)!r} already exists and is not empty. Pass --force (force=True) to "
-                "replace an earlier export of hfexport, or choose another --output_dir."
+                f"Output directory {str(target)!r} already exists and is not empty. Pass "
+                f"{'--force' if _is_cli(option) else 'force=True'} to replace an earlier export of hfexport, or "
+                f"choose another {option}."
             )
         problem = replace_refusal(target)
         if problem:
             raise OutputExistsError(
-                f"--force only replaces a directory that hfexport wrote, and {str(target)!r} {problem}. Nothing was "
-                "changed: move your files away or choose another --output_dir."
+                f"{'--force' if _is_cli(option) else 'force=True'} only replaces a directory that hfexport wrote, and "
+                f"{str(target)!r} {problem}. Nothing was changed: move your files away or choose another {option}."
             )
     return target
 
 
-def _check_protected(target: Path, protected: Sequence[str | os.PathLike[str]]) -> None:
+def _is_cli(option: str) -> bool:
+    return option.startswith("--")
+
+
+def _passing(option: str, example: str) -> str:
+    """How to pass ``example`` as ``option``: ``--output_dir hf_model`` (CLI) or ``output_dir='hf_model'``."""
+    return f"{option} {example}" if _is_cli(option) else f"{option}={example!r}"
+
+
+#: The longest file name (one path component) and whole path, in bytes, that Linux file systems take.
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def output_path_text(output_dir: Any, *, option: str = "output_dir") -> Path:
+    """``output_dir`` as an absolute path (``~`` expanded, nothing on disk read), refusing what no file system can
+    hold: a value that is not a path, an empty one (an unset shell variable), a ``~user`` of no known user, a name
+    that is not UTF-8 (safetensors cannot open it), a name longer than 255 bytes or a path longer than 4096 bytes.
+
+    Args:
+        output_dir: The path as given.
+        option: How the caller names it, for the messages (see :func:`check_output_path`).
+
+    Raises:
+        OutputPathError: naming the problem and ``option``.
+    """
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise OutputPathError(
+            f"Invalid value for {option}={shown(output_dir)}: expected a path (a str or os.PathLike), not a "
+            f"{type(output_dir).__name__}."
+        )
+    text = os.fsdecode(os.fspath(output_dir))
+    if not text.strip():
+        raise OutputPathError(
+            f"The output directory ({option}) is an empty string (an unset shell variable?). Pass the directory to "
+            f"create: {_passing(option, 'hf_exports' if not _is_cli(option) else 'DIR')}."
+        )
+    try:
+        expanded = Path(text).expanduser()
+    except RuntimeError:  # "Could not determine home directory": ~user of no known user, or no HOME
+        raise OutputPathError(
+            f"{_passing(option, text)} starts with {text.split('/')[0]!r}, which names no known user's home "
+            "directory. "
+            f"Pass the path without '~', or an absolute one."
+        ) from None
+    target = expanded.absolute()
+    try:
+        os.fsencode(target).decode("utf-8")
+    except UnicodeDecodeError:
+        raise OutputPathError(
+            f"Output path {str(target)!r} is not valid UTF-8, which safetensors cannot open. Choose a UTF-8 name "
+            f"for {option}."
+        ) from None
+    too_long = [part for part in target.parts if len(os.fsencode(part)) > NAME_MAX]
+    if too_long:
+        name = too_long[0]
+        raise OutputPathError(
+            f"{option}: the name {name[:40]!r}... is {len(os.fsencode(name))} bytes long; file systems take names of "
+            f"at most {NAME_MAX} bytes. Choose a shorter {option}."
+        )
+    if len(os.fsencode(target)) >= PATH_MAX - 64:  # room for step_XXXXXX, temporaries and the files' names
+        raise OutputPathError(
+            f"{option}: the path is {len(os.fsencode(target))} bytes long; file systems take paths of at most "
+            f"{PATH_MAX} bytes, including the files written in it. Choose a shorter {option}."
+        )
+    return target
+
+
+def check_export_root(output_dir: Any, *, option: str = "output_dir", probe: bool = True) -> Path:
+    """The export root of an ``HFExporter`` or ``HFExportCallback``, checked when it is built (not at the first
+    export): what :func:`output_path_text` refuses, then (with ``probe``, on the rank that writes) a root under a
+    file, and a root that cannot be written (read-only, no permission), found by creating and removing an empty
+    directory in it (or in its nearest existing ancestor, when it does not exist yet).
+
+    Args:
+        output_dir: The root as given.
+        option: How the caller names it, for the messages (``"output_dir"``, ``"dirpath"``).
+        probe: Check the file system too.
+
+    Returns:
+        The root, ``~`` expanded (relative if it was given relative).
+
+    Raises:
+        OutputPathError: naming the problem, ``option`` and the fix.
+    """
+    target = output_path_text(output_dir, option=option)
+    root = Path(os.fsdecode(os.fspath(output_dir))).expanduser()
+    if not probe:
+        return root
+    existing = target
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a file" if existing.exists() else "a broken symlink"
+        raise OutputPathError(
+            f"{option}={str(root)!r} cannot be used: {str(existing)!r} is {what}, not a directory. Choose another "
+            f"{option}."
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hfexport-probe-", dir=existing))
+    except OSError as exc:
+        raise OutputPathError(
+            f"{option}={str(root)!r} cannot be written: creating a directory in {str(existing)!r} fails "
+            f"({exc.strerror or exc}). Choose a directory you can write to as {option}, or fix its permissions."
+        ) from None
+    return root
+
+
+def _check_protected(target: Path, protected: Sequence[str | os.PathLike[str]], option: str = "output_dir") -> None:
     """Refuse the directories an export must never replace, compared through symlinks."""
     real = Path(os.path.realpath(target))
-    fix = "Pass a new directory for the export, e.g. --output_dir hf_model."
+    fix = f"Pass a new directory for the export, e.g. {_passing(option, 'hf_model')}."
     if real == real.parent or os.path.ismount(real):
         raise OutputPathError(f"Output path {str(target)!r} is a file-system root or mount point. {fix}")
     try:
@@ -315,6 +421,7 @@ def write_hf_directory(
     progress: bool | None = None,
     workers: int = 1,
     io: str = "buffered",
+    option: str = "output_dir",
 ) -> WriteResult:
     """Write a complete Hugging Face directory atomically and verify it.
 
@@ -334,6 +441,7 @@ def write_hf_directory(
         workers: Threads producing the weights in parallel (``1``: the calling thread only).
         io: How the weights reach the disk: ``"buffered"`` (default), ``"auto"`` or ``"direct"`` (see
             :func:`hfexport.chunkio.write_shard`; ``HFEXPORT_DIRECT_IO`` overrides it).
+        option: How the caller names ``output_dir``, for the messages (see :func:`check_output_path`).
 
     Returns:
         What was written.
@@ -352,10 +460,10 @@ def write_hf_directory(
             raise ValueError(f"Cannot write the file {name!r} into a model directory: the name {why}.")
         if name.endswith(".json"):  # refused before anything is written (the tokenizer's are made by serializers)
             try:
-                json.loads(content)
+                strict_json(content)
             except (ValueError, RecursionError) as exc:
                 raise ValueError(f"Cannot write {name!r}: it is not valid JSON ({exc}).") from None
-    target = check_output_path(output_dir, force=force, protected=protected)
+    target = check_output_path(output_dir, force=force, protected=protected, option=option)
     max_shard = parse_size(max_shard_size)
     created = _make_parents(target.parent)
     clean_stale_temporaries(target.parent, target.name)
@@ -372,7 +480,7 @@ def write_hf_directory(
         result = _write_all(tmp, tensors, files, manifest, tokenizer, max_shard, progress, workers, io)
         _verify(tmp, result.records, result.small, result.crc32)  # every file was fsynced as it was written
         fsync_tree(tmp)
-        _publish(tmp, target, force=force, protected=protected)
+        _publish(tmp, target, force=force, protected=protected, option=option)
     except BaseException as exc:
         published = identity is not None and _identity(target) == identity
         if isinstance(exc, _StrandedError):
@@ -467,7 +575,7 @@ def _write_all(
             small.update(_tokenizer_files(tokenizer, protected=set(small) | set(sizes) | {INDEX_FILE, MANIFEST_NAME}))
         if len(shards) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            small[INDEX_FILE] = (json.dumps(index, indent=2) + "\n").encode()
+            small[INDEX_FILE] = (json_dumps(index, name=INDEX_FILE, indent=2) + "\n").encode()
         for name, content in small.items():
             _write_file(tmp / name, content)
             sizes[name] = len(content)
@@ -475,7 +583,7 @@ def _write_all(
         if manifest is not None:
             body = dict(manifest)
             body["files"] = {name: {"size": sizes[name], "crc32": checksums[name]} for name in sorted(sizes)}
-            content = (json.dumps(body, indent=2, default=str) + "\n").encode()
+            content = (json_dumps(body, name=MANIFEST_NAME, indent=2, default=str) + "\n").encode()
             _write_file(tmp / MANIFEST_NAME, content)
             sizes[MANIFEST_NAME] = len(content)
             checksums[MANIFEST_NAME] = f"{crc32(content):08x}"
@@ -611,14 +719,14 @@ def _exchange(a: Path, b: Path) -> bool:
     return _renameat2(a, b, _RENAME_EXCHANGE) == 0
 
 
-def _appeared(target: Path) -> OutputExistsError:
+def _appeared(target: Path, option: str) -> OutputExistsError:
     return OutputExistsError(
         f"{str(target)!r} appeared or was filled while the export was written (by another program?); its contents "
-        "are kept and nothing was published. Move them away, or choose another --output_dir."
+        f"are kept and nothing was published. Move them away, or choose another {option}."
     )
 
 
-def _rename_noreplace(tmp: Path, target: Path) -> None:
+def _rename_noreplace(tmp: Path, target: Path, option: str = "output_dir") -> None:
     """Rename ``tmp`` to ``target`` unless ``target`` holds anything.
 
     ``renameat2(RENAME_NOREPLACE)`` where available; otherwise (and onto an empty directory) a plain
@@ -633,26 +741,33 @@ def _rename_noreplace(tmp: Path, target: Path) -> None:
     if err is not None and err != errno.EEXIST:
         raise OSError(err, os.strerror(err), str(target))
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise _appeared(target)
+        raise _appeared(target, option)
     try:
         if os.name == "nt" and target.is_dir():
             target.rmdir()  # Windows' rename never replaces a directory; rmdir refuses a non-empty one
         os.rename(tmp, target)
     except OSError as exc:
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR) or target.exists():
-            raise _appeared(target) from exc
+            raise _appeared(target, option) from exc
         raise
 
 
-def _changed(target: Path, problem: str) -> OutputExistsError:
+def _changed(target: Path, problem: str, option: str) -> OutputExistsError:
     return OutputExistsError(
-        f"--force only replaces a directory that hfexport wrote, and {str(target)!r} changed while the export was "
-        f"written: it now {problem}. It was kept as it is and nothing was published; move your files away or "
-        "choose another --output_dir."
+        f"{'--force' if _is_cli(option) else 'force=True'} only replaces a directory that hfexport wrote, and "
+        f"{str(target)!r} changed while the export was written: it now {problem}. It was kept as it is and nothing "
+        f"was published; move your files away or choose another {option}."
     )
 
 
-def _publish(tmp: Path, target: Path, *, force: bool, protected: Sequence[str | os.PathLike[str]] = ()) -> None:
+def _publish(
+    tmp: Path,
+    target: Path,
+    *,
+    force: bool,
+    protected: Sequence[str | os.PathLike[str]] = (),
+    option: str = "output_dir",
+) -> None:
     """Move the finished temporary directory into place.
 
     Without ``force`` nothing is replaced but an empty directory. With ``force``, a non-empty ``target`` is
@@ -664,10 +779,10 @@ def _publish(tmp: Path, target: Path, *, force: bool, protected: Sequence[str | 
         OutputExistsError: ``target`` appeared, was filled, or is no longer an export of hfexport.
     """
     if not (force and target.is_dir() and not target.is_symlink() and any(target.iterdir())):
-        _rename_noreplace(tmp, target)
+        _rename_noreplace(tmp, target, option)
         fsync_dir(target.parent)
         return
-    check_output_path(target, force=True, protected=protected)
+    check_output_path(target, force=True, protected=protected, option=option)
     if _exchange(tmp, target):
         old = tmp  # the swap put the previous version at the temporary's path
         problem = replace_refusal(old)
@@ -677,12 +792,12 @@ def _publish(tmp: Path, target: Path, *, force: bool, protected: Sequence[str | 
                     f"{str(target)!r} changed while the export was written and the swap could not be undone: "
                     f"your previous directory is at {str(tmp)!r}, untouched; move it back."
                 )
-            raise _changed(target, problem)
+            raise _changed(target, problem, option)
         fsync_dir(target.parent)
         _remove_export(old)
         return
     if not target.exists():  # removed meanwhile: nothing left to replace
-        _rename_noreplace(tmp, target)
+        _rename_noreplace(tmp, target, option)
         fsync_dir(target.parent)
         return
     container = make_temporary(target.parent, target.name, _OLD_TAG)
@@ -696,9 +811,9 @@ def _publish(tmp: Path, target: Path, *, force: bool, protected: Sequence[str | 
     if problem:
         os.rename(old, target)
         remove_temporary(container)
-        raise _changed(target, problem)
+        raise _changed(target, problem, option)
     try:
-        _rename_noreplace(tmp, target)
+        _rename_noreplace(tmp, target, option)
     except BaseException:
         os.rename(old, target)
         remove_temporary(container)
@@ -770,7 +885,7 @@ def make_temporary(parent: Path, name: str, tag: str = _TMP_TAG) -> Path:
     if tag not in (_TMP_TAG, _OLD_TAG):
         raise ValueError(f"Invalid temporary tag {tag!r}: expected {_TMP_TAG!r} or {_OLD_TAG!r}.")
     path = parent / temporary_name(name, tag, os.getpid(), uuid.uuid4().hex[:8])
-    content = json.dumps(
+    content = json_dumps(
         {
             "hfexport_temporary": 1,
             "target": name,
@@ -779,7 +894,8 @@ def make_temporary(parent: Path, name: str, tag: str = _TMP_TAG) -> Path:
             "pid": os.getpid(),
             "start_time": _start_time(os.getpid()),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        },
+        name=MARKER_NAME,
     )
     path.mkdir()
     try:

@@ -31,3 +31,12 @@ def test_plain_words_stay_plain_and_facts_are_listed() -> None:
     assert "library_name: transformers\n" in card and "model_name: my-gpt\n" in card
     assert "at training step 500" in card
     assert "| dtype | bfloat16 |" in card and "| loss | 2.34568 |" in card and "| x |" not in card
+
+
+def test_a_newline_in_a_name_or_fact_stays_on_its_line() -> None:
+    """The entry points refuse such a model_name; the card writes any control character escaped all the same."""
+    text = render_model_card({"model_name": "mine\n# Injected heading", "step": 3, "source": "a\nb.pt (nanogpt)"})
+    assert "\n# Injected heading" not in text and "# mine\\n# Injected heading" in text
+    assert "| source | a\\nb.pt (nanogpt) |" in text
+    card = ModelCard(text)
+    assert card.data.model_name == "mine\n# Injected heading"  # the metadata, a JSON string, holds it exactly

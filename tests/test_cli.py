@@ -503,3 +503,52 @@ def test_convert_io_option_reaches_the_writer(
     with pytest.raises(SystemExit) as info:
         main(["convert", str(ckpt), "--output_dir", str(tmp_path / "bad"), "--io", "fast"])
     assert info.value.code == 2 and "--io" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["a" * 256, "é" * 128, "x" * 400], ids=["256-ascii", "256-bytes-utf8", "400-ascii"])
+def test_an_output_dir_name_over_255_bytes_is_one_line_and_nothing_is_written(
+    tmp_path: Path, ckpt: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exports" / name
+    (tmp_path / "exports").mkdir()
+    rc = main(["convert", str(ckpt), "--output_dir", str(out), "--no_progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"is {len(name.encode())} bytes long; file systems take names of at most 255 bytes" in err
+    assert "Choose a shorter --output_dir" in err and "unexpected" not in err
+    assert list((tmp_path / "exports").iterdir()) == []  # nothing written, not even a temporary
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "exports" / ("a" * 255)), "-q"]) == 0
+
+
+def test_cli_and_python_api_errors_name_the_output_dir_as_each_caller_spells_it(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "taken").write_text("a file")
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "taken"), "--no_progress"]) == 2
+    assert "Choose another --output_dir." in capsys.readouterr().err
+    with pytest.raises(FileExistsError) as info:
+        convert_checkpoint(ckpt, tmp_path / "taken")
+    assert "Choose another output_dir." in str(info.value) and "--output_dir" not in str(info.value)
+
+
+def test_a_model_name_with_a_newline_is_refused_by_the_cli(
+    tmp_path: Path, ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "--model_name", "mine\n# injected"])
+    assert info.value.code == 2 and not (tmp_path / "hf").exists()
+    assert "--model_name" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="model_name='mine\\\\n# injected': expected one line of printable text"):
+        convert_checkpoint(ckpt, tmp_path / "hf", model_name="mine\n# injected")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "1e9"])
+def test_push_timeout_must_be_finite_and_bounded(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["push", str(tmp_path), "--repo_id", "me/run", "--timeout_s", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--timeout_s" in err and "expected a finite number > 0 and <= 86400" in err, err

@@ -432,7 +432,7 @@ def test_busy_output_dir_refused_then_forced(tmp_path: Path) -> None:
     out = tmp_path / "exports" / "hf"
     out.mkdir(parents=True)
     (out / "old.txt").write_text("previous work")
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match=r"Pass force=True .* or choose another output_dir\."):  # the API's
         convert_checkpoint(ckpt, out, dtype="float32")
     with pytest.raises(OutputExistsError, match=r"only replaces a directory that hfexport wrote.*no hfexport\.json"):
         convert_checkpoint(ckpt, out, dtype="float32", force=True)  # not an export: never replaced

@@ -6,11 +6,13 @@ taken, and logits through ``AutoModelForCausalLM``.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -427,7 +429,9 @@ def test_sync_write_is_on_disk_when_the_call_returns(tmp_path: Path) -> None:
 
 
 def test_invalid_arguments_are_refused_with_the_value(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"every_n_steps=0\. Must be >= 1 or None"):
+    with pytest.raises(
+        ValueError, match=re.escape("Invalid value for every_n_steps=0: expected a positive int, or None.")
+    ):
         HFExporter(tmp_path, every_n_steps=0)
     with pytest.raises(TypeError, match="colour"):
         HFExporter(tmp_path, colour="blue")  # type: ignore[call-arg]
@@ -600,3 +604,85 @@ def test_an_interrupt_in_the_writer_thread_is_delivered_as_itself(tmp_path: Path
         exporter.wait()
     exporter.close()
     assert step_dirs(tmp_path) == [] and hidden_temporaries(tmp_path) == []
+
+
+# -- the export root and the options, checked when the exporter is built (issue 18 item 10) -------------------------
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """An existing directory this process cannot create anything in: chmod 555 for a user; for root (who ignores
+    permissions) a sysfs directory, which refuses new entries to everyone."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        return locked
+    candidate = Path("/sys/kernel")
+    try:
+        (candidate / "hfexport-probe").mkdir()
+    except OSError:
+        return candidate
+    (candidate / "hfexport-probe").rmdir()
+    pytest.skip("no directory this root process cannot write to")
+
+
+def test_an_empty_output_dir_is_refused_instead_of_exporting_into_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(writer.OutputPathError, match=re.escape("The output directory (output_dir) is an empty str")):
+        HFExporter("")
+    with pytest.raises(writer.OutputPathError, match=re.escape("output_dir='hf_exports'")):
+        export_hf(tiny_gpt(0), 1, "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_home_of_no_known_user_is_one_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(
+        writer.OutputPathError,
+        match=re.escape("output_dir='~nouser-hfexport/x' starts with '~nouser-hfexport', which names no known user"),
+    ):
+        HFExporter("~nouser-hfexport/x")
+
+
+def test_an_unwritable_root_is_refused_when_the_exporter_is_built(tmp_path: Path) -> None:
+    root = _unwritable_dir(tmp_path)
+    with pytest.raises(writer.OutputPathError, match=re.escape(f"output_dir={str(root)!r} cannot be written")):
+        HFExporter(root, every_n_steps=1)
+    with pytest.raises(writer.OutputPathError, match="cannot be written"):
+        export_hf(tiny_gpt(0), 1, root)
+
+
+def test_a_root_under_a_file_or_with_a_too_long_name_is_refused_when_built(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(
+        writer.OutputPathError, match=r"'.*file' is a file, not a directory\. Choose another output_dir\."
+    ):
+        HFExporter(tmp_path / "file" / "exports")
+    with pytest.raises(writer.OutputPathError, match="is 300 bytes long"):
+        HFExporter(tmp_path / ("r" * 300))
+    with pytest.raises(writer.OutputPathError, match=re.escape("expected a path (a str or os.PathLike), not a int")):
+        HFExporter(123)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("config", ["abc", 123, [1, 2], 2.5])
+def test_a_config_facts_cannot_be_read_from_is_refused(tmp_path: Path, config: object) -> None:
+    words = "expected a dict (or another mapping), a dataclass instance or an object with attributes"
+    with pytest.raises(HFExportError, match=re.escape(f"Invalid value for config={config!r}: {words}")):
+        HFExporter(tmp_path, config=config)
+    with pytest.raises(HFExportError, match=re.escape(words)):
+        export_hf(tiny_gpt(0), 1, tmp_path / "x", config=config)
+    assert not (tmp_path / "x").exists()
+    HFExporter(tmp_path, config=argparse.Namespace(n_head=4)).close()  # an object with attributes is read
+
+
+def test_python_api_errors_name_output_dir_not_the_cli_option(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "step_000001").write_text("a file where the version goes")
+    with pytest.raises(ExportWorkerError) as info:
+        export_hf(tiny_gpt(0), 1, root)
+    assert "Choose another output_dir." in str(info.value) and "--output_dir" not in str(info.value)
+
+
+def test_a_model_name_with_a_newline_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(HFExportError, match=re.escape("model_name='a\\n# b': expected one line of printable text")):
+        HFExporter(tmp_path, model_name="a\n# b")

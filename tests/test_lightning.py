@@ -163,11 +163,19 @@ def test_dirpath_defaults_under_default_root_dir(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"every_n_train_steps": 0}, ValueError, "Invalid value for every_n_train_steps=0. Must be >= 1 or None."),
-        ({"every_n_epochs": -1}, ValueError, "Invalid value for every_n_epochs=-1. Must be >= 1 or None."),
-        ({"every_n_train_steps": True}, ValueError, "Invalid value for every_n_train_steps=True."),
+        (
+            {"every_n_train_steps": 0},
+            ValueError,
+            "Invalid value for every_n_train_steps=0: expected a positive int, or None.",
+        ),
+        ({"every_n_epochs": -1}, ValueError, "Invalid value for every_n_epochs=-1: expected a positive int, or None."),
+        (
+            {"every_n_train_steps": True},
+            ValueError,
+            "Invalid value for every_n_train_steps=True: expected a positive int, or None (not a bool).",
+        ),
         ({"dtype": "int8"}, ValueError, "Invalid dtype 'int8'. Expected one of"),
-        ({"keep_last_n": 0}, ValueError, "Invalid value for keep_last_n=0."),
+        ({"keep_last_n": 0}, ValueError, "Invalid value for keep_last_n=0: expected a positive int, or None."),
         ({"every_n_step": 5}, TypeError, "unexpected keyword argument 'every_n_step'"),
     ],
 )
@@ -233,3 +241,19 @@ def test_checkpoint_saved_after_fit_keeps_the_callback_state(tmp_path: Path, cap
     second.fit(LitGPT(batches=8), ckpt_path=tmp_path / "final.ckpt")
     assert export_counts(caplog) == {6: 1}
     assert step_dirs(out) == ["step_000004", "step_000006"]  # the resumed run rotates the first run's versions
+
+
+def test_the_dirpath_is_checked_when_the_callback_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfexport.errors import OutputPathError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputPathError, match=re.escape("The output directory (dirpath) is an empty string")):
+        HFExportCallback(dirpath="")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(OutputPathError, match=re.escape("is a file, not a directory. Choose another dirpath.")):
+        HFExportCallback(dirpath=tmp_path / "file" / "exports")
+    with pytest.raises(OutputPathError, match="dirpath='~nouser-hfexport/x' starts with"):
+        HFExportCallback(dirpath="~nouser-hfexport/x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    assert HFExportCallback(dirpath=tmp_path / "new" / "exports").dirpath == tmp_path / "new" / "exports"
+    assert not (tmp_path / "new").exists()  # checked, not created

@@ -9,6 +9,7 @@ RoPE permutation written out here, and the wrong permutations at the end show th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -577,3 +578,130 @@ def test_facts_read_from_llama_configs() -> None:
     lit = ModelFacts.from_mapping(LITGPT_CONFIG)
     assert (lit.n_head, lit.n_kv_heads, lit.rope_theta, lit.block_size) == (4, 2, 10000, 16)
     assert ModelArgs().n_kv_heads == 2  # the reference default is GQA
+
+
+# -- facts out of range: refused, never written; verify checks the same ranges and strict JSON ----------------------
+CLI_FACTS = {"--n_head": "4", "--rope_theta": "10000", "--norm_eps": "1e-5"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--rope_theta", "nan"),
+        ("--rope_theta", "0"),
+        ("--rope_theta", "-1"),
+        ("--rope_theta", "1e400"),
+        ("--norm_eps", "-1"),
+        ("--norm_eps", "inf"),
+    ],
+)
+def test_out_of_range_llama_options_are_refused_by_the_cli(
+    tmp_path: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.save(make_llama(4, **GQA).state_dict(), tmp_path / "weights.pt")
+    args = [x for kv in {**CLI_FACTS, flag: value}.items() for x in kv]
+    with pytest.raises(SystemExit) as info:
+        main(["convert", str(tmp_path / "weights.pt"), "--output_dir", str(tmp_path / "hf"), *args, "-q"])
+    assert info.value.code == 2 and not (tmp_path / "hf").exists()
+    err = capsys.readouterr().err
+    assert flag in err and "expected a finite number" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("facts", "words"),
+    [
+        ({"rope_theta": float("nan")}, "rope_theta=nan: expected a finite number > 0 (--rope_theta"),
+        ({"rope_theta": 0}, "rope_theta=0.0: expected a finite number > 0"),
+        ({"rope_theta": -1.0}, "rope_theta=-1.0"),
+        ({"rope_theta": float("inf")}, "rope_theta=inf"),
+        ({"norm_eps": -1.0}, "rms_norm_eps=-1.0: expected a finite number >= 0 and <= 1 (--norm_eps"),
+        ({"norm_eps": float("inf")}, "rms_norm_eps=inf"),
+    ],
+)
+def test_out_of_range_llama_facts_are_refused_by_the_api(tmp_path: Path, facts: dict, words: str) -> None:
+    torch.save(make_llama(4, **GQA).state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ConversionError, match=re.escape(words)):
+        convert_checkpoint(
+            tmp_path / "weights.pt", tmp_path / "hf", n_head=4, **{"rope_theta": 1e4, "norm_eps": 1e-5, **facts}
+        )
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_negative_rope_scaling_factor_is_refused(tmp_path: Path) -> None:
+    model = make_llama(6, tie=False, rope_theta=500000.0, use_scaled_rope=True, rope_scaling_factor=8.0, **GQA)
+    ckpt = save_meta(model, tmp_path / "m", use_scaled_rope=True)
+    with pytest.raises(SystemExit) as info:
+        main(["convert", str(ckpt), "--output_dir", str(tmp_path / "cli"), "--rope_scaling_factor", "-8", "-q"])
+    assert info.value.code == 2 and not (tmp_path / "cli").exists()
+    with pytest.raises(ConversionError, match=re.escape("rope_scaling.factor=-8.0: expected a finite number > 0")):
+        convert_checkpoint(ckpt, tmp_path / "api", rope_scaling_factor=-8)
+    save_meta(model, tmp_path / "m", use_scaled_rope=True, rope_scaling_factor=-8.0)  # recorded in params.json
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "rec"), "-q"]) == 2
+    assert not (tmp_path / "rec").exists()
+
+
+def test_a_negative_context_length_is_refused(tmp_path: Path) -> None:
+    ckpt = save_llama2c(make_llama(5, **GQA), tmp_path / "c.pt")
+    state = torch.load(ckpt, weights_only=True)
+    state["model_args"]["max_seq_len"] = -5
+    torch.save(state, ckpt)
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"]) == 2
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(ConversionError, match=re.escape("max_position_embeddings=-5: expected a positive int")):
+        convert_checkpoint(ckpt, tmp_path / "hf")
+
+
+def test_an_unknown_rope_type_is_refused(tmp_path: Path) -> None:
+    config = {"n_heads": 4, "n_kv_heads": 2, "norm_eps": 1e-5, "rope_theta": 1e4, "max_seq_len": 64}
+    model = make_llama(7, **GQA)
+    with pytest.raises(ConversionError, match=re.escape("rope_scaling.rope_type='superrope' is not a RoPE kind")):
+        export_hf(
+            model, 1, tmp_path / "x", config={**config, "rope_scaling": {"rope_type": "superrope", "factor": 2.0}}
+        )
+    assert not (tmp_path / "x" / "step_000001").exists()
+    scaling = {"rope_type": "linear", "factor": 2.0}  # a kind transformers implements passes
+    out = export_hf(model, 1, tmp_path / "ok", config={**config, "rope_scaling": scaling}, dtype="float32")
+    assert json.loads((out / "config.json").read_text())["rope_scaling"] == scaling
+
+
+def _strict(path: Path) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{path.name} holds {name}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_every_json_file_written_is_strict_json(tmp_path: Path) -> None:
+    """A loss of NaN (a diverged run) is recorded as text, and every file parses without NaN/Infinity."""
+    out = export_hf(make_llama(8, **GQA), 3, tmp_path / "root", loss=float("nan"), epoch=1)
+    assert out is not None
+    files = sorted(out.glob("*.json"))
+    assert {"config.json", "generation_config.json", "hfexport.json"} <= {f.name for f in files}
+    parsed = {f.name: _strict(f) for f in files}
+    assert parsed["hfexport.json"]["loss"] == "nan"
+    assert verify_directory(out).ok
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "words"),
+    [
+        ("config.json", {"rope_theta": float("nan")}, "config.json is not valid JSON (NaN is not a JSON number"),
+        ("config.json", {"rms_norm_eps": float("inf")}, "config.json is not valid JSON (Infinity"),
+        ("config.json", {"rope_theta": -1.0}, "config.json: rope_theta=-1.0: expected a finite number > 0"),
+        ("config.json", {"rms_norm_eps": -1}, "config.json: rms_norm_eps=-1: expected a finite number >= 0"),
+        ("config.json", {"max_position_embeddings": -5}, "config.json: max_position_embeddings=-5"),
+        ("config.json", {"rope_scaling": {"rope_type": "superrope"}}, "rope_scaling.rope_type='superrope'"),
+        ("generation_config.json", {"temperature": float("nan")}, "generation_config.json is not valid JSON"),
+    ],
+)
+def test_verify_refuses_out_of_range_llama_configs_and_lax_json(
+    tmp_path: Path, file: str, edit: dict, words: str
+) -> None:
+    out = convert_checkpoint(save_llama2c(make_llama(0, **GQA), tmp_path / "c.pt"), tmp_path / "hf")
+    assert verify_directory(out).ok
+    content = json.loads((out / file).read_text())
+    content.update(edit)
+    (out / file).write_text(json.dumps(content))  # Python writes NaN / Infinity unless told not to
+    problems = verify_directory(out).problems
+    assert any(words in p for p in problems), problems
+    assert main(["verify", str(out), "-q"]) == 1

@@ -188,3 +188,92 @@ def test_the_entry_points_describe_each_option_in_create_s_words(name: str) -> N
         assert documented.get(option) == reference[option], (
             f"{name}({option}) drifted from ExportOptions.create's entry; copy it:\n    {option}: {reference[option]}"
         )
+
+
+# ------------------------------------------------------------------------------- one validator per kind of value
+# YAML, Hydra and the environment hand over strings; Python code hands over True for 1. Nothing is coerced.
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"allow_nonfinite": "false"}, "allow_nonfinite='false': expected True or False (not a str)."),
+        ({"untie_embeddings": "no"}, "untie_embeddings='no': expected True or False (not a str)."),
+        ({"async_write": 1}, "async_write=1: expected True or False (not an int)."),
+        ({"push_to_hub": "yes"}, "push_to_hub='yes': expected True or False (not a str)."),
+        ({"hub_private": "false"}, "hub_private='false': expected True or False (not a str)."),
+        ({"hub_tag_versions": 0}, "hub_tag_versions=0: expected True or False (not an int)."),
+        ({"keep_last_n": True}, "keep_last_n=True: expected a positive int, or None (not a bool)."),
+        ({"keep_last_n": 2.0}, "keep_last_n=2.0: expected a positive int, or None (not a float)."),
+        ({"vocab_size": True}, "vocab_size=True: expected a positive int, or None (not a bool)."),
+        ({"hub_max_retries": True}, "hub_max_retries=True: expected an int >= 0 (not a bool)."),
+        ({"hub_max_retries": "3"}, "hub_max_retries='3': expected an int >= 0 (not a str)."),
+        ({"hub_backoff_s": "1"}, "hub_backoff_s='1': expected a finite number >= 0 and <= 60 (not a str)."),
+        ({"hub_backoff_s": float("nan")}, "hub_backoff_s=nan: expected a finite number >= 0 and <= 60."),
+        ({"hub_timeout_s": float("inf")}, "hub_timeout_s=inf: expected a finite number > 0 and <= 86400."),
+        ({"hub_timeout_s": True}, "hub_timeout_s=True: expected a finite number > 0 and <= 86400 (not a bool)."),
+        ({"hub_timeout_s": "60"}, "hub_timeout_s='60': expected a finite number > 0 and <= 86400 (not a str)."),
+        ({"if_busy": True}, "if_busy=True: expected one of 'wait', 'skip' (not a bool)."),
+        ({"hub_revision": ""}, "hub_revision='': expected a non-empty str."),
+    ],
+)
+def test_each_option_takes_only_its_own_kind_of_value(kwargs, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError) as info:
+        ExportOptions.create(**kwargs)
+    assert str(info.value) == f"Invalid value for {message}"
+    with pytest.raises(OptionError, match=re.escape(message)):  # pushing or not, the same check
+        ExportOptions.create(**{"push_to_hub": True, "repo_id": "me/run", **kwargs})
+
+
+def test_valid_values_pass_unchanged() -> None:
+    options = ExportOptions.create(
+        keep_last_n=2, allow_nonfinite=True, untie_embeddings=False, async_write=False, push_to_hub=True,
+        repo_id="me/run", hub_max_retries=0, hub_backoff_s=0, hub_timeout_s=5, vocab_size=10,
+    )  # fmt: skip
+    assert options.keep_last_n == 2 and options.allow_nonfinite is True and options.async_write is False
+    assert options.hub is not None and options.hub.max_retries == 0 and options.hub.timeout_s == 5.0
+    assert isinstance(options.hub.backoff_base_s, float)
+
+
+def test_a_hub_token_of_the_wrong_type_is_refused_without_showing_it() -> None:
+    with pytest.raises(OptionError) as info:
+        ExportOptions.create(hub_token=12345678)
+    assert "12345678" not in str(info.value) and "hub_token" in str(info.value)
+
+
+@pytest.mark.parametrize(("kind", "name"), [("exporter", "every_n_steps"), ("callback", "every_n_train_steps")])
+@pytest.mark.parametrize(("value", "words"), [(True, "(not a bool)"), ("10", "(not a str)"), (0, "")])
+def test_every_n_steps_is_checked_alike_by_the_exporter_and_the_callback(tmp_path, kind, name, value, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError) as info:
+        if kind == "exporter":
+            HFExporter(tmp_path / "x", every_n_steps=value)
+        else:
+            HFExportCallback(tmp_path / "x", every_n_train_steps=value)
+    assert (
+        str(info.value)
+        == f"Invalid value for {name}={value!r}: expected a positive int, or None{' ' + words if words else ''}."
+    )
+
+
+def test_the_callback_s_own_options_are_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError, match=re.escape("every_n_epochs=True: expected a positive int")):
+        HFExportCallback(every_n_epochs=True)
+    with pytest.raises(OptionError, match=re.escape("export_on_train_end='no': expected True or False")):
+        HFExportCallback(export_on_train_end="no")
+
+
+def test_export_hf_refuses_a_string_bool_before_writing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError, match=re.escape("allow_nonfinite='false'")):
+        export_hf(torch.nn.Linear(2, 2), 1, tmp_path / "x", allow_nonfinite="false")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_retries": True}, "max_retries=True: expected an int >= 0 (not a bool)"),
+        ({"timeout_s": float("inf")}, "hub_timeout_s=inf: expected a finite number > 0 and <= 86400"),
+        ({"backoff_base_s": "1"}, "backoff_base_s='1': expected a finite number >= 0 (not a str)"),
+    ],
+)
+def test_hub_options_built_directly_are_checked_alike(kwargs, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError, match=re.escape(words)):
+        HubOptions(repo_id="me/run", **kwargs)

@@ -6,7 +6,11 @@ A source family is one module exposing a class that satisfies :class:`~hfexport.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..errors import CheckpointError
+from . import gpt2, llama
 from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, check_plan, transpose_into
 from .gpt2 import ACTIVATIONS, GPT2
 from .llama import LitGPTLlama, MetaLlama
@@ -18,6 +22,7 @@ __all__ = [
     "ModelFacts",
     "TensorPlan",
     "check_plan",
+    "config_problems",
     "detect",
     "get",
     "register",
@@ -45,6 +50,13 @@ def get(name: str) -> Architecture:
         return _REGISTRY[name]
     except KeyError:
         raise CheckpointError(f"Unknown architecture {name!r}. Registered: {registered()}.") from None
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """The numbers of a ``config.json`` out of their family's range (``model_type`` ``gpt2`` or ``llama``), one line
+    each; ``[]`` for another family, whose ranges hfexport does not know."""
+    check = {"gpt2": gpt2.config_problems, "llama": llama.config_problems}.get(config.get("model_type"))
+    return check(config) if check is not None else []
 
 
 def detect(keys: set[str]) -> Architecture:

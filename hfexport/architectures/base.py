@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConversionError
+from ..validation import Range, shown
 
 __all__ = [
     "Architecture",
@@ -31,6 +32,7 @@ __all__ = [
     "layer_indices",
     "out_vocab",
     "positive_int",
+    "range_problems",
     "refuse_unexpected",
     "require",
     "transpose_into",
@@ -244,6 +246,22 @@ def config_dim(config: Mapping[str, Any], key: str) -> int:
             f"config {key}={value!r} ({type(value).__name__}) is not a size: expected an integer >= 0."
         )
     return value
+
+
+def range_problems(config: Mapping[str, Any], ranges: Mapping[str, tuple[Range, str]], where: str = "") -> list[str]:
+    """The values of ``config`` out of their range, one line each: ``KEY=VALUE: expected WHAT (FIX)``.
+
+    Args:
+        config: A ``config.json`` (or one of its objects).
+        ranges: Key → (its range, where a wrong value comes from, ``""`` if nowhere to say). Absent keys pass.
+        where: The prefix of the keys in the lines (``"rope_scaling."``).
+    """
+    lines = []
+    for key, (rng, fix) in ranges.items():
+        problem = rng.problem(config[key]) if key in config else None
+        if problem is not None:
+            lines.append(f"{where}{key}={shown(config[key])}: expected {problem}" + (f" ({fix})" if fix else ""))
+    return lines
 
 
 def positive_int(name: str, value: Any, fix: str) -> int:

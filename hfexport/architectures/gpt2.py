@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
+from ..validation import Range
 from .base import (
     ConversionPlan,
     ModelFacts,
@@ -25,13 +26,14 @@ from .base import (
     layer_indices,
     out_vocab,
     positive_int,
+    range_problems,
     refuse_unexpected,
     require,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ACTIVATIONS", "GPT2", "TRANSPOSED"]
+__all__ = ["ACTIVATIONS", "GPT2", "GPT2_RANGES", "TRANSPOSED", "config_problems"]
 
 #: GELU variants and the trainers that use each (the checkpoint does not record which one was used).
 ACTIVATIONS: dict[str, str] = {
@@ -216,6 +218,22 @@ class GPT2:
         if not config.get("tie_word_embeddings", True):
             shapes["lm_head.weight"] = (vocab, embd)
         return shapes
+
+
+#: The range of each number of a GPT-2 ``config.json`` (written by hfexport, checked by ``hfexport verify``), and
+#: where a wrong value comes from. A key absent from the config is not checked.
+GPT2_RANGES: dict[str, tuple[Range, str]] = {
+    "layer_norm_epsilon": (Range(minimum=0.0, maximum=1.0), "--norm_eps, config={'layer_norm_epsilon': ...}"),
+    "n_positions": (Range(integer=True, minimum=1), ""),
+    "resid_pdrop": (Range(minimum=0.0, maximum=1.0), "config={'dropout': p}"),
+    "embd_pdrop": (Range(minimum=0.0, maximum=1.0), "config={'dropout': p}"),
+    "attn_pdrop": (Range(minimum=0.0, maximum=1.0), "config={'dropout': p}"),
+}
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """What is out of range in a GPT-2 ``config.json``, one line each; ``[]`` when every number is in range."""
+    return range_problems(config, GPT2_RANGES)
 
 
 def _require_matrix(sd: Mapping[str, torch.Tensor], key: str, layout: str) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import ConversionError
+from ..validation import Range, shown
 from .base import (
     ConversionPlan,
     ModelFacts,
@@ -35,13 +36,22 @@ from .base import (
     layer_indices,
     out_vocab,
     positive_int,
+    range_problems,
     refuse_unexpected,
     require,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LLAMA_LAYER_SHAPES", "LitGPTLlama", "MetaLlama", "expected_shapes"]
+__all__ = [
+    "LLAMA_LAYER_SHAPES",
+    "LLAMA_RANGES",
+    "ROPE_TYPES",
+    "LitGPTLlama",
+    "MetaLlama",
+    "config_problems",
+    "expected_shapes",
+]
 
 #: Meta / llama2.c / torchtitan per-layer suffix → transformers suffix.
 META_LAYER_KEYS: dict[str, str] = {
@@ -106,6 +116,53 @@ LLAMA_LAYER_SHAPES: dict[str, tuple[str, ...]] = {
     "mlp.up_proj.weight": ("i", "h"),
     "mlp.down_proj.weight": ("h", "i"),
 }
+
+
+#: The range of each number of a Llama ``config.json`` (written by hfexport, checked by ``hfexport verify``), and
+#: where a wrong value comes from. A key absent from the config is not checked.
+LLAMA_RANGES: dict[str, tuple[Range, str]] = {
+    "rope_theta": (Range(above=0.0), "--rope_theta, config={'rope_theta': ...}"),
+    "rms_norm_eps": (Range(minimum=0.0, maximum=1.0), "--norm_eps, config={'norm_eps': ...}"),
+    "max_position_embeddings": (Range(integer=True, minimum=1), "the context length: config={'max_seq_len': N}"),
+    "attention_dropout": (Range(minimum=0.0, maximum=1.0), ""),
+}
+#: The RoPE kinds transformers' Llama implements (``rope_scaling.rope_type``), and the range of their numbers.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+ROPE_RANGES: dict[str, tuple[Range, str]] = {
+    "rope_theta": (Range(above=0.0), "--rope_theta"),
+    "factor": (Range(above=0.0), "--rope_scaling_factor, config={'rope_scaling_factor': ...}"),
+    "low_freq_factor": (Range(above=0.0), ""),
+    "high_freq_factor": (Range(above=0.0), ""),
+    "original_max_position_embeddings": (Range(integer=True, minimum=1), ""),
+}
+
+
+def config_problems(config: Mapping[str, Any]) -> list[str]:
+    """What is out of range in a Llama ``config.json``, one line each (each naming the key, the value, what is
+    expected and, where hfexport takes it from an option, the option): RoPE base, RMSNorm epsilon, context length,
+    the RoPE scaling's kind and numbers. ``[]`` when every number is in range."""
+    problems = range_problems(config, LLAMA_RANGES)
+    for section in ("rope_scaling", "rope_parameters"):  # transformers 4.x writes the first, 5.x the second
+        rope = config.get(section)
+        if rope is None:
+            continue
+        if not isinstance(rope, Mapping):
+            problems.append(f"{section} is a {type(rope).__name__}, not an object or null")
+            continue
+        kind = rope.get("rope_type", rope.get("type"))
+        if kind not in ROPE_TYPES:
+            problems.append(
+                f"{section}.rope_type={shown(kind)} is not a RoPE kind transformers' Llama implements "
+                f"({', '.join(ROPE_TYPES)})"
+            )
+        problems.extend(range_problems(rope, ROPE_RANGES, f"{section}."))
+        low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
+        if kind == "llama3" and all(Range(above=0.0).problem(v) is None for v in (low, high)) and not high > low:
+            problems.append(
+                f"{section}.high_freq_factor={high!r} is not above low_freq_factor={low!r}, which Llama 3.1's RoPE "
+                "divides by their difference"
+            )
+    return problems
 
 
 def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
