@@ -42,6 +42,7 @@ from .background import BackgroundWriter
 from .convert import dtype_name, output_tensors, write_export
 from .errors import ConversionError, ExportWorkerError, HFExportError
 from .hub import HubPusher
+from .journal import PushJournal
 from .options import ExportOptions
 from .snapshot import (
     Snapshot,
@@ -485,6 +486,7 @@ class HFExporter:
                 self._buffers.give_back(job.snapshot)
             job.snapshot.tensors.clear()
             self._store.published(job.step, unwritten=self._unwritten(), is_pushing=self._is_pushing)
+            self._prune_journal()
             job.stats.write_s = time.perf_counter() - start
             logger.info("Exported step %d to %s in %.2fs", job.step, target, job.stats.write_s)
             if self._pusher is not None:
@@ -511,6 +513,17 @@ class HFExporter:
     def _rotate(self) -> None:
         if self._store is not None:
             self._store.rotate(unwritten=self._unwritten(), is_pushing=self._is_pushing)
+            self._prune_journal()
+
+    def _prune_journal(self) -> None:
+        """Forget the settled push-journal entries of the versions rotation just removed (a rotation after the last
+        push would otherwise leave them until the next run's first push)."""
+        if self._pusher is None or self._store is None or self._store.keep_last_n is None:
+            return
+        try:
+            PushJournal(self.root).prune()
+        except OSError as exc:  # the journal is bookkeeping: never fatal to an export
+            logger.warning("Could not prune the push journal of %s: %s", self.root, exc)
 
 
 def _plain(value: Any) -> int | float | str | bool:

@@ -249,8 +249,24 @@ class PushJournal:
             self._prune(data, keep=name)
             self._write(data)
 
-    def _prune(self, data: dict[str, Any], *, keep: str) -> None:
-        """Drop the pushed or skipped entries of versions whose directory is gone (rotated, removed)."""
+    def prune(self) -> None:
+        """Drop the pushed or skipped entries of versions whose directory is gone (rotated, removed); the journal is
+        rewritten only when there was one to drop.
+
+        Raises:
+            OSError: the journal cannot be written (e.g. a read-only export root).
+        """
+        if not self.path.is_file():
+            return
+        with self._locked():
+            data = self.read()
+            if self._prune(data, keep=None):
+                self._write(data)
+
+    def _prune(self, data: dict[str, Any], *, keep: str | None) -> bool:
+        """Drop the pushed or skipped entries of versions whose directory is gone (rotated, removed); whether any
+        was dropped."""
+        pruned = False
         for key, target in data["targets"].items():
             versions = target.get("versions") or {}
             gone = [
@@ -263,7 +279,9 @@ class PushJournal:
             for name in gone:
                 del versions[name]
             if gone:
+                pruned = True
                 logger.debug("Pruned %d journal entr(ies) of %s whose directory is gone: %s", len(gone), key, gone)
+        return pruned
 
     def forget(self, repo_id: str, revision: str, name: str) -> None:
         """Drop one version's entry for one target (its directory is gone)."""
