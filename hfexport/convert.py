@@ -280,6 +280,11 @@ def write_export(
         "tokenizer": tok.source if tok is not None else None,
     }
     manifest.update(dict(manifest_facts or {}))
+    # What was inferred, and from where (file names only): in the manifest and in the card.
+    inferred = {str(k): str(v) for k, v in dict(manifest.pop("inferred", None) or {}).items()}
+    if inferred:
+        manifest["inferred"] = inferred
+        card.update({f"inferred {fact}": where for fact, where in inferred.items()})
     files = {
         "config.json": json.dumps(config, indent=2) + "\n",
         "generation_config.json": json.dumps(generation, indent=2) + "\n",
@@ -466,7 +471,11 @@ def convert_checkpoint(
             "source": f"{ckpt.path.name} ({ckpt.layout})",
         }
         card.update(ckpt.extra)
-        manifest = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no local path: it is pushed
+        manifest: dict[str, Any] = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no path
+        if ckpt.config_file:
+            manifest["inferred"] = {
+                "config": f"{ckpt.config_file} beside the checkpoint (its shape facts agree with the weights)"
+            }
         result = write_export(
             plan,
             out,

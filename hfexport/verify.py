@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .architectures.llama import expected_shapes
 from .dircheck import MAX_JSON_BYTES, check_directory, one_line
-from .errors import ConversionError, HFExportError
+from .errors import CheckpointError, ConversionError, HFExportError
 from .names import CONFIG_FILE
 from .sources import load_checkpoint
 from .versions import LATEST, resolve_latest
@@ -84,7 +84,8 @@ def verify_directory(
 
     Raises:
         HFExportError: ``path`` is an export root whose ``latest`` designates nothing, or the checkpoint cannot be
-            read (bad input, not a defect of the directory).
+            read or does not record its attention heads and ``n_head`` is not given (bad input, not a defect of the
+            directory: the heads are never taken from the export being checked).
         ImportError: ``checkpoint`` is given and ``transformers`` is not installed.
     """
     root = Path(path)
@@ -148,6 +149,7 @@ def logits_difference(
     the export shows up as a difference. The export is loaded as written and run in float32.
 
     Raises:
+        CheckpointError: the checkpoint does not record its heads and ``n_head`` is not given.
         ImportError: ``transformers`` is not installed (``pip install 'hfexport[transformers]'``).
     """
     try:
@@ -155,11 +157,18 @@ def logits_difference(
     except ImportError as exc:
         raise ImportError("Comparing logits needs transformers: pip install 'hfexport[transformers]'") from exc
     ckpt = load_checkpoint(checkpoint)
+    heads = n_head or ckpt.facts.n_head
+    if heads is None:
+        # Taking the heads from the export's config.json would check config.json against itself: a wrong head count
+        # (from a stray file, a wrong --n_head) would pass.
+        raise CheckpointError(
+            f"{ckpt.path.name} does not record its number of attention heads, so its logits cannot check the "
+            "export's: pass the number the model was trained with (--n_head N, n_head=N)."
+        )
     exported = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     cfg = exported.config
     if cfg.model_type == "llama":
-        return _llama_difference(exported, ckpt.state_dict, ckpt.facts, n_head=n_head, tokens=tokens)
-    heads = n_head or ckpt.facts.n_head or cfg.n_head
+        return _llama_difference(exported, ckpt.state_dict, ckpt.facts, n_head=heads, tokens=tokens)
     act = activation or cfg.activation_function
     gen = torch.Generator().manual_seed(0)
     n = min(tokens, cfg.n_positions)
@@ -313,7 +322,7 @@ def _check_llama_config(config: dict[str, Any], shapes: dict[str, list[int]], re
 
 
 def _llama_difference(
-    exported: Any, state_dict: dict[str, torch.Tensor], facts: Any, *, n_head: int | None, tokens: int
+    exported: Any, state_dict: dict[str, torch.Tensor], facts: Any, *, n_head: int, tokens: int
 ) -> float:
     """:func:`logits_difference` for a ``LlamaForCausalLM`` export: the source's facts where it records them."""
     cfg = exported.config
@@ -325,7 +334,7 @@ def _llama_difference(
         b = llama_forward(
             state_dict,
             ids,
-            n_heads=n_head or facts.n_head or cfg.num_attention_heads,
+            n_heads=n_head or facts.n_head,
             n_kv_heads=facts.n_kv_heads or cfg.num_key_value_heads,
             head_dim=getattr(cfg, "head_dim", None),
             eps=facts.layer_norm_epsilon or cfg.rms_norm_eps,
