@@ -282,6 +282,8 @@ def write_export(
     manifest.update(dict(manifest_facts or {}))
     # What was inferred, and from where (file names only): in the manifest and in the card.
     inferred = {str(k): str(v) for k, v in dict(manifest.pop("inferred", None) or {}).items()}
+    if tok is not None and tok.inferred:
+        inferred["tokenizer"] = tok.inferred
     if inferred:
         manifest["inferred"] = inferred
         card.update({f"inferred {fact}": where for fact, where in inferred.items()})

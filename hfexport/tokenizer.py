@@ -112,6 +112,7 @@ class ExportTokenizer:
         eos_token_id: Id of the end-of-text token, when it has one.
         source: Where it came from, for the log and the model card.
         notes: Facts for the model card (e.g. how a padded vocabulary maps to it).
+        inferred: How it was inferred when nobody named it (the card and ``hfexport.json`` say so), else ``None``.
     """
 
     files: Mapping[str, bytes]
@@ -120,6 +121,7 @@ class ExportTokenizer:
     eos_token_id: int | None
     source: str
     notes: tuple[str, ...] = ()
+    inferred: str | None = None
 
 
 @dataclass
@@ -134,6 +136,8 @@ class TokenizerParts:
         source: Where it came from (for the log and the card).
         config: Other ``tokenizer_config.json`` entries to write (e.g. ``chat_template``, ``add_prefix_space``).
         exact_size: The model's vocabulary must have exactly this many rows (``meta.pkl``: see :func:`_check_size`).
+        inferred: How the tokenizer was inferred when nobody named it (for the card and ``hfexport.json``); ``None``
+            when it was named. An inferred tokenizer must fit the vocabulary exactly where its size says anything.
     """
 
     backend: Any
@@ -143,6 +147,7 @@ class TokenizerParts:
     config: dict[str, Any] = field(default_factory=dict)
     exact_size: bool = False
     serialized: Serialized | None = None
+    inferred: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,10 +285,17 @@ def _spec_kind(spec: Any) -> str:
 def _auto_parts(
     *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
 ) -> TokenizerParts | None:
-    meta = find_meta_pkl(dataset, checkpoint)
-    if meta is not None:
-        logger.info("Found nanoGPT's %s (dataset %r): writing its character-level tokenizer", meta, dataset)
-        return meta_pkl_parts(meta)
+    found = find_meta_pkl(dataset, checkpoint)
+    if found is not None:
+        logger.info("Found nanoGPT's %s (dataset %r): writing its character-level tokenizer", found, dataset)
+        parts = meta_pkl_parts(found)
+        where = "the checkpoint's run" if _in_run(found, checkpoint) else "the working directory"
+        parts.source = f"nanoGPT character-level meta.pkl of dataset {dataset!r}"
+        parts.inferred = (
+            f"data/{dataset}/meta.pkl in {where}, named by the checkpoint's config['dataset']; its size equals the "
+            "vocabulary's rows"
+        )
+        return parts
     if vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
         padded = " padded" if vocab_size > GPT2_VOCAB_SIZE else ""
         logger.info("The vocabulary has %d rows (GPT-2's 50257%s): writing GPT-2's tokenizer", vocab_size, padded)
@@ -301,21 +313,51 @@ def missing_message(vocab_size: int | None) -> str:
 
 
 def find_meta_pkl(dataset: str | None, checkpoint: str | os.PathLike[str] | None = None) -> Path | None:
-    """Where nanoGPT's ``sample.py`` finds ``meta.pkl``: ``data/<dataset>/meta.pkl`` from the working directory,
-    then from the parent of the checkpoint's directory (``nanoGPT/out-x/ckpt.pt`` → ``nanoGPT/data/...``).
+    """``data/<dataset>/meta.pkl`` of the checkpoint's run (the parent of its directory: ``nanoGPT/out-x/ckpt.pt``
+    → ``nanoGPT/data/...``), else of the working directory (where nanoGPT's ``sample.py`` looks).
 
     A dataset name that is not a plain directory name (``../x``) is ignored.
+
+    Raises:
+        TokenizerError: both exist and differ (the message names both): which one the model was trained with is
+            not known, so none is guessed.
     """
     if not dataset or not isinstance(dataset, str) or not _DATASET.fullmatch(dataset) or set(dataset) <= {"."}:
         return None
-    bases = [Path.cwd()]
+    bases = []
     if checkpoint is not None:
-        bases.append(Path(checkpoint).expanduser().absolute().parent.parent)
-    for base in bases:
-        candidate = base / "data" / dataset / "meta.pkl"
-        if candidate.is_file():
-            return candidate
-    return None
+        bases.append(_run_directory(checkpoint))
+    bases.append(Path.cwd())
+    found = [base / "data" / dataset / "meta.pkl" for base in bases]
+    found = [c for c in found if c.is_file()]
+    if len(found) == 2 and not _same_file(found[0], found[1]):
+        raise TokenizerError(
+            f"Two nanoGPT meta.pkl files for dataset {dataset!r} differ: {str(found[0])!r} (beside the checkpoint's "
+            f"run) and {str(found[1])!r} (in the working directory). Name the one the model was trained with: "
+            "--tokenizer PATH/meta.pkl (tokenizer=...)."
+        )
+    return found[0] if found else None
+
+
+def _run_directory(checkpoint: str | os.PathLike[str]) -> Path:
+    """Where a nanoGPT run keeps ``data/``: the parent of the checkpoint's directory."""
+    return Path(checkpoint).expanduser().absolute().parent.parent
+
+
+def _in_run(path: Path, checkpoint: str | os.PathLike[str] | None) -> bool:
+    return checkpoint is not None and path.is_relative_to(_run_directory(checkpoint))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file, or two files with the same bytes (both are small: ``meta.pkl`` is read under a size limit)."""
+    try:
+        if a.samefile(b):
+            return True
+        if a.stat().st_size != b.stat().st_size or a.stat().st_size > MAX_META_PKL_BYTES:
+            return False
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -326,7 +368,7 @@ _DATASET = re.compile(r"[\w.-]+")
 def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: int | None) -> ExportTokenizer:
     serialized = serialize(parts)
     size, special_ids = serialized.size, serialized.special_ids
-    notes = _check_size(size, vocab_size, parts.source, exact=parts.exact_size)
+    notes = _check_size(size, vocab_size, parts.source, exact=parts.exact_size, padded=parts.inferred is None)
     config: dict[str, Any] = {"tokenizer_class": parts.tokenizer_class}
     config.update(parts.special)
     if model_max_length is not None:
@@ -344,11 +386,13 @@ def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: 
         eos_token_id=special_ids.get("eos_token"),
         source=parts.source,
         notes=tuple(notes),
+        inferred=parts.inferred,
     )
 
 
-def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool) -> list[str]:
-    """The tokenizer must fit the model's vocabulary; a ``meta.pkl`` must match it, or be what it was padded from.
+def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool, padded: bool = True) -> list[str]:
+    """The tokenizer must fit the model's vocabulary; a ``meta.pkl`` must match it, or (``padded``: one that was
+    named, not inferred) be what a multiple-of-64 vocabulary was padded from.
 
     Raises:
         TokenizerError: naming both numbers.
@@ -361,10 +405,11 @@ def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool) 
             "rows: it is not this model's tokenizer. Pass the tokenizer the model was trained with "
             "(--tokenizer PATH), or --no_tokenizer."
         )
-    if exact and not (vocab_size % 64 == 0 and vocab_size - size < 64):
+    if exact and not (padded and vocab_size % 64 == 0 and vocab_size - size < 64):
+        found = "" if padded else " (found, not named: a found meta.pkl must match exactly, as nanoGPT trains it)"
         raise TokenizerError(
-            f"The tokenizer from {source} has {size} characters but the model's vocabulary has {vocab_size} rows: "
-            "it belongs to another dataset. Pass the meta.pkl of the dataset the model was trained on "
+            f"The tokenizer from {source} has {size} characters but the model's vocabulary has {vocab_size} rows"
+            f"{found}: it belongs to another dataset. Pass the meta.pkl of the dataset the model was trained on "
             "(--tokenizer data/<dataset>/meta.pkl), or --no_tokenizer."
         )
     return [

