@@ -257,6 +257,12 @@ def _spec_kind(spec: Any) -> str:
     """
     if spec is None or spec is False:
         return "auto" if spec is None else "none"
+    if isinstance(spec, str) and not spec.strip():
+        raise TokenizerError(
+            f"The tokenizer is {spec!r} (empty: an unset shell variable?), which would read the working directory. "
+            "Pass a tokenizer path, 'gpt2' or a Hub repo id; leave --tokenizer out to find it automatically, or "
+            "pass --no_tokenizer (tokenizer=False) for none."
+        )
     if isinstance(spec, str) and spec.lower() in ("auto", "none", "gpt2"):
         return spec.lower()
     if isinstance(spec, (str, os.PathLike)):

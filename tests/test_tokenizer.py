@@ -371,6 +371,11 @@ def _missing(tmp: Path) -> list[str]:
     return ["--tokenizer", str(tmp / "no" / "such" / "tokenizer")]
 
 
+def _empty(tmp: Path) -> list[str]:
+    char_tokenizer_dir(Path.cwd())  # the working directory holds a tokenizer: "" must not read it
+    return ["--tokenizer", ""]
+
+
 def _empty_dir(tmp: Path) -> list[str]:
     (tmp / "d").mkdir()
     (tmp / "d" / "notes.txt").write_text("not a tokenizer")
@@ -408,6 +413,7 @@ REFUSALS = {
     "malicious_meta_pkl": (_malicious, "not a plain nanoGPT meta.pkl"),
     "meta_pkl_not_chars": (_not_char_level, "only character-level meta.pkl"),
     "missing_path": (_missing, "Tokenizer path"),
+    "empty_spec": (_empty, "(empty: an unset shell variable?)"),
     "no_tokenizer_in_dir": (_empty_dir, "holds no tokenizer"),
     "bad_tokenizer_json": (_bad_json, "is not a tokenizer.json"),
     "hub_id_offline": (_hub_offline, "not in the Hugging Face cache"),
@@ -433,6 +439,8 @@ def test_refusals_are_one_line_and_write_nothing(
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with HF_HUB_OFFLINE=1
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     make, words = REFUSALS[case]
     ckpt = _checkpoint(tmp_path, vocab=100 if case == "meta_pkl_smaller" else 64)
     argv = ["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), *make(tmp_path)]
