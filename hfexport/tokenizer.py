@@ -270,11 +270,13 @@ def _spec_kind(spec: Any) -> str:
         if path.exists() or path.is_symlink():
             return "path"
         text = os.fspath(spec)
-        if isinstance(text, str) and _REPO_ID.fullmatch(text):
+        why = _path_shaped(spec)
+        if why is None and isinstance(text, str) and _REPO_ID.fullmatch(text):
             return "hub"
+        read_as = f" (read as a local path, not a Hub repo id: {why})" if why and _REPO_ID.fullmatch(str(text)) else ""
         raise TokenizerError(
-            f"Tokenizer path {text!r} does not exist; pass a tokenizer directory, a tokenizer.json or meta.pkl "
-            "file, 'gpt2', or a Hub repo id (namespace/name)."
+            f"Tokenizer path {text!r} does not exist: no such file or directory{read_as}. Pass a tokenizer "
+            "directory, a tokenizer.json or meta.pkl file, 'gpt2', or a Hub repo id (namespace/name)."
         )
     if isinstance(spec, ExportTokenizer):
         return "export"
@@ -367,6 +369,22 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+#: Endings of the files a tokenizer is read from: a spec ending so names a file, never a Hub repository.
+_FILE_SUFFIXES = (".json", ".pkl", ".model", ".txt", ".bpe", ".jinja")
+
+
+def _path_shaped(spec: str | os.PathLike[str]) -> str | None:
+    """Why ``spec`` (which does not exist) names a local path and not a Hub repository, or ``None`` when it may be a
+    repo id: a ``Path`` object, a tokenizer file's name (``dir/tokenizer.json``), or a first part that is a local
+    directory (``data/meta``)."""
+    if not isinstance(spec, str):
+        return "it is a path object"
+    if spec.lower().endswith(_FILE_SUFFIXES):
+        return f"it ends like a tokenizer file ({Path(spec).suffix})"
+    head = spec.split("/", 1)[0]
+    if "/" in spec and head and Path(head).expanduser().is_dir():
+        return f"{head!r} is a local directory"
+    return None
 _DATASET = re.compile(r"[\w.-]+")
 
 

@@ -371,6 +371,15 @@ def _missing(tmp: Path) -> list[str]:
     return ["--tokenizer", str(tmp / "no" / "such" / "tokenizer")]
 
 
+def _missing_tokenizer_json(tmp: Path) -> list[str]:
+    return ["--tokenizer", "tok/tokenizer.json"]  # shaped like a repo id, but a file's name: a typo, not the Hub
+
+
+def _missing_under_a_local_dir(tmp: Path) -> list[str]:
+    Path("data").mkdir()
+    return ["--tokenizer", "data/shakespeare"]  # data/ is here: a path
+
+
 def _empty(tmp: Path) -> list[str]:
     char_tokenizer_dir(Path.cwd())  # the working directory holds a tokenizer: "" must not read it
     return ["--tokenizer", ""]
@@ -414,6 +423,8 @@ REFUSALS = {
     "meta_pkl_not_chars": (_not_char_level, "only character-level meta.pkl"),
     "missing_path": (_missing, "Tokenizer path"),
     "empty_spec": (_empty, "(empty: an unset shell variable?)"),
+    "missing_file_not_a_repo": (_missing_tokenizer_json, "'tok/tokenizer.json' does not exist: no such file"),
+    "missing_path_under_dir": (_missing_under_a_local_dir, "not a Hub repo id: 'data' is a local directory"),
     "no_tokenizer_in_dir": (_empty_dir, "holds no tokenizer"),
     "bad_tokenizer_json": (_bad_json, "is not a tokenizer.json"),
     "hub_id_offline": (_hub_offline, "not in the Hugging Face cache"),
@@ -634,3 +645,13 @@ def test_found_meta_pkl_smaller_than_a_padded_vocabulary_is_refused(
     named = ["--tokenizer", str(tmp_path / "data" / "other" / "meta.pkl")]
     assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q", *named]) == 0
     assert "inferred" not in json.loads((tmp_path / "hf" / "hfexport.json").read_text())
+
+
+def test_a_spec_shaped_like_a_path_is_never_sent_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfexport.tokenizer import TokenizerSource
+
+    monkeypatch.chdir(tmp_path)
+    for spec in ("tok/tokenizer.json", "out/meta.pkl", "x/tokenizer.model", Path("ns/name")):
+        with pytest.raises(HFExportError, match="does not exist: no such file or directory"):
+            TokenizerSource(spec)
+    TokenizerSource("openai-community/gpt2")  # a repo id: checked for later resolution (cache, then the Hub)
