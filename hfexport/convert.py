@@ -257,7 +257,10 @@ def write_export(
     generation = dict(plan.generation_config)
     source = as_source(tokenizer)
     tok = source.resolve(
-        vocab_size=config.get("vocab_size"), model_max_length=config.get("n_positions"), **dict(tokenizer_hints or {})
+        vocab_size=config.get("vocab_size"),
+        model_max_length=config.get("n_positions"),
+        model_type=config.get("model_type"),
+        **dict(tokenizer_hints or {}),
     )
     _special_ids_from_tokenizer(tok, config, generation)
     generation["_from_model_config"] = True
@@ -306,7 +309,7 @@ def write_export(
         io=io,
     )
     if tok is None and source.automatic:
-        source.report_missing(config.get("vocab_size"))
+        source.report_missing(config.get("vocab_size"), config.get("model_type"))
     return result
 
 

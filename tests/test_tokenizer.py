@@ -655,3 +655,53 @@ def test_a_spec_shaped_like_a_path_is_never_sent_to_the_hub(tmp_path: Path, monk
         with pytest.raises(HFExportError, match="does not exist: no such file or directory"):
             TokenizerSource(spec)
     TokenizerSource("openai-community/gpt2")  # a repo id: checked for later resolution (cache, then the Hub)
+
+
+# -------------------------------------------------------------------------------------------- inferred: GPT-2's BPE
+def test_inferred_gpt2_tokenizer_is_said_in_the_card_and_manifest(exports: dict[str, Path]) -> None:
+    for name, rows in (("gpt2_50304", 50304), ("gpt2_50257", 50257)):
+        manifest = json.loads((exports[name] / "hfexport.json").read_text())
+        assert manifest["inferred"]["tokenizer"].startswith(f"GPT-2's BPE, from the {rows}-row vocabulary"), name
+        assert (
+            f"| inferred tokenizer | GPT-2's BPE, from the {rows}-row vocabulary"
+            in (exports[name] / "README.md").read_text()
+        )
+
+
+def test_inferring_gpt2s_tokenizer_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ckpt = save_nanogpt(make_gpt(1, **{**TINY, "vocab_size": 50304}), tmp_path / "out" / "ckpt.pt", "openwebtext")
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        convert_checkpoint(ckpt, tmp_path / "hf")
+    assert any(r.levelno == logging.WARNING and "inferred from the 50304-row" in r.message for r in caplog.records)
+
+
+def test_a_llama_with_a_gpt2_sized_vocabulary_gets_no_gpt2_tokenizer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GPT-2's BPE is inferred only for the GPT-2 family: a llama2.c model with 50304 rows keeps sentencepiece's
+    bos/eos 1/2 and says it has no tokenizer."""
+    from llama_ref import llama2c_model_args, make_llama
+
+    model = make_llama(0, vocab_size=50304)
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model": model.state_dict(), "model_args": llama2c_model_args(model.params), "iter_num": 1}, ckpt)
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        out = convert_checkpoint(ckpt, tmp_path / "hf")
+    assert not (out / "tokenizer.json").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    assert "No tokenizer written: a llama model's vocabulary (50304 rows)" in caplog.text
+    assert json.loads((out / "hfexport.json").read_text())["tokenizer"] is None
+
+
+def test_tokenizer_gpt2_reads_a_local_gpt2_directory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local ./gpt2 directory wins over the built-in name (as transformers' from_pretrained("gpt2") does), loudly."""
+    char_tokenizer_dir(tmp_path / "gpt2")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        out = convert_checkpoint(_checkpoint(tmp_path), tmp_path / "hf", tokenizer="gpt2")
+    assert "names the local directory ./gpt2" in caplog.text
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"  # the local one
