@@ -67,7 +67,7 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
         (Path(tmp) / SENTENCEPIECE_NAME).write_bytes(data)  # alone: no stray config beside it is read
         tokenizer = LlamaTokenizerFast.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
     parts = transformers_parts(tokenizer)
-    parts.source = f"{path.parent.name}/{path.name} (sentencepiece)"
+    parts.source = f"{path.name} (sentencepiece)"  # the file's name only: its directory may be a user's
     logger.info("Converted the sentencepiece model %s into a Llama tokenizer (%d tokens)", path, len(tokenizer))
     return parts
 

@@ -629,8 +629,9 @@ def directory_parts(directory: Path, root: Path) -> TokenizerParts:
 
 
 def _short(path: Path) -> str:
-    """A path for the card and the log without the user's directories: ``shakespeare_char/meta.pkl``."""
-    return "/".join(part for part in (path.parent.name, path.name) if part)
+    """A tokenizer file as the card and ``hfexport.json`` name it: its name only (``tokenizer.json``), never a
+    directory, which may be a user's (``/home/alice.smith/tokenizer.json`` must not publish ``alice.smith``)."""
+    return path.name
 
 
 def _present(path: Path) -> bool:
@@ -699,7 +700,7 @@ def vocab_merges_parts(path: Path, root: Path) -> TokenizerParts:
         _byte_level_bpe(_tokenizers().models.BPE(vocab=vocab, merges=merges, **_BPE_OPTIONS), sorted(set(extra))),
         "PreTrainedTokenizerFast",
         special,
-        f"{_short(path.parent)} (vocab.json + merges.txt)",
+        "vocab.json + merges.txt",
         config=config,
     )
 

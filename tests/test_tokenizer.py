@@ -705,3 +705,38 @@ def test_tokenizer_gpt2_reads_a_local_gpt2_directory_and_says_so(
         out = convert_checkpoint(_checkpoint(tmp_path), tmp_path / "hf", tokenizer="gpt2")
     assert "names the local directory ./gpt2" in caplog.text
     assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"  # the local one
+
+
+# -------------------------------------------------------------------------------------------- where it came from
+def _gpt2_files_dir(path: Path) -> Path:
+    """GPT-2's vocab.json + merges.txt (a slow tokenizer's save_pretrained) in ``path``."""
+    path.mkdir(parents=True)
+    data = gpt2_data_dir()
+    (path / "vocab.json").write_bytes((data / "encoder.json").read_bytes())
+    (path / "merges.txt").write_bytes((data / "vocab.bpe").read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tokenizer.json", "meta.pkl", "vocab+merges"])
+def test_card_and_manifest_name_the_tokenizer_file_never_its_directory(tmp_path: Path, kind: str) -> None:
+    home = tmp_path / "home" / "alice.smith"
+    if kind == "tokenizer.json":
+        spec, vocab = char_tokenizer_dir(home) / "tokenizer.json", 64
+    elif kind == "meta.pkl":
+        spec, vocab = home / "meta.pkl", write_meta_pkl(home, "hello world\n")["vocab_size"]
+    else:
+        spec, vocab = _gpt2_files_dir(home), 50257
+    out = convert_checkpoint(_checkpoint(tmp_path, vocab=vocab), tmp_path / "hf", tokenizer=spec)
+    manifest = (out / "hfexport.json").read_text()
+    card = (out / "README.md").read_text()
+    for text in (manifest, card):
+        assert "alice.smith" not in text and str(tmp_path) not in text
+    recorded = json.loads(manifest)["tokenizer"]
+    assert (
+        recorded
+        == {
+            "tokenizer.json": "tokenizer.json",
+            "meta.pkl": "nanoGPT character-level meta.pkl",
+            "vocab+merges": "vocab.json + merges.txt",
+        }[kind]
+    )
