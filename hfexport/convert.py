@@ -458,9 +458,17 @@ def convert_checkpoint(
                 chosen,
                 ckpt.layout,
             )
-        plan = plan_conversion(
-            ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
-        )
+        try:
+            plan = plan_conversion(
+                ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
+            )
+        except ConversionError as exc:
+            if not ckpt.config_file:
+                raise
+            # The message names the field; say which file it was read from.
+            raise ConversionError(
+                f"{exc} (The model's config was read from {ckpt.config_file} beside the checkpoint.)"
+            ) from exc
         # None named: a Llama checkpoint's tokenizer may sit beside it (litgpt's directory, a sentencepiece model).
         tokenizer = llama_tokenizer_source(tokenizer, ckpt.path, plan.architecture)
         # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the

@@ -123,6 +123,11 @@ def _read(file: Path) -> dict[str, Any]:
         config = json.loads(text) if file.name.endswith(".json") else _yaml(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{str(file)!r} (the config beside the checkpoint) is unreadable: {exc}") from exc
+    except RecursionError:  # JSON or YAML nested thousands deep: no config is
+        raise CheckpointError(
+            f"{str(file)!r} (the config beside the checkpoint) is refused: it is nested too deeply to be a model "
+            "config (a config is a flat mapping of fields)."
+        ) from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{str(file)!r} holds a {type(config).__name__}, not a mapping of config fields.")
     return config

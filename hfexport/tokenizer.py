@@ -442,6 +442,8 @@ def _path_shaped(spec: str | os.PathLike[str]) -> str | None:
     if "/" in spec and head and Path(head).expanduser().is_dir():
         return f"{head!r} is a local directory"
     return None
+
+
 _DATASET = re.compile(r"[\w.-]+")
 
 
@@ -730,6 +732,18 @@ def _sidecar_config(directory: Path, root: Path) -> tuple[dict[str, str], dict[s
 
 
 # ------------------------------------------------------------------------------------------------ nanoGPT meta.pkl
+#: The largest token id a vocabulary may use (``tokenizers`` keeps ids in 32 bits; no model has 2**31 rows).
+_MAX_TOKEN_ID = 2**31 - 1
+
+
+def _brief(value: Any) -> str:
+    """``value`` for a one-line message: a short repr (cut to 40 characters), or its type for a container."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return f"a {type(value).__name__}"
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings and ints only: every global (hence every callable) is refused."""
 
@@ -765,9 +779,21 @@ def read_meta_pkl(path: Path, root: Path | None = None) -> dict[str, Any]:
     bad = [k for k, v in stoi.items() if not isinstance(k, str) or len(k) != 1 or type(v) is not int or v < 0]
     if bad:
         raise TokenizerError(
-            f"{where!r} maps {bad[0]!r} in 'stoi': only character-level meta.pkl files (one character → one id) "
-            "are supported."
+            f"{where!r} maps {_brief(bad[0])} in 'stoi': only character-level meta.pkl files (one character → one "
+            "id) are supported."
         )
+    too_big = [(k, v) for k, v in stoi.items() if v > _MAX_TOKEN_ID]
+    if too_big:
+        raise TokenizerError(
+            f"{where!r} gives {_brief(too_big[0][0])} the id {too_big[0][1]}, beyond any vocabulary (ids go up to "
+            f"{_MAX_TOKEN_ID}): it is not a character-level meta.pkl nanoGPT's prepare.py wrote."
+        )
+    for char in stoi:
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            raise TokenizerError(
+                f"{where!r} maps a lone surrogate (U+{ord(char):04X}) in 'stoi', which no text can hold (UTF-8 cannot "
+                "encode it): the file is damaged or was not written from text. Re-run nanoGPT's prepare.py."
+            )
     if len(set(stoi.values())) != len(stoi):
         raise TokenizerError(f"{where!r}: 'stoi' gives two characters the same id.")
     itos = meta.get("itos")
@@ -854,10 +880,9 @@ def tiktoken_parts(encoding: Any) -> TokenizerParts:
     backend.post_processor = tk.processors.ByteLevel(trim_offsets=False)
     backend.add_special_tokens([tk.AddedToken(name, special=True, normalized=False) for name in sorted(specials)])
     special = {}
-    eot = getattr(encoding, "eot_token", None)
-    names = {i: n for n, i in specials.items()}
-    if eot in names:
-        special = dict.fromkeys(("bos_token", "eos_token", "unk_token"), names[eot])
+    # ``encoding.eot_token`` raises KeyError for an encoding without <|endoftext|>: it then has no bos/eos/unk.
+    if GPT2_EOT in specials:
+        special = dict.fromkeys(("bos_token", "eos_token", "unk_token"), GPT2_EOT)
     return TokenizerParts(backend, "PreTrainedTokenizerFast", special, f"tiktoken encoding {encoding.name!r}")
 
 

@@ -127,3 +127,45 @@ def test_model_config_yaml_shape_facts_must_agree_with_the_tensors(tmp_path: Pat
     (tmp_path / "lit" / "model_config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(CheckpointError, match=f"model_config.yaml beside lit_model.pth says {field}={value}, but"):
         convert_checkpoint(ckpt, tmp_path / "hf")
+
+
+# -- 3.3: one clear line naming the file and the field -----------------------------------------------------------
+def _litgpt_with(tmp_path: Path, **fields: object) -> Path:
+    ckpt = save_litgpt(make_litllama(10), tmp_path / "lit")
+    config = yaml.safe_load((tmp_path / "lit" / "model_config.yaml").read_text())
+    (tmp_path / "lit" / "model_config.yaml").write_text(yaml.safe_dump({**config, **fields}))
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"rope_adjustments": {"factor": 8.0}}, "rope_adjustments lacks low_freq_factor, high_freq_factor"),
+        ({"head_size": "abc"}, "head_size='abc' (str) is not a positive integer"),
+    ],
+    ids=["rope_adjustments-partial", "head_size-abc"],
+)
+def test_bad_model_config_yaml_field_is_one_line_naming_field_and_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fields: dict, says: str
+) -> None:
+    ckpt = _litgpt_with(tmp_path, **fields)
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert says in lines[0] and "read from model_config.yaml beside the checkpoint" in lines[0]
+    assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("name", ["params.json", "model_config.yaml"])
+def test_deeply_nested_sidecar_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    if name == "params.json":
+        ckpt = save_meta(make_llama(11, **GQA), tmp_path / "m")
+        (tmp_path / "m" / name).write_text("[" * 200_000 + "]" * 200_000)
+    else:
+        ckpt = save_litgpt(make_litllama(11), tmp_path / "m")
+        (tmp_path / "m" / name).write_text("a: " + "[" * 200_000 + "]" * 200_000)
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and name in lines[0], err

@@ -380,6 +380,18 @@ def _missing_under_a_local_dir(tmp: Path) -> list[str]:
     return ["--tokenizer", "data/shakespeare"]  # data/ is here: a path
 
 
+def _meta_id_too_big(tmp: Path) -> list[str]:
+    (tmp / "d").mkdir()
+    (tmp / "d" / "meta.pkl").write_bytes(pickle.dumps({"stoi": {"a": 2**32, "b": 1}, "itos": {2**32: "a", 1: "b"}}))
+    return ["--tokenizer", str(tmp / "d" / "meta.pkl")]
+
+
+def _meta_lone_surrogate(tmp: Path) -> list[str]:
+    (tmp / "d").mkdir()
+    (tmp / "d" / "meta.pkl").write_bytes(pickle.dumps({"stoi": {"\ud800": 0, "b": 1}}))
+    return ["--tokenizer", str(tmp / "d" / "meta.pkl")]
+
+
 def _empty(tmp: Path) -> list[str]:
     char_tokenizer_dir(Path.cwd())  # the working directory holds a tokenizer: "" must not read it
     return ["--tokenizer", ""]
@@ -423,6 +435,8 @@ REFUSALS = {
     "meta_pkl_not_chars": (_not_char_level, "only character-level meta.pkl"),
     "missing_path": (_missing, "Tokenizer path"),
     "empty_spec": (_empty, "(empty: an unset shell variable?)"),
+    "meta_pkl_id_beyond_32_bits": (_meta_id_too_big, "gives 'a' the id 4294967296, beyond any vocabulary"),
+    "meta_pkl_lone_surrogate": (_meta_lone_surrogate, "maps a lone surrogate (U+D800)"),
     "missing_file_not_a_repo": (_missing_tokenizer_json, "'tok/tokenizer.json' does not exist: no such file"),
     "missing_path_under_dir": (_missing_under_a_local_dir, "not a Hub repo id: 'data' is a local directory"),
     "no_tokenizer_in_dir": (_empty_dir, "holds no tokenizer"),
@@ -740,3 +754,17 @@ def test_card_and_manifest_name_the_tokenizer_file_never_its_directory(tmp_path:
             "vocab+merges": "vocab.json + merges.txt",
         }[kind]
     )
+
+
+def test_tiktoken_encoding_without_endoftext_converts_without_special_tokens(tmp_path: Path) -> None:
+    """tiktoken's ``eot_token`` raises KeyError for such an encoding: it has no bos/eos, which is no error."""
+    from transformers import AutoTokenizer
+
+    ranks = {bytes([b]): b for b in range(256)}
+    ranks.update({b"ab": 256, b"abc": 257})
+    encoding = tiktoken.Encoding("bytes-only", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    out = convert_checkpoint(_checkpoint(tmp_path, vocab=258), tmp_path / "hf", dtype="float32", tokenizer=encoding)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok("abcab")["input_ids"] == encoding.encode("abcab") == [257, 256]
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] is None and config["bos_token_id"] is None
