@@ -12,18 +12,25 @@ A file beside a checkpoint is a fact *inferred* from where it sits, so it is rea
   warning, never read);
 * every shape fact it states (width, layers, vocabulary rows) must equal what the tensors have, or the checkpoint
   is refused naming the field, both values and the file.
+
+Reading one is bounded work: a file over :data:`MAX_SIDECAR_BYTES` is refused unread, YAML anchors/aliases (an
+"alias bomb" expands a few hundred bytes into billions of nodes) and nesting deeper than :data:`MAX_DEPTH` are
+refused before any object is built, and values are rendered into messages and the card with
+:func:`hfexport.brief.brief` only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .brief import brief
 from .errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -73,6 +80,10 @@ SIDECARS: tuple[Sidecar, ...] = (
     ),
 )
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
+#: A model config is a few hundred bytes (Meta's ``params.json``) to a few kB (litgpt's ``model_config.yaml``).
+MAX_SIDECAR_BYTES = 256 * 1024
+#: A config is a flat mapping with a few small nested mappings (``rope_adjustments``, ``hf_config``).
+MAX_DEPTH = 16
 
 
 def read_sidecar_config(
@@ -118,18 +129,34 @@ def read_sidecar_config(
 
 
 def _read(file: Path) -> dict[str, Any]:
+    """The mapping in ``file`` (JSON, or YAML without aliases), read within :data:`MAX_SIDECAR_BYTES`.
+
+    Raises:
+        CheckpointError: too large, unreadable, nested too deeply, or not a mapping.
+    """
+    where = f"{str(file)!r} (the config beside the checkpoint)"
     try:
-        text = file.read_text(encoding="utf-8")
-        config = json.loads(text) if file.name.endswith(".json") else _yaml(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{str(file)!r} (the config beside the checkpoint) is unreadable: {exc}") from exc
-    except RecursionError:  # JSON or YAML nested thousands deep: no config is
+        with open(file, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(MAX_SIDECAR_BYTES + 1) if size <= MAX_SIDECAR_BYTES else b""
+    except OSError as exc:
+        raise CheckpointError(f"{where} is unreadable: {exc.strerror or exc}") from exc
+    if size > MAX_SIDECAR_BYTES or len(data) > MAX_SIDECAR_BYTES:
         raise CheckpointError(
-            f"{str(file)!r} (the config beside the checkpoint) is refused: it is nested too deeply to be a model "
-            "config (a config is a flat mapping of fields)."
+            f"{where} is refused unread: {max(size, len(data))} bytes is not a model config (at most "
+            f"{MAX_SIDECAR_BYTES} bytes are read). Put the model's own config there."
+        )
+    try:
+        text = data.decode("utf-8")
+        config = json.loads(text) if file.name.endswith(".json") else _yaml(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{where} is unreadable: {exc}") from exc
+    except RecursionError:  # JSON nested thousands deep: no config is
+        raise CheckpointError(
+            f"{where} is refused: it is nested too deeply to be a model config (a config is a flat mapping of fields)."
         ) from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{str(file)!r} holds a {type(config).__name__}, not a mapping of config fields.")
+        raise CheckpointError(f"{where} holds a {type(config).__name__}, not a mapping of config fields.")
     return config
 
 
@@ -150,19 +177,11 @@ def _check_shapes(sidecar: Sidecar, config: Mapping[str, Any], checkpoint: Path,
             continue  # Llama 2's params.json: "defined by the tokenizer"
         if isinstance(value, bool) or not isinstance(value, int) or value != actual[kind]:
             raise CheckpointError(
-                f"{sidecar.name} beside {checkpoint.name} says {key}={_brief(value)}, but the checkpoint has "
+                f"{sidecar.name} beside {checkpoint.name} says {key}={brief(value)}, but the checkpoint has "
                 f"{actual[kind]} {what[kind]}: the file describes another model. Put the {sidecar.name} of this "
                 "checkpoint beside it (or move the stray one away and pass the facts as options: --n_head, "
                 "--norm_eps, --rope_theta)."
             )
-
-
-def _brief(value: Any) -> str:
-    """A short rendering of a config value for a message: scalars (cut to 40 characters), else the type."""
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        text = repr(value)
-        return text if len(text) <= 40 else text[:37] + "..."
-    return f"<a {type(value).__name__}>"
 
 
 def _yaml(text: str) -> Any:
@@ -171,9 +190,29 @@ def _yaml(text: str) -> Any:
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise ImportError("Reading litgpt's model_config.yaml needs PyYAML: pip install pyyaml") from exc
     try:
+        _check_events(yaml.parse(text, Loader=yaml.SafeLoader))
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(str(exc).splitlines()[0]) from exc
+
+
+def _check_events(events: Any) -> None:
+    """Refuse aliases and deep nesting from the parser's events, before any object is built (no recursion)."""
+    import yaml
+
+    depth = 0
+    for event in events:
+        if isinstance(event, yaml.AliasEvent):
+            raise ValueError(
+                f"it uses a YAML alias (*{brief(event.anchor, quote=False)}): a model config has none, and aliases "
+                "can expand a small file into billions of values"
+            )
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep, which no model config is")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def _refuse_model_parallel(checkpoint: Path) -> None:

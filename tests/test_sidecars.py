@@ -169,3 +169,50 @@ def test_deeply_nested_sidecar_is_refused_in_one_line(
     rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and name in lines[0], err
+
+
+# -- 3.4: bounded work on hostile sidecars -----------------------------------------------------------------------
+def alias_bomb(levels: int, fan: int = 9) -> str:
+    """YAML whose last anchor expands to fan**levels strings (a few hundred bytes)."""
+    lines = [f"l0: &l0 [{', '.join(['x'] * fan)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * fan)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["name", "norm_class_name"])
+def test_yaml_alias_bomb_is_refused_before_it_expands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """The name goes into the card, a non-Llama field into a message: an alias there would be expanded by str/repr
+    (9**6 strings here; 9**9 took minutes and gigabytes). Aliases are refused from the parser's events."""
+    ckpt = save_litgpt(make_litllama(12), tmp_path / "lit")
+    config = yaml.safe_dump(
+        {k: v for k, v in yaml.safe_load((tmp_path / "lit" / "model_config.yaml").read_text()).items() if k != where}
+    )
+    (tmp_path / "lit" / "model_config.yaml").write_text(alias_bomb(6) + config + f"{where}: *l5\n")
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and len(lines[0]) < 500, err[:2000]
+    assert "model_config.yaml" in lines[0] and "uses a YAML alias (*l0)" in lines[0]
+    assert not (tmp_path / "hf").exists()
+
+
+def test_oversized_sidecar_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = save_meta(make_llama(13, **GQA), tmp_path / "m")
+    record = json.loads((tmp_path / "m" / "params.json").read_text())
+    (tmp_path / "m" / "params.json").write_text(json.dumps(record) + " " * (256 * 1024))  # valid JSON, 256 kB + more
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    assert rc == 2 and "params.json' (the config beside the checkpoint) is refused unread" in err, err
+
+
+def test_long_sidecar_values_are_cut_in_messages_and_the_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = "y" * 200_000
+    ckpt = save_meta(make_llama(14, **GQA), tmp_path / "m", n_heads=long)
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    assert rc == 2 and "n_heads='yyyy" in err and "is not a positive integer" in err and len(err) < 1000, err[:2000]
+    model = make_litllama(15)
+    out = convert_checkpoint(save_litgpt(model, tmp_path / "lit", name=long), tmp_path / "hf", dtype="float32")
+    card = (out / "README.md").read_text()
+    assert len(card) < 10_000 and "| litgpt_config | yyyy" in card

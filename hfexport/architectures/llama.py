@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..brief import brief
 from ..errors import ConversionError
 from .base import (
     ConversionPlan,
@@ -433,7 +434,7 @@ class LitGPTLlama(_LlamaFamily):
             sd, tensors, sources, dims, intermediate, vocab_size=vocab_size, untie_embeddings=untie_embeddings
         )
         if raw.get("name"):
-            plan.card_facts["litgpt_config"] = str(raw["name"])
+            plan.card_facts["litgpt_config"] = brief(raw["name"], quote=False)
         return plan
 
 
@@ -445,16 +446,17 @@ def _check_litgpt_config(raw: Mapping[str, Any]) -> None:
             continue
         value = raw[key]
         if key == "n_expert":
-            ok = not value
+            ok = value is None or (isinstance(value, (int, float)) and not value)
         elif key == "rotary_percentage":
-            ok = float(value) == 1.0
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1.0
         else:
-            ok = value == wanted or (wanted is False and not value)
+            ok = value == wanted if isinstance(value, (str, int, float)) or value is None else False
+            ok = ok or (wanted is False and value in (None, 0, False))
         if not ok:
-            wrong.append(f"{key}={value!r} (needs {wanted!r})")
+            wrong.append(f"{key}={brief(value)} (needs {wanted!r})")
     if wrong:
         raise ConversionError(
-            f"litgpt config {raw.get('name', '?')!r} is not Llama-shaped: {', '.join(wrong)}. hfexport converts "
+            f"litgpt config {brief(raw.get('name', '?'))} is not Llama-shaped: {', '.join(wrong)}. hfexport converts "
             "litgpt's Llama-shaped models only (RMSNorm + LLaMAMLP, full rotary, no biases) to LlamaForCausalLM."
         )
 
