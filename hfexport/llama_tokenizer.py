@@ -84,7 +84,8 @@ def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture
     folder = checkpoint.parent
     if (folder / "tokenizer.json").is_file():
         logger.info("Using the tokenizer beside the checkpoint: %s", folder / "tokenizer.json")
-        return TokenizerSource(folder)
+        # litgpt pads its vocabulary (padded_vocab_size): the tokenizer must fit it, not equal it.
+        return TokenizerSource(folder, inferred="tokenizer.json beside the checkpoint; its ids fit the vocabulary")
     model = folder / SENTENCEPIECE_NAME
     if not model.is_file():
         return spec
@@ -100,7 +101,10 @@ def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture
             model,
         )
         return spec
-    return TokenizerSource(model)
+    # llama2.c and Meta train the embedding with the sentencepiece model's size: a found one must match exactly.
+    return TokenizerSource(
+        model, inferred="tokenizer.model beside the checkpoint; its size equals the vocabulary's rows", exact=True
+    )
 
 
 _EXTRA = (

@@ -43,6 +43,7 @@ Adding a source kind (e.g. a sentencepiece ``tokenizer.model`` → a Llama token
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -983,15 +984,22 @@ class TokenizerSource:
 
     Args:
         spec: See :func:`resolve_tokenizer`.
+        inferred: Set when hfexport chose ``spec`` itself (a tokenizer found beside a checkpoint): how, for the card
+            and ``hfexport.json``.
+        exact: With ``inferred``, the tokenizer must have exactly the vocabulary's rows (a sentencepiece model
+            beside a llama2.c / Meta checkpoint: both train the embedding with the tokenizer's size).
 
     Raises:
         TokenizerError: an unsupported kind or a path that does not exist.
     """
 
-    def __init__(self, spec: Any = None) -> None:
+    def __init__(self, spec: Any = None, *, inferred: str | None = None, exact: bool = False) -> None:
         if isinstance(spec, TokenizerSource):
+            inferred, exact = inferred or spec.inferred, exact or spec.exact
             spec = spec.spec
         self.spec = spec
+        self.inferred = inferred
+        self.exact = exact
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], ExportTokenizer | None] = {}
         self._reported = False
@@ -1018,18 +1026,32 @@ class TokenizerSource:
         """:func:`resolve_tokenizer` of the spec with the model's ``facts`` (memoized when the spec is not an
         object)."""
         if not self.memoized:
-            return resolve_tokenizer(self.spec, **facts)
+            return self._mark(resolve_tokenizer(self.spec, **facts), facts.get("vocab_size"))
         key = tuple(sorted((k, str(v)) for k, v in facts.items()))
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = resolve_tokenizer(self.spec, **facts)
+                self._cache[key] = self._mark(resolve_tokenizer(self.spec, **facts), facts.get("vocab_size"))
             return self._cache[key]
 
+    def _mark(self, tokenizer: ExportTokenizer | None, vocab_size: int | None) -> ExportTokenizer | None:
+        """An inferred source's tokenizer, checked against the vocabulary and said to be inferred."""
+        if tokenizer is None or self.inferred is None or tokenizer.inferred is not None:
+            return tokenizer
+        if self.exact and vocab_size is not None and tokenizer.size != vocab_size:
+            raise TokenizerError(
+                f"The tokenizer found beside the checkpoint ({tokenizer.source}) has {tokenizer.size} token ids but "
+                f"the model's vocabulary has {vocab_size} rows, and a found tokenizer must match exactly: it is not "
+                "this model's. Pass the tokenizer it was trained with (--tokenizer PATH), or --no_tokenizer."
+            )
+        return dataclasses.replace(tokenizer, inferred=self.inferred)
+
     def __getstate__(self) -> dict[str, Any]:  # picklable (e.g. in a spawned process): memo and lock stay here
-        return {"spec": self.spec}
+        return {"spec": self.spec, "inferred": self.inferred, "exact": self.exact}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.spec = state["spec"]
+        self.inferred = state.get("inferred")
+        self.exact = bool(state.get("exact"))
         self._lock = threading.Lock()
         self._cache = {}
         self._reported = False
