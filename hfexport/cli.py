@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         tok,
         "tokenizer",
         help="tokenizer to write: a directory, tokenizer.json, nanoGPT meta.pkl, 'gpt2' or a cached Hub repo id "
-        "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 vocabulary)",
+        "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 model)",
     )
     _option(tok, "no_tokenizer", action="store_true", help="write no tokenizer (the export is incomplete)")
     _option(c, "max_shard_size", default="5GB", help="shard the weights past this size (default: 5GB)")

@@ -235,7 +235,7 @@ def write_export(
         card_facts: Facts for the model card (step, source, loss, ...).
         manifest_facts: Facts for ``hfexport.json`` (step, epoch, ...).
         tokenizer: The tokenizer to write (see :func:`hfexport.tokenizer.resolve_tokenizer`): ``None`` picks it
-            automatically (GPT-2's for a GPT-2 vocabulary), ``False`` writes none.
+            automatically (GPT-2's for a GPT-2 model), ``False`` writes none.
         tokenizer_hints: Where to look for it automatically: ``dataset`` (nanoGPT's ``config['dataset']``) and
             ``checkpoint`` (the checkpoint file).
         max_shard_size: Shard past this size (``"5GB"`` by default).
@@ -407,7 +407,7 @@ def convert_checkpoint(
         model_name: Name for the model card.
         base_model: The Hub id the model was fine-tuned from (the card's ``base_model``), when there is one.
         tokenizer: The tokenizer to write: ``None`` (default) finds it (nanoGPT's ``data/<dataset>/meta.pkl``,
-            else GPT-2's for a GPT-2 vocabulary, else none, logged); ``False`` writes none; or ``"gpt2"``, a path
+            else GPT-2's for a GPT-2 model, else none, logged); ``False`` writes none; or ``"gpt2"``, a path
             (directory, ``tokenizer.json``, ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding``, a
             Hub repo id in the local cache. See :mod:`hfexport.tokenizer`.
         max_shard_size: Shard the weights past this size.
