@@ -348,11 +348,11 @@ def _auto_parts(
         )
         return parts
     if model_type == "gpt2" and vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
-        padded = ", padded from 50257" if vocab_size > GPT2_VOCAB_SIZE else ""
+        padded = " (GPT-2's 50257, padded)" if vocab_size > GPT2_VOCAB_SIZE else ""
         parts = gpt2_parts()
         parts.inferred = (
-            f"GPT-2's BPE, from the {vocab_size}-row vocabulary{padded} of a GPT-2 model (no tokenizer named; "
-            "pass --tokenizer if it was trained with another)"
+            f"GPT-2's BPE, inferred from the {vocab_size}-row vocabulary{padded} of a GPT-2 model: no tokenizer was "
+            "named (pass --tokenizer if it was trained with another)"
         )
         logger.warning(
             "No tokenizer named: writing GPT-2's BPE, inferred from the %d-row vocabulary of a GPT-2 model (said in "
