@@ -675,7 +675,8 @@ def test_a_spec_shaped_like_a_path_is_never_sent_to_the_hub(tmp_path: Path, monk
 def test_inferred_gpt2_tokenizer_is_said_in_the_card_and_manifest(exports: dict[str, Path]) -> None:
     for name, rows in (("gpt2_50304", 50304), ("gpt2_50257", 50257)):
         manifest = json.loads((exports[name] / "hfexport.json").read_text())
-        assert manifest["inferred"]["tokenizer"].startswith(f"GPT-2's BPE, inferred from the {rows}-row vocabulary"), name
+        said = f"GPT-2's BPE, inferred from the {rows}-row vocabulary"
+        assert manifest["inferred"]["tokenizer"].startswith(said), name
         assert (
             f"| inferred tokenizer | GPT-2's BPE, inferred from the {rows}-row vocabulary"
             in (exports[name] / "README.md").read_text()
