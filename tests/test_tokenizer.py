@@ -392,6 +392,20 @@ def _meta_lone_surrogate(tmp: Path) -> list[str]:
     return ["--tokenizer", str(tmp / "d" / "meta.pkl")]
 
 
+def _huge_tokenizer_config(tmp: Path) -> list[str]:
+    char_tokenizer_dir(tmp / "d")
+    with open(tmp / "d" / "tokenizer_config.json", "w") as f:
+        f.write('{"eos_token": "a"}')
+        f.truncate(17 * 2**20)  # sparse: 17 MiB on paper, refused from its size before a byte is read
+    return ["--tokenizer", str(tmp / "d")]
+
+
+def _deep_tokenizer_config(tmp: Path) -> list[str]:
+    char_tokenizer_dir(tmp / "d")
+    (tmp / "d" / "special_tokens_map.json").write_text("[" * 200_000 + "]" * 200_000)
+    return ["--tokenizer", str(tmp / "d")]
+
+
 def _empty(tmp: Path) -> list[str]:
     char_tokenizer_dir(Path.cwd())  # the working directory holds a tokenizer: "" must not read it
     return ["--tokenizer", ""]
@@ -435,6 +449,8 @@ REFUSALS = {
     "meta_pkl_not_chars": (_not_char_level, "only character-level meta.pkl"),
     "missing_path": (_missing, "Tokenizer path"),
     "empty_spec": (_empty, "(empty: an unset shell variable?)"),
+    "tokenizer_config_over_16_mib": (_huge_tokenizer_config, "17825792 bytes is not a tokenizer (limit 16777216"),
+    "deep_special_tokens_map": (_deep_tokenizer_config, "special_tokens_map.json' is nested too deeply"),
     "meta_pkl_id_beyond_32_bits": (_meta_id_too_big, "gives 'a' the id 4294967296, beyond any vocabulary"),
     "meta_pkl_lone_surrogate": (_meta_lone_surrogate, "maps a lone surrogate (U+D800)"),
     "missing_file_not_a_repo": (_missing_tokenizer_json, "'tok/tokenizer.json' does not exist: no such file"),
