@@ -247,6 +247,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"{report.path}: {report.tensors} tensors, {report.files_checked} checksums checked")
         if report.max_logit_diff is not None:
             print(f"max |logit diff| against {args.checkpoint}: {report.max_logit_diff:.3g}")
+        for fact in report.unchecked:
+            print(f"not checked: {fact}")
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
     if report.ok and not args.quiet:
