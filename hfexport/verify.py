@@ -180,7 +180,9 @@ def logits_difference(
     act = activation or ckpt.activation_hint
     if act is None:
         act = cfg.activation_function
-        notes.append(f"activation ({act}, from config.json): the checkpoint does not record its GELU (pass --activation)")
+        notes.append(
+            f"activation ({act}, from config.json): the checkpoint does not record its GELU (pass --activation)"
+        )
     eps = ckpt.facts.layer_norm_epsilon if ckpt.facts.layer_norm_epsilon is not None else 1e-5  # as convert
     gen = torch.Generator().manual_seed(0)
     n = min(tokens, cfg.n_positions)
