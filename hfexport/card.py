@@ -13,7 +13,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .brief import brief
+
 __all__ = ["render_model_card"]
+
+_MAX_CELL = 400  # characters of one fact in the card's table
 
 _TEMPLATE = """
 # {model_name}
@@ -87,9 +91,9 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
     for key, value in known.items():
         if key in ("model_name", "base_model", "repo_id", "prompt"):
             continue
-        if isinstance(value, float):
-            value = f"{value:.6g}"
-        rows.append(f"| {_one_line(str(key))} | {_one_line(str(value))} |")
+        # Values may come from files (a config's name, a metric): rendered with bounded work and length.
+        shown = f"{value:.6g}" if isinstance(value, float) else brief(value, quote=False, limit=_MAX_CELL)
+        rows.append(f"| {_one_line(str(key))} | {_one_line(shown)} |")
     return f"---\n{_yaml(metadata)}---\n" + _TEMPLATE.format(
         model_name=_one_line(model_name),  # the metadata holds it exactly (a JSON string); the heading one line
         family=_FAMILIES.get(model_type, model_type),

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         tok,
         "tokenizer",
         help="tokenizer to write: a directory, tokenizer.json, nanoGPT meta.pkl, 'gpt2' or a cached Hub repo id "
-        "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 vocabulary)",
+        "(default: meta.pkl of the checkpoint's dataset, else GPT-2's for a GPT-2 model)",
     )
     _option(tok, "no_tokenizer", action="store_true", help="write no tokenizer (the export is incomplete)")
     _option(
@@ -284,6 +284,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         print(f"{report.path}: {report.tensors} tensors, {report.files_checked} checksums checked")
         if report.max_logit_diff is not None:
             print(f"max |logit diff| against {args.checkpoint}: {report.max_logit_diff:.3g}")
+        for fact in report.unchecked:
+            print(f"not checked: {fact}")
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
     if report.ok and not args.quiet:

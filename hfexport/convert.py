@@ -243,7 +243,7 @@ def write_export(
         card_facts: Facts for the model card (step, source, loss, ...).
         manifest_facts: Facts for ``hfexport.json`` (step, epoch, ...).
         tokenizer: The tokenizer to write (see :func:`hfexport.tokenizer.resolve_tokenizer`): ``None`` picks it
-            automatically (GPT-2's for a GPT-2 vocabulary), ``False`` writes none.
+            automatically (GPT-2's for a GPT-2 model), ``False`` writes none.
         tokenizer_hints: Where to look for it automatically: ``dataset`` (nanoGPT's ``config['dataset']``) and
             ``checkpoint`` (the checkpoint file).
         max_shard_size: Shard past this size (``"5GB"`` by default).
@@ -267,7 +267,10 @@ def write_export(
     generation = dict(plan.generation_config)
     source = as_source(tokenizer)
     tok = source.resolve(
-        vocab_size=config.get("vocab_size"), model_max_length=config.get("n_positions"), **dict(tokenizer_hints or {})
+        vocab_size=config.get("vocab_size"),
+        model_max_length=config.get("n_positions"),
+        model_type=config.get("model_type"),
+        **dict(tokenizer_hints or {}),
     )
     _special_ids_from_tokenizer(tok, config, generation)
     generation["_from_model_config"] = True
@@ -291,6 +294,13 @@ def write_export(
     }
     # A fact such as loss=nan (a diverged run) is recorded as text: strict JSON has no NaN.
     manifest.update({key: _json_number(value) for key, value in dict(manifest_facts or {}).items()})
+    # What was inferred, and from where (file names only): in the manifest and in the card.
+    inferred = {str(k): str(v) for k, v in dict(manifest.pop("inferred", None) or {}).items()}
+    if tok is not None and tok.inferred:
+        inferred["tokenizer"] = tok.inferred
+    if inferred:
+        manifest["inferred"] = inferred
+        card.update({f"inferred {fact}": where for fact, where in inferred.items()})
     files = {
         "config.json": json_dumps(config, name="config.json", indent=2) + "\n",
         "generation_config.json": json_dumps(generation, name="generation_config.json", indent=2) + "\n",
@@ -311,7 +321,7 @@ def write_export(
         option=output_option,
     )
     if tok is None and source.automatic:
-        source.report_missing(config.get("vocab_size"))
+        source.report_missing(config.get("vocab_size"), config.get("model_type"))
     return result
 
 
@@ -416,7 +426,7 @@ def convert_checkpoint(
         model_name: Name for the model card.
         base_model: The Hub id the model was fine-tuned from (the card's ``base_model``), when there is one.
         tokenizer: The tokenizer to write: ``None`` (default) finds it (nanoGPT's ``data/<dataset>/meta.pkl``,
-            else GPT-2's for a GPT-2 vocabulary, else none, logged); ``False`` writes none; or ``"gpt2"``, a path
+            else GPT-2's for a GPT-2 model, else none, logged); ``False`` writes none; or ``"gpt2"``, a path
             (directory, ``tokenizer.json``, ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding``, a
             Hub repo id in the local cache. See :mod:`hfexport.tokenizer`.
         max_shard_size: Shard the weights past this size.
@@ -471,9 +481,17 @@ def convert_checkpoint(
                 chosen,
                 ckpt.layout,
             )
-        plan = plan_conversion(
-            ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
-        )
+        try:
+            plan = plan_conversion(
+                ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
+            )
+        except ConversionError as exc:
+            if not ckpt.config_file:
+                raise
+            # The message names the field; say which file it was read from.
+            raise ConversionError(
+                f"{exc} (The model's config was read from {ckpt.config_file} beside the checkpoint.)"
+            ) from exc
         # None named: a Llama checkpoint's tokenizer may sit beside it (litgpt's directory, a sentencepiece model).
         tokenizer = llama_tokenizer_source(tokenizer, ckpt.path, plan.architecture)
         # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
@@ -489,7 +507,11 @@ def convert_checkpoint(
             "source": f"{ckpt.path.name} ({ckpt.layout})",
         }
         card.update(ckpt.extra)
-        manifest = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no local path: it is pushed
+        manifest: dict[str, Any] = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no path
+        if ckpt.config_file:
+            manifest["inferred"] = {
+                "config": f"{ckpt.config_file} beside the checkpoint (its shape facts agree with the weights)"
+            }
         result = write_export(
             plan,
             out,

@@ -67,7 +67,7 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
         (Path(tmp) / SENTENCEPIECE_NAME).write_bytes(data)  # alone: no stray config beside it is read
         tokenizer = LlamaTokenizerFast.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
     parts = transformers_parts(tokenizer)
-    parts.source = f"{path.parent.name}/{path.name} (sentencepiece)"
+    parts.source = f"{path.name} (sentencepiece)"  # the file's name only: its directory may be a user's
     logger.info("Converted the sentencepiece model %s into a Llama tokenizer (%d tokens)", path, len(tokenizer))
     return parts
 
@@ -84,7 +84,8 @@ def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture
     folder = checkpoint.parent
     if (folder / "tokenizer.json").is_file():
         logger.info("Using the tokenizer beside the checkpoint: %s", folder / "tokenizer.json")
-        return TokenizerSource(folder)
+        # litgpt pads its vocabulary (padded_vocab_size): the tokenizer must fit it, not equal it.
+        return TokenizerSource(folder, inferred="tokenizer.json beside the checkpoint; its ids fit the vocabulary")
     model = folder / SENTENCEPIECE_NAME
     if not model.is_file():
         return spec
@@ -100,7 +101,10 @@ def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture
             model,
         )
         return spec
-    return TokenizerSource(model)
+    # llama2.c and Meta train the embedding with the sentencepiece model's size: a found one must match exactly.
+    return TokenizerSource(
+        model, inferred="tokenizer.model beside the checkpoint; its size equals the vocabulary's rows", exact=True
+    )
 
 
 _EXTRA = (

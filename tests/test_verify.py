@@ -520,3 +520,45 @@ def test_tokenizer_defects_are_reported(tmp_path: Path, case: str) -> None:
         expected = "outside the directory"
     problems = verify_directory(out).problems
     assert any(expected in p for p in problems), problems
+
+
+# -- facts the comparison takes from the checkpoint, never from the export it checks -------------------------------
+def test_llama2c_rope_base_comes_from_its_code_default_not_the_export(tmp_path: Path) -> None:
+    """llama2.c records no RoPE base (its code uses 10000, as convert does): an export claiming another base must be
+    caught, not compared against itself."""
+    from llama_ref import llama2c_model_args, make_llama
+
+    model = make_llama(21)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "model_args": llama2c_model_args(model.params)}, ckpt)
+    out = convert_checkpoint(ckpt, tmp_path / "hf", dtype="float32")
+    assert verify_directory(out, checkpoint=ckpt).ok
+    config = json.loads((out / "config.json").read_text())
+    config["rope_theta"] = 500000.0
+    if isinstance(config.get("rope_parameters"), dict):
+        config["rope_parameters"]["rope_theta"] = 500000.0
+    (out / "config.json").write_text(json.dumps(config))
+    os.remove(out / "hfexport.json")  # a consistent tamper: only the logits can tell
+    report = verify_directory(out, checkpoint=ckpt)
+    assert not report.ok and any("logit diff" in p for p in report.problems), report.problems
+
+
+def test_facts_taken_from_the_export_are_listed_as_unchecked(tmp_path: Path) -> None:
+    """A Meta-named state dict with no config beside it: heads from --n_head, but the RMSNorm epsilon and RoPE base
+    can only come from the export, and the report says so."""
+    from llama_ref import make_llama
+
+    model = make_llama(22)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    out = convert_checkpoint(
+        tmp_path / "model.pt", tmp_path / "hf", dtype="float32", n_head=4, norm_eps=1e-5, rope_theta=10000.0
+    )
+    report = verify_directory(out, checkpoint=tmp_path / "model.pt", n_head=4)
+    assert report.ok, report.problems
+    assert any(u.startswith("RMSNorm epsilon (1e-05, from config.json)") for u in report.unchecked), report.unchecked
+    assert any(u.startswith("RoPE base (10000, from config.json)") for u in report.unchecked), report.unchecked
+    gpt = make_gpt(23)
+    torch.save({"model": gpt.state_dict(), "model_args": gpt.model_args()}, tmp_path / "gpt.pt")
+    out = convert_checkpoint(tmp_path / "gpt.pt", tmp_path / "hf_gpt", dtype="float32")
+    assert [u.split(" ")[0] for u in verify_directory(out, checkpoint=tmp_path / "gpt.pt").unchecked] == ["activation"]
+    assert verify_directory(out, checkpoint=tmp_path / "gpt.pt", activation="gelu").unchecked == []

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..brief import brief
 from ..errors import ConversionError
 from ..validation import Range, shown
 
@@ -243,7 +244,7 @@ def config_dim(config: Mapping[str, Any], key: str) -> int:
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConversionError(
-            f"config {key}={value!r} ({type(value).__name__}) is not a size: expected an integer >= 0."
+            f"config {key}={brief(value)} ({type(value).__name__}) is not a size: expected an integer >= 0."
         )
     return value
 
@@ -271,7 +272,7 @@ def positive_int(name: str, value: Any, fix: str) -> int:
         ConversionError: ``value`` is not a positive integer.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConversionError(f"{name}={value!r} ({type(value).__name__}) is not a positive integer. {fix}")
+        raise ConversionError(f"{name}={brief(value)} ({type(value).__name__}) is not a positive integer. {fix}")
     return value
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..brief import brief
 from ..errors import ConversionError
 from ..validation import Range, shown
 from .base import (
@@ -244,8 +245,12 @@ class _LlamaFamily:
                 + " (CLI options, or config={...} for export_hf / HFExporter / HFExportCallback)."
             )
         n_heads = positive_int("n_heads", n_heads, f"Pass the right one with --n_head N (dim is {hidden}).")
-        head_dim = int(raw.get("head_size") or raw.get("head_dim") or 0) or (hidden // n_heads)
-        if not raw.get("head_size") and not raw.get("head_dim") and hidden % n_heads:
+        head_key = next((k for k in ("head_size", "head_dim") if raw.get(k) is not None), None)
+        if head_key is not None:
+            head_dim = positive_int(head_key, raw[head_key], f"Fix {head_key} in the model's config.")
+        else:
+            head_dim = hidden // n_heads
+        if head_key is None and hidden % n_heads:
             raise ConversionError(f"n_heads={n_heads} does not divide dim={hidden}; pass the right --n_head.")
         if head_dim % 2:
             raise ConversionError(f"head_dim={head_dim} is odd: RoPE rotates pairs; check n_heads={n_heads}.")
@@ -486,7 +491,7 @@ class LitGPTLlama(_LlamaFamily):
             sd, tensors, sources, dims, intermediate, vocab_size=vocab_size, untie_embeddings=untie_embeddings
         )
         if raw.get("name"):
-            plan.card_facts["litgpt_config"] = str(raw["name"])
+            plan.card_facts["litgpt_config"] = brief(raw["name"], quote=False)
         return plan
 
 
@@ -498,16 +503,17 @@ def _check_litgpt_config(raw: Mapping[str, Any]) -> None:
             continue
         value = raw[key]
         if key == "n_expert":
-            ok = not value
+            ok = value is None or (isinstance(value, (int, float)) and not value)
         elif key == "rotary_percentage":
-            ok = float(value) == 1.0
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1.0
         else:
-            ok = value == wanted or (wanted is False and not value)
+            ok = value == wanted if isinstance(value, (str, int, float)) or value is None else False
+            ok = ok or (wanted is False and value in (None, 0, False))
         if not ok:
-            wrong.append(f"{key}={value!r} (needs {wanted!r})")
+            wrong.append(f"{key}={brief(value)} (needs {wanted!r})")
     if wrong:
         raise ConversionError(
-            f"litgpt config {raw.get('name', '?')!r} is not Llama-shaped: {', '.join(wrong)}. hfexport converts "
+            f"litgpt config {brief(raw.get('name', '?'))} is not Llama-shaped: {', '.join(wrong)}. hfexport converts "
             "litgpt's Llama-shaped models only (RMSNorm + LLaMAMLP, full rotary, no biases) to LlamaForCausalLM."
         )
 
@@ -518,6 +524,14 @@ def _rope_scaling(raw: Mapping[str, Any]) -> dict[str, Any] | None:
         return dict(raw["rope_scaling"])
     adjust = raw.get("rope_adjustments")  # litgpt
     if isinstance(adjust, Mapping) and adjust:
+        needed = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
+        missing = [key for key in needed if adjust.get(key) is None]
+        if missing:
+            raise ConversionError(
+                f"rope_adjustments lacks {', '.join(missing)}: Llama 3.1-style RoPE scaling needs all of "
+                f"{', '.join(needed)}, and none has a default a model could be trusted with. Fix rope_adjustments "
+                "in the model's config (litgpt's model_config.yaml)."
+            )
         return {
             "rope_type": "llama3",
             "factor": float(adjust["factor"]),
