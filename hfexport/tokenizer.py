@@ -6,7 +6,9 @@ Every source is turned into the same two files, written as regular files by the 
   llama.cpp's ``convert_hf_to_gguf.py`` (through ``AutoTokenizer``) and optimum;
 * ``tokenizer_config.json``: a class both transformers lines have (``GPT2TokenizerFast`` for GPT-2's BPE,
   ``PreTrainedTokenizerFast`` for every other tokenizer, never transformers 5's ``TokenizersBackend``), the special
-  tokens and ``model_max_length`` = the model's context.
+  tokens, ``model_max_length`` = the model's context and ``model_input_names`` = ``input_ids`` and
+  ``attention_mask`` (transformers 4.x's ``PreTrainedTokenizerFast`` would otherwise add ``token_type_ids``, which
+  shift a GPT-2's logits and make a Llama's ``generate(**enc)`` raise).
 
 Sources (see :func:`resolve_tokenizer`):
 
@@ -87,6 +89,8 @@ GPT2_EOT = "<|endoftext|>"
 GPT2_MAX_PADDED = 51200
 #: The special-token keys of ``tokenizer_config.json`` carried over from a source.
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+#: ``tokenizer_config.json``'s ``model_input_names``: what ``tok(text)`` returns, under transformers 4.x and 5.x.
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask")
 #: Files larger than this are not a tokenizer (the largest public ``tokenizer.json`` files are ~30 MB).
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_META_PKL_BYTES = 16 * 1024 * 1024
@@ -333,6 +337,9 @@ def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: 
         config["model_max_length"] = int(model_max_length)
     config["clean_up_tokenization_spaces"] = False
     config.update(parts.config)
+    # What the model's forward takes. Without it transformers 4.x's PreTrainedTokenizerFast also returns
+    # token_type_ids, which GPT2LMHeadModel adds as embeddings (other logits) and Llama / ONNX Runtime reject.
+    config["model_input_names"] = list(MODEL_INPUT_NAMES)
     files = {
         "tokenizer.json": serialized.text,
         "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
