@@ -102,6 +102,7 @@ _HUB_FILES = [
     "chat_template.jinja",
     "vocab.json",
     "merges.txt",
+    "tokenizer.model",  # a sentencepiece model beside tokenizer.json is shipped when it matches (llama.cpp)
 ]
 
 
@@ -138,6 +139,8 @@ class TokenizerParts:
         source: Where it came from (for the log and the card).
         config: Other ``tokenizer_config.json`` entries to write (e.g. ``chat_template``, ``add_prefix_space``).
         exact_size: The model's vocabulary must have exactly this many rows (``meta.pkl``: see :func:`_check_size`).
+        extra_files: Source files shipped as they are beside ``tokenizer.json`` (the sentencepiece
+            ``tokenizer.model`` the tokenizer was converted from: llama.cpp's converter reads its scores).
     """
 
     backend: Any
@@ -147,6 +150,7 @@ class TokenizerParts:
     config: dict[str, Any] = field(default_factory=dict)
     exact_size: bool = False
     serialized: Serialized | None = None
+    extra_files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,7 @@ def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: 
     files = {
         "tokenizer.json": serialized.text,
         "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+        **parts.extra_files,
     }
     return ExportTokenizer(
         files=files,
@@ -564,7 +569,14 @@ def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TokenizerError(f"{str(path)!r} is not a tokenizer.json tokenizers can load ({first}).") from None
     special, config = _sidecar_config(path.parent, root)
-    return TokenizerParts(backend, "PreTrainedTokenizerFast", special, _short(path), config=config)
+    parts = TokenizerParts(backend, "PreTrainedTokenizerFast", special, _short(path), config=config)
+    if _present(path.parent / "tokenizer.model"):
+        from .llama_tokenizer import matching_sentencepiece
+
+        model = matching_sentencepiece(path.parent / "tokenizer.model", root, backend)
+        if model is not None:
+            parts.extra_files["tokenizer.model"] = model
+    return parts
 
 
 def vocab_merges_parts(path: Path, root: Path) -> TokenizerParts:

@@ -3,6 +3,12 @@
 The kinds: GPT-2's BPE, a custom byte-level BPE (the example's), nanoGPT's character-level ``meta.pkl``, a
 sentencepiece ``tokenizer.model`` (a llama2.c Llama) and a ``tiktoken.Encoding``. The consumers:
 
+Consumers that are not installed make their tests skip, unless ``HFEXPORT_REQUIRE_CONSUMERS=1`` (set by
+``.ci/run``, which installs them) makes their absence a failure:
+
+* llama.cpp's ``convert_hf_to_gguf.py`` (from the llama-cpp-python 0.3.36 sdist, with its ``conversion/`` and
+  ``gguf-py/``; ``.ci/run`` unpacks them into ``.consumers/llama.cpp``, or set ``HFEXPORT_LLAMA_CPP``), run by this
+  interpreter (it needs torch, and reads tokenizers through transformers);
 * transformers 5 (this interpreter) and 4.57 (CI's torch-free ``.venv-tf4``, see :func:`test_tokenizer.tf4_python`):
   ``model(**tok(text))`` must give ``model(input_ids)``'s logits. Under 5.x that is measured; under 4.x (no torch
   there) the test checks what makes it true: ``tok(text)`` returns exactly ``input_ids`` (the same ids) and an
@@ -44,6 +50,66 @@ SPM_CORPUS = "\n".join(
     f"Once upon a time there was a little {who} who liked to play {what} in park number {i}."
     for i, (who, what) in enumerate([("girl", "ball"), ("boy", "games"), ("dog", "fetch"), ("cat", "chess")] * 25)
 )
+
+
+def require_consumer(what: str) -> None:
+    """Skip (locally) or fail (CI: ``HFEXPORT_REQUIRE_CONSUMERS=1``) when a consumer is missing."""
+    if os.environ.get("HFEXPORT_REQUIRE_CONSUMERS") == "1":
+        pytest.fail(f"HFEXPORT_REQUIRE_CONSUMERS=1 but {what}")
+    pytest.skip(what)
+
+
+def llama_cpp_dir() -> Path:
+    """llama.cpp's converter: ``HFEXPORT_LLAMA_CPP``, else ``.consumers/llama.cpp`` (what ``.ci/run`` unpacks)."""
+    for candidate in (os.environ.get("HFEXPORT_LLAMA_CPP"), REPO / ".consumers" / "llama.cpp"):
+        if candidate and (Path(candidate) / "convert_hf_to_gguf.py").is_file():
+            return Path(candidate)
+    require_consumer("no llama.cpp convert_hf_to_gguf.py (.consumers/llama.cpp, or HFEXPORT_LLAMA_CPP)")
+    raise AssertionError  # unreachable
+
+
+GGUF_READER = """
+import json, sys
+import gguf
+reader = gguf.GGUFReader(sys.argv[1])
+def strings(key):
+    field = reader.fields[key]
+    return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+def numbers(key):
+    field = reader.fields[key]
+    return [field.parts[i].tolist()[0] for i in field.data]
+print(json.dumps({
+    "model": strings("tokenizer.ggml.model")[0],
+    "tokens": strings("tokenizer.ggml.tokens"),
+    "scores": numbers("tokenizer.ggml.scores") if "tokenizer.ggml.scores" in reader.fields else None,
+    "token_type": numbers("tokenizer.ggml.token_type"),
+}))
+"""
+
+
+def gguf_vocabulary(directory: Path, tmp_path: Path) -> dict:
+    """Convert ``directory`` with llama.cpp's converter and read the vocabulary back from the GGUF."""
+    llama_cpp = llama_cpp_dir()
+    out = tmp_path / f"{directory.name}.gguf"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(directory)),
+            *("--outfile", str(out), "--outtype", "f32"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    env["PYTHONPATH"] = str(llama_cpp / "gguf-py")
+    proc = subprocess.run(
+        [sys.executable, "-c", GGUF_READER, str(out)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
 
 
 def text_for(kind: str) -> str:
@@ -190,3 +256,76 @@ def test_verify_reports_a_tokenizer_that_returns_token_type_ids_under_transforme
     (out / "tokenizer_config.json").write_text(json.dumps(settings))
     problems = verify_directory(out).problems
     assert any("without model_input_names" in p and "token_type_ids" in p for p in problems), problems
+
+
+# -------------------------------------------------------------------------------------------- item 2: sentencepiece
+def test_a_llama_export_ships_the_sentencepiece_model_it_was_converted_from(exports: dict[str, Path]) -> None:
+    out = exports["sentencepiece"]
+    shipped = out / "tokenizer.model"
+    assert shipped.is_file() and not shipped.is_symlink()
+    source = (out.parent / "llama2c" / "tokenizer.model").read_bytes()
+    assert shipped.read_bytes() == source
+    manifest = json.loads((out / "hfexport.json").read_text())
+    assert manifest["files"]["tokenizer.model"]["size"] == len(source)
+    from hfexport import verify_directory
+
+    assert verify_directory(out).ok
+
+
+def test_llama_cpp_gguf_carries_sentencepiece_scores(exports: dict[str, Path], tmp_path: Path) -> None:
+    """Without tokenizer.model the converter reads tokenizer.json alone: one placeholder score (-1000) for every
+    token, and llama.cpp then tokenizes differently from sentencepiece (" or" → "▁o r")."""
+    out = exports["sentencepiece"]
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    vocab = gguf_vocabulary(out, tmp_path)
+    assert vocab["model"] == "llama"
+    assert vocab["tokens"] == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    assert vocab["scores"] == pytest.approx([sp.get_score(i) for i in range(sp.get_piece_size())])
+    assert len(set(vocab["scores"])) > 50  # real scores, not one placeholder
+
+
+def test_a_tokenizer_directory_ships_its_matching_sentencepiece_model_only(
+    exports: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A directory with tokenizer.json + tokenizer.model (litgpt's, a Llama 2 repository): the model is shipped when
+    its pieces are tokenizer.json's tokens at the same ids, never another one."""
+    import logging
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        shutil.copy(exports["sentencepiece"] / name, folder / name)
+    model = make_gpt(6, **{**MODEL, "vocab_size": 320})
+    same = export_hf(model, 1, tmp_path / "same", tokenizer=folder)
+    assert (same / "tokenizer.model").read_bytes() == (folder / "tokenizer.model").read_bytes()
+    other = train_sentencepiece_other(tmp_path / "other")
+    shutil.copy(other, folder / "tokenizer.model")
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        different = export_hf(model, 1, tmp_path / "different", tokenizer=folder)
+    assert not (different / "tokenizer.model").exists()
+    assert "is not the model that tokenizer was made from" in caplog.text
+    (folder / "tokenizer.model").unlink()
+    (folder / "tokenizer.model").symlink_to(tmp_path / "same" / "tokenizer.model")  # leaves the directory
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        linked = export_hf(model, 1, tmp_path / "linked", tokenizer=folder)
+    assert not (linked / "tokenizer.model").exists()
+    assert "Not shipping tokenizer.model" in caplog.text and "symlink" in caplog.text
+
+
+def train_sentencepiece_other(folder: Path) -> Path:
+    """Another sentencepiece model (another corpus, the same size): its pieces sit at other ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = "\n".join(f"Zebras {i} quietly jog over lazy brown dwarves, vexing kings by night." for i in range(80))
+    (folder / "corpus.txt").write_text(corpus)
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"),
+        model_prefix=str(folder / "tokenizer"),
+        model_type="bpe",
+        vocab_size=320,
+        character_coverage=1.0,
+        num_threads=1,
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    return folder / "tokenizer.model"
