@@ -342,8 +342,8 @@ def _special_ids_from_tokenizer(
         return
     for key, value in (("bos_token_id", tokenizer.bos_token_id), ("eos_token_id", tokenizer.eos_token_id)):
         config[key] = value
-        if value is None:
-            generation.pop(key, None)
+        if value is None or (key == "eos_token_id" and not tokenizer.eos_stops_generation):
+            generation.pop(key, None)  # nanoGPT's character level: its newline "eos" never stopped sampling
         else:
             generation[key] = value
 

@@ -117,6 +117,8 @@ class ExportTokenizer:
         eos_token_id: Id of the end-of-text token, when it has one.
         source: Where it came from, for the log and the model card.
         notes: Facts for the model card (e.g. how a padded vocabulary maps to it).
+        eos_stops_generation: Whether ``generation_config.json`` gets ``eos_token_id`` (``False`` for nanoGPT's
+            character level, whose end-of-text is a character that sampling never stopped at).
     """
 
     files: Mapping[str, bytes]
@@ -125,6 +127,7 @@ class ExportTokenizer:
     eos_token_id: int | None
     source: str
     notes: tuple[str, ...] = ()
+    eos_stops_generation: bool = True
 
 
 @dataclass
@@ -141,6 +144,8 @@ class TokenizerParts:
         exact_size: The model's vocabulary must have exactly this many rows (``meta.pkl``: see :func:`_check_size`).
         extra_files: Source files shipped as they are beside ``tokenizer.json`` (the sentencepiece
             ``tokenizer.model`` the tokenizer was converted from: llama.cpp's converter reads its scores).
+        notes: Facts for the model card.
+        eos_stops_generation: See :class:`ExportTokenizer`.
     """
 
     backend: Any
@@ -151,6 +156,8 @@ class TokenizerParts:
     exact_size: bool = False
     serialized: Serialized | None = None
     extra_files: dict[str, bytes] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    eos_stops_generation: bool = True
 
 
 @dataclass(frozen=True)
@@ -334,7 +341,7 @@ _DATASET = re.compile(r"[\w.-]+")
 def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: int | None) -> ExportTokenizer:
     serialized = serialize(parts)
     size, special_ids = serialized.size, serialized.special_ids
-    notes = _check_size(size, vocab_size, parts.source, exact=parts.exact_size)
+    notes = [*parts.notes, *_check_size(size, vocab_size, parts.source, exact=parts.exact_size)]
     config: dict[str, Any] = {"tokenizer_class": parts.tokenizer_class}
     config.update(parts.special)
     if model_max_length is not None:
@@ -356,6 +363,7 @@ def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: 
         eos_token_id=special_ids.get("eos_token"),
         source=parts.source,
         notes=tuple(notes),
+        eos_stops_generation=parts.eos_stops_generation,
     )
 
 
@@ -680,16 +688,51 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     return False
 
 
+#: nanoGPT's character-level boundary: ``sample.py`` starts sampling from it, ``prepare.py``'s texts are lines.
+CHAR_BOUNDARY = "\n"
+
+
 def meta_pkl_parts(path: Path, root: Path | None = None) -> TokenizerParts:
-    """A character-level tokenizer whose ids equal ``meta.pkl``'s ``stoi`` (WordLevel on single characters)."""
+    """A character-level tokenizer whose ids equal ``meta.pkl``'s ``stoi`` (WordLevel on single characters).
+
+    nanoGPT's vocabulary is the training text's characters, with no unknown or end-of-text token and usually no
+    spare row in the model, so none is added and no id changes:
+
+    * a character outside the vocabulary is dropped when encoding (a normalizer removes it: nanoGPT's own
+      ``encode`` raises ``KeyError``, and the model has no row for it), so any text encodes;
+    * bos and eos are the newline when the vocabulary has one (``sample.py``'s default start), so tools that
+      need one (lm-eval's ``--model hf``: its prefix for an empty context, its padding) work; generation does not
+      stop at it (no ``eos_token_id`` in ``generation_config.json``: nanoGPT samples on), and
+      ``decode(..., skip_special_tokens=True)`` (the pipeline's default) drops it.
+    """
     tk = _tokenizers()
     meta = read_meta_pkl(path, root)
-    backend = tk.Tokenizer(tk.models.WordLevel(vocab=dict(meta["stoi"])))
+    stoi = dict(meta["stoi"])
+    backend = tk.Tokenizer(tk.models.WordLevel(vocab=stoi))
+    known = "".join(f"\\x{{{ord(char):x}}}" for char in sorted(stoi))
+    backend.normalizer = tk.normalizers.Replace(tk.Regex(f"[^{known}]"), "")
     backend.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = tk.decoders.Fuse()  # join the characters without spaces
-    return TokenizerParts(
-        backend, "PreTrainedTokenizerFast", {}, f"nanoGPT character-level {_short(Path(path))}", exact_size=True
+    notes = [
+        f"characters outside the {len(stoi)} of the training text are dropped when encoding (nanoGPT's encode "
+        "would raise KeyError; the model has no row for them)"
+    ]
+    special: dict[str, str] = {}
+    if CHAR_BOUNDARY in stoi:
+        special = {"bos_token": CHAR_BOUNDARY, "eos_token": CHAR_BOUNDARY}
+        notes.append(
+            f"bos/eos = the newline (id {stoi[CHAR_BOUNDARY]}, nanoGPT's sample.py start) for tools that need one "
+            "(lm-eval); generation does not stop at it, and decode(skip_special_tokens=True), the pipeline's "
+            "default, drops it: pass skip_special_tokens=False"
+        )
+    else:
+        notes.append("no bos/eos: the vocabulary has no newline (lm-eval needs --model_args prefix_token_id=...)")
+    parts = TokenizerParts(
+        backend, "PreTrainedTokenizerFast", special, f"nanoGPT character-level {_short(Path(path))}", exact_size=True
     )
+    parts.notes = notes
+    parts.eos_stops_generation = False
+    return parts
 
 
 # ------------------------------------------------------------------------------------------------ objects

@@ -9,6 +9,7 @@ Consumers that are not installed make their tests skip, unless ``HFEXPORT_REQUIR
 * llama.cpp's ``convert_hf_to_gguf.py`` (from the llama-cpp-python 0.3.36 sdist, with its ``conversion/`` and
   ``gguf-py/``; ``.ci/run`` unpacks them into ``.consumers/llama.cpp``, or set ``HFEXPORT_LLAMA_CPP``), run by this
   interpreter (it needs torch, and reads tokenizers through transformers);
+* lm-evaluation-harness (``lm_eval.simple_evaluate`` with ``--model hf``'s defaults, on tasks written here, offline);
 * transformers 5 (this interpreter) and 4.57 (CI's torch-free ``.venv-tf4``, see :func:`test_tokenizer.tf4_python`):
   ``model(**tok(text))`` must give ``model(input_ids)``'s logits. Under 5.x that is measured; under 4.x (no torch
   there) the test checks what makes it true: ``tok(text)`` returns exactly ``input_ids`` (the same ids) and an
@@ -329,3 +330,147 @@ def train_sentencepiece_other(folder: Path) -> Path:
         minloglevel=2,
     )
     return folder / "tokenizer.model"
+
+
+# -------------------------------------------------------------------------------------------- item 3: characters
+def test_a_character_outside_the_training_text_encodes_without_error(exports: dict[str, Path]) -> None:
+    """It is dropped (the model has no row for it); the known characters keep meta.pkl's ids."""
+    from transformers import AutoTokenizer
+
+    out = exports["char"]
+    tok = AutoTokenizer.from_pretrained(str(out))
+    meta = write_meta_pkl(out.parent / "again", SHAKESPEARE)
+    stoi: dict[str, int] = meta["stoi"]  # type: ignore[assignment]
+    text = "Speak, café 🙂 Zebra\nfirst"
+    known = "".join(c for c in text if c in stoi)
+    assert known != text
+    assert tok(text)["input_ids"] == tok(known)["input_ids"] == [stoi[c] for c in known]
+    assert tok.decode(tok(known)["input_ids"], skip_special_tokens=False) == known
+    assert (tok.bos_token, tok.eos_token) == ("\n", "\n")
+    config = json.loads((out / "config.json").read_text())
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert config["bos_token_id"] == config["eos_token_id"] == stoi["\n"]
+    assert "eos_token_id" not in generation  # nanoGPT's sampling never stopped at a newline
+    card = (out / "README.md").read_text()
+    assert "dropped when encoding" in card and "skip_special_tokens=False" in card
+
+
+def test_transformers_generation_does_not_stop_at_the_character_level_newline(exports: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = exports["char"]
+    tok = AutoTokenizer.from_pretrained(str(out))
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    newline = tok.convert_tokens_to_ids("\n")
+    assert model.generation_config.eos_token_id is None
+    with torch.no_grad():  # the newline becomes the likeliest next character everywhere (tied embeddings)
+        model.lm_head.weight[newline] *= 10
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.lm_head.weight[newline])
+        enc = tok("Speak", return_tensors="pt")
+        generated = model.generate(**enc, max_new_tokens=5, do_sample=False)
+    assert generated[0, enc["input_ids"].shape[1] :].tolist() == [newline] * 5
+
+
+def test_llama_cpp_converter_reads_a_character_level_export_without_missing_unk(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """llama.cpp's converter tokenizes its check text (all kinds of characters) before it decides: it used to crash
+    there ("Missing [UNK] token"); now it gets the ids and says it does not know this pre-tokenizer."""
+    llama_cpp = llama_cpp_dir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(exports["char"])),
+            *("--outfile", str(tmp_path / "char.gguf"), "--vocab-only"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert "Missing [UNK]" not in proc.stderr, proc.stderr[-3000:]
+    assert "BPE pre-tokenizer was not recognized" in proc.stderr, proc.stderr[-3000:]
+
+
+LM_EVAL_TASKS = {
+    "hfexport_chars_mc": """
+task: hfexport_chars_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+""",
+    "hfexport_chars_gen": """
+task: hfexport_chars_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{choices[label]}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""",
+}
+LM_EVAL_DOCS = [
+    {"context": "First Citizen:\nBefore we proceed", "choices": [" any further", " anywhere"], "label": 0},
+    {"context": "All:\nSpeak, ", "choices": ["speak.", "café 🙂"], "label": 0},  # é and 🙂 are not in the text
+    {"context": "", "choices": ["First", "Zebra"], "label": 0},  # an empty context: lm-eval's prefix is bos
+]
+LM_EVAL_SCRIPT = """
+import json, sys
+import lm_eval
+from lm_eval.tasks import TaskManager
+results = lm_eval.simple_evaluate(
+    model="hf",
+    model_args="pretrained=" + sys.argv[1],
+    tasks=["hfexport_chars_mc", "hfexport_chars_gen"],
+    task_manager=TaskManager(include_path=sys.argv[2]),
+    device="cpu",
+)
+print(json.dumps({name: sorted(values) for name, values in results["results"].items()}))
+"""
+
+
+def test_lm_eval_runs_on_a_character_level_export_with_no_extra_arguments(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    if importlib.util.find_spec("lm_eval") is None:
+        require_consumer("lm-eval is not installed (pip install lm-eval==0.4.13)")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, template in LM_EVAL_TASKS.items():
+        # generate_until with an empty context fails on any causal model that adds no bos (GPT-2's too)
+        docs = [doc for doc in LM_EVAL_DOCS if doc["context"] or name.endswith("_mc")]
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+        (tasks / f"{name}.yaml").write_text(template.format(data=json.dumps(str(data))))
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, **offline, "HF_DATASETS_CACHE": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LM_EVAL_SCRIPT, str(exports["char"]), str(tasks)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert "acc,none" in results["hfexport_chars_mc"], results
+    assert "exact_match,none" in results["hfexport_chars_gen"], results
