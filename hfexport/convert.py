@@ -256,9 +256,8 @@ def write_export(
     config["transformers_version"] = _transformers_version()
     generation = dict(plan.generation_config)
     source = as_source(tokenizer)
-    tok = source.resolve(
-        vocab_size=config.get("vocab_size"), model_max_length=config.get("n_positions"), **dict(tokenizer_hints or {})
-    )
+    context = config.get("n_positions") or config.get("max_position_embeddings")  # GPT-2's, Llama's
+    tok = source.resolve(vocab_size=config.get("vocab_size"), model_max_length=context, **dict(tokenizer_hints or {}))
     _special_ids_from_tokenizer(tok, config, generation)
     generation["_from_model_config"] = True
     n_params = sum(math.prod(t.shape) for t in tensors)
@@ -279,6 +278,8 @@ def write_export(
         "notes": plan.notes,
         "tokenizer": tok.source if tok is not None else None,
     }
+    if tok is not None and tok.notes:
+        manifest["tokenizer_notes"] = list(tok.notes)
     manifest.update(dict(manifest_facts or {}))
     files = {
         "config.json": json.dumps(config, indent=2) + "\n",

@@ -63,12 +63,13 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
             f"{path.name} is not a sentencepiece model (Llama 3's tokenizer.model is a tiktoken file). Pass a "
             "transformers tokenizer directory (tokenizer.json + tokenizer_config.json) or its Hub repo id instead."
         )
+    notes = []
     if model.normalizer_spec.remove_extra_whitespaces:
-        logger.warning(
-            "%s collapses runs of whitespace (sentencepiece's remove_extra_whitespaces, spm_train's and llama2.c's "
-            "train_vocab default); the converted tokenizer keeps them, so such texts tokenize differently",
-            path.name,
+        notes.append(
+            f"{path.name} collapses runs of whitespace (sentencepiece's remove_extra_whitespaces, spm_train's and "
+            "llama2.c's train_vocab default); the converted tokenizer keeps them, so such texts tokenize differently"
         )
+        logger.warning("%s", notes[-1])
     try:
         from transformers import LlamaTokenizerFast
     except ImportError as exc:
@@ -79,6 +80,7 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
     parts = transformers_parts(tokenizer)
     parts.source = f"{path.parent.name}/{path.name} (sentencepiece)"
     parts.extra_files[SENTENCEPIECE_NAME] = data  # shipped too: llama.cpp's converter reads its scores
+    parts.notes.extend(notes)  # in the card and hfexport.json, not only in the log
     logger.info("Converted the sentencepiece model %s into a Llama tokenizer (%d tokens)", path, len(tokenizer))
     return parts
 

@@ -748,14 +748,38 @@ def transformers_parts(tokenizer: Any) -> TokenizerParts:
         if isinstance(getattr(tokenizer, "chat_template", None), str):
             config["chat_template"] = tokenizer.chat_template
         return TokenizerParts(
-            backend, "PreTrainedTokenizerFast", special, f"{type(tokenizer).__name__} object", config=config
+            backend, "PreTrainedTokenizerFast", special, _object_source(tokenizer, backend), config=config
         )
     with tempfile.TemporaryDirectory(prefix="hfexport-tokenizer-", ignore_cleanup_errors=True) as staging:
         tokenizer.save_pretrained(staging)
         root = Path(staging).resolve()
         parts = directory_parts(root, root)
-    parts.source = f"{type(tokenizer).__name__} object"
+    parts.source = _object_source(tokenizer, parts.backend)
     return parts
+
+
+#: Class names that say nothing of the tokenizer (transformers 5 names every fast tokenizer TokenizersBackend).
+_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast", "PreTrainedTokenizer")
+
+
+def _object_source(tokenizer: Any, backend: Any) -> str:
+    """A tokenizer object for the card and the manifest: ``transformers tokenizer object (byte-level BPE, 1024
+    tokens)``, or its class when that says more (``LlamaTokenizerFast object (BPE, 32000 tokens)``)."""
+    name = type(tokenizer).__name__
+    what = "transformers tokenizer" if name in _GENERIC_CLASSES else name
+    return f"{what} object ({describe_backend(backend)})"
+
+
+def describe_backend(backend: Any) -> str:
+    """What a :class:`tokenizers.Tokenizer` is, in a few words: ``byte-level BPE, 1024 tokens``."""
+    if backend is None:
+        return "unknown kind"
+    kind = type(backend.model).__name__  # BPE, WordLevel, WordPiece, Unigram
+    if kind == "BPE" and "ByteLevel" in f"{backend.pre_tokenizer!r}{backend.decoder!r}":
+        kind = "byte-level BPE"
+    elif kind == "WordLevel":
+        kind = "word-level"
+    return f"{kind}, {backend.get_vocab_size(with_added_tokens=True)} tokens"
 
 
 def tiktoken_parts(encoding: Any) -> TokenizerParts:

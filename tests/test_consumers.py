@@ -474,3 +474,50 @@ def test_lm_eval_runs_on_a_character_level_export_with_no_extra_arguments(
     results = json.loads(proc.stdout.splitlines()[-1])
     assert "acc,none" in results["hfexport_chars_mc"], results
     assert "exact_match,none" in results["hfexport_chars_gen"], results
+
+
+# -------------------------------------------------------------------------------------------- item 4: facts
+def test_every_export_gets_the_model_context_as_model_max_length(exports: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    for kind in KINDS:
+        config = json.loads((exports[kind] / "config.json").read_text())
+        context = config.get("n_positions") or config["max_position_embeddings"]
+        assert AutoTokenizer.from_pretrained(str(exports[kind])).model_max_length == context == 128, kind
+
+
+def test_card_and_manifest_describe_a_tokenizer_object(exports: dict[str, Path]) -> None:
+    """The example's tokenizer object is no "TokenizersBackend object" (transformers 5's name for every fast one)."""
+    manifest = json.loads((exports["bpe"] / "hfexport.json").read_text())
+    card = (exports["bpe"] / "README.md").read_text()
+    assert manifest["tokenizer"] == "transformers tokenizer object (byte-level BPE, 1024 tokens)"
+    assert f"| tokenizer | {manifest['tokenizer']} |" in card
+    assert "TokenizersBackend" not in card + json.dumps(manifest)
+
+
+def test_the_llama2c_whitespace_warning_is_recorded_in_card_and_manifest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llama2.c's train_vocab leaves remove_extra_whitespaces on: the converted tokenizer keeps runs of spaces."""
+    import logging
+
+    folder = tmp_path / "llama2c"
+    folder.mkdir()
+    (folder / "corpus.txt").write_text(SPM_CORPUS)
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"),
+        model_prefix=str(folder / "tokenizer"),
+        model_type="bpe",
+        vocab_size=320,
+        character_coverage=1.0,
+        num_threads=1,
+        byte_fallback=True,
+        minloglevel=2,
+    )  # remove_extra_whitespaces defaults to true, as in llama2.c's train_vocab
+    save_llama2c(make_llama(7, vocab_size=320, max_seq_len=128), folder / "ckpt.pt")
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        out = convert_checkpoint(folder / "ckpt.pt", tmp_path / "hf")
+    assert "collapses runs of whitespace" in caplog.text
+    manifest = json.loads((out / "hfexport.json").read_text())
+    assert any("collapses runs of whitespace" in note for note in manifest["tokenizer_notes"])
+    assert "collapses runs of whitespace" in (out / "README.md").read_text()
