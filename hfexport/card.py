@@ -18,7 +18,7 @@ __all__ = ["render_model_card"]
 _TEMPLATE = """
 # {model_name}
 
-A {family}-style causal language model exported by [hfexport](https://pypi.org/project/hfexport/) {when}.
+A {family}-style causal language model exported by hfexport {when}.
 
 {usage}
 

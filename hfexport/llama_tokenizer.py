@@ -9,8 +9,8 @@ is registered there as a directory kind (``tokenizer.model``) and a file kind (`
 :func:`llama_tokenizer_source` is what a conversion calls when no tokenizer was named: it looks beside a Llama
 checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``).
 
-Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (``pip install 'hfexport[llama-tokenizer]'``), imported
-only when a sentencepiece model is converted.
+Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (hfexport's ``llama-tokenizer`` extra), imported only
+when a sentencepiece model is converted.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture
 
 _EXTRA = (
     "Converting a sentencepiece tokenizer.model needs transformers, sentencepiece and protobuf: "
-    "pip install 'hfexport[llama-tokenizer]'"
+    "pip install transformers sentencepiece protobuf (hfexport's llama-tokenizer extra)"
 )
 
 

@@ -148,12 +148,12 @@ def logits_difference(
     the export shows up as a difference. The export is loaded as written and run in float32.
 
     Raises:
-        ImportError: ``transformers`` is not installed (``pip install 'hfexport[transformers]'``).
+        ImportError: ``transformers`` is not installed (``pip install transformers``).
     """
     try:
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
-        raise ImportError("Comparing logits needs transformers: pip install 'hfexport[transformers]'") from exc
+        raise ImportError("Comparing logits needs transformers: pip install transformers") from exc
     ckpt = load_checkpoint(checkpoint)
     exported = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     cfg = exported.config

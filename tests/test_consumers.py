@@ -81,6 +81,7 @@ def numbers(key):
     return [field.parts[i].tolist()[0] for i in field.data]
 print(json.dumps({
     "model": strings("tokenizer.ggml.model")[0],
+    "pre": strings("tokenizer.ggml.pre")[0] if "tokenizer.ggml.pre" in reader.fields else None,
     "tokens": strings("tokenizer.ggml.tokens"),
     "scores": numbers("tokenizer.ggml.scores") if "tokenizer.ggml.scores" in reader.fields else None,
     "token_type": numbers("tokenizer.ggml.token_type"),
@@ -521,3 +522,30 @@ def test_the_llama2c_whitespace_warning_is_recorded_in_card_and_manifest(
     manifest = json.loads((out / "hfexport.json").read_text())
     assert any("collapses runs of whitespace" in note for note in manifest["tokenizer_notes"])
     assert "collapses runs of whitespace" in (out / "README.md").read_text()
+
+
+# -------------------------------------------------------------------------------------------- item 5: llama.cpp
+@pytest.mark.parametrize("kind", ["gpt2", "tiktoken"])
+def test_llama_cpp_recognises_gpt2s_own_vocabulary(exports: dict[str, Path], tmp_path: Path, kind: str) -> None:
+    """What the README says of llama.cpp's converter: GPT-2's BPE (also as tiktoken's gpt2) has a hash it knows."""
+    vocab = gguf_vocabulary(exports[kind], tmp_path)
+    assert (vocab["model"], vocab["pre"], vocab["tokens"][50256]) == ("gpt2", "gpt-2", "<|endoftext|>")
+
+
+def test_llama_cpp_refuses_a_custom_bpe_as_an_unknown_pre_tokenizer(exports: dict[str, Path], tmp_path: Path) -> None:
+    """llama.cpp's limitation, named in the README: a BPE it has no hash for is refused."""
+    llama_cpp = llama_cpp_dir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(exports["bpe"])),
+            *("--outfile", str(tmp_path / "bpe.gguf"), "--vocab-only"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "BPE pre-tokenizer was not recognized" in proc.stderr, proc.stderr[-3000:]
