@@ -90,14 +90,14 @@ print(json.dumps({
 
 
 def gguf_vocabulary(directory: Path, tmp_path: Path) -> dict:
-    """Convert ``directory`` with llama.cpp's converter and read the vocabulary back from the GGUF."""
+    """Convert ``directory``'s vocabulary with llama.cpp's converter and read it back from the GGUF."""
     llama_cpp = llama_cpp_dir()
     out = tmp_path / f"{directory.name}.gguf"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
     proc = subprocess.run(
         [
             *(sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(directory)),
-            *("--outfile", str(out), "--outtype", "f32"),
+            *("--outfile", str(out), "--vocab-only"),
         ],
         capture_output=True,
         text=True,
