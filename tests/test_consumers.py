@@ -451,8 +451,8 @@ print(json.dumps({name: sorted(values) for name, values in results["results"].it
 def test_lm_eval_runs_on_a_character_level_export_with_no_extra_arguments(
     exports: dict[str, Path], tmp_path: Path
 ) -> None:
-    if importlib.util.find_spec("lm_eval") is None:
-        require_consumer("lm-eval is not installed (pip install lm-eval==0.4.13)")
+    if importlib.util.find_spec("lm_eval") is None or importlib.util.find_spec("accelerate") is None:
+        require_consumer("lm-eval with its hf extra is not installed (pip install 'lm-eval[hf]==0.4.13')")
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     for name, template in LM_EVAL_TASKS.items():
