@@ -354,6 +354,9 @@ def test_a_character_outside_the_training_text_encodes_without_error(exports: di
     assert "eos_token_id" not in generation  # nanoGPT's sampling never stopped at a newline
     card = (out / "README.md").read_text()
     assert "dropped when encoding" in card and "skip_special_tokens=False" in card
+    from hfexport import verify_directory
+
+    assert verify_directory(out).ok, verify_directory(out).problems
 
 
 def test_transformers_generation_does_not_stop_at_the_character_level_newline(exports: dict[str, Path]) -> None:
