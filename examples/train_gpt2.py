@@ -8,7 +8,7 @@ This is the end-to-end example for hfexport: a nanoGPT-style model (the same par
 Everything it needs ships with the repository (`examples/data/`): the text and a byte-level BPE tokenizer
 trained on it. Nothing is downloaded.
 
-    pip install "hfexport[lightning,transformers]" tokenizers
+    pip install -e ".[lightning,transformers]"   # from a clone of hfexport (not on PyPI)
     python examples/train_gpt2.py                           # Lightning Trainer + HFExportCallback
     python examples/train_gpt2.py --loop plain              # a plain PyTorch loop + HFExporter
     python examples/train_gpt2.py --push_to_hub you/hamlet-gpt2   # also push each export to the Hub

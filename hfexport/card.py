@@ -22,7 +22,7 @@ _MAX_CELL = 400  # characters of one fact in the card's table
 _TEMPLATE = """
 # {model_name}
 
-A {family}-style causal language model exported by [hfexport](https://pypi.org/project/hfexport/) {when}.
+A {family}-style causal language model exported by hfexport {when}.
 
 {usage}
 

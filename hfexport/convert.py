@@ -266,9 +266,10 @@ def write_export(
     config["transformers_version"] = _transformers_version()
     generation = dict(plan.generation_config)
     source = as_source(tokenizer)
+    context = config.get("n_positions") or config.get("max_position_embeddings")  # GPT-2's, Llama's
     tok = source.resolve(
         vocab_size=config.get("vocab_size"),
-        model_max_length=config.get("n_positions"),
+        model_max_length=context,
         model_type=config.get("model_type"),
         **dict(tokenizer_hints or {}),
     )
@@ -292,6 +293,8 @@ def write_export(
         "notes": plan.notes,
         "tokenizer": tok.source if tok is not None else None,
     }
+    if tok is not None and tok.notes:
+        manifest["tokenizer_notes"] = list(tok.notes)
     # A fact such as loss=nan (a diverged run) is recorded as text: strict JSON has no NaN.
     manifest.update({key: _json_number(value) for key, value in dict(manifest_facts or {}).items()})
     # What was inferred, and from where (file names only): in the manifest and in the card.
@@ -369,8 +372,8 @@ def _special_ids_from_tokenizer(
         return
     for key, value in (("bos_token_id", tokenizer.bos_token_id), ("eos_token_id", tokenizer.eos_token_id)):
         config[key] = value
-        if value is None:
-            generation.pop(key, None)
+        if value is None or (key == "eos_token_id" and not tokenizer.eos_stops_generation):
+            generation.pop(key, None)  # nanoGPT's character level: its newline "eos" never stopped sampling
         else:
             generation[key] = value
 

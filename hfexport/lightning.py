@@ -32,7 +32,7 @@ except ImportError:  # the standalone package
         from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
     except ImportError as exc:
         raise ImportError(
-            "hfexport.lightning needs Lightning: pip install 'hfexport[lightning]' (or pip install lightning)"
+            "hfexport.lightning needs Lightning: pip install lightning (hfexport's lightning extra)"
         ) from exc
 
 from .errors import HFExportError

@@ -9,13 +9,14 @@ is registered there as a directory kind (``tokenizer.model``) and a file kind (`
 :func:`llama_tokenizer_source` is what a conversion calls when no tokenizer was named: it looks beside a Llama
 checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``).
 
-Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (``pip install 'hfexport[llama-tokenizer]'``), imported
-only when a sentencepiece model is converted.
+Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (hfexport's ``llama-tokenizer`` extra), imported only
+when a sentencepiece model is converted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,18 @@ from .tokenizer import TokenizerParts, TokenizerSource, read_inside, transformer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LLAMA_FAMILIES", "is_sentencepiece", "llama_tokenizer_source", "sentencepiece_parts"]
+__all__ = [
+    "LLAMA_FAMILIES",
+    "is_sentencepiece",
+    "llama_tokenizer_source",
+    "matching_sentencepiece",
+    "read_sentencepiece",
+    "sentencepiece_parts",
+]
 
 SENTENCEPIECE_NAME = "tokenizer.model"
+#: A sentencepiece model larger than this is not a tokenizer (Llama 2's is 0.5 MB, Gemma's 4 MB).
+MAX_SENTENCEPIECE_BYTES = 64 * 1024 * 1024
 #: Registry names of the families whose checkpoints may have a tokenizer beside them.
 LLAMA_FAMILIES = ("llama", "litgpt-llama")
 
@@ -46,19 +56,20 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
         TokenizerError: the file is not a sentencepiece model (e.g. Llama 3's tiktoken ``tokenizer.model``).
         ImportError: ``transformers``, ``sentencepiece`` or ``protobuf`` is missing.
     """
-    data = read_inside(path, root)
+    data = read_sentencepiece(path, root)
     model = _model_proto(data)
     if model is None or not len(model.pieces):
         raise TokenizerError(
             f"{path.name} is not a sentencepiece model (Llama 3's tokenizer.model is a tiktoken file). Pass a "
             "transformers tokenizer directory (tokenizer.json + tokenizer_config.json) or its Hub repo id instead."
         )
+    notes = []
     if model.normalizer_spec.remove_extra_whitespaces:
-        logger.warning(
-            "%s collapses runs of whitespace (sentencepiece's remove_extra_whitespaces, spm_train's and llama2.c's "
-            "train_vocab default); the converted tokenizer keeps them, so such texts tokenize differently",
-            path.name,
+        notes.append(
+            f"{path.name} collapses runs of whitespace (sentencepiece's remove_extra_whitespaces, spm_train's and "
+            "llama2.c's train_vocab default); the converted tokenizer keeps them, so such texts tokenize differently"
         )
+        logger.warning("%s", notes[-1])
     try:
         from transformers import LlamaTokenizerFast
     except ImportError as exc:
@@ -68,8 +79,54 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
         tokenizer = LlamaTokenizerFast.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
     parts = transformers_parts(tokenizer)
     parts.source = f"{path.name} (sentencepiece)"  # the file's name only: its directory may be a user's
+    parts.extra_files[SENTENCEPIECE_NAME] = data  # shipped too: llama.cpp's converter reads its scores
+    parts.notes.extend(notes)  # in the card and hfexport.json, not only in the log
     logger.info("Converted the sentencepiece model %s into a Llama tokenizer (%d tokens)", path, len(tokenizer))
     return parts
+
+
+def read_sentencepiece(path: Path, root: Path) -> bytes:
+    """A ``tokenizer.model``'s bytes: a regular file inside ``root`` (no symlink out of it), at most
+    :data:`MAX_SENTENCEPIECE_BYTES`, read whole (its size checked against what was read).
+
+    Raises:
+        TokenizerError: not a regular file, a symlink leaving ``root``, too large, or changed while read.
+    """
+    data = read_inside(path, root, limit=MAX_SENTENCEPIECE_BYTES)
+    try:
+        size = Path(os.path.realpath(path)).stat().st_size
+    except OSError as exc:
+        raise TokenizerError(f"Cannot read tokenizer file {str(path)!r}: {exc.strerror}.") from None
+    if len(data) != size:
+        raise TokenizerError(f"{str(path)!r} changed while it was read ({len(data)} of {size} bytes); try again.")
+    return data
+
+
+def matching_sentencepiece(path: Path, root: Path, backend: Any) -> bytes | None:
+    """The sentencepiece ``tokenizer.model`` beside a ``tokenizer.json``, to ship with it, when it is the model
+    that tokenizer was converted from: every piece at the id ``tokenizer.json`` gives it. ``None`` (logged) when it
+    is not a sentencepiece model (Llama 3's tiktoken file), does not match, or cannot be read."""
+    try:
+        data = read_sentencepiece(path, root)
+        model = _model_proto(data)
+    except (ImportError, TokenizerError) as exc:
+        logger.warning("Not shipping %s beside tokenizer.json: %s", path.name, exc)
+        return None
+    if model is None or not len(model.pieces):
+        logger.info("Not shipping %s beside tokenizer.json: not a sentencepiece model", path.name)
+        return None
+    mismatch = next((i for i, p in enumerate(model.pieces) if backend.token_to_id(p.piece) != i), None)
+    if mismatch is not None:
+        logger.warning(
+            "Not shipping %s beside tokenizer.json: its piece %d (%r) is not tokenizer.json's token %d, so it is "
+            "not the model that tokenizer was made from; llama.cpp's converter will read tokenizer.json alone",
+            path.name,
+            mismatch,
+            model.pieces[mismatch].piece[:40],
+            mismatch,
+        )
+        return None
+    return data
 
 
 def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture: str) -> TokenizerSource:
@@ -90,7 +147,7 @@ def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture
     if not model.is_file():
         return spec
     try:
-        usable = is_sentencepiece(read_inside(model, folder.resolve()))
+        usable = is_sentencepiece(read_sentencepiece(model, folder.resolve()))
     except (ImportError, TokenizerError) as exc:
         logger.warning("Not including %s, found beside the checkpoint: %s", model, exc)
         return spec
@@ -109,7 +166,7 @@ def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture
 
 _EXTRA = (
     "Converting a sentencepiece tokenizer.model needs transformers, sentencepiece and protobuf: "
-    "pip install 'hfexport[llama-tokenizer]'"
+    "pip install transformers sentencepiece protobuf (hfexport's llama-tokenizer extra)"
 )
 
 

@@ -6,7 +6,9 @@ Every source is turned into the same two files, written as regular files by the 
   llama.cpp's ``convert_hf_to_gguf.py`` (through ``AutoTokenizer``) and optimum;
 * ``tokenizer_config.json``: a class both transformers lines have (``GPT2TokenizerFast`` for GPT-2's BPE,
   ``PreTrainedTokenizerFast`` for every other tokenizer, never transformers 5's ``TokenizersBackend``), the special
-  tokens and ``model_max_length`` = the model's context.
+  tokens, ``model_max_length`` = the model's context and ``model_input_names`` = ``input_ids`` and
+  ``attention_mask`` (transformers 4.x's ``PreTrainedTokenizerFast`` would otherwise add ``token_type_ids``, which
+  shift a GPT-2's logits and make a Llama's ``generate(**enc)`` raise).
 
 Sources (see :func:`resolve_tokenizer`):
 
@@ -94,6 +96,8 @@ GPT2_EOT = "<|endoftext|>"
 GPT2_MAX_PADDED = 51200
 #: The special-token keys of ``tokenizer_config.json`` carried over from a source.
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+#: ``tokenizer_config.json``'s ``model_input_names``: what ``tok(text)`` returns, under transformers 4.x and 5.x.
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask")
 #: Files larger than this are not a tokenizer (the largest public ``tokenizer.json`` files are ~30 MB).
 MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_META_PKL_BYTES = 16 * 1024 * 1024
@@ -107,6 +111,7 @@ _HUB_FILES = [
     "chat_template.jinja",
     "vocab.json",
     "merges.txt",
+    "tokenizer.model",  # a sentencepiece model beside tokenizer.json is shipped when it matches (llama.cpp)
 ]
 
 
@@ -122,6 +127,8 @@ class ExportTokenizer:
         source: Where it came from, for the log and the model card.
         notes: Facts for the model card (e.g. how a padded vocabulary maps to it).
         inferred: How it was inferred when nobody named it (the card and ``hfexport.json`` say so), else ``None``.
+        eos_stops_generation: Whether ``generation_config.json`` gets ``eos_token_id`` (``False`` for nanoGPT's
+            character level, whose end-of-text is a character that sampling never stopped at).
     """
 
     files: Mapping[str, bytes]
@@ -131,6 +138,7 @@ class ExportTokenizer:
     source: str
     notes: tuple[str, ...] = ()
     inferred: str | None = None
+    eos_stops_generation: bool = True
 
 
 @dataclass
@@ -147,6 +155,10 @@ class TokenizerParts:
         exact_size: The model's vocabulary must have exactly this many rows (``meta.pkl``: see :func:`_check_size`).
         inferred: How the tokenizer was inferred when nobody named it (for the card and ``hfexport.json``); ``None``
             when it was named. An inferred tokenizer must fit the vocabulary exactly where its size says anything.
+        extra_files: Source files shipped as they are beside ``tokenizer.json`` (the sentencepiece
+            ``tokenizer.model`` the tokenizer was converted from: llama.cpp's converter reads its scores).
+        notes: Facts for the model card.
+        eos_stops_generation: See :class:`ExportTokenizer`.
     """
 
     backend: Any
@@ -157,6 +169,9 @@ class TokenizerParts:
     exact_size: bool = False
     serialized: Serialized | None = None
     inferred: str | None = None
+    extra_files: dict[str, bytes] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    eos_stops_generation: bool = True
 
 
 @dataclass(frozen=True)
@@ -465,18 +480,25 @@ _DATASET = re.compile(r"[\w.-]+")
 def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: int | None) -> ExportTokenizer:
     serialized = serialize(parts)
     size, special_ids = serialized.size, serialized.special_ids
-    notes = _check_size(size, vocab_size, parts.source, exact=parts.exact_size, padded=parts.inferred is None)
+    notes = [
+        *parts.notes,
+        *_check_size(size, vocab_size, parts.source, exact=parts.exact_size, padded=parts.inferred is None),
+    ]
     config: dict[str, Any] = {"tokenizer_class": parts.tokenizer_class}
     config.update(parts.special)
     if model_max_length is not None:
         config["model_max_length"] = int(model_max_length)
     config["clean_up_tokenization_spaces"] = False
     config.update(parts.config)
+    # What the model's forward takes. Without it transformers 4.x's PreTrainedTokenizerFast also returns
+    # token_type_ids, which GPT2LMHeadModel adds as embeddings (other logits) and Llama / ONNX Runtime reject.
+    config["model_input_names"] = list(MODEL_INPUT_NAMES)
     files = {
         "tokenizer.json": serialized.text,
         "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode(
             "utf-8"
         ),
+        **parts.extra_files,
     }
     return ExportTokenizer(
         files=files,
@@ -486,6 +508,7 @@ def _finish(parts: TokenizerParts, *, vocab_size: int | None, model_max_length: 
         source=parts.source,
         notes=tuple(notes),
         inferred=parts.inferred,
+        eos_stops_generation=parts.eos_stops_generation,
     )
 
 
@@ -704,7 +727,14 @@ def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TokenizerError(f"{str(path)!r} is not a tokenizer.json tokenizers can load ({first}).") from None
     special, config = _sidecar_config(path.parent, root)
-    return TokenizerParts(backend, "PreTrainedTokenizerFast", special, _short(path), config=config)
+    parts = TokenizerParts(backend, "PreTrainedTokenizerFast", special, _short(path), config=config)
+    if _present(path.parent / "tokenizer.model"):
+        from .llama_tokenizer import matching_sentencepiece
+
+        model = matching_sentencepiece(path.parent / "tokenizer.model", root, backend)
+        if model is not None:
+            parts.extra_files["tokenizer.model"] = model
+    return parts
 
 
 def vocab_merges_parts(path: Path, root: Path) -> TokenizerParts:
@@ -833,16 +863,51 @@ def _plain(obj: Any, depth: int = 0) -> bool:
     return False
 
 
+#: nanoGPT's character-level boundary: ``sample.py`` starts sampling from it, ``prepare.py``'s texts are lines.
+CHAR_BOUNDARY = "\n"
+
+
 def meta_pkl_parts(path: Path, root: Path | None = None) -> TokenizerParts:
-    """A character-level tokenizer whose ids equal ``meta.pkl``'s ``stoi`` (WordLevel on single characters)."""
+    """A character-level tokenizer whose ids equal ``meta.pkl``'s ``stoi`` (WordLevel on single characters).
+
+    nanoGPT's vocabulary is the training text's characters, with no unknown or end-of-text token and usually no
+    spare row in the model, so none is added and no id changes:
+
+    * a character outside the vocabulary is dropped when encoding (a normalizer removes it: nanoGPT's own
+      ``encode`` raises ``KeyError``, and the model has no row for it), so any text encodes;
+    * bos and eos are the newline when the vocabulary has one (``sample.py``'s default start), so tools that
+      need one (lm-eval's ``--model hf``: its prefix for an empty context, its padding) work; generation does not
+      stop at it (no ``eos_token_id`` in ``generation_config.json``: nanoGPT samples on), and
+      ``decode(..., skip_special_tokens=True)`` (the pipeline's default) drops it.
+    """
     tk = _tokenizers()
     meta = read_meta_pkl(path, root)
-    backend = tk.Tokenizer(tk.models.WordLevel(vocab=dict(meta["stoi"])))
+    stoi = dict(meta["stoi"])
+    backend = tk.Tokenizer(tk.models.WordLevel(vocab=stoi))
+    known = "".join(f"\\x{{{ord(char):x}}}" for char in sorted(stoi))
+    backend.normalizer = tk.normalizers.Replace(tk.Regex(f"[^{known}]"), "")
     backend.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = tk.decoders.Fuse()  # join the characters without spaces
-    return TokenizerParts(
-        backend, "PreTrainedTokenizerFast", {}, f"nanoGPT character-level {_short(Path(path))}", exact_size=True
+    notes = [
+        f"characters outside the {len(stoi)} of the training text are dropped when encoding (nanoGPT's encode "
+        "would raise KeyError; the model has no row for them)"
+    ]
+    special: dict[str, str] = {}
+    if CHAR_BOUNDARY in stoi:
+        special = {"bos_token": CHAR_BOUNDARY, "eos_token": CHAR_BOUNDARY}
+        notes.append(
+            f"bos/eos = the newline (id {stoi[CHAR_BOUNDARY]}, nanoGPT's sample.py start) for tools that need one "
+            "(lm-eval); generation does not stop at it, and decode(skip_special_tokens=True), the pipeline's "
+            "default, drops it: pass skip_special_tokens=False"
+        )
+    else:
+        notes.append("no bos/eos: the vocabulary has no newline (lm-eval needs --model_args prefix_token_id=...)")
+    parts = TokenizerParts(
+        backend, "PreTrainedTokenizerFast", special, f"nanoGPT character-level {_short(Path(path))}", exact_size=True
     )
+    parts.notes = notes
+    parts.eos_stops_generation = False
+    return parts
 
 
 # ------------------------------------------------------------------------------------------------ objects
@@ -858,14 +923,38 @@ def transformers_parts(tokenizer: Any) -> TokenizerParts:
         if isinstance(getattr(tokenizer, "chat_template", None), str):
             config["chat_template"] = tokenizer.chat_template
         return TokenizerParts(
-            backend, "PreTrainedTokenizerFast", special, f"{type(tokenizer).__name__} object", config=config
+            backend, "PreTrainedTokenizerFast", special, _object_source(tokenizer, backend), config=config
         )
     with tempfile.TemporaryDirectory(prefix="hfexport-tokenizer-", ignore_cleanup_errors=True) as staging:
         tokenizer.save_pretrained(staging)
         root = Path(staging).resolve()
         parts = directory_parts(root, root)
-    parts.source = f"{type(tokenizer).__name__} object"
+    parts.source = _object_source(tokenizer, parts.backend)
     return parts
+
+
+#: Class names that say nothing of the tokenizer (transformers 5 names every fast tokenizer TokenizersBackend).
+_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast", "PreTrainedTokenizer")
+
+
+def _object_source(tokenizer: Any, backend: Any) -> str:
+    """A tokenizer object for the card and the manifest: ``transformers tokenizer object (byte-level BPE, 1024
+    tokens)``, or its class when that says more (``LlamaTokenizerFast object (BPE, 32000 tokens)``)."""
+    name = type(tokenizer).__name__
+    what = "transformers tokenizer" if name in _GENERIC_CLASSES else name
+    return f"{what} object ({describe_backend(backend)})"
+
+
+def describe_backend(backend: Any) -> str:
+    """What a :class:`tokenizers.Tokenizer` is, in a few words: ``byte-level BPE, 1024 tokens``."""
+    if backend is None:
+        return "unknown kind"
+    kind = type(backend.model).__name__  # BPE, WordLevel, WordPiece, Unigram
+    if kind == "BPE" and "ByteLevel" in f"{backend.pre_tokenizer!r}{backend.decoder!r}":
+        kind = "byte-level BPE"
+    elif kind == "WordLevel":
+        kind = "word-level"
+    return f"{kind}, {backend.get_vocab_size(with_added_tokens=True)} tokens"
 
 
 def tiktoken_parts(encoding: Any) -> TokenizerParts:

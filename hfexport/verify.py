@@ -159,12 +159,12 @@ def logits_difference(
 
     Raises:
         CheckpointError: the checkpoint does not record its heads and ``n_head`` is not given.
-        ImportError: ``transformers`` is not installed (``pip install 'hfexport[transformers]'``).
+        ImportError: ``transformers`` is not installed (``pip install transformers``).
     """
     try:
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
-        raise ImportError("Comparing logits needs transformers: pip install 'hfexport[transformers]'") from exc
+        raise ImportError("Comparing logits needs transformers: pip install transformers") from exc
     ckpt = load_checkpoint(checkpoint)
     heads = n_head or ckpt.facts.n_head
     if heads is None:
@@ -246,7 +246,8 @@ def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyRep
 
     Problems are appended to ``report``: a ``tokenizer_config.json`` without a vocabulary (it loads as an empty
     tokenizer), transformers 5's ``TokenizersBackend`` class (transformers 4.x, llama.cpp and optimum cannot load
-    it), a tokenizer file that is a symlink leaving the directory, a tokenizer larger than the vocabulary, special
+    it), ``PreTrainedTokenizerFast`` without ``model_input_names`` (transformers 4.x adds ``token_type_ids``), a
+    tokenizer file that is a symlink leaving the directory, a tokenizer larger than the vocabulary, special
     ids that disagree with ``config.json``.
     """
     present = [name for name in _TOKENIZER_FILES if (root / name).is_file() or (root / name).is_symlink()]
@@ -275,6 +276,15 @@ def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyRep
         report.problems.append(
             "tokenizer_config.json names TokenizersBackend (transformers 5 only): transformers 4.x, llama.cpp's "
             "converter and optimum cannot load it; name PreTrainedTokenizerFast (re-export with hfexport)"
+        )
+    names = settings.get("model_input_names")
+    if settings.get("tokenizer_class") == "PreTrainedTokenizerFast" and (
+        not isinstance(names, list) or "token_type_ids" in names
+    ):
+        report.problems.append(
+            "tokenizer_config.json names PreTrainedTokenizerFast without model_input_names "
+            '["input_ids", "attention_mask"]: under transformers 4.x tok(text) also returns token_type_ids, '
+            "which shift a GPT-2's logits and make a Llama's generate(**enc) raise (re-export with hfexport)"
         )
     if not any(name in present for name in _TOKENIZER_VOCAB_FILES):
         report.problems.append(

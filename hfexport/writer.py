@@ -640,9 +640,10 @@ def _write_file(path: Path, content: bytes) -> None:
 def _tokenizer_files(tokenizer: Any, protected: set[str]) -> dict[str, bytes]:
     """The tokenizer's files (see :mod:`hfexport.tokenizer`), to be written as regular files like the others.
 
-    Only the files a tokenizer is made of are read from a source, and only ``tokenizer.json`` and
-    ``tokenizer_config.json`` are written: nothing else of a tokenizer directory (no symlink, no stray file)
-    enters the export, and a tokenizer never replaces one of the model's files.
+    Only the files a tokenizer is made of are read from a source, and only ``tokenizer.json``,
+    ``tokenizer_config.json`` and (for a tokenizer converted from one) the sentencepiece ``tokenizer.model`` are
+    written, from the bytes read: nothing else of a tokenizer directory (no symlink, no stray file) enters the
+    export, and a tokenizer never replaces one of the model's files.
     """
     resolved = resolve_tokenizer(tokenizer)
     if resolved is None:

@@ -202,7 +202,8 @@ def test_char_level_export_from_nanogpt_meta_pkl(exports: dict[str, Path]) -> No
     assert len(tok) == meta["vocab_size"]
     config = json.loads((directory / "config.json").read_text())
     assert config["vocab_size"] == meta["vocab_size"]
-    assert config["eos_token_id"] is None and config["bos_token_id"] is None  # characters have no end-of-text
+    # characters have no end-of-text: the newline stands in (nanoGPT's sample.py start), added as no new id
+    assert config["eos_token_id"] == config["bos_token_id"] == meta["stoi"]["\n"]
     assert "shakespeare_char/meta.pkl" in (directory / "README.md").read_text()
 
 
