@@ -26,6 +26,7 @@ import contextlib
 import mmap
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -243,16 +244,26 @@ def _produced(
             yield ch, buffers[0], *_fill(ch, buffers[0])
         return
     threads = torch.get_num_threads()
+    lock = threading.Lock()
+    active = 0  # producers inside _fill
 
     def fill(ch: Chunk, staging: StagingBuffer) -> tuple[int, int]:
         # One intra-op thread per producer: the producers are the parallelism, and OpenMP teams of their own would
-        # spin on the cores the writer and the other producers need. Put back afterwards: the setting also
-        # becomes the default of threads created meanwhile.
-        torch.set_num_threads(1)
+        # spin on the cores the writer and the other producers need. The setting is shared by the threads (it also
+        # becomes the default of threads created meanwhile), so the first producer in sets it and the last one out
+        # puts it back: a producer that finished first must not give the others their teams back mid-fill.
+        nonlocal active
+        with lock:
+            if active == 0:
+                torch.set_num_threads(1)
+            active += 1
         try:
             return _fill(ch, staging)
         finally:
-            torch.set_num_threads(threads)
+            with lock:
+                active -= 1
+                if active == 0:
+                    torch.set_num_threads(threads)
 
     free = list(buffers)
     pending: list[tuple[Chunk, StagingBuffer, Future[tuple[int, int]]]] = []

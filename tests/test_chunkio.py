@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -109,11 +111,16 @@ def test_parallel_producers_leave_torch_thread_settings_as_they_were(tmp_path: P
     before = torch.get_num_threads()
     seen: list[int] = []
 
-    def produce(out: torch.Tensor) -> None:
+    def produce(out: torch.Tensor, slow: bool) -> None:
+        if slow:  # the other producer finishes meanwhile: it must not give this one its thread team back
+            time.sleep(0.3)
         seen.append(torch.get_num_threads())
         out.fill_(1.0)
 
-    write_shard(tmp_path / "f", [Chunk(i * 4000, torch.float32, (1000,), produce=produce) for i in range(8)], workers=2)
+    chunks = [
+        Chunk(i * 4000, torch.float32, (1000,), produce=functools.partial(produce, slow=i == 0)) for i in range(8)
+    ]
+    write_shard(tmp_path / "f", chunks, workers=2)
     assert set(seen) == {1}
     assert torch.get_num_threads() == before
     fresh: list[int] = []
