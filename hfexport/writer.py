@@ -671,7 +671,7 @@ def _make_parents(directory: Path) -> list[Path]:
     while not directory.exists():
         missing.append(directory)
         directory = directory.parent
-    created = []
+    created: list[Path] = []
     for path in reversed(missing):
         try:
             path.mkdir()
