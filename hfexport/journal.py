@@ -353,7 +353,7 @@ def _file_lock(path: Path, *, timeout_s: float | None = None, what: str = "") ->
         try:
             import fcntl
         except ImportError:  # Windows: the in-process lock only
-            fcntl = None  # type: ignore[assignment]
+            fcntl = None  # type: ignore[assignment]  # the module or None: the type checker sees one platform
         with open(path, "a+b") as fh:
             if fcntl is not None:
                 while True:

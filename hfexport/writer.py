@@ -609,7 +609,7 @@ def note_interrupt(exc: BaseException, target: Path, published: bool) -> None:
     if not isinstance(outcomes, list):
         outcomes = []
         with contextlib.suppress(AttributeError, TypeError):
-            exc.hfexport_outcomes = outcomes  # type: ignore[attr-defined]
+            exc.hfexport_outcomes = outcomes  # type: ignore[attr-defined]  # our own attribute on the exception
     outcomes.append((target, published))
 
 
