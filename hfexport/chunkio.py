@@ -27,10 +27,10 @@ import mmap
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import torch
 
@@ -214,13 +214,13 @@ def write_shard(
 class _PlainWriter:
     """Sequential writes through the page cache: the portable path."""
 
-    def __init__(self, fh: object) -> None:
+    def __init__(self, fh: BinaryIO) -> None:
         self.fh = fh
 
     def write(self, staging: StagingBuffer, start: int, offset: int, n: int) -> None:
         view = staging.view[start : start + n]
         while len(view):
-            written = self.fh.write(view)  # type: ignore[attr-defined]
+            written = self.fh.write(view)
             if not written:
                 raise OSError(f"write() wrote nothing at offset {offset + n - len(view)}")
             view = view[written:]
@@ -231,7 +231,7 @@ class _PlainWriter:
 
 def _produced(
     chunks: Sequence[Chunk], workers: int, buffers: list[StagingBuffer]
-) -> Iterator[tuple[Chunk, StagingBuffer, int, int]]:
+) -> Generator[tuple[Chunk, StagingBuffer, int, int], None, None]:
     """Yield ``(chunk, staging, start, crc32)`` in file order, the chunk's bytes at ``staging.view[start:]``.
 
     ``start`` is the chunk's file offset modulo :data:`ALIGN`, ``crc32`` the CRC-32 of the chunk's bytes (taken by

@@ -415,7 +415,7 @@ def _failure(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, _BAD_INPUT):
         return EXIT_BAD_INPUT, str(exc)
     fix = _ENVIRONMENT_ERRORS.get(exc.errno or 0) if isinstance(exc, OSError) else None
-    if fix is None:
+    if fix is None or not isinstance(exc, OSError):
         return EXIT_FAILURE, f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
     where = f" ({exc.filename})" if exc.filename else ""
     return EXIT_FAILURE, f"{exc.strerror or exc}{where}; nothing was published: {fix}"

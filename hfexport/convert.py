@@ -283,7 +283,7 @@ def write_export(
     card["tokenizer"] = tok.source if tok is not None else None
     if tok is not None and tok.notes:
         card["tokenizer_note"] = "; ".join(tok.notes)
-    manifest = {
+    manifest: dict[str, Any] = {
         "hfexport_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "architecture": plan.architecture,

@@ -307,7 +307,10 @@ class HFExporter:
     def should_export(self, step: int) -> bool:
         """Whether :meth:`maybe_export` would export at ``step``."""
         step = check_step(step)
-        return bool(self.every_n_steps) and step > 0 and step % self.every_n_steps == 0 and step != self.last_step
+        every = self.every_n_steps
+        if not every:
+            return False
+        return step > 0 and step % every == 0 and step != self.last_step
 
     def maybe_export(self, model: Any, step: int, **facts: Any) -> Path | None:
         """Export if ``step`` is due (``every_n_steps``); cheap otherwise.

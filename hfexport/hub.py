@@ -299,10 +299,11 @@ def push_version(
     step = step_of(version_dir.name) if step is None else step
     if tag is None and options.tag_versions:
         tag = version_dir.name
-    journal = PushJournal(version_dir.parent) if step_of(version_dir.name) is not None else None
+    version_step = step_of(version_dir.name)
     what = f"Pushing {version_dir.name} to {options.repo_id}@{options.revision}"
-    if journal is None:
+    if version_step is None:  # not a version hfexport names: no journal beside it
         return _push(version_dir, options, step, tag, commit_message, api, progress, None, what)
+    journal = PushJournal(version_dir.parent)
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(journal.push_lock(_lock_wait_s(options), what))
@@ -314,7 +315,7 @@ def push_version(
                 logger.info("%s was pushed already (by another push from this export root).", version_dir.name)
                 return PushResult(version_dir, step, entry.get("commit"), entry.get("tag"), 0, 0.0)
         branch = journal.branch(options.repo_id, options.revision)
-        newer = branch if branch is not None and step_of(version_dir.name) < branch["step"] else None  # type: ignore[operator]
+        newer = branch if branch is not None and version_step < branch["step"] else None
         if newer is not None and not tag:
             logger.warning(
                 "Not pushing %s to %s@%s: the branch serves %s, a newer version, and the version has no tag to be "
@@ -366,7 +367,7 @@ def _push(
 
         # A cheap request the client does not retry by itself: when the Hub is down, this attempt fails in
         # milliseconds and our own backoff decides what next. It also lists the files now on the revision.
-        info = api.repo_info(options.repo_id, revision=options.revision, files_metadata=True)
+        info = api.model_info(options.repo_id, revision=options.revision, files_metadata=True)
         remote = {s.rfilename: s.size for s in info.siblings or []}
         plan = plan_remote(api, options.repo_id, str(info.sha), remote, names, what)
         operations: list[Any] = [CommitOperationAdd(name, str(version_dir / name)) for name in plan.upload]
@@ -552,7 +553,7 @@ class HubPusher:
             api.create_repo(opts.repo_id, private=opts.private, exist_ok=True)
             if opts.revision != "main":
                 api.create_branch(opts.repo_id, branch=opts.revision, exist_ok=True)
-            return api.repo_info(opts.repo_id).private
+            return api.model_info(opts.repo_id).private
 
         try:
             private, _ = with_retries(

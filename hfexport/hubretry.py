@@ -50,8 +50,8 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def http_status(error: BaseException) -> int | None:
-    """The HTTP status of an error raised for an answer, or ``None`` (a network error, ...)."""
+def http_status(error: BaseException | None) -> int | None:
+    """The HTTP status of an error raised for an answer, or ``None`` (a network error, no error, ...)."""
     response = getattr(error, "response", None)
     status = getattr(response, "status_code", None)
     return status if isinstance(status, int) else None

@@ -353,7 +353,7 @@ def _file_lock(path: Path, *, timeout_s: float | None = None, what: str = "") ->
         try:
             import fcntl
         except ImportError:  # Windows: the in-process lock only
-            fcntl = None  # type: ignore[assignment]
+            fcntl = None  # type: ignore[assignment]  # the module or None: the type checker sees one platform
         with open(path, "a+b") as fh:
             if fcntl is not None:
                 while True:
@@ -361,7 +361,7 @@ def _file_lock(path: Path, *, timeout_s: float | None = None, what: str = "") ->
                         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
                         break
                     except BlockingIOError:
-                        if time.monotonic() >= deadline:  # type: ignore[operator]
+                        if deadline is not None and time.monotonic() >= deadline:  # LOCK_NB: a deadline
                             raise _busy(path, timeout_s, what) from None
                         time.sleep(0.05)
             held[key] = 1

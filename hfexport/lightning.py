@@ -19,21 +19,25 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-try:
+if TYPE_CHECKING:  # type-checked against the unified package; the standalone one has the same API
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import Callback
-except ImportError:  # the standalone package
+else:
     try:
-        import pytorch_lightning as pl  # type: ignore[no-redef]
-        from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
-    except ImportError as exc:
-        raise ImportError(
-            "hfexport.lightning needs Lightning: pip install lightning (hfexport's lightning extra)"
-        ) from exc
+        import lightning.pytorch as pl
+        from lightning.pytorch.callbacks import Callback
+    except ImportError:  # the standalone package
+        try:
+            import pytorch_lightning as pl
+            from pytorch_lightning.callbacks import Callback
+        except ImportError as exc:
+            raise ImportError(
+                "hfexport.lightning needs Lightning: pip install lightning (hfexport's lightning extra)"
+            ) from exc
 
 from .errors import HFExportError
 from .exporter import HFExporter
@@ -235,9 +239,11 @@ class HFExportCallback(Callback):
         error = trainer.strategy.broadcast(f"{type(cause).__name__}: {cause}" if cause is not None else None, src=0)
         if error is not None:
             raise HFExportError(f"HFExportCallback could not start: {error}") from cause
+        if exporter is None:  # this rank failed where rank 0 did not (a path another node sees differently)
+            raise HFExportError(f"HFExportCallback could not start on rank {trainer.global_rank}: {cause}") from cause
         self.exporter = exporter
         if self._restored is not None:
-            self.exporter.load_state_dict(self._restored)
+            exporter.load_state_dict(self._restored)
             self._restored = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -258,7 +264,7 @@ class HFExportCallback(Callback):
         return (
             self.exporter is None
             or trainer.sanity_checking
-            or bool(trainer.fast_dev_run)
+            or bool(trainer.fast_dev_run)  # type: ignore[attr-defined]  # Lightning sets it outside the class
             or trainer.state.fn != fitting
         )
 

@@ -175,7 +175,8 @@ def _model_proto(data: bytes) -> Any:
         from sentencepiece import sentencepiece_model_pb2
     except ImportError as exc:
         raise ImportError(_EXTRA) from exc
-    model = sentencepiece_model_pb2.ModelProto()
+    # protobuf builds the message classes at import time, unseen by type checkers (sentencepiece ships no stub)
+    model = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
     try:
         model.ParseFromString(data)
     except Exception:  # DecodeError: not a protobuf at all

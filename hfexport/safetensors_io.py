@@ -183,7 +183,7 @@ def _chunks(tensor: OutputTensor, offset: int) -> list[Chunk]:
     rows = shape[0] if shape else 1
     fill = tensor.fill
     if not shape or nbytes <= CHUNK_BYTES or rows <= 1 or (tensor.whole and nbytes <= WHOLE_MAX):
-        return [Chunk(offset, tensor.dtype, shape, produce=lambda out: fill(out, 0, rows))]
+        return [Chunk(offset, tensor.dtype, shape, produce=_rows(fill, 0, rows))]
     row_bytes = nbytes // rows
     step = max(1, CHUNK_BYTES // max(1, row_bytes))
     chunks = []
@@ -194,11 +194,16 @@ def _chunks(tensor: OutputTensor, offset: int) -> list[Chunk]:
                 offset,
                 tensor.dtype,
                 (stop - start, *shape[1:]),
-                produce=lambda out, start=start, stop=stop: fill(out, start, stop),
+                produce=_rows(fill, start, stop),
             )
         )
         offset += (stop - start) * row_bytes
     return chunks
+
+
+def _rows(fill: Callable[[torch.Tensor, int, int], None], start: int, stop: int) -> Callable[[torch.Tensor], None]:
+    """A chunk's producer: ``fill`` of rows ``start:stop``."""
+    return lambda out: fill(out, start, stop)
 
 
 def _call_when_all_produced(chunks: list[Chunk], done: Callable[[], None]) -> None:

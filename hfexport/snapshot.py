@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 
@@ -29,6 +29,9 @@ from .architectures import ConversionPlan, TensorPlan
 from .convert import plan_conversion
 from .errors import ConversionError
 from .sources import model_facts, strip_prefixes, unwrap_model
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 __all__ = [
     "Snapshot",
@@ -154,7 +157,7 @@ def _is_pretrained(model: Any) -> bool:
     return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
+def _is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
     return type(t).__name__ == "DTensor" or hasattr(t, "full_tensor")
 
 
@@ -211,12 +214,12 @@ def _pretrained_plan(net: Any) -> ConversionPlan:
     return ConversionPlan("transformers", tensors, config, {}, [])
 
 
-def _gather(src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _gather(src: DTensor, dtype: torch.dtype) -> torch.Tensor:
     """A DTensor's full tensor, cast on the shard first (half the traffic for bf16). A collective."""
     local = src.detach()
     if local.is_floating_point() and local.dtype != dtype:
         local = local.to(dtype)
-    return local.full_tensor()
+    return cast("DTensor", local).full_tensor()  # detach() and to() keep a DTensor a DTensor
 
 
 def take_snapshot(plan: ConversionPlan, dtype: torch.dtype, buffers: SnapshotBuffers | None = None) -> Snapshot:

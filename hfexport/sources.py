@@ -61,7 +61,8 @@ class LoadedCheckpoint:
             ``"lightning"``, ``"state_dict"``).
         state_dict: Tensor name → tensor (mmap'd when the file format allows).
         facts: Model facts read from the checkpoint's config, when it has one.
-        step: The training step when recorded.
+        step: The training step when recorded, as recorded (an int, unless the training script saved a float or a
+            string).
         activation_hint: The GELU the producer is known to use, when the layout tells.
         extra: Other scalar facts (e.g. ``val_loss``) for the model card.
         dataset: nanoGPT's ``config['dataset']`` (where ``data/<dataset>/meta.pkl`` holds a char-level vocabulary).
@@ -73,7 +74,7 @@ class LoadedCheckpoint:
     layout: str
     state_dict: dict[str, torch.Tensor]
     facts: ModelFacts = field(default_factory=ModelFacts)
-    step: int | None = None
+    step: int | float | str | None = None
     activation_hint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
@@ -315,7 +316,9 @@ def scalar_value(value: Any) -> int | float | str | bool | None:
     return value if isinstance(value, (int, float, str)) else None
 
 
-def _find_weights(obj: Any, file: Path) -> tuple[str, dict[str, torch.Tensor], Any, int | None, dict[str, Any]]:
+def _find_weights(
+    obj: Any, file: Path
+) -> tuple[str, dict[str, torch.Tensor], dict[str, Any] | None, int | float | str | None, dict[str, Any]]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{str(file)!r} holds a {type(obj).__name__}, not a state dict or a checkpoint dict. Save "

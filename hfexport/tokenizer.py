@@ -1137,10 +1137,10 @@ class TokenizerSource:
         if isinstance(spec, TokenizerSource):
             inferred, exact = inferred or spec.inferred, exact or spec.exact
             spec = spec.spec
-        self.spec = spec
+        self.spec: Any = spec
         self.hub_timeout_s = hub_timeout_s
-        self.inferred = inferred
-        self.exact = exact
+        self.inferred: str | None = inferred
+        self.exact: bool = exact
         self._lock = threading.Lock()
         self._cache: dict[tuple[Any, ...], ExportTokenizer | None] = {}
         self._reported = False

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, is_dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from .errors import OptionError
 
@@ -96,6 +96,11 @@ def int_problem(value: Any, *, minimum: int = 1) -> str | None:
     return None
 
 
+# Each check_* returns the value's own type, or that type | None when ``optional=True``.
+@overload
+def check_int(name: str, value: Any, *, minimum: int = ..., optional: Literal[False] = ...) -> int: ...
+@overload
+def check_int(name: str, value: Any, *, minimum: int = ..., optional: bool) -> int | None: ...
 def check_int(name: str, value: Any, *, minimum: int = 1, optional: bool = False) -> int | None:
     """``value`` if it is an ``int`` >= ``minimum`` (``None`` too when ``optional``).
 
@@ -152,6 +157,26 @@ def float_problem(
     return None
 
 
+@overload
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = ...,
+    above: float | None = ...,
+    maximum: float | None = ...,
+    optional: Literal[False] = ...,
+) -> float: ...
+@overload
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = ...,
+    above: float | None = ...,
+    maximum: float | None = ...,
+    optional: bool,
+) -> float | None: ...
 def check_float(
     name: str,
     value: Any,
@@ -228,6 +253,10 @@ def check_choice(name: str, value: Any, choices: Collection[Any], *, optional: b
     return _raise(invalid(name, value, f"one of {listed}{kind}"))
 
 
+@overload
+def check_text(name: str, value: Any, *, optional: Literal[False] = ..., one_line: bool = ...) -> str: ...
+@overload
+def check_text(name: str, value: Any, *, optional: bool, one_line: bool = ...) -> str | None: ...
 def check_text(name: str, value: Any, *, optional: bool = False, one_line: bool = False) -> str | None:
     """``value`` if it is a non-empty ``str`` (``None`` too when ``optional``); with ``one_line``, printable text
     without line breaks or other control characters (it becomes a heading).

@@ -319,8 +319,8 @@ def _load_tokenizer(root: Path, settings: dict[str, Any]) -> tuple[dict[str, int
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        AutoTokenizer = None  # noqa: N806
-    if AutoTokenizer is not None:
+        pass
+    else:
         tok = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
         return dict(tok.get_vocab()), {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     from tokenizers import Tokenizer
@@ -361,14 +361,14 @@ def _llama_difference(
     cfg = exported.config
     raw = dict(facts.raw or {})
     meta_config = "dim" in raw or "n_layers" in raw  # a Meta / llama2.c ModelArgs: the code defaults are known
-    rope_cfg = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    rope_cfg: dict[str, Any] = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     eps = facts.layer_norm_epsilon if facts.layer_norm_epsilon is not None else 1e-5 if meta_config else None
     if eps is None:
         eps = cfg.rms_norm_eps
         unchecked.append(f"RMSNorm epsilon ({eps:g}, from config.json): not recorded by the checkpoint")
     theta = facts.rope_theta if facts.rope_theta is not None else 10000.0 if meta_config else None
     if theta is None:
-        theta = rope_cfg.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+        theta = rope_cfg["rope_theta"] if rope_cfg.get("rope_theta") else getattr(cfg, "rope_theta", 10000.0)
         unchecked.append(f"RoPE base ({theta:g}, from config.json): not recorded by the checkpoint")
     scaling_recorded = raw.get("rope_scaling") or raw.get("rope_adjustments") or raw.get("rope_scaling_factor")
     if rope_cfg.get("rope_type") == "llama3" and not (scaling_recorded or raw.get("scale_factor")):
@@ -455,7 +455,7 @@ def llama_forward(
         q, k, v = q.view(b, t, n_heads, hd), k.view(b, t, n_kv_heads, hd), v.view(b, t, n_kv_heads, hd)
         q, k = rope(q), rope(k)
         k, v = (z.repeat_interleave(n_heads // n_kv_heads, dim=2) for z in (k, v))
-        y = F.scaled_dot_product_attention(*(z.transpose(1, 2) for z in (q, k, v)), is_causal=True)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         x = x + y.transpose(1, 2).reshape(b, t, -1) @ wo.t()
         h = norm(x, n2)
         x = x + (F.silu(h @ w1.t()) * (h @ w3.t())) @ w2.t()

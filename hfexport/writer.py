@@ -609,7 +609,7 @@ def note_interrupt(exc: BaseException, target: Path, published: bool) -> None:
     if not isinstance(outcomes, list):
         outcomes = []
         with contextlib.suppress(AttributeError, TypeError):
-            exc.hfexport_outcomes = outcomes  # type: ignore[attr-defined]
+            exc.hfexport_outcomes = outcomes  # type: ignore[attr-defined]  # our own attribute on the exception
     outcomes.append((target, published))
 
 
@@ -671,7 +671,7 @@ def _make_parents(directory: Path) -> list[Path]:
     while not directory.exists():
         missing.append(directory)
         directory = directory.parent
-    created = []
+    created: list[Path] = []
     for path in reversed(missing):
         try:
             path.mkdir()

@@ -372,6 +372,8 @@ MALFORMED = {
     "config_deeply_nested": ("config.json", "[" * 100_000 + "]" * 100_000, "config.json is not valid JSON"),
     "config_not_utf8": ("config.json", b'{"a": "\xff"}', "config.json is not valid UTF-8"),
     "config_no_model_type": ("config.json", "{}", "config.json has no model_type string"),
+    # a list is unhashable: choosing the family's ranges by it must not raise TypeError
+    "config_model_type_a_list": ("config.json", '{"model_type": ["gpt2"]}', "config.json has no model_type string"),
     "manifest_a_list": ("hfexport.json", "[1]", "hfexport.json is a JSON list, not an object"),
     "manifest_lists_nothing": ("hfexport.json", '{"files": {}}', "hfexport.json does not list model-00001-of-"),
     "manifest_no_files": ("hfexport.json", '{"step": 1}', "hfexport.json has no files object"),

@@ -55,7 +55,9 @@ def get(name: str) -> Architecture:
 def config_problems(config: Mapping[str, Any]) -> list[str]:
     """The numbers of a ``config.json`` out of their family's range (``model_type`` ``gpt2`` or ``llama``), one line
     each; ``[]`` for another family, whose ranges hfexport does not know."""
-    check = {"gpt2": gpt2.config_problems, "llama": llama.config_problems}.get(config.get("model_type"))
+    model_type = config.get("model_type")  # any JSON value: a list is not hashable
+    checks = {"gpt2": gpt2.config_problems, "llama": llama.config_problems}
+    check = checks.get(model_type) if isinstance(model_type, str) else None
     return check(config) if check is not None else []
 
 

@@ -373,17 +373,18 @@ def check_plan(plan: ConversionPlan, expected: Mapping[str, tuple[int, ...]]) ->
             )
         shape = tuple(src.shape)
         layout = tuple(reversed(want)) if tp.transpose else want  # what the source must look like
+        described: tuple[int | str, ...] = layout  # as the message shows it: ">=N" rows where more are allowed
         if tp.row_start is not None:  # a part of a fused source: its rows lie inside it
             ok = len(shape) == len(layout) and shape[1:] == layout[1:] and shape[0] >= tp.row_start + want[0]
-            layout = (f">={tp.row_start + want[0]}", *layout[1:])  # type: ignore[assignment]
+            described = (f">={tp.row_start + want[0]}", *layout[1:])
         elif tp.rows is not None:
             vocab_rows[tp.name] = shape[0] if shape else 0
             ok = len(shape) == len(layout) and shape[1:] == layout[1:] and shape[0] >= tp.rows
-            layout = (f">={tp.rows}", *layout[1:])  # type: ignore[assignment]
+            described = (f">={tp.rows}", *layout[1:])
         else:
             ok = shape == layout
         if not ok:
-            shown = "(" + ", ".join(map(str, layout)) + ("," if len(layout) == 1 else "") + ")"
+            shown = "(" + ", ".join(map(str, described)) + ("," if len(described) == 1 else "") + ")"
             raise ConversionError(f"{tp.name} has shape {shape}, expected {shown} (from the model's config).")
         if tuple(tp.shape) != want:
             raise ConversionError(f"{tp.name} would be written with shape {tuple(tp.shape)}, expected {want}.")

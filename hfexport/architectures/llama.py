@@ -158,7 +158,8 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
             )
         problems.extend(range_problems(rope, ROPE_RANGES, f"{section}."))
         low, high = rope.get("low_freq_factor"), rope.get("high_freq_factor")
-        if kind == "llama3" and all(Range(above=0.0).problem(v) is None for v in (low, high)) and not high > low:
+        in_range = all(Range(above=0.0).problem(v) is None for v in (low, high))  # None is out of range too
+        if kind == "llama3" and in_range and low is not None and high is not None and not high > low:
             problems.append(
                 f"{section}.high_freq_factor={high!r} is not above low_freq_factor={low!r}, which Llama 3.1's RoPE "
                 "divides by their difference"
