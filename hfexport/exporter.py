@@ -434,8 +434,15 @@ class HFExporter:
     def __enter__(self) -> HFExporter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """Close; when the block raised, its exception propagates and a background failure is only logged."""
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()  # the pending versions are still written
+        except Exception as error:  # the training loop's exception is what matters; never replace it
+            logger.error("hfexport: pending exports failed while the training loop was failing: %s", error)
 
     # --------------------------------------------------------------------------------------------- internal
     def _write(self, job: _Job) -> None:

@@ -600,3 +600,44 @@ def test_an_interrupt_in_the_writer_thread_is_delivered_as_itself(tmp_path: Path
         exporter.wait()
     exporter.close()
     assert step_dirs(tmp_path) == [] and hidden_temporaries(tmp_path) == []
+
+
+# -------------------------------------------------------------------------------------- context manager
+def test_with_block_failing_keeps_its_exception_and_logs_the_background_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tiny_gpt(0)
+    failing = SlowTokenizer(0.2, fail=True)
+    with (
+        pytest.raises(RuntimeError, match="training crashed") as raised,
+        HFExporter(tmp_path, every_n_steps=1, dtype="float32", tokenizer=failing) as ex,
+    ):
+        ex.maybe_export(model, 1)  # fails in the background while training goes on
+        raise RuntimeError("training crashed")
+    assert not isinstance(raised.value.__context__, ExportWorkerError)
+    assert "pending exports failed while the training loop was failing" in caplog.text
+    assert "tokenizer save failed on purpose" in caplog.text
+    assert ex._closed and step_dirs(tmp_path) == [] and hidden_temporaries(tmp_path) == []
+
+
+def test_with_block_ending_normally_still_raises_the_background_failure(tmp_path: Path) -> None:
+    model = tiny_gpt(0)
+    failing = SlowTokenizer(0.2, fail=True)
+    with (
+        pytest.raises(ExportWorkerError, match="tokenizer save failed on purpose"),
+        HFExporter(tmp_path, every_n_steps=1, dtype="float32", tokenizer=failing) as ex,
+    ):
+        ex.maybe_export(model, 1)
+
+
+def test_with_block_failing_still_writes_the_pending_version(tmp_path: Path) -> None:
+    model = tiny_gpt(0)
+    state = weights_copy(model)
+    with (
+        pytest.raises(RuntimeError, match="training crashed"),
+        HFExporter(tmp_path, every_n_steps=1, dtype="float32", tokenizer=SlowTokenizer(0.2)) as ex,
+    ):
+        ex.maybe_export(model, 1)
+        raise RuntimeError("training crashed")
+    assert_file_tensors(tmp_path / "step_000001", state, torch.float32)
+    assert read_latest(tmp_path) == "step_000001"
