@@ -224,6 +224,7 @@ def write_export(
     workers: int | None = 1,
     io: str = "buffered",
     protected: Sequence[str | os.PathLike[str]] = (),
+    log_level: int = logging.INFO,
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -247,6 +248,7 @@ def write_export(
         io: How the weights reach the disk (:func:`hfexport.chunkio.write_shard`): ``"buffered"`` (default,
             what the exporter uses), ``"auto"`` or ``"direct"``.
         protected: Paths the output directory must not hold (the checkpoint being read).
+        log_level: The level of the writer's "Wrote ..." line.
     """
     if tensors is None:
         tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
@@ -294,6 +296,7 @@ def write_export(
         max_shard_size=max_shard_size,
         force=force,
         protected=protected,
+        log_level=log_level,
         progress=progress,
         workers=default_workers() if workers is None else workers,
         io=io,

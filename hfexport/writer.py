@@ -315,6 +315,7 @@ def write_hf_directory(
     progress: bool | None = None,
     workers: int = 1,
     io: str = "buffered",
+    log_level: int = logging.INFO,
 ) -> WriteResult:
     """Write a complete Hugging Face directory atomically and verify it.
 
@@ -334,6 +335,7 @@ def write_hf_directory(
         workers: Threads producing the weights in parallel (``1``: the calling thread only).
         io: How the weights reach the disk: ``"buffered"`` (default), ``"auto"`` or ``"direct"`` (see
             :func:`hfexport.chunkio.write_shard`; ``HFEXPORT_DIRECT_IO`` overrides it).
+        log_level: The level of the "Wrote ..." line (the exporter logs its own line per version, at ``INFO``).
 
     Returns:
         What was written.
@@ -394,7 +396,8 @@ def write_hf_directory(
         tensor_bytes=sum(r.nbytes for r in result.records),
         seconds=time.perf_counter() - start,
     )
-    logger.info(
+    logger.log(
+        log_level,
         "Wrote %s (%d tensors, %.1f MB) in %.2fs",
         target,
         out.tensor_count,
