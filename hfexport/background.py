@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["BackgroundWriter"]
+__all__ = ["BackgroundWriter", "ExportAbandoned"]
 
 Job = TypeVar("Job")
 
@@ -108,6 +108,65 @@ class BackgroundWriter(Generic[Job]):
             thread.join()
         _LIVE.discard(self)
 
+    def finish_within(self, seconds: float, why: str) -> None:
+        """Give the pending jobs ``seconds`` to finish; then drop the waiting ones and stop the running one (an
+        :class:`ExportAbandoned` raised in the worker, whose write removes its unpublished temporary). Each outcome
+        is said on stderr, naming the job. For a signal handler (preemption): never raises, always bounded.
+
+        Args:
+            seconds: The grace period.
+            why: What asks, for the messages (``"SIGTERM"``).
+        """
+        if self._closed or os.getpid() != self._owner_pid:
+            return
+        with self._cond:
+            pending = ([self._running] if self._running is not None else []) + list(self._waiting)
+            if not pending:
+                return
+            _say(
+                f"hfexport: {why}: finishing the export of "
+                + ", ".join(self._describe(job) for job in pending)
+                + f" (up to {seconds:g}s)"
+            )
+            if self._cond.wait_for(lambda: not self._waiting and self._running is None, timeout=seconds):
+                _say(f"hfexport: {why}: finished the export of " + ", ".join(self._describe(job) for job in pending))
+                return
+            dropped = list(self._waiting)
+            self._waiting.clear()
+            self._cond.notify_all()
+            running, thread = self._running, self._thread
+        finished = [job for job in pending if job is not running and job not in dropped]
+        if finished:
+            _say(f"hfexport: {why}: finished the export of " + ", ".join(self._describe(job) for job in finished))
+        for job in dropped:
+            _say(
+                f"hfexport: {why}: abandoned the export of {self._describe(job)}: not started within {seconds:g}s; "
+                "nothing of it was written"
+            )
+        if running is None or thread is None or not thread.is_alive() or thread.ident is None:
+            return
+        _raise_in(thread.ident, ExportAbandoned)
+        with self._cond:
+            stopped = self._cond.wait_for(lambda: self._running is not running, timeout=_STOP_TIMEOUT_S)
+            error = self._error
+            if stopped and isinstance(error, ExportAbandoned):
+                self._error = None  # the abandonment is reported here, not raised later as a failure
+        if not stopped:
+            _say(
+                f"hfexport: {why}: abandoned the export of {self._describe(running)}: not finished within "
+                f"{seconds:g}s and still writing; nothing of it is published (its hidden temporary is removed by "
+                "the next run on this root)"
+            )
+        elif isinstance(error, ExportAbandoned):
+            from .writer import interrupt_outcome  # imported here: the writer pulls in torch
+
+            _say(
+                f"hfexport: {why}: abandoned the export of {self._describe(running)}: not finished within "
+                f"{seconds:g}s; {interrupt_outcome(error)}, no temporary left"
+            )
+        else:  # it ended on its own in the meantime (the exception never reached it)
+            _say(f"hfexport: {why}: finished the export of {self._describe(running)}")
+
     # --------------------------------------------------------------------------------------------- internal
     def _start(self) -> None:
         with self._cond:
@@ -166,6 +225,21 @@ class BackgroundWriter(Generic[Job]):
             what = self._error_what
         if error is not None:
             _say(f"hfexport: error: the export of {what} could not be written: {error}")
+
+
+class ExportAbandoned(SystemExit):
+    """Raised in the writer's thread to stop the export in progress (preemption: its grace period is over); a
+    ``SystemExit``, so the write removes its unpublished temporary and lets it through, as for Ctrl-C."""
+
+
+_STOP_TIMEOUT_S = 10.0  # how long a stopped export may take to remove its temporary
+
+
+def _raise_in(thread_id: int, exc: type[BaseException]) -> None:
+    """Raise ``exc`` in the thread ``thread_id`` at its next Python instruction (CPython's async exception)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
 
 
 def _say(line: str) -> None:

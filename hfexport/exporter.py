@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import sigterm
 from .background import BackgroundWriter
 from .convert import dtype_name, output_tensors, write_export
 from .errors import ConversionError, ExportWorkerError, HFExportError, OptionError
@@ -292,6 +293,7 @@ class HFExporter:
             self._store = VersionStore(self.root, options.keep_last_n)
             # Pending work is finished even if close() is forgotten (the final version must not be lost).
             self._writer = BackgroundWriter(self._write, lambda job: f"step {job.step} to {job.target}")
+            sigterm.install()  # preemption: the export in progress gets a grace period (main thread only)
             if options.hub is not None:
                 self._pusher = HubPusher(options.hub)
                 self._pusher.setup()
@@ -430,6 +432,7 @@ class HFExporter:
             self._closed = True
             if self._buffers is not None:
                 self._buffers.clear()
+            sigterm.uninstall()  # SIGTERM's previous disposition back once no exporter is open
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
