@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -523,6 +524,97 @@ def test_an_export_that_fails_at_exit_is_reported_on_stderr(tmp_path: Path) -> N
     assert "hfexport: finishing 1 pending export before exit" in proc.stderr
     assert f"hfexport: error: the export of step 1 to {root / 'step_000001'} could not be written" in proc.stderr
     assert "tokenizer save failed on purpose" in proc.stderr
+    assert step_dirs(root) == [] and hidden_temporaries(root) == []
+
+
+NO_THREAD_LEFT_SCRIPT = """
+import atexit, sys, threading
+import torch
+sys.path.insert(0, {tests!r})
+from exportkit import tiny_gpt, token_ids
+
+
+def at_finalization():  # registered before hfexport's hooks, so it runs after them, as the interpreter finalizes
+    names = sorted(t.name for t in threading.enumerate() if t.name.startswith("hfexport"))
+    print("hfexport threads left:", names, flush=True)
+
+
+atexit.register(at_finalization)
+from hfexport import HFExporter
+
+if sys.argv[2] != "default":
+    torch.set_num_threads(int(sys.argv[2]))
+model = tiny_gpt(0)
+exporter = HFExporter(sys.argv[1], every_n_steps=1, dtype="float32", tokenizer=False)
+for step in (1, 2):
+    model(token_ids())  # training uses torch's threads too
+    exporter.maybe_export(model, step)
+"""  # no close()
+
+
+@pytest.mark.parametrize(("threads", "omp"), [("default", None), ("1", None), ("4", None), ("default", "1")])
+def test_a_script_ending_without_close_leaves_no_writer_thread_at_finalization_and_exits_0(
+    tmp_path: Path, threads: str, omp: str | None
+) -> None:
+    """A thread of hfexport still alive when the interpreter finalizes is killed by ``pthread_exit`` if it is
+    inside torch then, which aborts the process (``terminate called without an active exception``, status 134)."""
+    root = tmp_path / "root"
+    env = dict(os.environ)
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    script = NO_THREAD_LEFT_SCRIPT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(root), threads], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "terminate called" not in proc.stderr
+    assert "hfexport threads left: []" in proc.stdout, proc.stdout
+    assert step_dirs(root) == ["step_000001", "step_000002"] and read_latest(root) == "step_000002"
+    assert all(verify_directory(root / name).ok for name in step_dirs(root)) and hidden_temporaries(root) == []
+
+
+CTRL_C_AT_EXIT_SCRIPT = """
+import sys, time
+import torch
+sys.path.insert(0, {tests!r})
+from exportkit import SlowTokenizer, tiny_gpt
+from hfexport import HFExporter
+
+
+class BusyTokenizer(SlowTokenizer):  # its write keeps the writer thread inside torch for a while
+    def save_pretrained(self, path):
+        a, end = torch.randn(256, 256), time.monotonic() + 60
+        while time.monotonic() < end:
+            a = torch.tanh(a @ a)
+        super().save_pretrained(path)
+
+
+exporter = HFExporter(sys.argv[1], every_n_steps=1, dtype="float32", tokenizer=BusyTokenizer(0))
+exporter.maybe_export(tiny_gpt(0), 1)
+"""  # no close(): the exit hook waits for the export; Ctrl-C arrives meanwhile
+
+
+def test_ctrl_c_while_exit_waits_for_an_export_stops_it_without_an_abort(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    script = CTRL_C_AT_EXIT_SCRIPT.format(tests=str(Path(__file__).parent))
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stderr is not None
+        seen = []
+        while not seen or "finishing 1 pending export" not in seen[-1]:
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        time.sleep(0.5)  # inside torch now
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode != -signal.SIGABRT and "terminate called" not in err, err
+    assert f"hfexport: interrupted at exit; not written: step 1 to {root / 'step_000001'}" in err, err
     assert step_dirs(root) == [] and hidden_temporaries(root) == []
 
 
