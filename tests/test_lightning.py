@@ -264,3 +264,47 @@ def test_checkpoint_saved_after_fit_keeps_the_callback_state(tmp_path: Path, cap
     second.fit(LitGPT(batches=8), ckpt_path=tmp_path / "final.ckpt")
     assert export_counts(caplog) == {6: 1}
     assert step_dirs(out) == ["step_000004", "step_000006"]  # the resumed run rotates the first run's versions
+
+
+SIGTERM_UNDER_LIGHTNING = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import lightning.pytorch as pl
+from exportkit import SlowTokenizer
+from test_lightning import LitGPT, trainer
+from hfexport.lightning import HFExportCallback
+
+
+class Preempt(pl.Callback):  # SIGTERM while step 2's export is being written
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+root = Path(sys.argv[1])
+callback = HFExportCallback(root / "out", every_n_train_steps=2, dtype="float32", tokenizer=SlowTokenizer(1.0))
+try:
+    trainer(root, [callback, Preempt()], max_steps=100).fit(LitGPT(batches=50))
+finally:
+    print("fit ended at step", callback._final_state and callback._final_state["last_step"], flush=True)
+"""
+
+
+def test_sigterm_under_lightning_finishes_the_export_then_lightning_stops_the_run(tmp_path: Path) -> None:
+    """Lightning's signal connector installs its SIGTERM handler over hfexport's and calls it: the export in
+    progress is finished, then Lightning ends the run (``SIGTERMException``) as it does without hfexport."""
+    import os
+    import subprocess
+    import sys
+
+    script = SIGTERM_UNDER_LIGHTNING.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "HFEXPORT_SIGTERM_GRACE_S": "60"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
+    )
+    target = tmp_path / "out" / "step_000002"
+    assert f"hfexport: SIGTERM: finished the export of step 2 to {target}" in proc.stderr, proc.stderr
+    assert "fit ended at step 2" in proc.stdout, proc.stdout + proc.stderr  # Lightning stopped the run early
+    assert step_dirs(tmp_path / "out") == ["step_000002"] and read_latest(tmp_path / "out") == "step_000002"
+    assert "terminate called" not in proc.stderr
