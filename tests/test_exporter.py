@@ -733,3 +733,24 @@ def test_with_block_failing_still_writes_the_pending_version(tmp_path: Path) -> 
         raise RuntimeError("training crashed")
     assert_file_tensors(tmp_path / "step_000001", state, torch.float32)
     assert read_latest(tmp_path) == "step_000001"
+
+
+def test_the_published_line_and_figures_say_the_push_was_queued(
+    hub_server: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfexport")
+    with HFExporter(
+        tmp_path, every_n_steps=1, dtype="float32", push_to_hub=True, repo_id="tester/published-line",
+        hub_max_retries=1, hub_backoff_s=0.01,
+    ) as exporter:  # fmt: skip
+        exporter.maybe_export(tiny_gpt(0), 1)
+        exporter.wait()
+        (stats,) = exporter.take_published()
+    assert exporter.take_published() == []  # each version once
+    target = tmp_path / "step_000001"
+    assert stats.step == 1 and stats.path == target and stats.verified and stats.push == "queued"
+    assert stats.size_bytes == sum(f.stat().st_size for f in target.iterdir() if f.is_file())
+    assert stats.metrics()["hfexport/push_queued"] == 1.0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"Exported step 1 to {target}")]
+    assert line.endswith("; push to tester/published-line@main queued"), line
+    assert any(r.getMessage().startswith("Pushed step_000001 to tester/published-line@main") for r in caplog.records)
