@@ -17,6 +17,7 @@ trained on it. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 import warnings
@@ -391,6 +392,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # one line per export as it is published (step, path, size, the training stall it cost, verified, pushed or
+    # queued); other libraries stay at WARNING
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    logging.getLogger("hfexport").setLevel(logging.INFO)
     torch.manual_seed(args.seed)  # the same initial weights in both loops
 
     config = GPTConfig()

@@ -7,7 +7,9 @@ until every submitted job has run.
 
 A script that ends without :meth:`BackgroundWriter.close` still gets its pending jobs run at interpreter exit
 (said on stderr), in the worker if it still runs, else in the exiting thread; a job that fails then is reported on
-stderr. A forked child inherits the writer's jobs but not its thread: it never runs them.
+stderr. The last exit hook then stops and joins the worker: a thread left inside torch when the interpreter
+finalizes is killed there, which aborts the process. Ctrl-C at exit stops the running job (its temporary removed)
+and names what was not written. A forked child inherits the writer's jobs but not its thread: it never runs them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["BackgroundWriter"]
+__all__ = ["BackgroundWriter", "ExportAbandoned"]
 
 Job = TypeVar("Job")
 
@@ -108,6 +110,65 @@ class BackgroundWriter(Generic[Job]):
             thread.join()
         _LIVE.discard(self)
 
+    def finish_within(self, seconds: float, why: str) -> None:
+        """Give the pending jobs ``seconds`` to finish; then drop the waiting ones and stop the running one (an
+        :class:`ExportAbandoned` raised in the worker, whose write removes its unpublished temporary). Each outcome
+        is said on stderr, naming the job. For a signal handler (preemption): never raises, always bounded.
+
+        Args:
+            seconds: The grace period.
+            why: What asks, for the messages (``"SIGTERM"``).
+        """
+        if self._closed or os.getpid() != self._owner_pid:
+            return
+        with self._cond:
+            pending = ([self._running] if self._running is not None else []) + list(self._waiting)
+            if not pending:
+                return
+            _say(
+                f"hfexport: {why}: finishing the export of "
+                + ", ".join(self._describe(job) for job in pending)
+                + f" (up to {seconds:g}s)"
+            )
+            if self._cond.wait_for(lambda: not self._waiting and self._running is None, timeout=seconds):
+                _say(f"hfexport: {why}: finished the export of " + ", ".join(self._describe(job) for job in pending))
+                return
+            dropped = list(self._waiting)
+            self._waiting.clear()
+            self._cond.notify_all()
+            running, thread = self._running, self._thread
+        finished = [job for job in pending if job is not running and job not in dropped]
+        if finished:
+            _say(f"hfexport: {why}: finished the export of " + ", ".join(self._describe(job) for job in finished))
+        for job in dropped:
+            _say(
+                f"hfexport: {why}: abandoned the export of {self._describe(job)}: not started within {seconds:g}s; "
+                "nothing of it was written"
+            )
+        if running is None or thread is None or not thread.is_alive() or thread.ident is None:
+            return
+        _raise_in(thread.ident, ExportAbandoned)
+        with self._cond:
+            stopped = self._cond.wait_for(lambda: self._running is not running, timeout=_STOP_TIMEOUT_S)
+            error = self._error
+            if stopped and isinstance(error, ExportAbandoned):
+                self._error = None  # the abandonment is reported here, not raised later as a failure
+        if not stopped:
+            _say(
+                f"hfexport: {why}: abandoned the export of {self._describe(running)}: not finished within "
+                f"{seconds:g}s and still writing; nothing of it is published (its hidden temporary is removed by "
+                "the next run on this root)"
+            )
+        elif isinstance(error, ExportAbandoned):
+            from .writer import interrupt_outcome  # imported here: the writer pulls in torch
+
+            _say(
+                f"hfexport: {why}: abandoned the export of {self._describe(running)}: not finished within "
+                f"{seconds:g}s; {interrupt_outcome(error)}, no temporary left"
+            )
+        else:  # it ended on its own in the meantime (the exception never reached it)
+            _say(f"hfexport: {why}: finished the export of {self._describe(running)}")
+
     # --------------------------------------------------------------------------------------------- internal
     def _start(self) -> None:
         with self._cond:
@@ -144,9 +205,16 @@ class BackgroundWriter(Generic[Job]):
             self._error = exc
             self._error_what = self._describe(job)
 
-    def _finish_at_exit(self) -> None:
+    def _finish_at_exit(self, last: bool = False) -> None:
         """At interpreter exit: run what is still pending (in this thread if the worker is gone), and report on
-        stderr what could not be done (logging may be unconfigured or shut down by then)."""
+        stderr what could not be done (logging may be unconfigured or shut down by then).
+
+        Args:
+            last: The last chance (the ``atexit`` hook, after non-daemon threads were joined): the worker thread is
+                also stopped and joined, so that no thread of hfexport is left inside torch (OpenMP, a GIL released
+                in C++) when the interpreter finalizes: such a thread is killed there by ``pthread_exit``, which
+                aborts the process (``terminate called without an active exception``, exit status 134).
+        """
         if self._closed or os.getpid() != self._owner_pid:
             return
         count = len(self.pending())
@@ -157,15 +225,65 @@ class BackgroundWriter(Generic[Job]):
             )
             thread = self._thread
             if thread is not None and thread.is_alive():
-                self.wait()
+                self.wait()  # a KeyboardInterrupt: see _finish_all_at_exit
             else:
                 while self._run_next(Exception):  # a KeyboardInterrupt stops it (see _finish_all_at_exit)
                     pass
         with self._cond:
             error, self._error = self._error, None
             what = self._error_what
-        if error is not None:
+        if error is not None and not isinstance(error, ExportAbandoned):
             _say(f"hfexport: error: the export of {what} could not be written: {error}")
+        if last:
+            self._stop_worker(_STOP_TIMEOUT_S)
+
+    def _stop_worker(self, timeout: float) -> None:
+        """Mark the writer closed and join its idle worker (at most ``timeout`` seconds)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        _LIVE.discard(self)
+
+    def _abandon_at_exit(self) -> None:
+        """Ctrl-C while exit waits for the writer: drop the waiting versions and stop the running one (its
+        temporary removed), bounded, so that the worker is out of torch before the interpreter finalizes."""
+        with self._cond:
+            dropped = list(self._waiting)
+            self._waiting.clear()
+            running, thread = self._running, self._thread
+            self._cond.notify_all()
+        stopped = True
+        if running is not None and thread is not None and thread.is_alive() and thread.ident is not None:
+            _raise_in(thread.ident, ExportAbandoned)
+            with self._cond:
+                stopped = self._cond.wait_for(lambda: self._running is not running, timeout=_STOP_TIMEOUT_S)
+        lost = ([running] if running is not None else []) + dropped
+        if lost:
+            _say(
+                "hfexport: interrupted at exit; not written: "
+                + ", ".join(self._describe(job) for job in lost)
+                + ("" if stopped else " (still stopping: its hidden temporary is removed by the next run)")
+            )
+        if stopped:
+            self._stop_worker(_STOP_TIMEOUT_S)
+
+
+class ExportAbandoned(SystemExit):
+    """Raised in the writer's thread to stop the export in progress (preemption: its grace period is over); a
+    ``SystemExit``, so the write removes its unpublished temporary and lets it through, as for Ctrl-C."""
+
+
+_STOP_TIMEOUT_S = 10.0  # how long a stopped export may take to remove its temporary
+
+
+def _raise_in(thread_id: int, exc: type[BaseException]) -> None:
+    """Raise ``exc`` in the thread ``thread_id`` at its next Python instruction (CPython's async exception)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
 
 
 def _say(line: str) -> None:
@@ -183,7 +301,8 @@ _hooks_registered = False
 def _register_exit_hooks() -> None:
     """Register :func:`_finish_all_at_exit` twice: as a threading exit hook, which runs before
     ``concurrent.futures`` refuses new work and before non-daemon threads are joined (the worker still runs
-    normally then), and as an ``atexit`` hook for what a non-daemon thread submitted after that."""
+    normally then), and as an ``atexit`` hook for what a non-daemon thread submitted after that, which also stops
+    and joins the worker threads (no thread of hfexport is left when the interpreter finalizes)."""
     global _hooks_registered
     with _hooks_lock:
         if _hooks_registered:
@@ -193,15 +312,18 @@ def _register_exit_hooks() -> None:
     if register is not None:
         with contextlib.suppress(RuntimeError):  # the interpreter is already shutting down
             register(_finish_all_at_exit)
-    atexit.register(_finish_all_at_exit)
+    atexit.register(_finish_all_at_exit, last=True)
 
 
-def _finish_all_at_exit() -> None:
+def _finish_all_at_exit(last: bool = False) -> None:
     for writer in list(_LIVE):
         try:
-            writer._finish_at_exit()
+            writer._finish_at_exit(last)
         except KeyboardInterrupt:
-            _say("hfexport: interrupted at exit; pending exports were not written")
+            _say("hfexport: interrupted at exit; stopping the pending exports")
+            for other in list(_LIVE):  # no worker may be left inside torch when the interpreter finalizes
+                with contextlib.suppress(Exception, KeyboardInterrupt):
+                    other._abandon_at_exit()
             return
         except Exception as exc:  # at exit: report, never raise into the interpreter's shutdown
             _say(f"hfexport: error: could not finish the pending exports: {exc!r}")

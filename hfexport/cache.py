@@ -4,7 +4,10 @@ One user today: GPT-2's ``tokenizer.json``, which every export of a GPT-2 vocabu
 ``tokenizers`` ~0.1-0.2 s to build from the BPE files (:func:`hfexport.tokenizer.gpt2_parts`); read from here it
 takes a few milliseconds. The caller names an entry by everything its content depends on (e.g. the SHA-256 of
 the source files and the ``tokenizers`` version), so an entry never goes stale; each file also carries the
-SHA-256 of its content, checked on every read, so a truncated or damaged entry is rebuilt, never used.
+SHA-256 of its content, checked on every read, so a truncated or damaged entry is rebuilt, never used. An entry is
+read as tokenizer files are (:func:`hfexport.tokenizer.read_inside`): only a regular file inside the cache
+directory, opened without blocking and at most :data:`MAX_ENTRY_BYTES` long; anything else in its place (a FIFO, a
+symlink to ``/dev/zero`` or out of the directory, a huge file) is never read, and is rebuilt (logged).
 
 Where: ``HFEXPORT_CACHE`` when set (an empty value turns the cache off), else ``$XDG_CACHE_HOME/hfexport``, else
 ``~/.cache/hfexport``. Nothing here is required: an unreadable or unwritable cache only costs the time to
@@ -24,6 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["cache_dir", "read_entry", "write_entry"]
 
 ENV_CACHE = "HFEXPORT_CACHE"
+MAX_ENTRY_BYTES = 64 * 1024 * 1024  # GPT-2's tokenizer.json is ~2 MB
 _MAGIC = b"hfexport-cache sha256="
 
 
@@ -41,8 +45,17 @@ def read_entry(name: str) -> bytes | None:
     directory = cache_dir()
     if directory is None:
         return None
+    from .errors import TokenizerError
+    from .tokenizer import read_inside  # imported here: hfexport.tokenizer imports this module
+
+    path = directory / name
+    if not (path.exists() or path.is_symlink()):
+        return None
     try:
-        raw = (directory / name).read_bytes()
+        raw = read_inside(path, Path(os.path.realpath(directory)), limit=MAX_ENTRY_BYTES)
+    except TokenizerError as exc:  # a FIFO, a device, a symlink out of the cache, a huge file: never read
+        logger.warning("Ignoring the cache entry %s (%s); it will be rebuilt", path, exc)
+        return None
     except OSError:
         return None
     header, _, content = raw.partition(b"\n")

@@ -232,6 +232,7 @@ def write_export(
     io: str = "buffered",
     protected: Sequence[str | os.PathLike[str]] = (),
     output_option: str = "output_dir",
+    log_level: int = logging.INFO,
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -257,6 +258,7 @@ def write_export(
         protected: Paths the output directory must not hold (the checkpoint being read).
         output_option: How the caller names ``output_dir`` in messages (``"--output_dir"`` from the CLI,
             ``"dirpath"`` from the Lightning callback).
+        log_level: The level of the writer's "Wrote ..." line.
     """
     if tensors is None:
         tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
@@ -318,6 +320,7 @@ def write_export(
         max_shard_size=max_shard_size,
         force=force,
         protected=protected,
+        log_level=log_level,
         progress=progress,
         workers=default_workers() if workers is None else workers,
         io=io,

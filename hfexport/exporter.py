@@ -32,12 +32,14 @@ import operator
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from . import sigterm
 from .background import BackgroundWriter
 from .convert import dtype_name, output_tensors, write_export
 from .errors import ConversionError, ExportWorkerError, HFExportError
@@ -69,15 +71,36 @@ class ExportStats:
 
     Attributes:
         step: Its training step.
-        stall_s: Time the training loop spent in the call (snapshot and hand-off, waiting if busy).
+        stall_s: Time the training loop spent in the call (snapshot and hand-off, waiting if busy; the whole write
+            when ``async_write=False``).
         write_s: Time the writer spent writing and verifying it (``None`` until written).
         nbytes: Bytes of tensor data.
+        path: The published version directory (``None`` until published).
+        size_bytes: Bytes of all its files (``None`` until published).
+        verified: Every file was read back and checked against what was meant to be written (``True`` once
+            published: an export that fails the check is never published).
+        push: ``"queued"`` (handed to the Hub pusher) or ``"off"`` (``push_to_hub=False``).
     """
 
     step: int
     stall_s: float
     write_s: float | None = None
     nbytes: int = 0
+    path: Path | None = None
+    size_bytes: int | None = None
+    verified: bool = False
+    push: str = "off"
+
+    def metrics(self) -> dict[str, float]:
+        """The figures as numbers, keyed as logged to a Lightning logger (``hfexport/stall_s``, ...)."""
+        out = {"hfexport/step": float(self.step), "hfexport/stall_s": self.stall_s}
+        if self.write_s is not None:
+            out["hfexport/write_s"] = self.write_s
+        if self.size_bytes is not None:
+            out["hfexport/size_mb"] = self.size_bytes / 1e6
+        out["hfexport/verified"] = float(self.verified)
+        out["hfexport/push_queued"] = float(self.push == "queued")
+        return out
 
 
 @dataclass
@@ -91,6 +114,7 @@ class _Job:
     manifest: dict[str, Any]
     final: bool
     stats: ExportStats
+    started: float  # time.perf_counter() when the training loop called export
 
 
 class HFExporter:
@@ -272,6 +296,8 @@ class HFExporter:
         self.options = options
         self.last_step: int | None = None
         self.last_stats: ExportStats | None = None
+        # Versions published, oldest first, until take_published() (the callback logs them to the Lightning logger).
+        self._published: deque[ExportStats] = deque(maxlen=1024)
         self.metadata: dict[str, Any] = {}  # extra facts for every card/manifest (e.g. the source)
         self._closed = False
         self._store: VersionStore | None = None
@@ -284,6 +310,7 @@ class HFExporter:
             self._store = VersionStore(self.root, options.keep_last_n)
             # Pending work is finished even if close() is forgotten (the final version must not be lost).
             self._writer = BackgroundWriter(self._write, lambda job: f"step {job.step} to {job.target}")
+            sigterm.install()  # preemption: the export in progress gets a grace period (main thread only)
             if options.hub is not None:
                 self._pusher = HubPusher(options.hub)
                 self._pusher.setup()
@@ -386,13 +413,24 @@ class HFExporter:
         manifest = {"step": step, **self.metadata, **facts}
         stats = ExportStats(step, 0.0, nbytes=snapshot.nbytes)
         target = self.root / version_name(step)
-        job = _Job(step, target, snapshot, card, manifest, final, stats)
-        (self._writer.submit if o.async_write else self._writer.run_here)(job)
-        stats.stall_s = time.perf_counter() - start
-        if not o.async_write:
+        job = _Job(step, target, snapshot, card, manifest, final, stats, start)
+        if o.async_write:
+            stats.stall_s = time.perf_counter() - start  # before the hand-off: the writer's log line reports it
+            self._writer.submit(job)  # does not wait: the slot was waited for before the snapshot
+        else:
+            self._writer.run_here(job)  # stall_s: the whole write, set by the writer
             self.raise_if_failed()
         self.last_stats = stats
         return target
+
+    def take_published(self) -> list[ExportStats]:
+        """The figures of the versions published since the last call, oldest first (thread-safe)."""
+        out = []
+        while True:
+            try:
+                out.append(self._published.popleft())
+            except IndexError:
+                return out
 
     def wait(self) -> None:
         """Block until every queued version is written (not pushed). Raises a background failure."""
@@ -414,6 +452,7 @@ class HFExporter:
             self._closed = True
             if self._buffers is not None:
                 self._buffers.clear()
+            sigterm.uninstall()  # SIGTERM's previous disposition back once no exporter is open
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
@@ -454,8 +493,15 @@ class HFExporter:
     def __enter__(self) -> HFExporter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """Close; when the block raised, its exception propagates and a background failure is only logged."""
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()  # the pending versions are still written
+        except Exception as error:  # the training loop's exception is what matters; never replace it
+            logger.error("hfexport: pending exports failed while the training loop was failing: %s", error)
 
     # --------------------------------------------------------------------------------------------- internal
     def _write(self, job: _Job) -> None:
@@ -468,7 +514,7 @@ class HFExporter:
             if target.exists():
                 logger.warning("%s already exists; replacing it with this run's export of step %d", target, job.step)
             o = self.options
-            write_export(
+            result = write_export(
                 job.snapshot.plan,
                 target,
                 dtype=o.dtype,
@@ -483,6 +529,7 @@ class HFExporter:
                 allow_nonfinite=o.allow_nonfinite,
                 progress=False,
                 output_option=self._option,
+                log_level=logging.DEBUG,  # this exporter's own line below says it all
             )
             published = True
             if self._buffers is not None:  # the version is written: its host copies may take the next snapshot
@@ -490,10 +537,28 @@ class HFExporter:
             job.snapshot.tensors.clear()
             self._store.published(job.step, unwritten=self._unwritten(), is_pushing=self._is_pushing)
             self._prune_journal()
-            job.stats.write_s = time.perf_counter() - start
-            logger.info("Exported step %d to %s in %.2fs", job.step, target, job.stats.write_s)
+            stats = job.stats
+            stats.write_s = time.perf_counter() - start
+            if not self.options.async_write:
+                stats.stall_s = time.perf_counter() - job.started
+            stats.path, stats.size_bytes, stats.verified = target, sum(result.files.values()), True
+            push = "not pushed (push_to_hub=False)"
             if self._pusher is not None:
                 self._pusher.submit(target, step=job.step, final=job.final)
+                stats.push = "queued"
+                hub = self.options.hub
+                push = f"push to {hub.repo_id}@{hub.revision} queued" if hub is not None else "push queued"
+            logger.info(
+                "Exported step %d to %s: %s in %d files, verified; training stalled %.2fs, written in %.2fs; %s",
+                job.step,
+                target,
+                _size(stats.size_bytes),
+                len(result.files),
+                stats.stall_s,
+                stats.write_s,
+                push,
+            )
+            self._published.append(stats)
         except BaseException as exc:
             job.snapshot.tensors.clear()
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: the user's, not a failed export
@@ -527,6 +592,14 @@ class HFExporter:
             PushJournal(self.root).prune()
         except OSError as exc:  # the journal is bookkeeping: never fatal to an export
             logger.warning("Could not prune the push journal of %s: %s", self.root, exc)
+
+
+def _size(nbytes: int) -> str:
+    """``nbytes`` for a log line: ``"13.1 MB"``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
 
 
 def _plain(value: Any) -> int | float | str | bool:

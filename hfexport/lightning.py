@@ -273,7 +273,11 @@ class HFExportCallback(Callback):
     ) -> None:
         # global_step counts optimizer steps: under gradient accumulation it stays put for several batches,
         # and the exporter never exports the same step twice.
-        if self._should_skip(trainer) or self.every_n_train_steps is None:
+        if self._should_skip(trainer):
+            return
+        assert self.exporter is not None
+        self._log_published(trainer, self.exporter)  # versions the writer finished since the last batch
+        if self.every_n_train_steps is None:
             return
         step = trainer.global_step
         if step > 0 and step % self.every_n_train_steps == 0:
@@ -293,7 +297,11 @@ class HFExportCallback(Callback):
             self._export(trainer, pl_module, trainer.global_step, final=True)
         if self.exporter.is_writer and self.exporter.pusher is not None:
             logger.info("hfexport: waiting for pending writes and Hub pushes before ending training")
-        self._close_exporter()
+        exporter = self.exporter
+        try:
+            self._close_exporter()
+        finally:
+            self._log_published(trainer, exporter)
         trainer.strategy.barrier("hfexport_train_end")  # the other ranks wait for rank 0's last write
 
     def _close_exporter(self) -> None:
@@ -312,14 +320,15 @@ class HFExportCallback(Callback):
         if step == self.exporter.last_step:
             return
         loss = trainer.callback_metrics.get("train_loss", trainer.callback_metrics.get("loss"))
-        previous = self.exporter.last_stats
         self.exporter.export(pl_module, step, final=final, epoch=trainer.current_epoch, loss=loss)
-        stats = self.exporter.last_stats
-        if trainer.logger is not None and self.exporter.is_writer and stats is not None:
-            metrics = {"hfexport/stall_s": stats.stall_s}
-            if previous is not None and previous.write_s is not None:
-                metrics["hfexport/write_s"] = previous.write_s
-            trainer.logger.log_metrics(metrics, step=step)
+        self._log_published(trainer, self.exporter)
+
+    def _log_published(self, trainer: pl.Trainer, exporter: HFExporter) -> None:
+        """Log each version published since the last call to the trainer's loggers (``hfexport/stall_s``,
+        ``hfexport/write_s``, ``hfexport/size_mb``, ...), at the step it holds, next to the loss."""
+        for stats in exporter.take_published():
+            for each in trainer.loggers:
+                each.log_metrics(stats.metrics(), step=stats.step)
 
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

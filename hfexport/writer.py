@@ -422,6 +422,7 @@ def write_hf_directory(
     workers: int = 1,
     io: str = "buffered",
     option: str = "output_dir",
+    log_level: int = logging.INFO,
 ) -> WriteResult:
     """Write a complete Hugging Face directory atomically and verify it.
 
@@ -442,6 +443,7 @@ def write_hf_directory(
         io: How the weights reach the disk: ``"buffered"`` (default), ``"auto"`` or ``"direct"`` (see
             :func:`hfexport.chunkio.write_shard`; ``HFEXPORT_DIRECT_IO`` overrides it).
         option: How the caller names ``output_dir``, for the messages (see :func:`check_output_path`).
+        log_level: The level of the "Wrote ..." line (the exporter logs its own line per version, at ``INFO``).
 
     Returns:
         What was written.
@@ -502,7 +504,8 @@ def write_hf_directory(
         tensor_bytes=sum(r.nbytes for r in result.records),
         seconds=time.perf_counter() - start,
     )
-    logger.info(
+    logger.log(
+        log_level,
         "Wrote %s (%d tensors, %.1f MB) in %.2fs",
         target,
         out.tensor_count,

@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from exportkit import hidden_temporaries, step_dirs, tiny_gpt
+from exportkit import assert_file_tensors, hidden_temporaries, step_dirs, tiny_gpt, weights_copy
 from nanogpt import make_gpt
 from safetensors.torch import load_file
 
@@ -244,3 +245,92 @@ def test_sigint_around_the_rename_is_reported_truthfully(tmp_path: Path, when: s
         assert errors == [f"error: interrupted; {out} was published (complete) before the interrupt"]
         assert verify_directory(out).ok
     assert leftovers(out.parent) == []
+
+
+# ------------------------------------------------------------------------------------------- preemption
+SIGTERM_SCRIPT = """
+import signal, sys, time
+sys.path.insert(0, {tests!r})
+from exportkit import SlowTokenizer, tiny_gpt
+from hfexport import HFExporter
+
+root, mode, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+if mode == "user":  # the user's own handler: still called, after hfexport's grace period
+    def mine(signum, frame):
+        print("user handler ran", flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, mine)
+exporter = HFExporter(root, every_n_steps=1, dtype="float32", tokenizer=SlowTokenizer(delay))
+exporter.maybe_export(tiny_gpt(0), 1)  # written in the background while training goes on
+print("exporting", flush=True)
+time.sleep(120)  # training; the job is preempted meanwhile
+"""
+
+
+def preempted(root: Path, mode: str, delay: float, grace: float) -> subprocess.CompletedProcess[str]:
+    """Run the script and send it SIGTERM while its export is being written."""
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "HFEXPORT_SIGTERM_GRACE_S": str(grace)}
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(root), mode, str(delay)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "exporting\n"
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_sigterm_finishes_the_export_in_progress_within_the_grace_period_then_ends_by_sigterm(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    proc = preempted(root, "default", delay=1.0, grace=60)
+    target = root / "step_000001"
+    assert f"hfexport: SIGTERM: finishing the export of step 1 to {target} (up to 60s)" in proc.stderr, proc.stderr
+    assert f"hfexport: SIGTERM: finished the export of step 1 to {target}" in proc.stderr
+    assert proc.returncode == -signal.SIGTERM  # then SIGTERM does what it did without hfexport
+    assert verify_directory(target).ok and hidden_temporaries(root) == []
+    assert_file_tensors(target, weights_copy(tiny_gpt(0)), torch.float32)
+
+
+def test_sigterm_past_the_grace_period_abandons_the_export_says_which_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    proc = preempted(root, "default", delay=4.0, grace=0.5)
+    target = root / "step_000001"
+    assert (
+        f"hfexport: SIGTERM: abandoned the export of step 1 to {target}: not finished within 0.5s; nothing was "
+        "published, no temporary left"
+    ) in proc.stderr, proc.stderr
+    assert proc.returncode == -signal.SIGTERM
+    assert step_dirs(root) == [] and hidden_temporaries(root) == []
+
+
+def test_sigterm_chains_to_the_users_own_handler(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    proc = preempted(root, "user", delay=1.0, grace=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "user handler ran" in proc.stdout  # called, after the export was finished
+    assert "hfexport: SIGTERM: finished the export of step 1" in proc.stderr
+    assert verify_directory(root / "step_000001").ok
+
+
+def test_the_sigterm_handler_is_installed_from_the_main_thread_only_and_removed_at_close(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    exporter = HFExporter(tmp_path / "a", dtype="float32")
+    assert signal.getsignal(signal.SIGTERM) is not before  # in front of the previous disposition
+    exporter.close()
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
+    made: list[HFExporter] = []
+    worker = threading.Thread(target=lambda: made.append(HFExporter(tmp_path / "b", dtype="float32")))
+    worker.start()
+    worker.join()
+    assert signal.getsignal(signal.SIGTERM) is before  # never from another thread
+    made[0].close()

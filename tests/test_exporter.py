@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -530,6 +531,97 @@ def test_an_export_that_fails_at_exit_is_reported_on_stderr(tmp_path: Path) -> N
     assert step_dirs(root) == [] and hidden_temporaries(root) == []
 
 
+NO_THREAD_LEFT_SCRIPT = """
+import atexit, sys, threading
+import torch
+sys.path.insert(0, {tests!r})
+from exportkit import tiny_gpt, token_ids
+
+
+def at_finalization():  # registered before hfexport's hooks, so it runs after them, as the interpreter finalizes
+    names = sorted(t.name for t in threading.enumerate() if t.name.startswith("hfexport"))
+    print("hfexport threads left:", names, flush=True)
+
+
+atexit.register(at_finalization)
+from hfexport import HFExporter
+
+if sys.argv[2] != "default":
+    torch.set_num_threads(int(sys.argv[2]))
+model = tiny_gpt(0)
+exporter = HFExporter(sys.argv[1], every_n_steps=1, dtype="float32", tokenizer=False)
+for step in (1, 2):
+    model(token_ids())  # training uses torch's threads too
+    exporter.maybe_export(model, step)
+"""  # no close()
+
+
+@pytest.mark.parametrize(("threads", "omp"), [("default", None), ("1", None), ("4", None), ("default", "1")])
+def test_a_script_ending_without_close_leaves_no_writer_thread_at_finalization_and_exits_0(
+    tmp_path: Path, threads: str, omp: str | None
+) -> None:
+    """A thread of hfexport still alive when the interpreter finalizes is killed by ``pthread_exit`` if it is
+    inside torch then, which aborts the process (``terminate called without an active exception``, status 134)."""
+    root = tmp_path / "root"
+    env = dict(os.environ)
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    script = NO_THREAD_LEFT_SCRIPT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(root), threads], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "terminate called" not in proc.stderr
+    assert "hfexport threads left: []" in proc.stdout, proc.stdout
+    assert step_dirs(root) == ["step_000001", "step_000002"] and read_latest(root) == "step_000002"
+    assert all(verify_directory(root / name).ok for name in step_dirs(root)) and hidden_temporaries(root) == []
+
+
+CTRL_C_AT_EXIT_SCRIPT = """
+import sys, time
+import torch
+sys.path.insert(0, {tests!r})
+from exportkit import SlowTokenizer, tiny_gpt
+from hfexport import HFExporter
+
+
+class BusyTokenizer(SlowTokenizer):  # its write keeps the writer thread inside torch for a while
+    def save_pretrained(self, path):
+        a, end = torch.randn(256, 256), time.monotonic() + 60
+        while time.monotonic() < end:
+            a = torch.tanh(a @ a)
+        super().save_pretrained(path)
+
+
+exporter = HFExporter(sys.argv[1], every_n_steps=1, dtype="float32", tokenizer=BusyTokenizer(0))
+exporter.maybe_export(tiny_gpt(0), 1)
+"""  # no close(): the exit hook waits for the export; Ctrl-C arrives meanwhile
+
+
+def test_ctrl_c_while_exit_waits_for_an_export_stops_it_without_an_abort(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    script = CTRL_C_AT_EXIT_SCRIPT.format(tests=str(Path(__file__).parent))
+    with subprocess.Popen(
+        [sys.executable, "-c", script, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stderr is not None
+        seen = []
+        while not seen or "finishing 1 pending export" not in seen[-1]:
+            line = proc.stderr.readline()
+            assert line, "".join(seen)
+            seen.append(line)
+        time.sleep(0.5)  # inside torch now
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode != -signal.SIGABRT and "terminate called" not in err, err
+    assert f"hfexport: interrupted at exit; not written: step 1 to {root / 'step_000001'}" in err, err
+    assert step_dirs(root) == [] and hidden_temporaries(root) == []
+
+
 def test_pending_exports_are_written_in_the_exiting_thread_when_the_worker_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -686,3 +778,65 @@ def test_python_api_errors_name_output_dir_not_the_cli_option(tmp_path: Path) ->
 def test_a_model_name_with_a_newline_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HFExportError, match=re.escape("model_name='a\\n# b': expected one line of printable text")):
         HFExporter(tmp_path, model_name="a\n# b")
+
+
+# -------------------------------------------------------------------------------------- context manager
+def test_with_block_failing_keeps_its_exception_and_logs_the_background_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tiny_gpt(0)
+    failing = SlowTokenizer(0.2, fail=True)
+    with (
+        pytest.raises(RuntimeError, match="training crashed") as raised,
+        HFExporter(tmp_path, every_n_steps=1, dtype="float32", tokenizer=failing) as ex,
+    ):
+        ex.maybe_export(model, 1)  # fails in the background while training goes on
+        raise RuntimeError("training crashed")
+    assert not isinstance(raised.value.__context__, ExportWorkerError)
+    assert "pending exports failed while the training loop was failing" in caplog.text
+    assert "tokenizer save failed on purpose" in caplog.text
+    assert ex._closed and step_dirs(tmp_path) == [] and hidden_temporaries(tmp_path) == []
+
+
+def test_with_block_ending_normally_still_raises_the_background_failure(tmp_path: Path) -> None:
+    model = tiny_gpt(0)
+    failing = SlowTokenizer(0.2, fail=True)
+    with (
+        pytest.raises(ExportWorkerError, match="tokenizer save failed on purpose"),
+        HFExporter(tmp_path, every_n_steps=1, dtype="float32", tokenizer=failing) as ex,
+    ):
+        ex.maybe_export(model, 1)
+
+
+def test_with_block_failing_still_writes_the_pending_version(tmp_path: Path) -> None:
+    model = tiny_gpt(0)
+    state = weights_copy(model)
+    with (
+        pytest.raises(RuntimeError, match="training crashed"),
+        HFExporter(tmp_path, every_n_steps=1, dtype="float32", tokenizer=SlowTokenizer(0.2)) as ex,
+    ):
+        ex.maybe_export(model, 1)
+        raise RuntimeError("training crashed")
+    assert_file_tensors(tmp_path / "step_000001", state, torch.float32)
+    assert read_latest(tmp_path) == "step_000001"
+
+
+def test_the_published_line_and_figures_say_the_push_was_queued(
+    hub_server: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hfexport")
+    with HFExporter(
+        tmp_path, every_n_steps=1, dtype="float32", push_to_hub=True, repo_id="tester/published-line",
+        hub_max_retries=1, hub_backoff_s=0.01,
+    ) as exporter:  # fmt: skip
+        exporter.maybe_export(tiny_gpt(0), 1)
+        exporter.wait()
+        (stats,) = exporter.take_published()
+    assert exporter.take_published() == []  # each version once
+    target = tmp_path / "step_000001"
+    assert stats.step == 1 and stats.path == target and stats.verified and stats.push == "queued"
+    assert stats.size_bytes == sum(f.stat().st_size for f in target.iterdir() if f.is_file())
+    assert stats.metrics()["hfexport/push_queued"] == 1.0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"Exported step 1 to {target}")]
+    assert line.endswith("; push to tester/published-line@main queued"), line
+    assert any(r.getMessage().startswith("Pushed step_000001 to tester/published-line@main") for r in caplog.records)

@@ -195,6 +195,37 @@ def test_stall_is_logged_through_the_trainer_logger(tmp_path: Path) -> None:
     assert all(0.0 <= float(r["hfexport/stall_s"]) < 5.0 for r in rows)
 
 
+def test_every_published_version_is_logged_and_its_figures_reach_the_csv_logger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = CSVLogger(tmp_path, name="logs", version=0)
+    callback = HFExportCallback(tmp_path / "out", every_n_train_steps=2, dtype="float32")
+    trainer(tmp_path, [callback], max_steps=4, logger=logger, log_every_n_steps=1).fit(LitGPT())
+
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert any(r.get("train_loss") for r in table)  # next to the loss
+    rows = {int(r["step"]): r for r in table if r.get("hfexport/write_s")}
+    assert sorted(rows) == [2, 4]  # the final version's figures too, logged once it was written
+    for step, row in rows.items():
+        version = tmp_path / "out" / f"step_{step:06d}"
+        size = sum(f.stat().st_size for f in version.iterdir())
+        assert float(row["hfexport/size_mb"]) == pytest.approx(size / 1e6, abs=1e-6)
+        assert float(row["hfexport/step"]) == step
+        assert 0.0 <= float(row["hfexport/stall_s"]) < 5.0 and 0.0 < float(row["hfexport/write_s"]) < 60.0
+        assert float(row["hfexport/verified"]) == 1.0 and float(row["hfexport/push_queued"]) == 0.0
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "hfexport.exporter" and r.levelno == logging.INFO]
+    lines = [line for line in lines if line.startswith("Exported step") and str(tmp_path) in line]
+    assert len(lines) == 2  # one per published version
+    for step, line in zip((2, 4), lines, strict=True):
+        assert line.startswith(f"Exported step {step} to {tmp_path / 'out' / f'step_{step:06d}'}: ")
+        assert re.search(r": [\d.]+ kB in \d+ files, verified; training stalled [\d.]+s, written in [\d.]+s; ", line)
+        assert line.endswith("not pushed (push_to_hub=False)")
+    writer_lines = [r for r in caplog.records if r.name == "hfexport.writer" and r.getMessage().startswith("Wrote")]
+    assert all(r.levelno == logging.DEBUG for r in writer_lines)  # one INFO line per version, not two
+
+
 def test_resume_from_a_lightning_checkpoint_neither_repeats_nor_loses(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -257,3 +288,47 @@ def test_the_dirpath_is_checked_when_the_callback_is_built(tmp_path: Path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
     assert HFExportCallback(dirpath=tmp_path / "new" / "exports").dirpath == tmp_path / "new" / "exports"
     assert not (tmp_path / "new").exists()  # checked, not created
+
+
+SIGTERM_UNDER_LIGHTNING = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import lightning.pytorch as pl
+from exportkit import SlowTokenizer
+from test_lightning import LitGPT, trainer
+from hfexport.lightning import HFExportCallback
+
+
+class Preempt(pl.Callback):  # SIGTERM while step 2's export is being written
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+root = Path(sys.argv[1])
+callback = HFExportCallback(root / "out", every_n_train_steps=2, dtype="float32", tokenizer=SlowTokenizer(1.0))
+try:
+    trainer(root, [callback, Preempt()], max_steps=100).fit(LitGPT(batches=50))
+finally:
+    print("fit ended at step", callback._final_state and callback._final_state["last_step"], flush=True)
+"""
+
+
+def test_sigterm_under_lightning_finishes_the_export_then_lightning_stops_the_run(tmp_path: Path) -> None:
+    """Lightning's signal connector installs its SIGTERM handler over hfexport's and calls it: the export in
+    progress is finished, then Lightning ends the run (``SIGTERMException``) as it does without hfexport."""
+    import os
+    import subprocess
+    import sys
+
+    script = SIGTERM_UNDER_LIGHTNING.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "HFEXPORT_SIGTERM_GRACE_S": "60"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
+    )
+    target = tmp_path / "out" / "step_000002"
+    assert f"hfexport: SIGTERM: finished the export of step 2 to {target}" in proc.stderr, proc.stderr
+    assert "fit ended at step 2" in proc.stdout, proc.stdout + proc.stderr  # Lightning stopped the run early
+    assert step_dirs(tmp_path / "out") == ["step_000002"] and read_latest(tmp_path / "out") == "step_000002"
+    assert "terminate called" not in proc.stderr
