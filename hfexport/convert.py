@@ -27,11 +27,11 @@ from .card import render_model_card
 from .chunkio import resolve_io
 from .errors import ConversionError
 from .jsonio import dumps as json_dumps
-from .llama_tokenizer import llama_tokenizer_source
 from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
-from .tokenizer import ExportTokenizer, TokenizerSource, as_source
+from .text import utc_timestamp
+from .tokenizer import ExportTokenizer, TokenizerSource, as_source, llama_tokenizer_source
 from .validation import check_text
 from .writer import WriteResult, check_output_path, parse_size, write_hf_directory
 
@@ -287,7 +287,7 @@ def write_export(
         card["tokenizer_note"] = "; ".join(tok.notes)
     manifest: dict[str, Any] = {
         "hfexport_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
         "architecture": plan.architecture,
         "dtype": dtype_name(dtype),
         "tensors": len(tensors),
