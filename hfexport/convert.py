@@ -277,6 +277,42 @@ def write_export(
     )
     _special_ids_from_tokenizer(tok, config, generation)
     generation["_from_model_config"] = True
+    card, manifest = _card_and_manifest(plan, dtype, config, tensors, tok, card_facts, manifest_facts)
+    files = {
+        "config.json": json_dumps(config, name="config.json", indent=2) + "\n",
+        "generation_config.json": json_dumps(generation, name="generation_config.json", indent=2) + "\n",
+        "README.md": render_model_card(card),
+    }
+    result = write_hf_directory(
+        output_dir,
+        tensors,
+        files,
+        manifest=manifest,
+        tokenizer=tok,
+        max_shard_size=max_shard_size,
+        force=force,
+        protected=protected,
+        log_level=log_level,
+        progress=progress,
+        workers=default_workers() if workers is None else workers,
+        io=io,
+        option=output_option,
+    )
+    if tok is None and source.automatic:
+        source.report_missing(config.get("vocab_size"), config.get("model_type"))
+    return result
+
+
+def _card_and_manifest(
+    plan: ConversionPlan,
+    dtype: torch.dtype,
+    config: Mapping[str, Any],
+    tensors: list[OutputTensor],
+    tok: ExportTokenizer | None,
+    card_facts: Mapping[str, Any] | None,
+    manifest_facts: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model card's facts and ``hfexport.json``'s content of an export (what was inferred in both)."""
     n_params = sum(math.prod(t.shape) for t in tensors)
     activation = config.get("activation_function") or config.get("hidden_act")
     card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": activation, **plan.card_facts}
@@ -306,29 +342,7 @@ def write_export(
     if inferred:
         manifest["inferred"] = inferred
         card.update({f"inferred {fact}": where for fact, where in inferred.items()})
-    files = {
-        "config.json": json_dumps(config, name="config.json", indent=2) + "\n",
-        "generation_config.json": json_dumps(generation, name="generation_config.json", indent=2) + "\n",
-        "README.md": render_model_card(card),
-    }
-    result = write_hf_directory(
-        output_dir,
-        tensors,
-        files,
-        manifest=manifest,
-        tokenizer=tok,
-        max_shard_size=max_shard_size,
-        force=force,
-        protected=protected,
-        log_level=log_level,
-        progress=progress,
-        workers=default_workers() if workers is None else workers,
-        io=io,
-        option=output_option,
-    )
-    if tok is None and source.automatic:
-        source.report_missing(config.get("vocab_size"), config.get("model_type"))
-    return result
+    return card, manifest
 
 
 def _json_number(value: Any) -> Any:

@@ -1,13 +1,14 @@
-"""Tokenizers of Llama-style sources: a sentencepiece ``tokenizer.model`` as a source kind of
-:mod:`hfexport.tokenizer`, and where a Llama checkpoint's tokenizer is found.
+"""The sentencepiece reader: a ``tokenizer.model`` (llama2.c, Llama 2) as a source kind of :mod:`hfexport.tokenizer`.
 
 llama2.c and Meta's Llama 2 ship a sentencepiece model (``tokenizer.model``), which neither ``tokenizers`` nor
 ``AutoTokenizer`` loads alone. :func:`sentencepiece_parts` converts it with transformers' own converter
 (``LlamaTokenizerFast``, BOS added as Llama does) into the backend that :mod:`hfexport.tokenizer` writes as
 ``tokenizer.json``, so the export encodes text to the ids llama2.c's ``Tokenizer.encode(s, bos=True)`` gives. It
 is registered there as a directory kind (``tokenizer.model``) and a file kind (``*.model``).
-:func:`llama_tokenizer_source` is what a conversion calls when no tokenizer was named: it looks beside a Llama
-checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``).
+:func:`hfexport.tokenizer.llama_tokenizer_source`, what a conversion calls when no tokenizer was named, looks
+beside a Llama checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``) with
+:func:`read_sentencepiece` and :func:`is_sentencepiece`. Below :mod:`hfexport.tokenizer` (which registers it); it
+reads through :mod:`hfexport.tokenparts`.
 
 Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (hfexport's ``llama-tokenizer`` extra), imported only
 when a sentencepiece model is converted.

@@ -457,15 +457,7 @@ def write_hf_directory(
         ValueError: a file name that would lead out of the directory, or a ``.json`` file that is not JSON.
     """
     start = time.perf_counter()
-    for name, content in files.items():  # written as ``tmp / name``: a name must not lead out of the temporary
-        why = unsafe_name(name)
-        if why:
-            raise ValueError(f"Cannot write the file {name!r} into a model directory: the name {why}.")
-        if name.endswith(".json"):  # refused before anything is written (the tokenizer's are made by serializers)
-            try:
-                strict_json(content)
-            except (ValueError, RecursionError) as exc:
-                raise ValueError(f"Cannot write {name!r}: it is not valid JSON ({exc}).") from None
+    _check_files(files)
     target = check_output_path(output_dir, force=force, protected=protected, option=option)
     max_shard = parse_size(max_shard_size)
     created = _make_parents(target.parent)
@@ -534,6 +526,21 @@ def _shard(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputT
         shards[-1].append(t)
         size += t.nbytes
     return shards
+
+
+def _check_files(files: Mapping[str, bytes | str]) -> None:
+    """Refuse, before anything is written, a file name that is not a plain relative path (each is written as
+    ``tmp / name``: it must not lead out of the temporary) and a ``.json`` file that is not strict JSON (the
+    tokenizer's are made by serializers)."""
+    for name, content in files.items():  # written as ``tmp / name``: a name must not lead out of the temporary
+        why = unsafe_name(name)
+        if why:
+            raise ValueError(f"Cannot write the file {name!r} into a model directory: the name {why}.")
+        if name.endswith(".json"):  # refused before anything is written (the tokenizer's are made by serializers)
+            try:
+                strict_json(content)
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"Cannot write {name!r}: it is not valid JSON ({exc}).") from None
 
 
 def _write_all(
