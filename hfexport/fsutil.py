@@ -163,13 +163,6 @@ def replace_atomically(
         fsync_dir(path.parent)
 
 
-def write_atomically(path: Path, content: bytes, *, durable: bool = True) -> None:
-    """:func:`replace_atomically` with a file holding ``content`` (fsynced first when ``durable``)."""
-
-    def fill(tmp: Path) -> None:
-        if durable:
-            write_durably(tmp, content)
-        else:
-            tmp.write_bytes(content)
-
-    replace_atomically(path, fill, durable=durable)
+def write_atomically(path: Path, content: bytes) -> None:
+    """:func:`replace_atomically` with a file holding ``content``, durably (the file and its directory fsynced)."""
+    replace_atomically(path, lambda tmp: write_durably(tmp, content))
