@@ -5,7 +5,7 @@ One user today: GPT-2's ``tokenizer.json``, which every export of a GPT-2 vocabu
 takes a few milliseconds. The caller names an entry by everything its content depends on (e.g. the SHA-256 of
 the source files and the ``tokenizers`` version), so an entry never goes stale; each file also carries the
 SHA-256 of its content, checked on every read, so a truncated or damaged entry is rebuilt, never used. An entry is
-read as tokenizer files are (:func:`hfexport.tokenizer.read_inside`): only a regular file inside the cache
+read as tokenizer files are (:func:`hfexport.tokenparts.read_inside`): only a regular file inside the cache
 directory, opened without blocking and at most :data:`MAX_ENTRY_BYTES` long; anything else in its place (a FIFO, a
 symlink to ``/dev/zero`` or out of the directory, a huge file) is never read, and is rebuilt (logged).
 
@@ -19,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
+
+from .errors import TokenizerError
+from .fsutil import replace_atomically
+from .tokenparts import read_inside
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +48,6 @@ def read_entry(name: str) -> bytes | None:
     directory = cache_dir()
     if directory is None:
         return None
-    from .errors import TokenizerError
-    from .tokenizer import read_inside  # imported here: hfexport.tokenizer imports this module
-
     path = directory / name
     if not (path.exists() or path.is_symlink()):
         return None
@@ -72,13 +72,12 @@ def write_entry(name: str, content: bytes) -> None:
         return
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-        try:
+
+        def fill(tmp: Path) -> None:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # private, as mkstemp makes it
             with os.fdopen(fd, "wb") as fh:
                 fh.write(_MAGIC + hashlib.sha256(content).hexdigest().encode() + b"\n" + content)
-            os.replace(tmp, directory / name)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+
+        replace_atomically(directory / name, fill, durable=False)  # a lost entry is only rebuilt
     except OSError as exc:
         logger.debug("Cannot write the cache entry %s (%s): not cached", directory / name, exc)

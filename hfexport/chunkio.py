@@ -23,7 +23,6 @@ The environment variable ``HFEXPORT_DIRECT_IO`` overrides the option: ``0`` (buf
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import sys
 import threading
@@ -34,14 +33,14 @@ from typing import BinaryIO, Protocol
 
 import torch
 
-from . import checksum
+from . import checksum, directio
 from .checksum import crc32_combine
 from .errors import ConversionError
+from .staging import ALIGN, StagingBuffer
 
 __all__ = ["IO_MODES", "Chunk", "StagingBuffer", "WrittenFile", "resolve_io", "write_shard"]
 
 IO_MODES = ("auto", "buffered", "direct")
-ALIGN = 4096  # chunks are produced at their file offset modulo this, so direct I/O can write their whole blocks
 ENV_IO = "HFEXPORT_DIRECT_IO"
 DIRECT_MIN_BYTES = 64 << 20  # "auto": files of at least this size are written with direct I/O
 # Staging buffers per producer thread (workers > 1): a buffer is busy from its production to the end of its write,
@@ -97,21 +96,6 @@ class WrittenFile:
     crc32: int
     io: str
     direct_bytes: int = 0
-
-
-class StagingBuffer:
-    """Page-aligned anonymous memory, seen as a ``memoryview`` and as a ``torch.uint8`` tensor."""
-
-    def __init__(self, size: int) -> None:
-        self.map = mmap.mmap(-1, max(size, ALIGN))
-        self.view = memoryview(self.map)
-        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8)
-
-    def close(self) -> None:
-        del self.tensor
-        with contextlib.suppress(BufferError):  # a view still exported somewhere: the GC unmaps it later
-            self.view.release()
-            self.map.close()
 
 
 class ChunkWriter(Protocol):
@@ -191,8 +175,6 @@ def write_shard(
         with open(path, "xb", buffering=0) as fh:
             writer: ChunkWriter = _PlainWriter(fh)
             if mode == "direct":
-                from . import directio  # imports this module (ChunkWriter, StagingBuffer): imported here, no cycle
-
                 writer = directio.DirectWriter(fh, path, total)
             try:
                 # closing(): on any error the producers are stopped here, before the file is closed

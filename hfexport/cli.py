@@ -127,7 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hfexport {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_convert(sub)
+    _add_verify(sub)
+    _add_list(sub)
+    _add_push(sub)
+    return parser
 
+
+def _add_convert(sub: Any) -> None:
+    """``hfexport convert``: its options."""
     c = sub.add_parser("convert", help="convert a checkpoint file into a Hugging Face directory")
     c.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt/.ckpt file, a directory of them, or dir/step_N")
     _option(c, "output_dir", required=True, help="directory to create")
@@ -195,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     _option(c, "no_progress", action="store_true", help="no progress bar")
     _add_common(c)
 
+
+def _add_verify(sub: Any) -> None:
+    """``hfexport verify``: its options."""
     v = sub.add_parser("verify", help="check a Hugging Face directory (and its logits against a checkpoint)")
     v.add_argument("directory", metavar="DIR", help="a model directory, or an export root (checks its latest)")
     _option(v, "checkpoint", help="source checkpoint: compare logits through transformers")
@@ -202,10 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     _option(v, "n_head", type=_positive_int, help="attention heads of the source")
     _add_common(v)
 
+
+def _add_list(sub: Any) -> None:
+    """``hfexport list``: its options."""
     ls = sub.add_parser("list", help="list the versions of an export root")
     ls.add_argument("root", metavar="ROOT", help="an export root (holding step_XXXXXX/ and latest)")
     _add_common(ls)
 
+
+def _add_push(sub: Any) -> None:
+    """``hfexport push``: its options."""
     push = sub.add_parser("push", help="push a version directory (or an export root's latest) to the Hub")
     push.add_argument(
         "directory",
@@ -241,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _option(push, "no_progress", action="store_true", help="no progress bar")
     _add_common(push)
-    return parser
 
 
 def _run_convert(args: argparse.Namespace) -> int:

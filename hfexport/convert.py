@@ -27,11 +27,11 @@ from .card import render_model_card
 from .chunkio import resolve_io
 from .errors import ConversionError
 from .jsonio import dumps as json_dumps
-from .llama_tokenizer import llama_tokenizer_source
 from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
-from .tokenizer import ExportTokenizer, TokenizerSource, as_source
+from .text import utc_timestamp
+from .tokenizer import ExportTokenizer, TokenizerSource, as_source, llama_tokenizer_source
 from .validation import check_text
 from .writer import WriteResult, check_output_path, parse_size, write_hf_directory
 
@@ -277,35 +277,7 @@ def write_export(
     )
     _special_ids_from_tokenizer(tok, config, generation)
     generation["_from_model_config"] = True
-    n_params = sum(math.prod(t.shape) for t in tensors)
-    activation = config.get("activation_function") or config.get("hidden_act")
-    card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": activation, **plan.card_facts}
-    card["model_type"] = config.get("model_type")
-    card.update(dict(card_facts or {}))
-    card["tokenizer"] = tok.source if tok is not None else None
-    if tok is not None and tok.notes:
-        card["tokenizer_note"] = "; ".join(tok.notes)
-    manifest: dict[str, Any] = {
-        "hfexport_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "architecture": plan.architecture,
-        "dtype": dtype_name(dtype),
-        "tensors": len(tensors),
-        "parameters": n_params,
-        "notes": plan.notes,
-        "tokenizer": tok.source if tok is not None else None,
-    }
-    if tok is not None and tok.notes:
-        manifest["tokenizer_notes"] = list(tok.notes)
-    # A fact such as loss=nan (a diverged run) is recorded as text: strict JSON has no NaN.
-    manifest.update({key: _json_number(value) for key, value in dict(manifest_facts or {}).items()})
-    # What was inferred, and from where (file names only): in the manifest and in the card.
-    inferred = {str(k): str(v) for k, v in dict(manifest.pop("inferred", None) or {}).items()}
-    if tok is not None and tok.inferred:
-        inferred["tokenizer"] = tok.inferred
-    if inferred:
-        manifest["inferred"] = inferred
-        card.update({f"inferred {fact}": where for fact, where in inferred.items()})
+    card, manifest = _card_and_manifest(plan, dtype, config, tensors, tok, card_facts, manifest_facts)
     files = {
         "config.json": json_dumps(config, name="config.json", indent=2) + "\n",
         "generation_config.json": json_dumps(generation, name="generation_config.json", indent=2) + "\n",
@@ -329,6 +301,48 @@ def write_export(
     if tok is None and source.automatic:
         source.report_missing(config.get("vocab_size"), config.get("model_type"))
     return result
+
+
+def _card_and_manifest(
+    plan: ConversionPlan,
+    dtype: torch.dtype,
+    config: Mapping[str, Any],
+    tensors: list[OutputTensor],
+    tok: ExportTokenizer | None,
+    card_facts: Mapping[str, Any] | None,
+    manifest_facts: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model card's facts and ``hfexport.json``'s content of an export (what was inferred in both)."""
+    n_params = sum(math.prod(t.shape) for t in tensors)
+    activation = config.get("activation_function") or config.get("hidden_act")
+    card = {"dtype": dtype_name(dtype), "n_params": n_params, "activation": activation, **plan.card_facts}
+    card["model_type"] = config.get("model_type")
+    card.update(dict(card_facts or {}))
+    card["tokenizer"] = tok.source if tok is not None else None
+    if tok is not None and tok.notes:
+        card["tokenizer_note"] = "; ".join(tok.notes)
+    manifest: dict[str, Any] = {
+        "hfexport_version": __version__,
+        "created": utc_timestamp(),
+        "architecture": plan.architecture,
+        "dtype": dtype_name(dtype),
+        "tensors": len(tensors),
+        "parameters": n_params,
+        "notes": plan.notes,
+        "tokenizer": tok.source if tok is not None else None,
+    }
+    if tok is not None and tok.notes:
+        manifest["tokenizer_notes"] = list(tok.notes)
+    # A fact such as loss=nan (a diverged run) is recorded as text: strict JSON has no NaN.
+    manifest.update({key: _json_number(value) for key, value in dict(manifest_facts or {}).items()})
+    # What was inferred, and from where (file names only): in the manifest and in the card.
+    inferred = {str(k): str(v) for k, v in dict(manifest.pop("inferred", None) or {}).items()}
+    if tok is not None and tok.inferred:
+        inferred["tokenizer"] = tok.inferred
+    if inferred:
+        manifest["inferred"] = inferred
+        card.update({f"inferred {fact}": where for fact, where in inferred.items()})
+    return card, manifest
 
 
 def _json_number(value: Any) -> Any:

@@ -34,9 +34,11 @@ from typing import Any
 
 from .checksum import crc32_file
 from .errors import FileFormatError
+from .fsutil import FileTooLargeError, read_bounded, resolve_inside
 from .jsonio import loads as strict_json
 from .names import CONFIG_FILE, INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header
+from .text import short
 
 __all__ = ["DirectoryCheck", "Expected", "check_directory", "one_line", "unsafe_name"]
 
@@ -154,8 +156,8 @@ class _Directory:
         if reason:
             self.problem(f"{name!r}{where} {reason}; only plain relative names inside the directory are allowed")
             return None
-        real = Path(os.path.realpath(self.root / name))
-        if not real.is_relative_to(self.root):
+        real, inside = resolve_inside(self.root / name, self.root)
+        if not inside:
             self.problem(f"{name}{where} leaves the directory through a symlink (to {real}); it is not opened")
             return None
         try:
@@ -186,16 +188,15 @@ class _Directory:
         if path is None:
             return False, None
         try:
-            if path.stat().st_size > MAX_JSON_BYTES:
-                self.problem(f"{name} is larger than {MAX_JSON_BYTES} bytes; not a JSON file of a model directory")
-                return False, None
-            return True, strict_json(path.read_bytes().decode("utf-8"))
+            return True, strict_json(read_bounded(path, MAX_JSON_BYTES).decode("utf-8"))
+        except FileTooLargeError:
+            self.problem(f"{name} is larger than {MAX_JSON_BYTES} bytes; not a JSON file of a model directory")
         except OSError as exc:
             self.problem(f"{name} cannot be read ({exc.strerror or exc})")
         except UnicodeDecodeError as exc:
             self.problem(f"{name} is not valid UTF-8 ({exc.reason} at byte {exc.start})")
         except (ValueError, RecursionError) as exc:  # JSONDecodeError; NaN/Infinity; too many digits; too deep
-            self.problem(f"{name} is not valid JSON ({_short(exc)})")
+            self.problem(f"{name} is not valid JSON ({short(exc)})")
         return False, None
 
 
@@ -232,11 +233,6 @@ def unsafe_name(name: Any) -> str:
     if any(part in ("", ".", "..") for part in name.split("/")):
         return "is not a plain relative path"
     return ""
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _weight_map(directory: _Directory) -> dict[str, str] | None:

@@ -27,8 +27,8 @@ import logging
 import os
 from typing import BinaryIO
 
-from .chunkio import ALIGN, StagingBuffer
 from .fsutil import libc_function
+from .staging import ALIGN, StagingBuffer
 
 logger = logging.getLogger(__name__)
 

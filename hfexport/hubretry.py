@@ -20,9 +20,10 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from .errors import HubError, PushVerificationError
+from .text import first_line
 
 if TYPE_CHECKING:
-    from .hub import HubOptions
+    from .huboptions import HubOptions
 
 __all__ = ["MAX_RETRY_AFTER_S", "bounded_requests", "describe", "http_status", "is_transient", "with_retries"]
 
@@ -93,8 +94,8 @@ def _retry_delay(error: BaseException, retry: int, options: HubOptions) -> float
 
 def describe(error: BaseException) -> str:
     """``"TypeName: first line of the message"``, for one-line logs."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+    line = first_line(error) if str(error).strip() else ""
+    return f"{type(error).__name__}: {line}".rstrip(": ")
 
 
 def with_retries(

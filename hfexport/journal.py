@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HubError
-from .fsutil import fsync_dir
+from .fsutil import write_atomically
+from .text import utc_timestamp
 from .versions import step_of
 
 __all__ = ["JOURNAL_DIR", "JOURNAL_NAME", "UNPUSHED", "PushJournal", "journal_problem"]
@@ -236,7 +237,7 @@ class PushJournal:
             raise ValueError(f"Invalid push state {state!r}. Expected one of {STATES}.")
         if step_of(name) is None:
             raise ValueError(f"Invalid version name {name!r} for the push journal: expected step_XXXXXX.")
-        entry: dict[str, Any] = {"step": step_of(name), "state": state, "time": _now()}
+        entry: dict[str, Any] = {"step": step_of(name), "state": state, "time": utc_timestamp()}
         entry.update({k: v for k, v in (("commit", commit), ("tag", tag), ("error", error)) if v is not None})
         with self._locked():
             data = self.read()
@@ -292,21 +293,9 @@ class PushJournal:
                 self._write(data)
 
     def _write(self, data: dict[str, Any]) -> None:
-        folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{JOURNAL_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2, sort_keys=True, allow_nan=False)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(folder)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        write_atomically(self.path, text.encode("utf-8"))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -382,7 +371,3 @@ def _busy(path: Path, timeout_s: float | None, what: str) -> HubError:
     )
     error.__cause__ = TimeoutError(f"{path} busy")  # transient: worth trying again
     return error
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,13 +1,14 @@
-"""Tokenizers of Llama-style sources: a sentencepiece ``tokenizer.model`` as a source kind of
-:mod:`hfexport.tokenizer`, and where a Llama checkpoint's tokenizer is found.
+"""The sentencepiece reader: a ``tokenizer.model`` (llama2.c, Llama 2) as a source kind of :mod:`hfexport.tokenizer`.
 
 llama2.c and Meta's Llama 2 ship a sentencepiece model (``tokenizer.model``), which neither ``tokenizers`` nor
 ``AutoTokenizer`` loads alone. :func:`sentencepiece_parts` converts it with transformers' own converter
 (``LlamaTokenizerFast``, BOS added as Llama does) into the backend that :mod:`hfexport.tokenizer` writes as
 ``tokenizer.json``, so the export encodes text to the ids llama2.c's ``Tokenizer.encode(s, bos=True)`` gives. It
 is registered there as a directory kind (``tokenizer.model``) and a file kind (``*.model``).
-:func:`llama_tokenizer_source` is what a conversion calls when no tokenizer was named: it looks beside a Llama
-checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``).
+:func:`hfexport.tokenizer.llama_tokenizer_source`, what a conversion calls when no tokenizer was named, looks
+beside a Llama checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``) with
+:func:`read_sentencepiece` and :func:`is_sentencepiece`. Below :mod:`hfexport.tokenizer` (which registers it); it
+reads through :mod:`hfexport.tokenparts`.
 
 Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (hfexport's ``llama-tokenizer`` extra), imported only
 when a sentencepiece model is converted.
@@ -22,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TokenizerError
-from .tokenizer import TokenizerParts, TokenizerSource, read_inside, transformers_parts
+from .tokenparts import TokenizerParts, fast_parts, read_inside
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LLAMA_FAMILIES",
     "is_sentencepiece",
-    "llama_tokenizer_source",
     "matching_sentencepiece",
     "read_sentencepiece",
     "sentencepiece_parts",
@@ -38,8 +37,6 @@ __all__ = [
 SENTENCEPIECE_NAME = "tokenizer.model"
 #: A sentencepiece model larger than this is not a tokenizer (Llama 2's is 0.5 MB, Gemma's 4 MB).
 MAX_SENTENCEPIECE_BYTES = 64 * 1024 * 1024
-#: Registry names of the families whose checkpoints may have a tokenizer beside them.
-LLAMA_FAMILIES = ("llama", "litgpt-llama")
 
 
 def is_sentencepiece(data: bytes) -> bool:
@@ -77,7 +74,9 @@ def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
     with tempfile.TemporaryDirectory(prefix="hfexport-spm-") as tmp:
         (Path(tmp) / SENTENCEPIECE_NAME).write_bytes(data)  # alone: no stray config beside it is read
         tokenizer = LlamaTokenizerFast.from_pretrained(tmp, add_bos_token=True, add_eos_token=False)
-    parts = transformers_parts(tokenizer)
+    parts = fast_parts(tokenizer)
+    if parts is None:  # LlamaTokenizerFast always has its backend
+        raise TokenizerError(f"transformers did not convert {path.name} into a fast tokenizer")
     parts.source = f"{path.name} (sentencepiece)"  # the file's name only: its directory may be a user's
     parts.extra_files[SENTENCEPIECE_NAME] = data  # shipped too: llama.cpp's converter reads its scores
     parts.notes.extend(notes)  # in the card and hfexport.json, not only in the log
@@ -127,41 +126,6 @@ def matching_sentencepiece(path: Path, root: Path, backend: Any) -> bytes | None
         )
         return None
     return data
-
-
-def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture: str) -> TokenizerSource:
-    """The tokenizer of a Llama checkpoint's conversion, when none was named (``spec`` automatic).
-
-    Beside the checkpoint: a tokenizer directory (litgpt keeps ``tokenizer.json`` with ``lit_model.pth``), else a
-    sentencepiece ``tokenizer.model`` (llama2.c, Llama 2). Llama 3's ``tokenizer.model`` (tiktoken) is skipped
-    with a warning: the weights are converted all the same. Any other case: ``spec`` unchanged.
-    """
-    if not spec.automatic or architecture not in LLAMA_FAMILIES:
-        return spec
-    folder = checkpoint.parent
-    if (folder / "tokenizer.json").is_file():
-        logger.info("Using the tokenizer beside the checkpoint: %s", folder / "tokenizer.json")
-        # litgpt pads its vocabulary (padded_vocab_size): the tokenizer must fit it, not equal it.
-        return TokenizerSource(folder, inferred="tokenizer.json beside the checkpoint; its ids fit the vocabulary")
-    model = folder / SENTENCEPIECE_NAME
-    if not model.is_file():
-        return spec
-    try:
-        usable = is_sentencepiece(read_sentencepiece(model, folder.resolve()))
-    except (ImportError, TokenizerError) as exc:
-        logger.warning("Not including %s, found beside the checkpoint: %s", model, exc)
-        return spec
-    if not usable:
-        logger.warning(
-            "Not including %s, found beside the checkpoint: not a sentencepiece model (Llama 3's is a tiktoken "
-            "file); pass --tokenizer with a transformers tokenizer directory or Hub repo id",
-            model,
-        )
-        return spec
-    # llama2.c and Meta train the embedding with the sentencepiece model's size: a found one must match exactly.
-    return TokenizerSource(
-        model, inferred="tokenizer.model beside the checkpoint; its size equals the vocabulary's rows", exact=True
-    )
 
 
 _EXTRA = (

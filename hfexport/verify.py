@@ -22,9 +22,11 @@ from .architectures import config_problems
 from .architectures.llama import expected_shapes
 from .dircheck import MAX_JSON_BYTES, check_directory, one_line
 from .errors import CheckpointError, ConversionError, HFExportError
+from .fsutil import read_bounded, resolve_inside
 from .jsonio import loads as strict_json
 from .names import CONFIG_FILE
 from .sources import load_checkpoint
+from .text import first_line
 from .versions import LATEST, resolve_latest
 
 __all__ = [
@@ -255,17 +257,15 @@ def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyRep
         return
     real_root = root.resolve()
     for name in present:
-        real = (root / name).resolve()
-        if real_root not in real.parents or not real.is_file():
+        real, inside = resolve_inside(root / name, real_root)
+        if not inside or not real.is_file():
             report.problems.append(f"{name} is a symlink to {str(real)!r}, outside the directory (or not a file)")
             return
     settings: Any = {}
     if "tokenizer_config.json" in present:
         file = root / "tokenizer_config.json"
         try:
-            if file.stat().st_size > MAX_JSON_BYTES:
-                raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
-            settings = strict_json(file.read_bytes())
+            settings = strict_json(read_bounded(file, MAX_JSON_BYTES))
         except (OSError, ValueError, RecursionError) as exc:
             report.problems.append(f"tokenizer_config.json cannot be read as JSON: {exc}")
             return
@@ -294,7 +294,7 @@ def check_tokenizer(root: Path, config: dict[str, Any] | None, report: VerifyRep
     try:
         vocab, special = _load_tokenizer(root, settings)
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         report.problems.append(f"the tokenizer does not load: {first}")
         return
     if not vocab:

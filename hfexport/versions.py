@@ -16,7 +16,6 @@ a higher ``step_*`` of the abandoned run is still there (see :mod:`hfexport.expo
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HFExportError
-from .fsutil import fsync_dir
+from .fsutil import replace_atomically, write_durably
 from .names import MANIFEST_NAME
 from .writer import (
     PAYLOAD,
@@ -143,20 +142,14 @@ def set_latest(root: str | os.PathLike[str], name: str) -> None:
     link = base / LATEST
     if link.is_dir() and not link.is_symlink():  # checked first: a refusal leaves no temporary behind
         raise HFExportError(f"{str(link)!r} is a real directory; hfexport needs that name for its pointer. Move it.")
-    tmp = pointer_temporary(base, LATEST)
-    try:
+
+    def fill(tmp: Path) -> None:
         try:
             os.symlink(name, tmp, target_is_directory=True)
         except (OSError, NotImplementedError):
-            tmp.write_text(name + "\n")
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, link)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(base)
+            write_durably(tmp, (name + "\n").encode())
+
+    replace_atomically(link, fill, temporary=pointer_temporary(base, LATEST))
 
 
 def remove_version(version: Version) -> None:

@@ -47,11 +47,12 @@ from typing import Any
 from .checksum import crc32
 from .dircheck import Expected, check_directory, unsafe_name
 from .errors import OutputExistsError, OutputPathError, VerificationError
-from .fsutil import fsync_dir, fsync_tree, libc_function
+from .fsutil import fsync_dir, fsync_tree, libc_function, resolve_inside, write_durably
 from .jsonio import dumps as json_dumps
 from .jsonio import loads as strict_json
 from .names import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import OutputTensor, TensorRecord, write_safetensors
+from .text import utc_timestamp
 from .tokenizer import resolve_tokenizer
 from .validation import shown
 
@@ -333,7 +334,7 @@ def _check_protected(target: Path, protected: Sequence[str | os.PathLike[str]], 
         cwd = Path.cwd().resolve()
     except OSError:  # the working directory was removed: nothing to protect there
         cwd = None
-    if cwd is not None and (real == cwd or real in cwd.parents):
+    if cwd is not None and cwd.is_relative_to(real):
         what = "the working directory" if real == cwd else "an ancestor of the working directory"
         raise OutputPathError(f"Output path {str(target)!r} is {what}. {fix}")
     try:
@@ -344,7 +345,7 @@ def _check_protected(target: Path, protected: Sequence[str | os.PathLike[str]], 
         raise OutputPathError(f"Output path {str(target)!r} is the home directory. {fix}")
     for path in protected:
         source = Path(os.path.realpath(os.fspath(path)))
-        if source == real or real in source.parents:
+        if source.is_relative_to(real):
             raise OutputPathError(f"Output path {str(target)!r} holds {str(path)!r}, which is being read. {fix}")
 
 
@@ -456,15 +457,7 @@ def write_hf_directory(
         ValueError: a file name that would lead out of the directory, or a ``.json`` file that is not JSON.
     """
     start = time.perf_counter()
-    for name, content in files.items():  # written as ``tmp / name``: a name must not lead out of the temporary
-        why = unsafe_name(name)
-        if why:
-            raise ValueError(f"Cannot write the file {name!r} into a model directory: the name {why}.")
-        if name.endswith(".json"):  # refused before anything is written (the tokenizer's are made by serializers)
-            try:
-                strict_json(content)
-            except (ValueError, RecursionError) as exc:
-                raise ValueError(f"Cannot write {name!r}: it is not valid JSON ({exc}).") from None
+    _check_files(files)
     target = check_output_path(output_dir, force=force, protected=protected, option=option)
     max_shard = parse_size(max_shard_size)
     created = _make_parents(target.parent)
@@ -533,6 +526,21 @@ def _shard(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputT
         shards[-1].append(t)
         size += t.nbytes
     return shards
+
+
+def _check_files(files: Mapping[str, bytes | str]) -> None:
+    """Refuse, before anything is written, a file name that is not a plain relative path (each is written as
+    ``tmp / name``: it must not lead out of the temporary) and a ``.json`` file that is not strict JSON (the
+    tokenizer's are made by serializers)."""
+    for name, content in files.items():  # written as ``tmp / name``: a name must not lead out of the temporary
+        why = unsafe_name(name)
+        if why:
+            raise ValueError(f"Cannot write the file {name!r} into a model directory: the name {why}.")
+        if name.endswith(".json"):  # refused before anything is written (the tokenizer's are made by serializers)
+            try:
+                strict_json(content)
+            except (ValueError, RecursionError) as exc:
+                raise ValueError(f"Cannot write {name!r}: it is not valid JSON ({exc}).") from None
 
 
 def _write_all(
@@ -634,10 +642,7 @@ def interrupt_outcome(exc: BaseException) -> str:
 
 def _write_file(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_durably(path, content)
 
 
 def _tokenizer_files(tokenizer: Any, protected: set[str]) -> dict[str, bytes]:
@@ -836,7 +841,7 @@ def _remove_export(directory: Path) -> None:
     root = directory.resolve()
     for name in names:
         path = directory / name
-        if root in path.resolve().parents:  # never outside the directory ("../x" in a manifest)
+        if resolve_inside(path, root)[1]:  # never outside the directory ("../x" in a manifest)
             try:
                 if path.is_file() and not path.is_symlink():
                     path.unlink()
@@ -897,7 +902,7 @@ def make_temporary(parent: Path, name: str, tag: str = _TMP_TAG) -> Path:
             **_process_identity(),
             "pid": os.getpid(),
             "start_time": _start_time(os.getpid()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created": utc_timestamp(),
         },
         name=MARKER_NAME,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -110,16 +110,7 @@ class GPT2:
         layers = layer_indices(sd, "transformer.h.")
         n_layer = len(layers)
 
-        n_head = facts.n_head
-        if n_head is None:
-            raise ConversionError(
-                "The checkpoint does not say how many attention heads the model has (n_head): its shapes "
-                f"cannot tell. Pass it: --n_head N (CLI) or config={{'n_head': N}} (n_embd is {n_embd})."
-            )
-        fix = f"It must divide n_embd={n_embd}: pass the right one with --n_head N (config={{'n_head': N}})."
-        n_head = positive_int("n_head", n_head, fix)
-        if n_embd % n_head:
-            raise ConversionError(f"n_head={n_head} does not divide n_embd={n_embd}; pass the right --n_head.")
+        n_head = _n_head(facts.n_head, n_embd)
 
         vocab = out_vocab(vocab_size, trained_vocab)
         rows = vocab if vocab != trained_vocab else None
@@ -137,21 +128,7 @@ class GPT2:
             TensorPlan("transformer.wte.weight", wte, (vocab, n_embd), rows=rows),
             TensorPlan("transformer.wpe.weight", wpe, tuple(wpe.shape)),
         ]
-        for i in layers:
-            prefix = f"transformer.h.{i}."
-            for suffix in LAYER_SHAPES:
-                key = prefix + suffix
-                if suffix.endswith(".bias") and not has_bias:
-                    if key in sd:
-                        raise ConversionError(f"{key} is present but transformer.ln_f.bias is not.")
-                    weight = _require(sd, key[: -len("bias")] + "weight")
-                    out_dim = weight.shape[0]  # nn.Linear (out, in) / LayerNorm (C,)
-                    tensors.append(TensorPlan(key, None, (out_dim,)))
-                    continue
-                tensor = _require(sd, key)
-                transpose = suffix in TRANSPOSED
-                shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
-                tensors.append(TensorPlan(key, tensor, shape, transpose=transpose))
+        tensors += _block_tensors(sd, layers, has_bias)
         ln_f = _require(sd, "transformer.ln_f.weight")
         tensors.append(TensorPlan("transformer.ln_f.weight", ln_f, tuple(ln_f.shape)))
         if has_bias:
@@ -234,6 +211,42 @@ GPT2_RANGES: dict[str, tuple[Range, str]] = {
 def config_problems(config: Mapping[str, Any]) -> list[str]:
     """What is out of range in a GPT-2 ``config.json``, one line each; ``[]`` when every number is in range."""
     return range_problems(config, GPT2_RANGES)
+
+
+def _n_head(n_head: Any, n_embd: int) -> int:
+    """The number of attention heads the facts give, checked against ``n_embd``."""
+    if n_head is None:
+        raise ConversionError(
+            "The checkpoint does not say how many attention heads the model has (n_head): its shapes "
+            f"cannot tell. Pass it: --n_head N (CLI) or config={{'n_head': N}} (n_embd is {n_embd})."
+        )
+    fix = f"It must divide n_embd={n_embd}: pass the right one with --n_head N (config={{'n_head': N}})."
+    n_head = positive_int("n_head", n_head, fix)
+    if n_embd % n_head:
+        raise ConversionError(f"n_head={n_head} does not divide n_embd={n_embd}; pass the right --n_head.")
+    return n_head
+
+
+def _block_tensors(sd: Mapping[str, torch.Tensor], layers: Sequence[int], has_bias: bool) -> list[TensorPlan]:
+    """The plans of the transformer blocks' tensors (Conv1D weights transposed; zero biases where a bias=False
+    model has none)."""
+    tensors: list[TensorPlan] = []
+    for i in layers:
+        prefix = f"transformer.h.{i}."
+        for suffix in LAYER_SHAPES:
+            key = prefix + suffix
+            if suffix.endswith(".bias") and not has_bias:
+                if key in sd:
+                    raise ConversionError(f"{key} is present but transformer.ln_f.bias is not.")
+                weight = _require(sd, key[: -len("bias")] + "weight")
+                out_dim = weight.shape[0]  # nn.Linear (out, in) / LayerNorm (C,)
+                tensors.append(TensorPlan(key, None, (out_dim,)))
+                continue
+            tensor = _require(sd, key)
+            transpose = suffix in TRANSPOSED
+            shape = tuple(tensor.shape[::-1]) if transpose else tuple(tensor.shape)
+            tensors.append(TensorPlan(key, tensor, shape, transpose=transpose))
+    return tensors
 
 
 def _require_matrix(sd: Mapping[str, torch.Tensor], key: str, layout: str) -> torch.Tensor:
