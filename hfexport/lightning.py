@@ -41,7 +41,7 @@ else:
 
 from .errors import HFExportError
 from .exporter import HFExporter
-from .options import ExportOptions
+from .options import ExportOptions, document_options, option_values
 from .validation import check_bool, check_int
 from .writer import check_export_root
 
@@ -57,8 +57,12 @@ def _writes() -> bool:
     return all(rank in (None, "", "0") for rank in ranks)
 
 
+@document_options
 class HFExportCallback(Callback):
     """Export the model being trained as versioned Hugging Face directories.
+
+    The export options (``dtype`` to ``hub_timeout_s``) are declared once, with their documentation, in
+    :class:`~hfexport.options.ExportArguments`; ``help(HFExportCallback)`` shows each below.
 
     Args:
         dirpath: The export root (``step_XXXXXX/`` directories and ``latest``); ``None`` uses
@@ -68,66 +72,6 @@ class HFExportCallback(Callback):
         every_n_epochs: Export at the end of every N-th epoch (an int >= 1); ``None``: not by epochs. Default: ``None``.
         export_on_train_end: Export the final step when training ends, unless already exported (pending writes and
             pushes are waited for either way). Default: ``True``.
-        dtype: The dtype every tensor is written in (each tensor is cast once): ``"bfloat16"``, ``"float16"`` or
-            ``"float32"`` (also ``"bf16"``, ``"fp16"``, ``"half"``, ``"fp32"``, ``"float"``, with or without a
-            ``torch.`` prefix), or the ``torch.dtype`` itself. Default: ``"bfloat16"``.
-        keep_last_n: Keep only the last N versions this exporter wrote, in write order: an int >= 1, or ``None`` to keep
-            all. Rotation deletes only versions this exporter (or the run it resumes) created, never ``latest``, never
-            one whose Hub push is queued, in flight or failed, never one you added or changed files in.
-            Default: ``None``.
-        config: Model facts the weights do not carry (``n_head``, ``dropout``, ...; for a Llama ``n_heads``,
-            ``n_kv_heads``, ``norm_eps``, ``rope_theta``, ``rope_scaling_factor``, ...): a dict, a dataclass or an
-            object. ``None`` reads them from the model's ``config``, ``params`` or ``args`` attribute.
-            Default: ``None``.
-        tokenizer: The tokenizer written into every version: ``None`` finds it (GPT-2's for a GPT-2 vocabulary, else
-            none, logged once); ``False`` writes none; else ``"gpt2"``, a path (a directory, ``tokenizer.json``, nanoGPT
-            ``meta.pkl``, a sentencepiece ``tokenizer.model``), a ``transformers`` tokenizer, a ``tiktoken.Encoding`` or
-            a Hub repo id (read from the local cache, else downloaded at the first export unless ``HF_HUB_OFFLINE=1``).
-            A path that does not exist fails here; the tokenizer is resolved at the first export. Default: ``None``.
-        activation: The GELU of a GPT-2 family model (the checkpoint does not record it): ``"gelu"`` (what ``None``
-            means: exact erf GELU, nanoGPT since May 2023), ``"gelu_new"`` (tanh formula: nanoGPT before May 2023,
-            llm.c) or ``"gelu_pytorch_tanh"`` (build-nanogpt). Default: ``None``.
-        vocab_size: Keep only the first N vocabulary rows (e.g. 50257 of a padded 50304): an int >= 1, or ``None`` to
-            keep all. Default: ``None``.
-        untie_embeddings: Also write an independent ``lm_head.weight`` (``tie_word_embeddings=False``) instead of tying
-            it to the token embedding. Default: ``False``.
-        model_name: Name shown in the model card; ``None`` shows ``<model_type>-export`` (e.g. ``gpt2-export``).
-            Default: ``None``.
-        max_shard_size: Shard the weights past this size: a byte count or a string such as ``"5GB"``, ``"500MB"``,
-            ``"2GiB"`` (at least 1 byte). Default: ``"5GB"``.
-        allow_nonfinite: Write NaN/inf weights instead of failing the export with a ``ConversionError`` that names the
-            tensor. Default: ``False``.
-        async_write: Write each version in a background thread, so that the training loop only pays for the snapshot
-            (``HFExporter``, ``HFExportCallback``); ``False`` writes synchronously, in the call. Default: ``True``.
-        if_busy: When an export is due while the previous one still waits to be written: ``"wait"`` (block until it can
-            be queued; no version lost) or ``"skip"`` (drop the new one, logged). Default: ``"wait"``.
-        on_error: A failed background write (logged at once): ``"raise"`` raises it as an ``ExportWorkerError`` from the
-            next call on the exporter and from ``close()``, the cause chained; ``"warn"`` only logs it.
-            Default: ``"raise"``.
-        push_to_hub: Push every version to the Hub once it is written, in a background thread (needs ``repo_id``; the
-            token and the repository are checked when the exporter is created, before training). Default: ``False``.
-        repo_id: ``"namespace/name"`` of the Hub model repository (created if missing); ignored (logged) when
-            ``push_to_hub=False``. Default: ``None``.
-        hub_token: Hub token with write access; ``None`` uses ``HF_TOKEN`` or the ``hf auth login`` cache. Never logged
-            or written. Default: ``None``.
-        hub_private: Create the repository private (an existing repository keeps its visibility). Default: ``True``.
-        hub_revision: The branch every version is committed to (created from ``main`` if missing). Default: ``"main"``.
-        hub_tag_versions: Tag each version's commit with its directory name (``step_000500``). Default: ``True``.
-        on_push_error: A push that still fails after retries: ``"warn"`` (logged; training goes on, the version stays on
-            disk and in the push journal as failed) or ``"raise"`` (a ``HubError`` from the next call and from
-            ``close()``). Default: ``"warn"``.
-        hub_max_retries: Retries of a failed push, an int >= 0 (at most ``hub_max_retries + 1`` attempts): connection
-            errors, timeouts, HTTP 408, 429 and 5xx, and a commit that differs on the Hub from the local files are
-            retried; other errors fail at once. Default: ``6``.
-        hub_backoff_s: The first retry delay in seconds (>= 0); it doubles on each retry, with jitter, up to 60 s (a
-            ``Retry-After`` is honoured, up to 600 s). Default: ``1.0``.
-        hub_push: ``"every"`` pushes every version, in step order, none skipped; ``"latest"`` pushes only the newest
-            waiting version when pushes fall behind (the skipped ones are logged and journaled as ``skipped``; the final
-            version is always pushed). Default: ``"every"``.
-        hub_timeout_s: Timeout in seconds (> 0, at most 86400) of every Hub request, the set-up check included:
-            connecting, and each read or write (an upload that keeps sending is not cut). A timeout is a failed attempt,
-            retried like a 5xx. Default: ``60.0``.
-
     Raises:
         OptionError: an invalid argument, with the value received and what is expected (a ``ValueError``).
         ConversionError: an unknown ``dtype`` (a ``ValueError``).
@@ -177,36 +121,12 @@ class HFExportCallback(Callback):
         hub_push: Literal["every", "latest"] = "every",
         hub_timeout_s: float = 60.0,
     ) -> None:
+        arguments = locals()  # before any other name is bound
         super().__init__()
         every_n_train_steps = check_int("every_n_train_steps", every_n_train_steps, optional=True)
         every_n_epochs = check_int("every_n_epochs", every_n_epochs, optional=True)
         export_on_train_end = check_bool("export_on_train_end", export_on_train_end)
-        self.options = ExportOptions.create(
-            dtype=dtype,
-            keep_last_n=keep_last_n,
-            config=config,
-            tokenizer=tokenizer,
-            activation=activation,
-            vocab_size=vocab_size,
-            untie_embeddings=untie_embeddings,
-            model_name=model_name,
-            max_shard_size=max_shard_size,
-            allow_nonfinite=allow_nonfinite,
-            async_write=async_write,
-            if_busy=if_busy,
-            on_error=on_error,
-            push_to_hub=push_to_hub,
-            repo_id=repo_id,
-            hub_token=hub_token,
-            hub_private=hub_private,
-            hub_revision=hub_revision,
-            hub_tag_versions=hub_tag_versions,
-            on_push_error=on_push_error,
-            hub_max_retries=hub_max_retries,
-            hub_backoff_s=hub_backoff_s,
-            hub_push=hub_push,
-            hub_timeout_s=hub_timeout_s,
-        )
+        self.options = ExportOptions.create(**option_values(arguments))
         # Checked now, before training: on every rank the path itself, on the rank that writes also the file system.
         self.dirpath = check_export_root(dirpath, option="dirpath", probe=_writes()) if dirpath is not None else None
         self.every_n_train_steps = every_n_train_steps

@@ -1,10 +1,12 @@
-"""The export options: one list of keyword parameters in every entry point, the README's table, validation."""
+"""Export options: declared once (``ExportArguments``), taken alike by every entry point, README's table, checks."""
 
 from __future__ import annotations
 
 import ast
 import inspect
 import re
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -13,39 +15,58 @@ import torch
 from hfexport import HFExporter, OptionError, export_hf
 from hfexport.hub import HubOptions
 from hfexport.lightning import HFExportCallback
-from hfexport.options import ExportOptions
+from hfexport.options import DECLARED, ExportArguments, ExportOptions, document_options
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-OWN = {"self", "model", "step", "output_dir", "dirpath", "every_n_steps", "every_n_train_steps", "every_n_epochs"}
-OWN |= {"export_on_train_end", "epoch", "loss"}
 SYNC_ONLY = {"async_write", "if_busy"}  # export_hf always writes synchronously
+ENTRY_POINTS = {
+    "ExportOptions.create": ExportOptions.create,
+    "HFExporter": HFExporter.__init__,
+    "HFExportCallback": HFExportCallback.__init__,
+    "export_hf": export_hf,
+}
 
 
-def options_of(function) -> dict[str, tuple[object, object]]:  # type: ignore[no-untyped-def]
-    """The export options a signature takes: name → (default, annotation); all keyword-only."""
-    params = inspect.signature(function).parameters
-    found = {n: p for n, p in params.items() if n not in OWN}
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in found.values()), function
-    return {n: (p.default, p.annotation) for n, p in found.items()}
+def options_of(function) -> list[tuple[str, object, object]]:  # type: ignore[no-untyped-def]
+    """The export options a signature takes, in order: (name, default, annotation); all keyword-only."""
+    params = [p for p in inspect.signature(function).parameters.values() if p.name in DECLARED]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), function
+    return [(p.name, p.default, p.annotation) for p in params]
 
 
-def test_every_entry_point_takes_the_same_typed_options_with_the_same_defaults() -> None:
-    reference = options_of(ExportOptions.create)
-    assert len(reference) >= 20
-    assert options_of(HFExporter.__init__) == reference
-    assert options_of(HFExportCallback.__init__) == reference
-    assert options_of(export_hf) == {n: v for n, v in reference.items() if n not in SYNC_ONLY}
-    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(HFExporter).parameters.values())
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_every_entry_point_takes_the_declared_options_with_their_types_and_defaults(name: str) -> None:
+    declared = [(f.name, f.default, f.type) for f in fields(ExportArguments)]
+    assert len(declared) >= 20
+    if name == "export_hf":
+        declared = [option for option in declared if option[0] not in SYNC_ONLY]
+    assert options_of(ENTRY_POINTS[name]) == declared
+    params = inspect.signature(ENTRY_POINTS[name]).parameters.values()
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def test_a_choice_s_check_accepts_exactly_the_values_its_type_names() -> None:
+    hints = typing.get_type_hints(ExportArguments)
+    choices = {n: typing.get_args(t) for n, t in hints.items() if typing.get_origin(t) is typing.Literal}
+    assert set(choices) == {"if_busy", "on_error", "on_push_error", "hub_push"}
+    for name, values in choices.items():
+        check = DECLARED[name].metadata["check"]
+        assert [check(name, value) for value in values] == list(values)
+        with pytest.raises(OptionError, match=name):
+            check(name, "sometimes")
+
+
+def test_create_refuses_an_unknown_option_like_python_does() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'dtpye'"):
+        ExportOptions.create(dtpye="float32")
 
 
 def test_the_readme_table_lists_each_option_with_its_default() -> None:
-    table = dict(re.findall(r"^\| `(\w+)` \| `?([^|`]*)`? \|", README.split("### Export options", 1)[1], flags=re.M))
-    table = {name: default for name, default in table.items() if not name.startswith("--")}
-    reference = options_of(ExportOptions.create)
-    documented = {name: table[name] for name in list(table)[: len(reference)]}
-    assert set(documented) == set(reference)
-    for name, (default, _) in reference.items():
-        assert ast.literal_eval(documented[name]) == default, (name, documented[name], default)
+    table = re.findall(r"^\| `(\w+)` \| `?([^|`]*)`? \|", README.split("### Export options", 1)[1], flags=re.M)
+    documented = table[: len(DECLARED)]
+    assert [name for name, _ in documented] == list(DECLARED)
+    for name, default in documented:
+        assert ast.literal_eval(default) == DECLARED[name].default, (name, default)
 
 
 def test_the_hub_options_are_grouped_not_copied() -> None:
@@ -77,16 +98,16 @@ def test_invalid_values_raise_option_error(kwargs, message) -> None:  # type: ig
 
 
 # ------------------------------------------------------------------------------------- docstrings
-# The three entry points and ``ExportOptions.create``: each documents every parameter in its own docstring
-# (IDEs read ``__doc__`` statically, so the text is written out in each), in signature order.
+# The three entry points and ``ExportOptions.create``: each docstring (what ``help()`` shows) documents every
+# parameter, in signature order; the export options' entries come from the declaration (``document_options``).
 DOCUMENTED = {
     "ExportOptions.create": (ExportOptions.create, ExportOptions.create),
     "HFExporter": (HFExporter, HFExporter.__init__),
     "HFExportCallback": (HFExportCallback, HFExportCallback.__init__),
     "export_hf": (export_hf, export_hf),
 }
-# Options whose entry deliberately differs from ``ExportOptions.create``'s: export_hf writes one version,
-# synchronously, with an exporter of its own (so rotation has nothing of its to remove).
+# Options whose entry deliberately differs from the declared one: export_hf writes one version, synchronously,
+# with an exporter of its own (so rotation has nothing of its to remove).
 OWN_WORDING = {("export_hf", name) for name in ("keep_last_n", "on_error", "push_to_hub", "on_push_error", "hub_push")}
 _ENTRY = re.compile(r"(\*{0,2}\w+)(?: \([^)]*\))?: (.*)")
 _DEFAULT = re.compile(r"Default: ``(.+?)``\.")
@@ -128,40 +149,10 @@ def parameters_of(function) -> dict[str, inspect.Parameter]:  # type: ignore[no-
     return {name: p for name, p in params.items() if name not in ("self", "cls")}
 
 
-def args_mismatch(documented_object, function) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
-    """(parameters of ``function`` missing from the docstring's Args, Args entries that are no parameter)."""
-    documented = args_section(documented_object.__doc__)
-    params = parameters_of(function)
-    return [p for p in params if p not in documented], [p for p in documented if p not in params]
-
-
 @pytest.mark.parametrize("name", list(DOCUMENTED))
-def test_the_docstring_documents_every_parameter_and_only_those(name: str) -> None:
+def test_the_docstring_documents_every_parameter_and_only_those_in_order(name: str) -> None:
     documented_object, function = DOCUMENTED[name]
-    missing, unknown = args_mismatch(documented_object, function)
-    assert not missing and not unknown, f"{name}: undocumented {missing}, documented but no such parameter {unknown}"
-    documented = args_section(documented_object.__doc__)
-    assert list(documented) == list(parameters_of(function)), f"{name}: Args not in signature order"
-
-
-def test_the_args_reader_finds_a_missing_an_unknown_and_a_grouped_entry() -> None:
-    def renamed(model: object, *, dtype: str = "bfloat16", keep_last_n: int | None = None) -> None:
-        """Export.
-
-        Args:
-            model: The model,
-                on two lines.
-            dtype: The dtype. Default: ``"bfloat16"``.
-            keep_last: Renamed since. Default: ``None``.
-
-        Returns:
-            Nothing.
-        """
-
-    assert args_section(renamed.__doc__)["model"] == "The model, on two lines."
-    assert args_mismatch(renamed, renamed) == (["keep_last_n"], ["keep_last"])
-    with pytest.raises(AssertionError, match="not a 'name: text' entry"):
-        args_section("Export.\n\nArgs:\n    dtype, keep_last_n: See ExportOptions.create.\n")
+    assert list(args_section(documented_object.__doc__)) == list(parameters_of(function))
 
 
 @pytest.mark.parametrize("name", list(DOCUMENTED))
@@ -177,17 +168,54 @@ def test_the_documented_defaults_are_the_signature_defaults(name: str) -> None:
             assert ast.literal_eval(stated[0]) == p.default, (name, param, stated[0], p.default)
 
 
-@pytest.mark.parametrize("name", ["HFExporter", "HFExportCallback", "export_hf"])
-def test_the_entry_points_describe_each_option_in_create_s_words(name: str) -> None:
-    reference = args_section(ExportOptions.create.__doc__)
+def declared_entry(name: str) -> str:
+    default = DECLARED[name].default
+    shown = f'"{default}"' if isinstance(default, str) else repr(default)
+    return f"{DECLARED[name].metadata['doc']} Default: ``{shown}``."
+
+
+@pytest.mark.parametrize("name", list(DOCUMENTED))
+def test_the_entry_points_describe_each_option_in_the_declared_words(name: str) -> None:
     documented = args_section(DOCUMENTED[name][0].__doc__)
-    for option in options_of(DOCUMENTED[name][1]):
+    for option, _, _ in options_of(DOCUMENTED[name][1]):
         if (name, option) in OWN_WORDING:
-            assert documented.get(option) != reference[option], f"{name}({option}) no longer differs: drop it"
-            continue
-        assert documented.get(option) == reference[option], (
-            f"{name}({option}) drifted from ExportOptions.create's entry; copy it:\n    {option}: {reference[option]}"
-        )
+            assert documented[option] != declared_entry(option), f"{name}({option}) no longer differs: drop it"
+        else:
+            assert documented[option] == declared_entry(option), (name, option)
+
+
+def test_document_options_fills_what_a_docstring_leaves_out_in_signature_order() -> None:
+    def entry(
+        model: object, *, dtype: str = "bfloat16", hub_push: str = "every", keep_last_n: int | None = None
+    ) -> None:
+        """Export.
+
+        Args:
+            model: The model,
+                on two lines.
+            keep_last_n: In my own words. Default: ``None``.
+
+        Returns:
+            Nothing.
+        """
+
+    def bare(*, vocab_size: int | None = None) -> None:
+        """Check.
+
+        Raises:
+            OptionError: a bad value.
+        """
+
+    documented = args_section(document_options(entry).__doc__)
+    assert list(documented) == ["model", "dtype", "hub_push", "keep_last_n"]
+    assert documented["model"] == "The model, on two lines."
+    assert documented["keep_last_n"] == "In my own words. Default: ``None``."
+    assert documented["dtype"] == declared_entry("dtype") and documented["hub_push"] == declared_entry("hub_push")
+    assert inspect.cleandoc(entry.__doc__ or "").endswith("Returns:\n    Nothing.")
+    assert args_section(document_options(bare).__doc__) == {"vocab_size": declared_entry("vocab_size")}
+    assert "Raises:\n    OptionError: a bad value." in inspect.cleandoc(bare.__doc__ or "")
+    with pytest.raises(AssertionError, match="not a 'name: text' entry"):  # one entry per parameter
+        args_section("Export.\n\nArgs:\n    dtype, keep_last_n: See ExportOptions.create.\n")
 
 
 # ------------------------------------------------------------------------------- one validator per kind of value
@@ -221,6 +249,25 @@ def test_each_option_takes_only_its_own_kind_of_value(kwargs, message) -> None: 
     assert str(info.value) == f"Invalid value for {message}"
     with pytest.raises(OptionError, match=re.escape(message)):  # pushing or not, the same check
         ExportOptions.create(**{"push_to_hub": True, "repo_id": "me/run", **kwargs})
+
+
+@pytest.mark.parametrize("entry", ["HFExporter", "HFExportCallback", "export_hf"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"keep_last_n": True}, {"allow_nonfinite": "false"}, {"hub_timeout_s": "60"}, {"on_error": 1}, {"hub_token": 7}],
+)
+def test_every_entry_point_checks_each_option_alike(tmp_path, entry, kwargs) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(OptionError) as expected:
+        ExportOptions.create(**kwargs)
+    with pytest.raises(OptionError) as info:
+        if entry == "HFExporter":
+            HFExporter(tmp_path / "x", **kwargs)
+        elif entry == "HFExportCallback":
+            HFExportCallback(tmp_path / "x", **kwargs)
+        else:
+            export_hf(torch.nn.Linear(2, 2), 1, tmp_path / "x", **kwargs)
+    assert str(info.value) == str(expected.value)
+    assert not (tmp_path / "x").exists()
 
 
 def test_valid_values_pass_unchanged() -> None:
