@@ -109,7 +109,10 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_version(tmp_path: Path
             assert_only_complete_versions(root)
             previous_leftovers = leftovers(root)
             killed_with_leftovers += bool(previous_leftovers)
-            assert all(f"-{pid}-" in name for name in previous_leftovers)
+            # What an earlier kill left is gone, except an empty temporary (a kill between its mkdir and its marker
+            # leaves no marker: the cleanup cannot prove it is hfexport's and leaves it, as checked above).
+            foreign = [n for n in previous_leftovers if f"-{pid}-" not in n and not nothing_in(root / n)]
+            assert not foreign, describe(root, set(foreign))
         assert step_dirs(root), "no version was ever written"
         assert read_latest(root) is not None
     finally:
