@@ -37,8 +37,6 @@ __all__ = [
 
 #: The longest file name (one path component) and whole path, in bytes, that Linux file systems take.
 NAME_MAX = 255
-
-
 PATH_MAX = 4096
 
 

@@ -39,11 +39,7 @@ __all__ = [
 
 
 _RENAME_NOREPLACE = 1
-
-
 _RENAME_EXCHANGE = 2
-
-
 _AT_FDCWD = -100
 
 

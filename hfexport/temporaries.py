@@ -42,30 +42,16 @@ __all__ = [
 ]
 
 TMP_TAG = ".tmp-"
-
-
 OLD_TAG = ".old-"
-
-
 MARKER_NAME = "hfexport-temporary.json"  # inside every temporary hfexport creates: who made it, for what
-
-
 PAYLOAD = "payload"  # the data inside a temporary (the marker stays next to it until the very end)
-
-
 _NAME_MAX = 255  # bytes in one path component (Linux, macOS; most file systems)
-
-
 _TEMPORARY = re.compile(r"^\.(?P<base>.+)(?P<tag>\.tmp-|\.old-)(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{8})$", re.DOTALL)
-
-
 # A pointer (``latest``) being replaced by rename: a symlink or a small file, so no marker fits inside; its name
 # says who made it: PID, that process's start time, and a digest of host, boot and PID namespace.
 _POINTER = re.compile(
     r"^\.(?P<base>.+)\.tmp-(?P<pid>[0-9]+)-(?P<start>[0-9]+)-(?P<where>[0-9a-f]{8})-(?P<token>[0-9a-f]{8})$", re.DOTALL
 )
-
-
 _POINTER_MAX_BYTES = 4096  # the text-file fallback of a pointer holds one version name
 
 

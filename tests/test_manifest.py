@@ -36,7 +36,7 @@ def test_every_reader_refuses_a_size_that_is_not_an_integer(tmp_path: Path, size
     (tmp_path / "hfexport.json").write_text(json.dumps(manifest))
     assert read_manifest(tmp_path) is None and listed_sizes(tmp_path) is None
     assert replace_refusal(tmp_path) == "has an unreadable hfexport.json manifest"
-    with pytest.raises(HubError, match="its hfexport.json is not an hfexport manifest"):
+    with pytest.raises(HubError, match=r"its hfexport\.json is not an hfexport manifest"):
         publishable_files(tmp_path)
     problems = check_directory(tmp_path).problems
     assert "config.json: its hfexport.json entry has no integer size" in problems
@@ -56,5 +56,5 @@ def test_an_unreadable_manifest(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     assert listed_sizes(tmp_path) is None
     assert replace_refusal(tmp_path) == "has an unreadable hfexport.json manifest"
-    with pytest.raises(HubError, match="its hfexport.json cannot be read"):
+    with pytest.raises(HubError, match=r"its hfexport\.json cannot be read"):
         publishable_files(tmp_path)
