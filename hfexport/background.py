@@ -160,7 +160,7 @@ class BackgroundWriter(Generic[Job]):
                 "the next run on this root)"
             )
         elif isinstance(error, ExportAbandoned):
-            from .writer import interrupt_outcome  # imported here: the writer pulls in torch
+            from .publish import interrupt_outcome  # imported here, where it is needed
 
             _say(
                 f"hfexport: {why}: abandoned the export of {self._describe(running)}: not finished within "

@@ -25,10 +25,10 @@ from .errors import HFExportError, HubError
 from .hub import HubOptions, HubPusher, check_ref_name, push_version, resolve_push_dir
 from .hubretry import is_transient
 from .journal import PushJournal
+from .publish import interrupt_outcome
 from .validation import MAX_TIMEOUT_S, Range, int_problem
 from .verify import verify_directory
 from .versions import list_versions, read_latest
-from .writer import interrupt_outcome
 
 __all__ = ["build_parser", "main"]
 

@@ -288,7 +288,7 @@ def write_export(
         tensors,
         files,
         manifest=manifest,
-        tokenizer=tok,
+        tokenizer_files=tok.files if tok is not None else None,
         max_shard_size=max_shard_size,
         force=force,
         protected=protected,

@@ -36,6 +36,7 @@ from .checksum import crc32_file
 from .errors import FileFormatError
 from .fsutil import FileTooLargeError, read_bounded, resolve_inside
 from .jsonio import loads as strict_json
+from .manifest import NO_INTEGER_SIZE, parse_manifest
 from .names import CONFIG_FILE, INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
 from .safetensors_io import DTYPE_NAMES, TensorRecord, read_header
 from .text import short
@@ -331,10 +332,11 @@ def _check_manifest(directory: _Directory, check: DirectoryCheck, *, recompute: 
     manifest = directory.read_json(MANIFEST_NAME, "")
     if manifest is None:
         return
-    files = manifest.get("files")
-    if not isinstance(files, dict):
+    parsed = parse_manifest(manifest)
+    if parsed is None:
         directory.problem(f"{MANIFEST_NAME} has no files object")
         return
+    files = parsed.entries
     unlisted = [name for name in required if name not in files and directory.exists(name)]
     if unlisted:
         directory.problem(f"{MANIFEST_NAME} does not list {', '.join(unlisted)}: it does not describe this directory")
@@ -343,8 +345,8 @@ def _check_manifest(directory: _Directory, check: DirectoryCheck, *, recompute: 
         path = directory.file(name, source)
         if path is None:
             continue
-        if not isinstance(entry, dict) or type(entry.get("size")) is not int:
-            directory.problem(f"{name}: its {MANIFEST_NAME} entry has no integer size")
+        if parsed.invalid.get(name) == NO_INTEGER_SIZE:
+            directory.problem(f"{name}: its {MANIFEST_NAME} entry {NO_INTEGER_SIZE}")
             continue
         size = path.stat().st_size
         if size != entry["size"]:

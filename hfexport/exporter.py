@@ -46,6 +46,8 @@ from .errors import ConversionError, ExportWorkerError, HFExportError
 from .hub import HubPusher
 from .journal import PushJournal
 from .options import ExportOptions, document_options, option_values
+from .outputpath import check_export_root
+from .publish import note_interrupt
 from .snapshot import (
     Snapshot,
     SnapshotBuffers,
@@ -58,7 +60,6 @@ from .snapshot import (
 from .sources import scalar_value
 from .validation import check_int
 from .versions import Version, VersionStore, list_versions, version_name
-from .writer import check_export_root, note_interrupt
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .manifest import manifest_files
 from .names import MANIFEST_NAME
-from .pushfiles import manifest_files
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi

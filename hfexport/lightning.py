@@ -42,8 +42,8 @@ else:
 from .errors import HFExportError
 from .exporter import HFExporter
 from .options import ExportOptions, document_options, option_values
+from .outputpath import check_export_root
 from .validation import check_bool, check_int
-from .writer import check_export_root
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from .dircheck import unsafe_name
 from .errors import HubError, PushVerificationError
 from .fsutil import hash_file, resolve_inside, sha256_file
+from .manifest import manifest_files, read_manifest
 from .names import MANIFEST_NAME
 
 __all__ = ["STANDARD_FILES", "git_blob_id", "manifest_files", "publishable_files", "verify_remote"]
@@ -46,19 +46,6 @@ STANDARD_FILES = (
 )
 
 
-def manifest_files(data: Any) -> dict[str, dict[str, Any]] | None:
-    """The ``files`` of a parsed ``hfexport.json`` (``name → {"size": int, "crc32": str}``), or ``None`` when it does
-    not have that shape (the schema a manifest is parsed against, on disk and on the Hub)."""
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        return None
-    for name, entry in data["files"].items():
-        if not isinstance(name, str) or not isinstance(entry, dict) or type(entry.get("size")) is not int:
-            return None
-        if "crc32" in entry and not isinstance(entry["crc32"], str):
-            return None
-    return data["files"]
-
-
 def publishable_files(version_dir: Path) -> list[str]:
     """The files of ``version_dir`` a push publishes, as relative POSIX paths, sorted.
 
@@ -77,7 +64,7 @@ def publishable_files(version_dir: Path) -> list[str]:
     present = sorted(p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file())
     if manifest_path.is_file():
         try:
-            listed = manifest_files(json.loads(manifest_path.read_text(encoding="utf-8")))
+            listed = read_manifest(version_dir)
         except (OSError, ValueError) as exc:
             raise HubError(
                 f"Cannot push {version_dir.name}: its {MANIFEST_NAME} cannot be read ({exc}); run "

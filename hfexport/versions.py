@@ -26,14 +26,8 @@ from pathlib import Path
 from .errors import HFExportError
 from .fsutil import replace_atomically, write_durably
 from .names import MANIFEST_NAME
-from .writer import (
-    PAYLOAD,
-    clean_stale_temporaries,
-    make_temporary,
-    pointer_temporary,
-    remove_temporary,
-    replace_refusal,
-)
+from .outputpath import replace_refusal
+from .temporaries import PAYLOAD, clean_stale_temporaries, make_temporary, pointer_temporary, remove_temporary
 
 logger = logging.getLogger(__name__)
 

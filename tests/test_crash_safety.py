@@ -216,7 +216,7 @@ SIGINT_CONVERT = """
 import os, signal, sys
 from hfexport import cli, writer
 
-real_publish = writer._publish
+real_publish = writer.publish_directory
 
 def publish(tmp, target, **kwargs):  # Ctrl-C just before or just after the rename
     if sys.argv[1] == "before":
@@ -225,7 +225,7 @@ def publish(tmp, target, **kwargs):  # Ctrl-C just before or just after the rena
     if sys.argv[1] == "after":
         os.kill(os.getpid(), signal.SIGINT)
 
-writer._publish = publish
+writer.publish_directory = publish
 sys.exit(cli.main(sys.argv[2:]))
 """
 

@@ -91,3 +91,44 @@ def test_hfexport_has_no_import_circle() -> None:
     assert graph.get("hfexport.writer"), "the package's imports were not read"
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_writer_gets_the_tokenizer_files_from_its_caller() -> None:
+    """The writer writes the files it is given: it imports no tokenizer code, directly or through another module."""
+    graph = import_graph()
+    assert "hfexport.tokenizer" not in _reachable(graph, "hfexport.writer")
+
+
+def test_the_writer_only_assembles_a_directory() -> None:
+    """Path policy, temporaries, liveness and the publish live apart from the writer (issue 19 §4); their public
+    names stay importable from ``hfexport.writer``."""
+    from hfexport import writer
+
+    homes = {
+        "check_output_path": "hfexport.outputpath",
+        "check_export_root": "hfexport.outputpath",
+        "output_path_text": "hfexport.outputpath",
+        "replace_refusal": "hfexport.outputpath",
+        "make_temporary": "hfexport.temporaries",
+        "remove_temporary": "hfexport.temporaries",
+        "release_temporary": "hfexport.temporaries",
+        "pointer_temporary": "hfexport.temporaries",
+        "clean_stale_temporaries": "hfexport.temporaries",
+        "interrupt_outcome": "hfexport.publish",
+        "note_interrupt": "hfexport.publish",
+    }
+    assert {name: getattr(writer, name).__module__ for name in homes} == homes
+    graph = import_graph()
+    for module in ("hfexport.outputpath", "hfexport.temporaries", "hfexport.liveness", "hfexport.publish"):
+        assert "hfexport.writer" not in _reachable(graph, module), f"{module} depends on the writer"

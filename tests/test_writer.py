@@ -20,14 +20,15 @@ from nanogpt import make_gpt
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from hfexport import OutputExistsError, convert_checkpoint, writer
+from hfexport import OutputExistsError, convert_checkpoint, publish, writer
 from hfexport.errors import OutputPathError
+from hfexport.liveness import start_time
 from hfexport.safetensors_io import TensorRecord, read_header, write_safetensors
+from hfexport.tokenizer import resolve_tokenizer
 from hfexport.writer import (
     MANIFEST_NAME,
     MARKER_NAME,
     OutputTensor,
-    _start_time,
     check_output_path,
     clean_stale_temporaries,
     interrupt_outcome,
@@ -190,13 +191,17 @@ def test_tokenizer_file_cannot_clobber_model_files(tmp_path: Path) -> None:
     Tokenizer(models.WordLevel(vocab={"a": 0, "b": 1}, unk_token="a")).save(str(tok / "tokenizer.json"))
     (tok / "config.json").write_text('{"model_type": "bert"}')  # a model config next to a tokenizer
     (tok / "model.safetensors").write_bytes(b"not ours")
-    write_hf_directory(tmp_path / "out", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer=tok)
+    resolved = resolve_tokenizer(tok)
+    assert resolved is not None
+    write_hf_directory(tmp_path / "out", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer_files=resolved.files)
     out = tmp_path / "out"
     assert Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab() == {"a": 0, "b": 1}
     assert (out / "config.json").read_text() == FILES["config.json"]
     assert set(load_file(str(out / "model.safetensors"))) == {"a"}
-    with pytest.raises(ValueError, match="Tokenizer path"):
-        write_hf_directory(tmp_path / "out2", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer=tmp_path / "nope")
+    with pytest.raises(ValueError, match=r"The tokenizer's files \['config.json'\] would replace the model's"):
+        write_hf_directory(
+            tmp_path / "out2", tensors_of({"a": torch.zeros(2)}), FILES, tokenizer_files={"config.json": b"{}"}
+        )
     assert not (tmp_path / "out2").exists()
     assert hidden(tmp_path) == []
 
@@ -285,9 +290,9 @@ def test_cleanup_never_touches_what_hfexport_did_not_provably_create(
         forged(tmp_path, "out", host="another-node"),  # shared storage: that PID means nothing here
         forged(tmp_path, "out", pid_namespace="pid:[1]"),  # another container on this host
         forged(tmp_path, "out", boot_id="0" * 36),  # another machine with this name, or before a reboot
-        forged(tmp_path, "out", pid=parent, start_time=_start_time(parent)),  # alive: the same process
+        forged(tmp_path, "out", pid=parent, start_time=start_time(parent)),  # alive: the same process
     ]
-    reused = forged(tmp_path, "out", pid=parent, start_time=(_start_time(parent) or 0) + 12345)  # PID reused
+    reused = forged(tmp_path, "out", pid=parent, start_time=(start_time(parent) or 0) + 12345)  # PID reused
     assert clean_stale_temporaries(tmp_path) == [reused]
     expected = sorted([*foreign, ".notes.tmp-12-abcdef12", *(p.name for p in kept)])
     assert hidden(tmp_path) == expected
@@ -327,7 +332,7 @@ def test_every_valid_output_name_works(tmp_path: Path, name: str, monkeypatch: p
 def test_keyboard_interrupt_goes_through_and_says_whether_it_was_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
-    real_publish = writer._publish
+    real_publish = writer.publish_directory
 
     def interrupted_publish(tmp: Path, target: Path, **kwargs: Any) -> None:  # Ctrl-C before / after the rename
         if when == "before":
@@ -335,7 +340,7 @@ def test_keyboard_interrupt_goes_through_and_says_whether_it_was_published(
         real_publish(tmp, target, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writer, "_publish", interrupted_publish)
+    monkeypatch.setattr(writer, "publish_directory", interrupted_publish)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt) as info:
         write_hf_directory(out, tensors_of({"a": torch.ones(3)}), FILES)
@@ -469,7 +474,7 @@ def _fill_before_publish(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
 
 def _without_renameat2(monkeypatch: pytest.MonkeyPatch) -> None:
     """As on a system without renameat2 (macOS, old kernels, file systems without RENAME_NOREPLACE/EXCHANGE)."""
-    monkeypatch.setattr(writer, "_renameat2", lambda a, b, flags: None)
+    monkeypatch.setattr(publish, "_renameat2", lambda a, b, flags: None)
 
 
 @pytest.mark.parametrize("renameat2", [True, False])
@@ -510,7 +515,7 @@ def test_forced_swap_is_undone_when_the_old_version_changed_at_the_last_moment(
 ) -> None:
     """A file lands in the old version between the publish-time check and the swap: the swap is undone."""
     out = an_export(tmp_path / "out", 5.0)
-    real_exchange = writer._exchange
+    real_exchange = publish._exchange
     calls = []
 
     def exchange_after_a_write(a: Path, b: Path) -> bool:
@@ -519,7 +524,7 @@ def test_forced_swap_is_undone_when_the_old_version_changed_at_the_last_moment(
         calls.append((a, b))
         return real_exchange(a, b)
 
-    monkeypatch.setattr(writer, "_exchange", exchange_after_a_write)
+    monkeypatch.setattr(publish, "_exchange", exchange_after_a_write)
     with pytest.raises(OutputExistsError, match=r"changed while the export was written.*user\.txt"):
         write_hf_directory(out, tensors_of({"a": torch.ones(2)}), FILES, manifest={}, force=True)
     assert len(calls) == 2  # swapped, then swapped back
