@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,10 @@ class Sidecar:
         layer_prefix: Layers are ``{layer_prefix}N.*``.
         shape_facts: Config field → what it counts: ``"width"`` (the embedding's columns), ``"vocab"`` (its rows)
             or ``"layers"``.
+        unset: Shape fact → the value by which the file says it does not state it (Llama 2's ``params.json``:
+            ``vocab_size`` -1, "defined by the tokenizer").
+        model_parallel: The layout's releases may be model-parallel shards (Meta's ``consolidated.NN.pth``),
+            refused when more than one lies beside the checkpoint.
     """
 
     name: str
@@ -60,6 +64,8 @@ class Sidecar:
     embedding: str
     layer_prefix: str
     shape_facts: Mapping[str, str]
+    unset: Mapping[str, Any] = field(default_factory=dict)
+    model_parallel: bool = False
 
 
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
@@ -106,7 +112,7 @@ def read_sidecar_config(
             continue
         config = _read(file)
         _check_shapes(sidecar, config, checkpoint, state_dict)
-        if sidecar.layout == "meta":
+        if sidecar.model_parallel:
             _refuse_model_parallel(checkpoint)
         logger.info("Read the model config from %s", file)
         return sidecar.layout, config, sidecar.name
@@ -156,8 +162,8 @@ def _check_shapes(sidecar: Sidecar, config: Mapping[str, Any], checkpoint: Path,
         value = config.get(key)
         if value is None or kind not in actual:
             continue
-        if sidecar.layout == "meta" and key == "vocab_size" and value == -1:
-            continue  # Llama 2's params.json: "defined by the tokenizer"
+        if key in sidecar.unset and value == sidecar.unset[key] and not isinstance(value, bool):
+            continue  # e.g. Llama 2's params.json: vocab_size -1, "defined by the tokenizer"
         if isinstance(value, bool) or not isinstance(value, int) or value != actual[kind]:
             raise CheckpointError(
                 f"{sidecar.name} beside {checkpoint.name} says {key}={brief(value)}, but the checkpoint has "

@@ -95,6 +95,8 @@ def test_sidecars_are_the_families() -> None:
         ("model_config.yaml", "litgpt-llama"),
     }
     assert get("gpt2").sidecar is None
+    meta = get("llama").sidecar
+    assert meta is not None and meta.model_parallel and meta.unset == {"vocab_size": -1}  # Meta's, said by its family
 
 
 def test_tokenizer_files_beside_the_checkpoint_are_the_familys(tmp_path: Path) -> None:

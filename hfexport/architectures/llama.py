@@ -451,6 +451,8 @@ class MetaLlama(_LlamaFamily):
         "tok_embeddings.weight",
         "layers.",
         {"dim": "width", "n_layers": "layers", "vocab_size": "vocab"},
+        unset={"vocab_size": -1},  # Llama 2's params.json: "defined by the tokenizer"
+        model_parallel=True,  # consolidated.00.pth, .01, ...
     )
 
     def detect(self, keys: set[str]) -> bool:
