@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .architectures import display_name
 from .brief import brief
 
 __all__ = ["render_model_card"]
@@ -49,9 +50,6 @@ model = AutoModelForCausalLM.from_pretrained("{load_path}"{revision_arg})
 
 No tokenizer: this export carries none, so text cannot be encoded with it alone. Export it again with
 `--tokenizer PATH` (`tokenizer=...`) naming the tokenizer the model was trained with."""
-
-
-_FAMILIES = {"gpt2": "GPT-2", "llama": "Llama"}
 
 
 def render_model_card(facts: Mapping[str, Any]) -> str:
@@ -96,7 +94,7 @@ def render_model_card(facts: Mapping[str, Any]) -> str:
         rows.append(f"| {_one_line(str(key))} | {_one_line(shown)} |")
     return f"---\n{_yaml(metadata)}---\n" + _TEMPLATE.format(
         model_name=_one_line(model_name),  # the metadata holds it exactly (a JSON string); the heading one line
-        family=_FAMILIES.get(model_type, model_type),
+        family=display_name(model_type),  # the registered family's name in the card
         when=when,
         usage=usage,
         facts_table="\n".join(rows) or "| (none recorded) | |",

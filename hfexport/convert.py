@@ -31,7 +31,7 @@ from .pages import MappedCheckpoint
 from .safetensors_io import OutputTensor
 from .sources import load_checkpoint, resolve_checkpoint_path
 from .text import utc_timestamp
-from .tokenizer import ExportTokenizer, TokenizerSource, as_source, llama_tokenizer_source
+from .tokenizer import ExportTokenizer, TokenizerSource, as_source, tokenizer_beside
 from .validation import check_text
 from .writer import WriteResult, check_output_path, parse_size, write_hf_directory
 
@@ -268,7 +268,7 @@ def write_export(
     config["transformers_version"] = _transformers_version()
     generation = dict(plan.generation_config)
     source = as_source(tokenizer)
-    context = config.get("n_positions") or config.get("max_position_embeddings")  # GPT-2's, Llama's
+    context = architectures.context_length(config)  # as the config's family states it
     tok = source.resolve(
         vocab_size=config.get("vocab_size"),
         model_max_length=context,
@@ -381,7 +381,8 @@ def _special_ids_from_tokenizer(
 ) -> None:
     """bos/eos ids come from the tokenizer when there is one, so generation stops at its end-of-text.
 
-    The architecture's default (GPT-2's 50256 for a GPT-2-sized vocabulary) is a guess; a model trained with its
+    The family's default (:meth:`~hfexport.architectures.Architecture.special_ids`: GPT-2's ``<|endoftext|>`` for a
+    GPT-2-sized vocabulary) is a guess; a model trained with its
     own tokenizer (e.g. a small BPE with ``<|endoftext|>`` = 0, or characters with no end-of-text at all) gets the
     tokenizer's ids. The tokenizer fits the vocabulary (checked when it was resolved), so its ids are rows.
     """
@@ -512,8 +513,8 @@ def convert_checkpoint(
             raise ConversionError(
                 f"{exc} (The model's config was read from {ckpt.config_file} beside the checkpoint.)"
             ) from exc
-        # None named: a Llama checkpoint's tokenizer may sit beside it (litgpt's directory, a sentencepiece model).
-        tokenizer = llama_tokenizer_source(tokenizer, ckpt.path, plan.architecture)
+        # None named: its family says which tokenizer files may sit beside it (litgpt's, a sentencepiece model).
+        tokenizer = tokenizer_beside(tokenizer, ckpt.path, architectures.get(plan.architecture).tokenizer_beside)
         # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
         # whole mapped checkpoint (the file stays in the page cache).
         mapped = MappedCheckpoint(ckpt.path)

@@ -15,6 +15,7 @@ __all__ = [
     "HFExportError",
     "HubError",
     "HubSetupError",
+    "MissingFactError",
     "OptionError",
     "OutputExistsError",
     "OutputPathError",
@@ -39,6 +40,23 @@ class UnsafeCheckpointError(CheckpointError):
 
 class ConversionError(HFExportError, ValueError):
     """The weights cannot be converted as asked (bad option, missing fact, non-finite values, ...)."""
+
+
+class MissingFactError(ConversionError):
+    """A fact about the model that its weights cannot tell (``n_head``, the RMSNorm epsilon, ...) is recorded
+    nowhere and was not given. Callers tell which by :attr:`fact` (and :attr:`facts`), never by the message.
+
+    Attributes:
+        fact: The first missing fact, named as :class:`~hfexport.architectures.ModelFacts` names it (``"n_head"``).
+        facts: Every missing fact (``fact`` first).
+        family: The registered family that needed it (``"gpt2"``), or ``None``.
+    """
+
+    def __init__(self, message: str, *, fact: str, facts: tuple[str, ...] = (), family: str | None = None) -> None:
+        super().__init__(message)
+        self.fact = fact
+        self.facts = facts or (fact,)
+        self.family = family
 
 
 class FileFormatError(HFExportError, ValueError):

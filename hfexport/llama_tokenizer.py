@@ -5,10 +5,10 @@ llama2.c and Meta's Llama 2 ship a sentencepiece model (``tokenizer.model``), wh
 (``LlamaTokenizerFast``, BOS added as Llama does) into the backend that :mod:`hfexport.tokenizer` writes as
 ``tokenizer.json``, so the export encodes text to the ids llama2.c's ``Tokenizer.encode(s, bos=True)`` gives. It
 is registered there as a directory kind (``tokenizer.model``) and a file kind (``*.model``).
-:func:`hfexport.tokenizer.llama_tokenizer_source`, what a conversion calls when no tokenizer was named, looks
-beside a Llama checkpoint (litgpt's tokenizer directory, or a sentencepiece ``tokenizer.model``) with
-:func:`read_sentencepiece` and :func:`is_sentencepiece`. Below :mod:`hfexport.tokenizer` (which registers it); it
-reads through :mod:`hfexport.tokenparts`.
+:func:`hfexport.tokenizer.tokenizer_beside`, what a conversion calls when no tokenizer was named, looks
+beside a checkpoint for the files its family names (litgpt's tokenizer directory, or a sentencepiece
+``tokenizer.model``) with :func:`read_sentencepiece` and :func:`is_sentencepiece`. Below
+:mod:`hfexport.tokenizer` (which registers it); it reads through :mod:`hfexport.tokenparts`.
 
 Needs ``transformers``, ``sentencepiece`` and ``protobuf`` (hfexport's ``llama-tokenizer`` extra), imported only
 when a sentencepiece model is converted.

@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,13 @@ from .text import first_line
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SIDECARS", "Sidecar", "read_sidecar_config"]
+__all__ = ["Sidecar", "read_sidecar_config"]
 
 
 @dataclass(frozen=True)
 class Sidecar:
-    """A config file that a layout keeps beside its checkpoint.
+    """A config file that a layout keeps beside its checkpoint; each family states its own (its ``sidecar``), and
+    :func:`hfexport.architectures.sidecars` lists the registered ones.
 
     Attributes:
         name: The file name (``params.json``).
@@ -51,6 +52,10 @@ class Sidecar:
         layer_prefix: Layers are ``{layer_prefix}N.*``.
         shape_facts: Config field → what it counts: ``"width"`` (the embedding's columns), ``"vocab"`` (its rows)
             or ``"layers"``.
+        unset: Shape fact → the value by which the file says it does not state it (Llama 2's ``params.json``:
+            ``vocab_size`` -1, "defined by the tokenizer").
+        model_parallel: The layout's releases may be model-parallel shards (Meta's ``consolidated.NN.pth``),
+            refused when more than one lies beside the checkpoint.
     """
 
     name: str
@@ -59,27 +64,10 @@ class Sidecar:
     embedding: str
     layer_prefix: str
     shape_facts: Mapping[str, str]
+    unset: Mapping[str, Any] = field(default_factory=dict)
+    model_parallel: bool = False
 
 
-#: The sidecars hfexport reads, each for one layout only.
-SIDECARS: tuple[Sidecar, ...] = (
-    Sidecar(
-        "params.json",
-        "meta",
-        "llama",
-        "tok_embeddings.weight",
-        "layers.",
-        {"dim": "width", "n_layers": "layers", "vocab_size": "vocab"},
-    ),
-    Sidecar(
-        "model_config.yaml",
-        "litgpt",
-        "litgpt-llama",
-        "transformer.wte.weight",
-        "transformer.h.",
-        {"n_embd": "width", "n_layer": "layers", "padded_vocab_size": "vocab"},
-    ),
-)
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
 #: A model config is a few hundred bytes (Meta's ``params.json``) to a few kB (litgpt's ``model_config.yaml``).
 MAX_SIDECAR_BYTES = 256 * 1024
@@ -88,7 +76,7 @@ MAX_DEPTH = 16
 
 
 def read_sidecar_config(
-    checkpoint: Path, family: str | None, state_dict: Mapping[str, Any]
+    checkpoint: Path, family: str | None, state_dict: Mapping[str, Any], sidecars: Sequence[Sidecar]
 ) -> tuple[str, dict[str, Any], str] | None:
     """The layout, config and file name of the sidecar beside ``checkpoint`` that belongs to ``family``.
 
@@ -96,6 +84,8 @@ def read_sidecar_config(
         checkpoint: The checkpoint file.
         family: The architecture its tensors were recognized as (``None``: none known).
         state_dict: Its tensors (prefixes stripped), which every shape fact of the file must match.
+        sidecars: Every sidecar a registered family reads (:func:`hfexport.architectures.sidecars`): the one of
+            ``family`` is read, any other found beside the checkpoint is ignored with a warning.
 
     Returns:
         ``(layout, config, file name)``, or ``None`` when the family has no sidecar or it is not there (a sidecar
@@ -106,7 +96,7 @@ def read_sidecar_config(
             shard of a model-parallel release.
     """
     folder = checkpoint.parent
-    for sidecar in SIDECARS:
+    for sidecar in sidecars:
         file = folder / sidecar.name
         if not file.is_file():
             continue
@@ -122,7 +112,7 @@ def read_sidecar_config(
             continue
         config = _read(file)
         _check_shapes(sidecar, config, checkpoint, state_dict)
-        if sidecar.layout == "meta":
+        if sidecar.model_parallel:
             _refuse_model_parallel(checkpoint)
         logger.info("Read the model config from %s", file)
         return sidecar.layout, config, sidecar.name
@@ -172,8 +162,8 @@ def _check_shapes(sidecar: Sidecar, config: Mapping[str, Any], checkpoint: Path,
         value = config.get(key)
         if value is None or kind not in actual:
             continue
-        if sidecar.layout == "meta" and key == "vocab_size" and value == -1:
-            continue  # Llama 2's params.json: "defined by the tokenizer"
+        if key in sidecar.unset and value == sidecar.unset[key] and not isinstance(value, bool):
+            continue  # e.g. Llama 2's params.json: vocab_size -1, "defined by the tokenizer"
         if isinstance(value, bool) or not isinstance(value, int) or value != actual[kind]:
             raise CheckpointError(
                 f"{sidecar.name} beside {checkpoint.name} says {key}={brief(value)}, but the checkpoint has "

@@ -27,7 +27,7 @@ import torch
 
 from .architectures import ConversionPlan, TensorPlan
 from .convert import plan_conversion
-from .errors import ConversionError
+from .errors import ConversionError, MissingFactError
 from .sources import model_facts, strip_prefixes, unwrap_model
 
 if TYPE_CHECKING:
@@ -188,7 +188,8 @@ def plan_for_model(
             untie_embeddings=untie_embeddings,
         )
     except ConversionError as exc:
-        if facts.n_head is None and str(exc).startswith("The checkpoint does not say how many attention heads"):
+        # GPT-2's heads alone (a Llama's message names every fact it lacks and the options for each)
+        if isinstance(exc, MissingFactError) and exc.family == "gpt2" and exc.fact == "n_head":
             raise ConversionError(
                 f"Cannot export {type(net).__name__}: n_head is unknown. The model has no `config` / `params` / "
                 "`args` attribute with n_head (nanoGPT's GPTConfig, llama2.c's or Meta's ModelArgs, or a dict); "

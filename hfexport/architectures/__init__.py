@@ -1,7 +1,10 @@
 """The registry of source architectures.
 
-A source family is one module exposing a class that satisfies :class:`~hfexport.architectures.base.Architecture`;
-:func:`register` adds it and :func:`detect` picks the first that recognizes a state dict's keys.
+A source family is one module exposing a class that satisfies :class:`~hfexport.architectures.base.Architecture`
+(every fact about the family: its tensors, config, context length, special ids, card name, sidecar and tokenizer
+files, reference forward pass); :func:`register` adds it and :func:`detect` picks the first that recognizes a state
+dict's keys. Adding a family is one module plus one ``register`` line at the end of this file: the rest of hfexport
+asks the registry (:func:`for_model_type`, :func:`sidecars`, ...) and never names a family.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import CheckpointError
-from . import gpt2, llama
+from ..sidecars import Sidecar
 from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, check_plan, transpose_into
 from .gpt2 import ACTIVATIONS, GPT2
 from .llama import LitGPTLlama, MetaLlama
@@ -23,10 +26,14 @@ __all__ = [
     "TensorPlan",
     "check_plan",
     "config_problems",
+    "context_length",
     "detect",
+    "display_name",
+    "for_model_type",
     "get",
     "register",
     "registered",
+    "sidecars",
     "transpose_into",
 ]
 
@@ -52,13 +59,38 @@ def get(name: str) -> Architecture:
         raise CheckpointError(f"Unknown architecture {name!r}. Registered: {registered()}.") from None
 
 
+def for_model_type(model_type: Any) -> Architecture | None:
+    """The first registered family that writes ``config.json``'s ``model_type`` (any JSON value), or ``None``."""
+    if not isinstance(model_type, str):  # a list is not hashable, a number names nothing
+        return None
+    return next((arch for arch in _REGISTRY.values() if arch.model_type == model_type), None)
+
+
 def config_problems(config: Mapping[str, Any]) -> list[str]:
-    """The numbers of a ``config.json`` out of their family's range (``model_type`` ``gpt2`` or ``llama``), one line
-    each; ``[]`` for another family, whose ranges hfexport does not know."""
-    model_type = config.get("model_type")  # any JSON value: a list is not hashable
-    checks = {"gpt2": gpt2.config_problems, "llama": llama.config_problems}
-    check = checks.get(model_type) if isinstance(model_type, str) else None
-    return check(config) if check is not None else []
+    """The numbers of a ``config.json`` out of their family's range (by its ``model_type``), one line each; ``[]``
+    for a ``model_type`` no registered family writes, whose ranges hfexport does not know."""
+    family = for_model_type(config.get("model_type"))
+    return family.config_problems(config) if family is not None else []
+
+
+def context_length(config: Mapping[str, Any]) -> int | None:
+    """The context length a ``config.json`` states, read as its family reads it; for a ``model_type`` no registered
+    family writes, ``n_positions`` or ``max_position_embeddings`` (the names most families use)."""
+    family = for_model_type(config.get("model_type"))
+    if family is not None:
+        return family.context_length(config)
+    return config.get("n_positions") or config.get("max_position_embeddings")
+
+
+def display_name(model_type: str) -> str:
+    """A ``model_type``'s name in the model card (``"GPT-2"``); the ``model_type`` itself for an unknown one."""
+    family = for_model_type(model_type)
+    return family.display_name if family is not None else model_type
+
+
+def sidecars() -> list[Sidecar]:
+    """The config files the registered families' checkpoints keep beside them, one per family that has one."""
+    return [arch.sidecar for arch in _REGISTRY.values() if arch.sidecar is not None]
 
 
 def detect(keys: set[str]) -> Architecture:

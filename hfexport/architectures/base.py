@@ -11,7 +11,7 @@ chunk (peak memory of a few chunks) and the exporter can snapshot everything at 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ import torch
 
 from ..brief import brief
 from ..errors import ConversionError
+from ..sidecars import Sidecar
 from ..validation import Range, shown
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ModelFacts",
     "TensorPlan",
     "check_plan",
+    "compare_shapes",
     "config_dim",
     "halves_from_interleaved",
     "is_tied",
@@ -393,20 +395,63 @@ def check_plan(plan: ConversionPlan, expected: Mapping[str, tuple[int, ...]]) ->
         raise ConversionError(f"The vocabulary tensors disagree on their number of rows: {shown}.")
 
 
+def compare_shapes(
+    display_name: str,
+    expected_shapes: Callable[[Mapping[str, Any]], Mapping[str, tuple[int, ...]]],
+    config: Mapping[str, Any],
+    shapes: Mapping[str, Sequence[int]],
+) -> list[str]:
+    """What ``hfexport verify`` finds wrong with a directory's tensors (``shapes``, by name) against what its
+    ``config.json`` implies through its family's ``expected_shapes``: each implied tensor missing or of another
+    shape, one line each; or one line saying the config lacks what the family (``display_name``) needs."""
+    try:
+        expected = expected_shapes(config)
+    except (ConversionError, KeyError, TypeError, ZeroDivisionError) as exc:
+        return [f"config.json lacks what a {display_name} needs ({type(exc).__name__}: {exc})"]
+    problems = []
+    for name, shape in expected.items():
+        if name not in shapes:
+            problems.append(f"{name} is missing (config.json implies it)")
+        elif tuple(shapes[name]) != shape:
+            problems.append(f"{name} has shape {list(shapes[name])}, config.json implies {list(shape)}")
+    return problems
+
+
 class Architecture(Protocol):
     """A source model family (e.g. nanoGPT-style GPT-2). Register instances with ``register``.
 
-    A family provides three things: :meth:`detect` (is this state dict mine?), :meth:`plan` (the output tensors
-    and ``config.json``) and :meth:`expected_shapes` (the shape of every key of the Hugging Face model a
-    ``config.json`` describes). :func:`hfexport.convert.plan_conversion` runs :func:`check_plan` on every plan
-    with the family's ``expected_shapes``, for the CLI and for live models alike, so a family only states the
-    shapes; it needs no checks of its own beyond what it must read to build the config (e.g. that ``wte`` is a
-    matrix, that ``n_head`` is a positive integer dividing ``n_embd``).
+    A family owns every fact about itself, so that no other module names it:
+
+    * :meth:`detect` (is this state dict mine?), :meth:`plan` (the output tensors and ``config.json``) and
+      :meth:`expected_shapes` (the shape of every key of the Hugging Face model a ``config.json`` describes).
+      :func:`hfexport.convert.plan_conversion` runs :func:`check_plan` on every plan with the family's
+      ``expected_shapes``, for the CLI and for live models alike, and ``hfexport verify`` checks a directory's
+      tensors against them, so a family only states the shapes; it needs no checks of its own beyond what it must
+      read to build the config (e.g. that ``wte`` is a matrix, that ``n_head`` is a positive integer dividing
+      ``n_embd``). A fact it needs and cannot find raises :class:`~hfexport.errors.MissingFactError` naming it.
+    * :meth:`shape_problems` (``hfexport verify``'s check of a directory's tensors against its ``config.json``,
+      through :func:`compare_shapes` and :meth:`expected_shapes`), :meth:`config_problems` (the numbers of its
+      ``config.json`` out of range) and :meth:`context_length` (the tokenizer's ``model_max_length``).
+    * :meth:`special_ids` (the bos/eos ids of the tokenizers its models use, when known from the vocabulary).
+    * :attr:`model_type` and :attr:`display_name` (the ``config.json`` ``model_type`` it writes, and its name in
+      the model card), :attr:`sidecar` (the config file its checkpoints keep beside them, if any) and
+      :attr:`tokenizer_beside` (the tokenizer files a conversion looks for beside the checkpoint when none is named).
+    * :meth:`reference_difference`: ``hfexport verify --checkpoint``'s comparison of an export's logits with an
+      independent forward pass of the source weights.
     """
 
     name: str
     #: What the family's state dict looks like, for the error on an unknown layout (e.g. ``"transformer.wte ..."``).
     expects: str
+    #: The ``model_type`` of the ``config.json`` it writes (several families may write the same one).
+    model_type: str
+    #: The family's name in the model card ("A GPT-2-style causal language model").
+    display_name: str
+    #: The config file its checkpoints keep beside them (Meta's ``params.json``), or ``None``.
+    sidecar: Sidecar | None
+    #: Tokenizer files looked for beside the checkpoint when none is named, in order (``()``: none is looked for):
+    #: a ``tokenizer.json`` is used as a tokenizer directory, a ``tokenizer.model`` only when it is sentencepiece.
+    tokenizer_beside: tuple[str, ...]
 
     def detect(self, keys: set[str]) -> bool:
         """Whether a prefix-stripped state dict with these keys belongs to this family."""
@@ -428,4 +473,42 @@ class Architecture(Protocol):
         """Every tensor key of the Hugging Face model ``config`` (this family's ``config.json``) describes, with
         the shape ``from_pretrained`` requires; raise ``ConversionError`` for a config value that is not a size
         (see :func:`config_dim`)."""
+        ...
+
+    def config_problems(self, config: Mapping[str, Any]) -> list[str]:
+        """The numbers of this family's ``config.json`` out of their range, one line each (``[]``: all in range)."""
+        ...
+
+    def shape_problems(self, config: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> list[str]:
+        """What ``hfexport verify`` finds wrong with a directory's tensors (``shapes``) against ``config``: at least
+        :func:`compare_shapes` with this family's :meth:`expected_shapes`, one line each."""
+        ...
+
+    def context_length(self, config: Mapping[str, Any]) -> int | None:
+        """The context length this family's ``config.json`` states (the tokenizer's ``model_max_length``)."""
+        ...
+
+    def special_ids(self, vocab: int) -> tuple[int | None, int | None]:
+        """The (bos, eos) ids of the tokenizers this family's models use, from the vocabulary's rows; ``None``
+        where unknown (a tokenizer, when there is one, gives the ids instead)."""
+        ...
+
+    def reference_difference(
+        self,
+        exported: Any,
+        state_dict: Mapping[str, torch.Tensor],
+        facts: ModelFacts,
+        *,
+        n_head: int,
+        activation: str | None,
+        tokens: int,
+        unchecked: list[str],
+    ) -> float:
+        """Max |logit difference| between ``exported`` (a ``transformers`` model of this family's ``model_type``,
+        in float32) and an independent forward pass of ``state_dict`` in the source's layout.
+
+        The reference's facts come from ``facts`` (the checkpoint), the options (``n_head``, ``activation``) or the
+        producer's known code defaults, never from the export's config; where none tells, the export's value is
+        used and the fact appended to ``unchecked`` (naming the option that would check it).
+        """
         ...

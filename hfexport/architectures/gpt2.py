@@ -14,13 +14,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from ..errors import ConversionError
+from ..errors import ConversionError, MissingFactError
+from ..sidecars import Sidecar
 from ..validation import Range
 from .base import (
     ConversionPlan,
     ModelFacts,
     TensorPlan,
+    compare_shapes,
     config_dim,
     is_tied,
     layer_indices,
@@ -33,7 +36,7 @@ from .base import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ACTIVATIONS", "GPT2", "GPT2_RANGES", "TRANSPOSED", "config_problems"]
+__all__ = ["ACTIVATIONS", "EOS_ID", "GPT2", "GPT2_RANGES", "TRANSPOSED", "config_problems", "nanogpt_forward"]
 
 #: GELU variants and the trainers that use each (the checkpoint does not record which one was used).
 ACTIVATIONS: dict[str, str] = {
@@ -67,6 +70,9 @@ TRANSPOSED: tuple[str, ...] = (
     "mlp.c_proj.weight",
 )
 
+#: GPT-2's ``<|endoftext|>``, its bos and eos: the last id of its 50257-token BPE.
+EOS_ID = 50256
+
 #: Buffers that are not parameters: nanoGPT's causal mask on old torch, HF's own mask buffers.
 IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
 
@@ -79,6 +85,10 @@ class GPT2:
         "nanoGPT names: transformer.wte.weight, transformer.wpe.weight, transformer.h.N.attn.c_attn.weight, "
         "transformer.ln_f.weight"
     )
+    model_type = "gpt2"
+    display_name = "GPT-2"
+    sidecar: Sidecar | None = None  # nanoGPT's checkpoints carry their model_args
+    tokenizer_beside: tuple[str, ...] = ()  # GPT-2's BPE is inferred from the vocabulary (or nanoGPT's meta.pkl)
 
     def detect(self, keys: set[str]) -> bool:
         return (
@@ -147,7 +157,7 @@ class GPT2:
         refuse_unexpected(sd, {t.name for t in tensors} | {"lm_head.weight"}, "GPT-2", "a nanoGPT-style GPT-2")
 
         dropout = float(facts.dropout) if facts.dropout is not None else 0.0
-        eos = 50256 if vocab > 50256 else None
+        eos = self.special_ids(vocab)[1]
         config: dict[str, Any] = {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
@@ -177,6 +187,64 @@ class GPT2:
         if not has_bias:
             notes.append("bias=False model: zero biases written")
         return ConversionPlan("gpt2", tensors, config, generation_config, notes)
+
+    def config_problems(self, config: Mapping[str, Any]) -> list[str]:
+        return config_problems(config)
+
+    def shape_problems(self, config: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> list[str]:
+        """The vocabulary, head and layer count in one line each, then :func:`compare_shapes`'s lines."""
+        problems = []
+        wte = shapes.get("transformer.wte.weight")
+        if wte and list(wte) != [config.get("vocab_size"), config.get("n_embd")]:
+            problems.append(
+                f"config.json says vocab_size/n_embd {config.get('vocab_size')}/{config.get('n_embd')}, wte is "
+                f"{list(wte)}"
+            )
+        if not config.get("tie_word_embeddings", True) and "lm_head.weight" not in shapes:
+            problems.append(
+                "tie_word_embeddings is false but lm_head.weight is missing: transformers would use a random head"
+            )
+        layers = {k.split(".")[2] for k in shapes if k.startswith("transformer.h.")}
+        if layers and len(layers) != config.get("n_layer"):
+            problems.append(f"config.json says n_layer={config.get('n_layer')}, the weights have {len(layers)}")
+        return problems + compare_shapes(self.display_name, self.expected_shapes, config, shapes)
+
+    def context_length(self, config: Mapping[str, Any]) -> int | None:
+        return config.get("n_positions") or None
+
+    def special_ids(self, vocab: int) -> tuple[int | None, int | None]:
+        """GPT-2's ``<|endoftext|>`` for bos and eos when the vocabulary holds it, else unknown."""
+        eos = EOS_ID if vocab > EOS_ID else None
+        return eos, eos
+
+    def reference_difference(
+        self,
+        exported: Any,
+        state_dict: Mapping[str, torch.Tensor],
+        facts: ModelFacts,
+        *,
+        n_head: int,
+        activation: str | None,
+        tokens: int,
+        unchecked: list[str],
+    ) -> float:
+        """nanoGPT's forward pass (:func:`nanogpt_forward`) against a ``GPT2LMHeadModel``; the GELU is the
+        export's when neither the checkpoint nor an option names it (listed in ``unchecked``)."""
+        cfg = exported.config
+        act = activation
+        if act is None:
+            act = cfg.activation_function
+            unchecked.append(
+                f"activation ({act}, from config.json): the checkpoint does not record its GELU (pass --activation)"
+            )
+        eps = facts.layer_norm_epsilon if facts.layer_norm_epsilon is not None else 1e-5  # as convert
+        gen = torch.Generator().manual_seed(0)
+        n = min(tokens, cfg.n_positions)
+        ids = torch.randint(0, cfg.vocab_size, (2, n), generator=gen)
+        with torch.no_grad():
+            a = exported(ids).logits.float()
+            b = nanogpt_forward(state_dict, ids, n_head=n_head, activation=act, eps=eps)
+        return float((a - b[..., : cfg.vocab_size]).abs().max())
 
     def expected_shapes(self, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         """The shape of every ``GPT2LMHeadModel`` key for ``config`` (Conv1D weights as HF stores them: (in, out))."""
@@ -216,9 +284,11 @@ def config_problems(config: Mapping[str, Any]) -> list[str]:
 def _n_head(n_head: Any, n_embd: int) -> int:
     """The number of attention heads the facts give, checked against ``n_embd``."""
     if n_head is None:
-        raise ConversionError(
+        raise MissingFactError(
             "The checkpoint does not say how many attention heads the model has (n_head): its shapes "
-            f"cannot tell. Pass it: --n_head N (CLI) or config={{'n_head': N}} (n_embd is {n_embd})."
+            f"cannot tell. Pass it: --n_head N (CLI) or config={{'n_head': N}} (n_embd is {n_embd}).",
+            fact="n_head",
+            family=GPT2.name,
         )
     fix = f"It must divide n_embd={n_embd}: pass the right one with --n_head N (config={{'n_head': N}})."
     n_head = positive_int("n_head", n_head, fix)
@@ -261,3 +331,42 @@ def _require_matrix(sd: Mapping[str, torch.Tensor], key: str, layout: str) -> to
 
 def _require(sd: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     return require(sd, key, "a nanoGPT-style GPT-2")
+
+
+def nanogpt_forward(
+    state_dict: Mapping[str, torch.Tensor],
+    ids: torch.Tensor,
+    *,
+    n_head: int,
+    activation: str = "gelu",
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """nanoGPT's forward pass, written from its equations, over a training-layout state dict (float32)."""
+    sd = {k: v.float() for k, v in state_dict.items()}
+
+    def ln(x: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], sd[name + ".weight"], sd.get(name + ".bias"), eps)
+
+    def linear(x: torch.Tensor, name: str) -> torch.Tensor:
+        return F.linear(x, sd[name + ".weight"], sd.get(name + ".bias"))
+
+    def gelu(x: torch.Tensor) -> torch.Tensor:
+        if activation == "gelu":
+            return F.gelu(x)
+        if activation == "gelu_pytorch_tanh":
+            return F.gelu(x, approximate="tanh")
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    b, t = ids.shape
+    x = sd["transformer.wte.weight"][ids] + sd["transformer.wpe.weight"][:t]
+    n_layer = len({k.split(".")[2] for k in sd if k.startswith("transformer.h.")})
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        q, k, v = linear(ln(x, p + "ln_1"), p + "attn.c_attn").split(x.shape[-1], dim=2)
+        q, k, v = (z.view(b, t, n_head, -1).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, -1)
+        x = x + linear(y, p + "attn.c_proj")
+        x = x + linear(gelu(linear(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
+    x = ln(x, "transformer.ln_f")
+    head = sd.get("lm_head.weight", sd["transformer.wte.weight"])
+    return x @ head.t()

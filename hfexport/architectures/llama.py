@@ -18,20 +18,24 @@ or from options; a missing one is refused with the option that provides it, neve
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..brief import brief
-from ..errors import ConversionError
+from ..errors import ConversionError, MissingFactError
+from ..sidecars import Sidecar
 from ..validation import Range, shown
 from .base import (
     ConversionPlan,
     ModelFacts,
     TensorPlan,
+    compare_shapes,
     config_dim,
     is_tied,
     layer_indices,
@@ -52,6 +56,7 @@ __all__ = [
     "MetaLlama",
     "config_problems",
     "expected_shapes",
+    "llama_forward",
 ]
 
 #: Meta / llama2.c / torchtitan per-layer suffix → transformers suffix.
@@ -218,6 +223,68 @@ class _LlamaFamily:
     head_key = ""
     layer_prefix = ""
     sentencepiece = False  # the family's tokenizers are sentencepiece models (their bos/eos ids are known)
+    model_type = "llama"
+    display_name = "Llama"
+    sidecar: Sidecar | None = None
+    #: litgpt keeps its tokenizer directory beside ``lit_model.pth``; llama2.c and Llama 2 a sentencepiece model.
+    tokenizer_beside: tuple[str, ...] = ("tokenizer.json", "tokenizer.model")
+
+    def config_problems(self, config: Mapping[str, Any]) -> list[str]:
+        return config_problems(config)
+
+    def shape_problems(self, config: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> list[str]:
+        return compare_shapes(self.display_name, self.expected_shapes, config, shapes)
+
+    def context_length(self, config: Mapping[str, Any]) -> int | None:
+        return config.get("max_position_embeddings") or None
+
+    def special_ids(self, vocab: int) -> tuple[int | None, int | None]:
+        return _special_ids(vocab, self.sentencepiece)
+
+    def reference_difference(
+        self,
+        exported: Any,
+        state_dict: Mapping[str, torch.Tensor],
+        facts: ModelFacts,
+        *,
+        n_head: int,
+        activation: str | None,
+        tokens: int,
+        unchecked: list[str],
+    ) -> float:
+        """:func:`llama_forward` against a ``LlamaForCausalLM``: the source's facts where it records them, the
+        llama2.c / Meta code defaults where ``convert`` uses them, else the export's (listed in ``unchecked``)."""
+        del activation  # SiLU, always
+        cfg = exported.config
+        raw = dict(facts.raw or {})
+        meta_config = "dim" in raw or "n_layers" in raw  # a Meta / llama2.c ModelArgs: the code defaults are known
+        rope_cfg: dict[str, Any] = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+        eps = facts.layer_norm_epsilon if facts.layer_norm_epsilon is not None else 1e-5 if meta_config else None
+        if eps is None:
+            eps = cfg.rms_norm_eps
+            unchecked.append(f"RMSNorm epsilon ({eps:g}, from config.json): not recorded by the checkpoint")
+        theta = facts.rope_theta if facts.rope_theta is not None else 10000.0 if meta_config else None
+        if theta is None:
+            theta = rope_cfg["rope_theta"] if rope_cfg.get("rope_theta") else getattr(cfg, "rope_theta", 10000.0)
+            unchecked.append(f"RoPE base ({theta:g}, from config.json): not recorded by the checkpoint")
+        scaling_recorded = raw.get("rope_scaling") or raw.get("rope_adjustments") or raw.get("rope_scaling_factor")
+        if rope_cfg.get("rope_type") == "llama3" and not (scaling_recorded or raw.get("scale_factor")):
+            unchecked.append("RoPE scaling factor (from config.json): not recorded by the checkpoint")
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, cfg.vocab_size, (2, min(tokens, cfg.max_position_embeddings)), generator=gen)
+        with torch.no_grad():
+            a = exported(ids).logits.float()
+            b = llama_forward(
+                state_dict,
+                ids,
+                n_heads=n_head,
+                n_kv_heads=facts.n_kv_heads or cfg.num_key_value_heads,
+                head_dim=getattr(cfg, "head_dim", None),
+                eps=eps,
+                rope_theta=theta,
+                rope_scaling=rope_cfg if rope_cfg.get("rope_type") == "llama3" else None,
+            )
+        return float((a - b[..., : cfg.vocab_size]).abs().max())
 
     # -- facts --------------------------------------------------------------------------------------------------
     def _resolve(
@@ -225,25 +292,30 @@ class _LlamaFamily:
     ) -> _Dims:
         raw = dict(facts.raw or {})
         meta_config = "dim" in raw or "n_layers" in raw  # a Meta/llama2.c ModelArgs: its code defaults are known
-        missing = []
+        missing: dict[str, str] = {}  # ModelFacts field → how the message names it and its option
         n_heads = facts.n_head
         if n_heads is None:
-            missing.append("n_heads (--n_head N, or config={'n_heads': N})")
+            missing["n_head"] = "n_heads (--n_head N, or config={'n_heads': N})"
         eps = facts.layer_norm_epsilon
         if eps is None and meta_config:
             eps = 1e-5  # ModelArgs.norm_eps's default in llama2.c and Meta's Llama 2 / 3 code
         if eps is None:
-            missing.append("the RMSNorm epsilon (--norm_eps; 1e-5 for llama2.c and Llama 3, 1e-5 or 1e-6 for Llama 2)")
+            missing["layer_norm_epsilon"] = (
+                "the RMSNorm epsilon (--norm_eps; 1e-5 for llama2.c and Llama 3, 1e-5 or 1e-6 for Llama 2)"
+            )
         theta = facts.rope_theta
         if theta is None and meta_config:
             theta = 10000.0  # llama2.c and Llama 2 hard-code it; Llama 3's configs record theirs
         if theta is None:
-            missing.append("the RoPE base (--rope_theta; 10000 for llama2.c and Llama 2, 500000 for Llama 3)")
+            missing["rope_theta"] = "the RoPE base (--rope_theta; 10000 for llama2.c and Llama 2, 500000 for Llama 3)"
         if missing or n_heads is None or eps is None or theta is None:
-            raise ConversionError(
-                f"The checkpoint does not record {', '.join(missing)}; its weights cannot tell. Pass "
+            raise MissingFactError(
+                f"The checkpoint does not record {', '.join(missing.values())}; its weights cannot tell. Pass "
                 + ("it" if len(missing) == 1 else "them")
-                + " (CLI options, or config={...} for export_hf / HFExporter / HFExportCallback)."
+                + " (CLI options, or config={...} for export_hf / HFExporter / HFExportCallback).",
+                fact=next(iter(missing)),
+                facts=tuple(missing),
+                family=self.name,
             )
         n_heads = positive_int("n_heads", n_heads, f"Pass the right one with --n_head N (dim is {hidden}).")
         head_key = next((k for k in ("head_size", "head_dim") if raw.get(k) is not None), None)
@@ -326,7 +398,7 @@ class _LlamaFamily:
         known = set(sources.values()) | {self.head_key}
         refuse_unexpected(sd, known, f"{self.name} model", "a Llama-shaped model", self.expects)
 
-        bos, eos = _special_ids(vocab, self.sentencepiece)
+        bos, eos = self.special_ids(vocab)
         config: dict[str, Any] = {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -372,6 +444,16 @@ class MetaLlama(_LlamaFamily):
     head_key = "output.weight"
     layer_prefix = "layers."
     sentencepiece = True
+    sidecar: Sidecar | None = Sidecar(
+        "params.json",
+        "meta",
+        "llama",
+        "tok_embeddings.weight",
+        "layers.",
+        {"dim": "width", "n_layers": "layers", "vocab_size": "vocab"},
+        unset={"vocab_size": -1},  # Llama 2's params.json: "defined by the tokenizer"
+        model_parallel=True,  # consolidated.00.pth, .01, ...
+    )
 
     def detect(self, keys: set[str]) -> bool:
         return "tok_embeddings.weight" in keys and any(k.endswith("attention.wq.weight") for k in keys)
@@ -426,6 +508,14 @@ class LitGPTLlama(_LlamaFamily):
     norm_key = "transformer.ln_f.weight"
     head_key = "lm_head.weight"
     layer_prefix = "transformer.h."
+    sidecar: Sidecar | None = Sidecar(
+        "model_config.yaml",
+        "litgpt",
+        "litgpt-llama",
+        "transformer.wte.weight",
+        "transformer.h.",
+        {"n_embd": "width", "n_layer": "layers", "padded_vocab_size": "vocab"},
+    )
 
     def detect(self, keys: set[str]) -> bool:
         return (
@@ -577,3 +667,76 @@ def _special_ids(vocab: int, sentencepiece: bool) -> tuple[int | None, int | Non
     if sentencepiece or vocab == 32000:
         return 1, 2  # sentencepiece's defaults: Llama 2's tokenizer and llama2.c's trained ones
     return None, None
+
+
+def llama_forward(
+    state_dict: Mapping[str, torch.Tensor],
+    ids: torch.Tensor,
+    *,
+    n_heads: int,
+    n_kv_heads: int,
+    eps: float,
+    rope_theta: float,
+    head_dim: int | None = None,
+    rope_scaling: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """A Llama's forward pass, written from its equations, over a *source-layout* state dict (float32).
+
+    Meta / llama2.c / torchtitan names rotate interleaved pairs (as complex numbers, like Meta's code); litgpt
+    names (fused ``attn.qkv``) rotate halves. No weight is permuted here, so a wrong permutation in the export
+    shows up as a difference.
+    """
+    sd = {k: v.float() for k, v in state_dict.items()}
+    meta = "tok_embeddings.weight" in sd
+    embed = sd["tok_embeddings.weight" if meta else "transformer.wte.weight"]
+    dim = embed.shape[1]
+    hd = head_dim or dim // n_heads
+    freqs = 1.0 / (rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    if rope_scaling:
+        factor, low, high = rope_scaling["factor"], rope_scaling["low_freq_factor"], rope_scaling["high_freq_factor"]
+        old = rope_scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / freqs
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * freqs / factor + smooth * freqs
+        freqs = torch.where(wavelen < old / high, freqs, torch.where(wavelen > old / low, freqs / factor, blended))
+    b, t = ids.shape
+    angles = torch.outer(torch.arange(t, dtype=torch.float64), freqs)
+    cos, sin = angles.cos().float(), angles.sin().float()
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # (b, t, heads, hd)
+        if meta:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+            c, s = cos.view(1, t, 1, -1), sin.view(1, t, 1, -1)
+            return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(3)
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+        c, s = cos.repeat(1, 2).view(1, t, 1, -1), sin.repeat(1, 2).view(1, t, 1, -1)
+        return x * c + torch.cat((-x2, x1), dim=-1) * s
+
+    def norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    x = embed[ids]
+    prefix = "layers." if meta else "transformer.h."
+    n_layers = len({k[len(prefix) :].split(".")[0] for k in sd if k.startswith(prefix)})
+    for i in range(n_layers):
+        p = f"{prefix}{i}."
+        if meta:
+            h = norm(x, sd[p + "attention_norm.weight"])
+            q, k, v = (h @ sd[p + f"attention.{w}.weight"].t() for w in ("wq", "wk", "wv"))
+            wo, n2 = sd[p + "attention.wo.weight"], sd[p + "ffn_norm.weight"]
+            w1, w3, w2 = (sd[p + f"feed_forward.{w}.weight"] for w in ("w1", "w3", "w2"))
+        else:
+            h = norm(x, sd[p + "norm_1.weight"])
+            q, k, v = (h @ sd[p + "attn.qkv.weight"].t()).split((n_heads * hd, n_kv_heads * hd, n_kv_heads * hd), -1)
+            wo, n2 = sd[p + "attn.proj.weight"], sd[p + "norm_2.weight"]
+            w1, w3, w2 = (sd[p + f"mlp.{w}.weight"] for w in ("fc_1", "fc_2", "proj"))
+        q, k, v = q.view(b, t, n_heads, hd), k.view(b, t, n_kv_heads, hd), v.view(b, t, n_kv_heads, hd)
+        q, k = rope(q), rope(k)
+        k, v = (z.repeat_interleave(n_heads // n_kv_heads, dim=2) for z in (k, v))
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        x = x + y.transpose(1, 2).reshape(b, t, -1) @ wo.t()
+        h = norm(x, n2)
+        x = x + (F.silu(h @ w1.t()) * (h @ w3.t())) @ w2.t()
+    x = norm(x, sd["norm.weight" if meta else "transformer.ln_f.weight"])
+    head = sd.get("output.weight" if meta else "lm_head.weight", embed)
+    return x @ head.t()
