@@ -101,6 +101,8 @@ def read_sidecar_config(
         if not file.is_file():
             continue
         if sidecar.family != family:
+            if any(other.name == sidecar.name and other.family == family for other in sidecars):
+                continue  # the same file is this family's too (litgpt's model_config.yaml): read as its own
             logger.warning(
                 "Ignoring %s beside %s: it describes %s checkpoints, and this one's tensors are not (%s); "
                 "pass what the checkpoint does not record as options",

@@ -149,7 +149,7 @@ def test_registry() -> None:
     assert "gpt2" in registered()
     assert get("gpt2").detect(set(sd_of()))
     assert detect(set(sd_of())).name == "gpt2"
-    assert registered() == ["gpt2", "llama", "litgpt-llama"]
+    assert registered() == ["gpt2", "llama", "litgpt-llama", "litgpt-qwen2"]
     with pytest.raises(CheckpointError, match="Unknown architecture"):
         get("mamba")
     with pytest.raises(CheckpointError, match="Not a supported model"):

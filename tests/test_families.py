@@ -93,6 +93,7 @@ def test_sidecars_are_the_families() -> None:
     assert {(s.name, s.family) for s in sidecars()} == {
         ("params.json", "llama"),
         ("model_config.yaml", "litgpt-llama"),
+        ("model_config.yaml", "litgpt-qwen2"),  # the same file: read by the family its tensors belong to
     }
     assert get("gpt2").sidecar is None
     meta = get("llama").sidecar

@@ -17,6 +17,7 @@ from ..sidecars import Sidecar
 from .base import Architecture, ConversionPlan, ModelFacts, TensorPlan, check_plan, transpose_into
 from .gpt2 import ACTIVATIONS, GPT2
 from .llama import LitGPTLlama, MetaLlama
+from .qwen2 import LitGPTQwen2
 
 __all__ = [
     "ACTIVATIONS",
@@ -113,3 +114,4 @@ def detect(keys: set[str]) -> Architecture:
 register(GPT2())
 register(MetaLlama())
 register(LitGPTLlama())
+register(LitGPTQwen2())

@@ -522,6 +522,7 @@ class LitGPTLlama(_LlamaFamily):
             "transformer.wte.weight" in keys
             and "transformer.wpe.weight" not in keys
             and any(k.endswith(("attn.qkv.weight", "attn.attn.weight")) for k in keys)
+            and not any(k.endswith("attn.qkv.bias") for k in keys)  # q/k/v biases: a Qwen2 (qwen2.py)
         )
 
     def plan(
