@@ -260,9 +260,9 @@ def run_hfexport_keep_pages(ckpt: Path, out: Path) -> None:
 def run_hfexport_zlib_crc(ckpt: Path, out: Path) -> None:
     import zlib
 
-    import hfexport.checksum
+    import hfexport._util.checksum
 
-    hfexport.checksum.crc32 = zlib.crc32  # what the CRC-32s cost without ISA-L (the isal package)
+    hfexport._util.checksum.crc32 = zlib.crc32  # what the CRC-32s cost without ISA-L (the isal package)
     run_hfexport(ckpt, out)
 
 
@@ -330,9 +330,9 @@ def run_phases(ckpt: Path, out: Path) -> None:
 
     import torch
 
-    from hfexport.architectures import transpose_into
-    from hfexport.checksum import crc32
+    from hfexport._util.checksum import crc32
     from hfexport.convert import _all_finite, plan_conversion
+    from hfexport.families import transpose_into
     from hfexport.sources import load_checkpoint
 
     clock: dict[str, float] = {}

@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from nanogpt import make_gpt
 
-from hfexport.exporter import HFExporter, export_hf
-from hfexport.snapshot import plan_for_model, take_snapshot
+from hfexport.training.exporter import HFExporter, export_hf
+from hfexport.training.snapshot import plan_for_model, take_snapshot
 
 GOAL = 1.25  # stall with the writer idle / a bare bf16 copy of the parameters
 

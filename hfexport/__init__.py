@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-from ._version import __version__
-from .convert import convert_checkpoint, plan_conversion, resolve_dtype, write_export
-from .errors import (
+from hfexport._version import __version__
+from hfexport.convert import convert_checkpoint, plan_conversion, resolve_dtype, write_export
+from hfexport.errors import (
     CheckpointError,
     ConversionError,
     ExportWorkerError,
@@ -27,10 +27,10 @@ from .errors import (
     UnsafeCheckpointError,
     VerificationError,
 )
-from .exporter import ExportStats, HFExporter, export_hf
-from .options import ExportOptions
-from .sources import load_checkpoint
-from .verify import verify_directory
+from hfexport.sources import load_checkpoint
+from hfexport.training.exporter import ExportStats, HFExporter, export_hf
+from hfexport.training.options import ExportOptions
+from hfexport.verify import verify_directory
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

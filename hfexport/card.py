@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .architectures import display_name
-from .brief import brief
+from hfexport._util.brief import brief
+from hfexport.families import display_name
 
 __all__ = ["render_model_card"]
 

@@ -16,19 +16,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ._version import __version__
-from .architectures import ACTIVATIONS
-from .architectures.llama import LLAMA_RANGES, ROPE_RANGES
-from .chunkio import IO_MODES
-from .convert import DTYPES, convert_checkpoint
-from .errors import HFExportError, HubError
-from .hub import HubOptions, HubPusher, check_ref_name, push_version, resolve_push_dir
-from .hubretry import is_transient
-from .journal import PushJournal
-from .publish import interrupt_outcome
-from .validation import MAX_TIMEOUT_S, Range, int_problem
-from .verify import verify_directory
-from .versions import list_versions, read_latest
+from hfexport._util.validation import MAX_TIMEOUT_S, Range, int_problem
+from hfexport._version import __version__
+from hfexport.convert import DTYPES, convert_checkpoint
+from hfexport.errors import HFExportError, HubError
+from hfexport.families import ACTIVATIONS
+from hfexport.families.llama import LLAMA_RANGES, ROPE_RANGES
+from hfexport.hub.journal import PushJournal
+from hfexport.hub.push import HubOptions, HubPusher, check_ref_name, push_version, resolve_push_dir
+from hfexport.hub.retry import is_transient
+from hfexport.io.chunkio import IO_MODES
+from hfexport.io.publish import interrupt_outcome
+from hfexport.io.versions import list_versions, read_latest
+from hfexport.verify import verify_directory
 
 __all__ = ["build_parser", "main"]
 
@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``minimum`` (:func:`~hfexport.validation.int_problem`)."""
+    """An argparse type: a whole number >= ``minimum`` (:func:`~hfexport._util.validation.int_problem`)."""
 
     def parse(text: str) -> int:
         try:

@@ -20,20 +20,20 @@ from typing import Any
 
 import torch
 
-from . import architectures
-from ._version import __version__
-from .architectures import ConversionPlan, ModelFacts, TensorPlan, check_plan
-from .card import render_model_card
-from .chunkio import resolve_io
-from .errors import ConversionError
-from .jsonio import dumps as json_dumps
-from .pages import MappedCheckpoint
-from .safetensors_io import OutputTensor
-from .sources import load_checkpoint, resolve_checkpoint_path
-from .text import utc_timestamp
-from .tokenizer import ExportTokenizer, TokenizerSource, as_source, tokenizer_beside
-from .validation import check_text
-from .writer import WriteResult, check_output_path, parse_size, write_hf_directory
+from hfexport import families
+from hfexport._util.jsonio import dumps as json_dumps
+from hfexport._util.text import utc_timestamp
+from hfexport._util.validation import check_text
+from hfexport._version import __version__
+from hfexport.card import render_model_card
+from hfexport.errors import ConversionError
+from hfexport.families import ConversionPlan, ModelFacts, TensorPlan, check_plan
+from hfexport.io.chunkio import resolve_io
+from hfexport.io.directory import WriteResult, check_output_path, parse_size, write_hf_directory
+from hfexport.io.pages import MappedCheckpoint
+from hfexport.io.safetensors import OutputTensor
+from hfexport.sources import load_checkpoint, resolve_checkpoint_path
+from hfexport.tokenizers.tokenizer import ExportTokenizer, TokenizerSource, as_source, tokenizer_beside
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def plan_conversion(
         ConversionError: a fact is missing or an option is invalid (the message names the fix), or a tensor does
             not have the shape the config implies (the message names the key, its shape and the expected one).
     """
-    arch = architectures.get(architecture) if architecture else architectures.detect(set(state_dict))
+    arch = families.get(architecture) if architecture else families.detect(set(state_dict))
     plan = arch.plan(
         state_dict,
         facts or ModelFacts(),
@@ -112,7 +112,7 @@ def plan_conversion(
     # Every entry point (CLI, export_hf, the callback) goes through here: nothing that transformers would refuse
     # to load is ever written.
     check_plan(plan, arch.expected_shapes(plan.config))
-    problems = architectures.config_problems(plan.config)
+    problems = families.config_problems(plan.config)
     if problems:
         raise ConversionError(
             f"The {plan.architecture} config.json would hold a value out of range: {'; '.join(problems)}. "
@@ -132,11 +132,11 @@ def output_tensors(
     """The plan's tensors in ``dtype``, produced lazily chunk by chunk into the writer's buffers, checked for NaN/inf.
 
     Args:
-        plan: The conversion plan (or a snapshot's :meth:`~hfexport.snapshot.Snapshot.copies`).
+        plan: The conversion plan (or a snapshot's :meth:`~hfexport.training.snapshot.Snapshot.copies`).
         dtype: The target dtype; every source value is cast exactly once.
         allow_nonfinite: Write NaN/inf values instead of refusing them.
         release: Called with each source tensor once every output made from it has been produced (e.g.
-            :meth:`hfexport.pages.MappedCheckpoint.release`).
+            :meth:`hfexport.io.pages.MappedCheckpoint.release`).
         already_cast: The sources are copies already in ``dtype`` (a snapshot): an inf in a float16 copy may be a
             finite model's overflow, which the copy can no longer tell (the message says so and suggests bf16).
     """
@@ -243,7 +243,8 @@ def write_export(
         tensors: Already prepared output tensors (e.g. a snapshot); made lazily from the plan when ``None``.
         card_facts: Facts for the model card (step, source, loss, ...).
         manifest_facts: Facts for ``hfexport.json`` (step, epoch, ...).
-        tokenizer: The tokenizer to write (see :func:`hfexport.tokenizer.resolve_tokenizer`): ``None`` picks it
+        tokenizer: The tokenizer to write (see :func:`hfexport.tokenizers.tokenizer.resolve_tokenizer`): ``None``
+            picks it
             automatically (GPT-2's for a GPT-2 model), ``False`` writes none.
         tokenizer_hints: Where to look for it automatically: ``dataset`` (nanoGPT's ``config['dataset']``) and
             ``checkpoint`` (the checkpoint file).
@@ -253,7 +254,7 @@ def write_export(
         progress: Progress bar (``None``: only on a terminal).
         workers: Threads producing and writing the weights (``None``: one per CPU, at most 4; ``1``: the calling
             thread only, what the exporter uses so that a background export leaves the cores to training).
-        io: How the weights reach the disk (:func:`hfexport.chunkio.write_shard`): ``"buffered"`` (default,
+        io: How the weights reach the disk (:func:`hfexport.io.chunkio.write_shard`): ``"buffered"`` (default,
             what the exporter uses), ``"auto"`` or ``"direct"``.
         protected: Paths the output directory must not hold (the checkpoint being read).
         output_option: How the caller names ``output_dir`` in messages (``"--output_dir"`` from the CLI,
@@ -268,7 +269,7 @@ def write_export(
     config["transformers_version"] = _transformers_version()
     generation = dict(plan.generation_config)
     source = as_source(tokenizer)
-    context = architectures.context_length(config)  # as the config's family states it
+    context = families.context_length(config)  # as the config's family states it
     tok = source.resolve(
         vocab_size=config.get("vocab_size"),
         model_max_length=context,
@@ -381,7 +382,7 @@ def _special_ids_from_tokenizer(
 ) -> None:
     """bos/eos ids come from the tokenizer when there is one, so generation stops at its end-of-text.
 
-    The family's default (:meth:`~hfexport.architectures.Architecture.special_ids`: GPT-2's ``<|endoftext|>`` for a
+    The family's default (:meth:`~hfexport.families.Architecture.special_ids`: GPT-2's ``<|endoftext|>`` for a
     GPT-2-sized vocabulary) is a guess; a model trained with its
     own tokenizer (e.g. a small BPE with ``<|endoftext|>`` = 0, or characters with no end-of-text at all) gets the
     tokenizer's ids. The tokenizer fits the vocabulary (checked when it was resolved), so its ids are rows.
@@ -449,7 +450,7 @@ def convert_checkpoint(
         tokenizer: The tokenizer to write: ``None`` (default) finds it (nanoGPT's ``data/<dataset>/meta.pkl``,
             else GPT-2's for a GPT-2 model, else none, logged); ``False`` writes none; or ``"gpt2"``, a path
             (directory, ``tokenizer.json``, ``meta.pkl``), a transformers tokenizer, a ``tiktoken.Encoding``, a
-            Hub repo id in the local cache. See :mod:`hfexport.tokenizer`.
+            Hub repo id in the local cache. See :mod:`hfexport.tokenizers.tokenizer`.
         max_shard_size: Shard the weights past this size.
         force: Replace ``output_dir`` atomically if it is an earlier export of hfexport (its ``hfexport.json``
             lists every file in it). Never replaced, whatever ``force`` says: a directory hfexport did not write,
@@ -514,7 +515,7 @@ def convert_checkpoint(
                 f"{exc} (The model's config was read from {ckpt.config_file} beside the checkpoint.)"
             ) from exc
         # None named: its family says which tokenizer files may sit beside it (litgpt's, a sentencepiece model).
-        tokenizer = tokenizer_beside(tokenizer, ckpt.path, architectures.get(plan.architecture).tokenizer_beside)
+        tokenizer = tokenizer_beside(tokenizer, ckpt.path, families.get(plan.architecture).tokenizer_beside)
         # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
         # whole mapped checkpoint (the file stays in the page cache).
         mapped = MappedCheckpoint(ckpt.path)

@@ -47,7 +47,7 @@ class MissingFactError(ConversionError):
     nowhere and was not given. Callers tell which by :attr:`fact` (and :attr:`facts`), never by the message.
 
     Attributes:
-        fact: The first missing fact, named as :class:`~hfexport.architectures.ModelFacts` names it (``"n_head"``).
+        fact: The first missing fact, named as :class:`~hfexport.families.ModelFacts` names it (``"n_head"``).
         facts: Every missing fact (``fact`` first).
         family: The registered family that needed it (``"gpt2"``), or ``None``.
     """

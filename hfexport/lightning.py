@@ -39,11 +39,11 @@ else:
                 "hfexport.lightning needs Lightning: pip install lightning (hfexport's lightning extra)"
             ) from exc
 
-from .errors import HFExportError
-from .exporter import HFExporter
-from .options import ExportOptions, document_options, option_values
-from .outputpath import check_export_root
-from .validation import check_bool, check_int
+from hfexport._util.validation import check_bool, check_int
+from hfexport.errors import HFExportError
+from hfexport.io.outputpath import check_export_root
+from hfexport.training.exporter import HFExporter
+from hfexport.training.options import ExportOptions, document_options, option_values
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class HFExportCallback(Callback):
     """Export the model being trained as versioned Hugging Face directories.
 
     The export options (``dtype`` to ``hub_timeout_s``) are declared once, with their documentation, in
-    :class:`~hfexport.options.ExportArguments`; ``help(HFExportCallback)`` shows each below.
+    :class:`~hfexport.training.options.ExportArguments`; ``help(HFExportCallback)`` shows each below.
 
     Args:
         dirpath: The export root (``step_XXXXXX/`` directories and ``latest``); ``None`` uses

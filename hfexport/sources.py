@@ -26,11 +26,11 @@ from typing import Any
 import torch
 import torch.serialization
 
-from . import architectures
-from .architectures import ModelFacts
-from .errors import CheckpointError, UnsafeCheckpointError
-from .sidecars import read_sidecar_config
-from .text import first_line
+from hfexport import families
+from hfexport._util.text import first_line
+from hfexport.errors import CheckpointError, UnsafeCheckpointError
+from hfexport.families import ModelFacts
+from hfexport.io.sidecars import read_sidecar_config
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     config_file = None
     if not config:
         # Meta's params.json, litgpt's model_config.yaml: each read only for its own layout, checked against the shapes
-        sidecar = read_sidecar_config(file, _family(sd), sd, architectures.sidecars())
+        sidecar = read_sidecar_config(file, _family(sd), sd, families.sidecars())
         if sidecar is not None:
             layout, config, config_file = sidecar
     elif layout == "nanogpt" and "dim" in config and "multiple_of" in config:
@@ -173,7 +173,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
 def _family(sd: Mapping[str, torch.Tensor]) -> str | None:
     """The registered architecture these tensors belong to, or ``None`` (the conversion names the problem)."""
     try:
-        return architectures.detect(set(sd)).name
+        return families.detect(set(sd)).name
     except CheckpointError:
         return None
 

@@ -1,6 +1,6 @@
 """Checking any Hugging Face directory: files, shapes, checksums, and optionally logits against a source.
 
-:func:`verify_directory` is what ``hfexport verify DIR`` runs: :func:`hfexport.dircheck.check_directory` (every
+:func:`verify_directory` is what ``hfexport verify DIR`` runs: :func:`hfexport.io.check.check_directory` (every
 safetensors header as strictly as ``safetensors`` checks it, the index, the JSON files, names that stay inside the
 directory, foreign weight files, the checksums of hfexport's manifest), then ``config.json`` against the tensors.
 With a source checkpoint it also loads the directory with ``transformers`` and reports the largest logit difference
@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from .architectures import config_problems, for_model_type, registered
-from .architectures.gpt2 import nanogpt_forward
-from .architectures.llama import llama_forward
-from .dircheck import MAX_JSON_BYTES, check_directory, one_line
-from .errors import CheckpointError, HFExportError
-from .fsutil import read_bounded, resolve_inside
-from .jsonio import loads as strict_json
-from .names import CONFIG_FILE
-from .sources import load_checkpoint
-from .text import first_line
-from .versions import LATEST, resolve_latest
+from hfexport._util.fs import read_bounded, resolve_inside
+from hfexport._util.jsonio import loads as strict_json
+from hfexport._util.text import first_line
+from hfexport.errors import CheckpointError, HFExportError
+from hfexport.families import config_problems, for_model_type, registered
+from hfexport.families.gpt2 import nanogpt_forward
+from hfexport.families.llama import llama_forward
+from hfexport.io.check import MAX_JSON_BYTES, check_directory, one_line
+from hfexport.io.names import CONFIG_FILE
+from hfexport.io.versions import LATEST, resolve_latest
+from hfexport.sources import load_checkpoint
 
 __all__ = [
     "VerifyReport",
@@ -74,7 +74,7 @@ def verify_directory(
 ) -> VerifyReport:
     """Verify a Hugging Face model directory.
 
-    Every defect of the directory, however malformed or hostile (see :func:`hfexport.dircheck.check_directory`),
+    Every defect of the directory, however malformed or hostile (see :func:`hfexport.io.check.check_directory`),
     is a problem in the report, never an exception; logits are compared only on a sound directory.
 
     Args:
@@ -140,7 +140,7 @@ def logits_difference(
 ) -> float:
     """Max |logit difference| between ``transformers`` on ``directory`` and the source checkpoint.
 
-    The reference is the export's family's (:meth:`~hfexport.architectures.Architecture.reference_difference`,
+    The reference is the export's family's (:meth:`~hfexport.families.Architecture.reference_difference`,
     chosen by ``config.json``'s ``model_type``): an independent forward pass of the *source* weights in their
     training layout (e.g. nanoGPT's equations: ``nn.Linear`` weights, no transposes), so a wrong key map,
     transpose, tie or GELU in the export shows up as a difference. The export is loaded as written and run in

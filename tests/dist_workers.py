@@ -110,7 +110,7 @@ def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from hfexport.exporter import HFExporter
+    from hfexport.training.exporter import HFExporter
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
@@ -147,7 +147,7 @@ def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
             torch.save(_weights(reference), out / f"expected_{MAX_STEPS}.pt")
         is_writer = exporter.is_writer
         # The snapshot holds host copies only: no reference to a gathered full tensor stays behind.
-        from hfexport.snapshot import plan_for_model, take_snapshot
+        from hfexport.training.snapshot import plan_for_model, take_snapshot
 
         snap = take_snapshot(plan_for_model(model), torch.bfloat16)
         plan_keeps_shards = all(tp.source is None or type(tp.source).__name__ == "DTensor" for tp in snap.plan.tensors)
@@ -192,7 +192,7 @@ def _fsdp2_llama_rank(rank: int, world: int, port: int, out: Path) -> None:
     from llama_ref import make_llama
     from torch.distributed.fsdp import fully_shard
 
-    from hfexport.exporter import HFExporter
+    from hfexport.training.exporter import HFExporter
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
@@ -238,7 +238,7 @@ def fsdp2_llama(out: Path) -> None:
 # ----------------------------------------------------------------------------------------- crash safety
 def export_loop(out: Path) -> None:
     """Export every step, in the background, until killed (each write ~50-200 ms)."""
-    from hfexport.exporter import HFExporter
+    from hfexport.training.exporter import HFExporter
 
     torch.set_num_threads(1)
     model = make_gpt(0, vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=64)
@@ -259,7 +259,7 @@ def export_zygote(out: Path) -> None:
     Before each fork the previous child (killed by the test) is reaped, so its pid is really gone when the new
     child's exporter looks for temporaries of dead processes. Prints each child's pid.
     """
-    import hfexport.exporter  # noqa: F401 - imported before forking
+    import hfexport.training.exporter  # noqa: F401 - imported before forking
 
     child = None
     for line in sys.stdin:

@@ -7,8 +7,8 @@ import torch
 from nanogpt import make_gpt
 
 from hfexport import CheckpointError, ConversionError, plan_conversion
-from hfexport.architectures import ACTIVATIONS, ModelFacts, detect, get, register, registered
-from hfexport.architectures.gpt2 import TRANSPOSED
+from hfexport.families import ACTIVATIONS, ModelFacts, detect, get, register, registered
+from hfexport.families.gpt2 import TRANSPOSED
 
 FACTS = ModelFacts(n_head=4)
 
@@ -167,7 +167,7 @@ def test_register_a_new_family() -> None:
         def plan(self, state_dict, facts, *, activation, vocab_size, untie_embeddings):  # type: ignore[no-untyped-def]
             raise ConversionError("toy plan")
 
-    from hfexport.architectures import _REGISTRY
+    from hfexport.families import _REGISTRY
 
     register(Toy())
     try:
@@ -188,7 +188,7 @@ def test_facts_from_mapping_aliases() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_transposed_single_row_never_aliases_its_source(dtype: torch.dtype) -> None:
     """A (1, N) weight is already contiguous once transposed: materialize must still copy it."""
-    from hfexport.architectures import TensorPlan
+    from hfexport.families import TensorPlan
 
     source = torch.randn(1, 8, dtype=dtype)
     out = TensorPlan("w", source, (8, 1), transpose=True).materialize(dtype)
@@ -210,7 +210,7 @@ def test_fill_of_any_row_range_equals_the_materialized_rows(dtype: torch.dtype) 
 
 
 def test_transpose_into_casts_and_transposes_whole_or_by_column_range() -> None:
-    from hfexport.architectures import transpose_into
+    from hfexport.families import transpose_into
 
     src = torch.randn(200, 96)  # more rows than one band, not a multiple of it
     out = torch.empty(96, 200, dtype=torch.bfloat16)
@@ -308,7 +308,7 @@ def test_expected_shapes_follow_the_config() -> None:
 
 def test_check_plan_is_generic() -> None:
     """Another family reuses the same check with the shapes its config implies."""
-    from hfexport.architectures import ConversionPlan, TensorPlan, check_plan
+    from hfexport.families import ConversionPlan, TensorPlan, check_plan
 
     weight = torch.randn(4, 3)
     plan = ConversionPlan("toy", [TensorPlan("w", weight, (3, 4), transpose=True)], {})

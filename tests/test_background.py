@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from hfexport.background import BackgroundWriter
+from hfexport.training.background import BackgroundWriter
 
 
 def test_jobs_run_in_order_on_one_thread_and_a_failure_is_stored_not_fatal() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import hfexport.tokenizer
-from hfexport import cache
+import hfexport.tokenizers.tokenizer
+from hfexport.tokenizers import cache
 
 
 @pytest.fixture
@@ -49,29 +49,29 @@ def test_an_unwritable_cache_only_costs_the_rebuild(tmp_path: Path, monkeypatch:
 
 
 def test_gpt2_tokenizer_is_built_once_then_read_from_the_cache(cache_at: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hfexport.tokenizer, "_gpt2", None)  # as in a new process
-    built = hfexport.tokenizer.gpt2_parts().serialized
+    monkeypatch.setattr(hfexport.tokenizers.tokenizer, "_gpt2", None)  # as in a new process
+    built = hfexport.tokenizers.tokenizer.gpt2_parts().serialized
     assert built is not None and built.size == 50257
     (entry,) = cache_at.glob("gpt2-tokenizer-*.json")
 
     def no_build(data: Path) -> None:
         raise AssertionError("built again instead of read from the cache")
 
-    monkeypatch.setattr(hfexport.tokenizer, "_build_gpt2", no_build)
-    monkeypatch.setattr(hfexport.tokenizer, "_gpt2", None)
-    assert hfexport.tokenizer.gpt2_parts().serialized == built  # same bytes, size and special ids
+    monkeypatch.setattr(hfexport.tokenizers.tokenizer, "_build_gpt2", no_build)
+    monkeypatch.setattr(hfexport.tokenizers.tokenizer, "_gpt2", None)
+    assert hfexport.tokenizers.tokenizer.gpt2_parts().serialized == built  # same bytes, size and special ids
     entry.write_bytes(entry.read_bytes()[:-100])  # damaged: built again, and the entry repaired
     monkeypatch.undo()
     monkeypatch.setenv("HFEXPORT_CACHE", str(cache_at))
-    monkeypatch.setattr(hfexport.tokenizer, "_gpt2", None)
-    assert hfexport.tokenizer.gpt2_parts().serialized == built
+    monkeypatch.setattr(hfexport.tokenizers.tokenizer, "_gpt2", None)
+    assert hfexport.tokenizers.tokenizer.gpt2_parts().serialized == built
     assert cache.read_entry(entry.name) == built.text
 
 
 READ_ENTRY_CAPPED = """
 import logging, resource, sys
 logging.basicConfig(level=logging.WARNING)
-from hfexport import cache
+from hfexport.tokenizers import cache
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 with open("/proc/self/statm") as fh:
     used = int(fh.read().split()[0]) * resource.getpagesize()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hfexport import checksum
-from hfexport.checksum import crc32, crc32_combine, crc32_file
+from hfexport._util import checksum
+from hfexport._util.checksum import crc32, crc32_combine, crc32_file
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 63, 64, 255, 4096 + 7, (1 << 20) + 3])

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfexport import chunkio
-from hfexport.chunkio import BUFFERS_PER_WORKER, Chunk, resolve_io, write_shard
 from hfexport.errors import ConversionError
+from hfexport.io import chunkio
+from hfexport.io.chunkio import BUFFERS_PER_WORKER, Chunk, resolve_io, write_shard
 
 
 def random_file(rng: random.Random) -> tuple[list[Chunk], bytes]:

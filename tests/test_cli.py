@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from hfexport import CheckpointError, convert_checkpoint
 from hfexport.cli import main
-from hfexport.versions import set_latest
+from hfexport.io.versions import set_latest
 
 
 @pytest.fixture
@@ -467,7 +467,7 @@ def test_convert_io_option_reaches_the_writer(
     tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--io picks how the weights are written (auto by default); HFEXPORT_DIRECT_IO overrides it; bad values exit 2."""
-    from hfexport import chunkio, directio
+    from hfexport.io import chunkio, directio
 
     made: list[bool] = []
     real_init = directio.DirectWriter.__init__

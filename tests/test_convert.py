@@ -246,8 +246,8 @@ def test_small_chunks_and_parallel_workers_write_the_same_bytes(
     """Tensors cut into many chunks (transposes by column ranges), three workers, direct I/O on or off: the files
     are byte for byte those of a conversion with the defaults, and load with the model's logits."""
     from hfexport import convert as convert_module
-    from hfexport import safetensors_io
     from hfexport.convert import output_tensors, plan_conversion
+    from hfexport.io import safetensors as safetensors_io
     from hfexport.sources import load_checkpoint
 
     model = make_gpt(21, bias=False, vocab_size=120)

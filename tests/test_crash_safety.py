@@ -28,8 +28,8 @@ from nanogpt import make_gpt
 from safetensors.torch import load_file
 
 from hfexport import ExportWorkerError, verify_directory
-from hfexport.exporter import HFExporter
-from hfexport.versions import read_latest, resolve_latest
+from hfexport.io.versions import read_latest, resolve_latest
+from hfexport.training.exporter import HFExporter
 
 WORKERS = Path(__file__).parent / "dist_workers.py"
 REQUIRED = {"config.json", "generation_config.json", "README.md", "hfexport.json", "model.safetensors"}
@@ -214,7 +214,8 @@ def test_sigint_during_a_synchronous_export_raises_keyboard_interrupt(tmp_path: 
 
 SIGINT_CONVERT = """
 import os, signal, sys
-from hfexport import cli, writer
+from hfexport import cli
+from hfexport.io import directory as writer
 
 real_publish = writer.publish_directory
 

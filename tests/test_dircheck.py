@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from hfexport import VerificationError
-from hfexport.dircheck import Expected, check_directory
-from hfexport.safetensors_io import TensorRecord
-from hfexport.writer import OutputTensor, write_hf_directory
+from hfexport.io.check import Expected, check_directory
+from hfexport.io.directory import OutputTensor, write_hf_directory
+from hfexport.io.safetensors import TensorRecord
 
 FILES = {"config.json": b'{"model_type": "test"}\n', "README.md": b"# test\n"}
 VALUES = {"a": torch.arange(12.0).reshape(3, 4), "b": torch.ones(5, dtype=torch.bfloat16)}

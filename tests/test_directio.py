@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_chunkio import random_file
 
-from hfexport import chunkio, directio
-from hfexport.chunkio import ALIGN, Chunk, write_shard
+from hfexport.io import chunkio, directio
+from hfexport.io.chunkio import ALIGN, Chunk, write_shard
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="direct I/O: Linux")
 

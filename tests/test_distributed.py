@@ -23,7 +23,7 @@ from exportkit import (
 )
 
 from hfexport import verify_directory
-from hfexport.versions import read_latest
+from hfexport.io.versions import read_latest
 
 WORKERS = Path(__file__).parent / "dist_workers.py"
 pytestmark = pytest.mark.slow

@@ -55,7 +55,9 @@ def test_example_trains_exports_and_generates(loop: str, tmp_path: Path) -> None
     assert proc.returncode == 0, f"the example failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert "sample from" in proc.stdout
     for step in (2, 4):  # each version said as it was published, while training ran
-        assert f"hfexport.exporter: Exported step {step} to {out / f'step_{step:06d}'}: " in proc.stderr, proc.stderr
+        assert f"hfexport.training.exporter: Exported step {step} to {out / f'step_{step:06d}'}: " in proc.stderr, (
+            proc.stderr
+        )
     assert "verified; training stalled" in proc.stderr
 
     latest = out / "latest"

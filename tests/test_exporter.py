@@ -35,10 +35,13 @@ from exportkit import (
     weights_copy,
 )
 
-from hfexport import ConversionError, ExportWorkerError, HFExportError, background, verify_directory, versions, writer
-from hfexport.exporter import HFExporter, export_hf
-from hfexport.versions import read_latest
-from hfexport.writer import interrupt_outcome
+from hfexport import ConversionError, ExportWorkerError, HFExportError, verify_directory
+from hfexport.io import directory as writer
+from hfexport.io import versions
+from hfexport.io.directory import interrupt_outcome
+from hfexport.io.versions import read_latest
+from hfexport.training import background
+from hfexport.training.exporter import HFExporter, export_hf
 
 
 def train_step(model: torch.nn.Module, step: int) -> None:
@@ -446,7 +449,7 @@ def test_invalid_arguments_are_refused_with_the_value(tmp_path: Path) -> None:
 
 def test_leftover_temporaries_of_a_killed_run_are_cleaned_at_start(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from hfexport.writer import make_temporary\n"
+        "import sys; from pathlib import Path; from hfexport.io.directory import make_temporary\n"
         "for name, tag in (('step_000004', '.tmp-'), ('step_000002', '.old-')):\n"
         "    path = make_temporary(Path(sys.argv[1]), name, tag)\n"
         "    (path / 'payload').mkdir(); (path / 'payload' / 'model.safetensors').write_bytes(b'half a file')\n"

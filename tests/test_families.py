@@ -1,7 +1,7 @@
 """The family contract: every fact about a model family is the family's, and the rest of hfexport asks for it.
 
 A new family is one module plus one ``register`` line; these tests check that every registered family states every
-fact of :class:`~hfexport.architectures.base.Architecture`, and that ``verify``, the model card, the tokenizer's
+fact of :class:`~hfexport.families.base.Architecture`, and that ``verify``, the model card, the tokenizer's
 context length, the sidecar files and the refusals of a missing fact go through the family (a toy family
 registered here is picked up without any other module knowing it).
 """
@@ -19,7 +19,9 @@ from llama_ref import make_llama
 from nanogpt import make_gpt
 
 from hfexport import ConversionError, convert_checkpoint, plan_conversion, verify_directory
-from hfexport.architectures import (
+from hfexport.card import render_model_card
+from hfexport.errors import MissingFactError
+from hfexport.families import (
     ModelFacts,
     context_length,
     display_name,
@@ -29,11 +31,9 @@ from hfexport.architectures import (
     registered,
     sidecars,
 )
-from hfexport.architectures.base import Architecture, ConversionPlan, compare_shapes
-from hfexport.card import render_model_card
-from hfexport.errors import MissingFactError
-from hfexport.sidecars import Sidecar
-from hfexport.tokenizer import TokenizerSource, tokenizer_beside
+from hfexport.families.base import Architecture, ConversionPlan, compare_shapes
+from hfexport.io.sidecars import Sidecar
+from hfexport.tokenizers.tokenizer import TokenizerSource, tokenizer_beside
 
 #: What the contract declares: its attributes and its methods (a fact added to it is checked here at once).
 CONTRACT_ATTRIBUTES = sorted(Architecture.__annotations__)
@@ -177,7 +177,7 @@ class _Toy:
 
 @pytest.fixture
 def toy() -> Iterator[_Toy]:
-    from hfexport.architectures import _REGISTRY
+    from hfexport.families import _REGISTRY
 
     family = _Toy()
     register(family)
@@ -188,7 +188,7 @@ def toy() -> Iterator[_Toy]:
 
 
 def test_a_new_family_is_asked_by_the_card_verify_and_the_tokenizer(toy: _Toy) -> None:
-    from hfexport.architectures import config_problems
+    from hfexport.families import config_problems
     from hfexport.verify import VerifyReport, _check_config
 
     assert "A ToyLM-style causal language model" in render_model_card({"model_type": "toy-lm"})

@@ -17,9 +17,9 @@ from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import save_file
 
 from hfexport.errors import HubError, HubSetupError
-from hfexport.hub import HubOptions, HubPusher, push_version, resolve_push_dir
-from hfexport.journal import PushJournal
-from hfexport.pushfiles import publishable_files
+from hfexport.hub.files import publishable_files
+from hfexport.hub.journal import PushJournal
+from hfexport.hub.push import HubOptions, HubPusher, push_version, resolve_push_dir
 
 REPO = "tester/gpt2-run"
 TOKEN = "hf_test_token"
@@ -94,7 +94,7 @@ def test_push_version_round_trip(hub_server, tmp_path, caplog):
     options = ready(hub_server)
     version = make_version(tmp_path, 500)
 
-    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+    with caplog.at_level(logging.INFO, logger="hfexport.hub.push"):
         result = push_version(version, options, step=500, progress=True)
 
     assert (result.step, result.tag, result.attempts) == (500, "step_000500", 1)
@@ -164,7 +164,7 @@ def test_step_unknown_uses_the_directory_name(hub_server, tmp_path):
 def test_existing_tag_is_moved_with_a_warning(hub_server, tmp_path, caplog):
     options = ready(hub_server)
     push_version(make_version(tmp_path / "a", 500), options, step=500)
-    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.push"):
         second = push_version(make_version(tmp_path / "b", 500, seed=1), options, step=500)
 
     tags = {t.name: t.target_commit for t in HfApi().list_repo_refs(REPO).tags}
@@ -284,7 +284,7 @@ def test_wait_with_a_timeout_returns_and_warns(hub_server, tmp_path, caplog):
     version = make_version(tmp_path, 500)
     pusher.submit(version, step=500)
 
-    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+    with caplog.at_level(logging.INFO, logger="hfexport.hub.push"):
         pusher.wait(timeout=0.05)
         assert pusher.is_pending(version)
         pusher.close()
@@ -307,7 +307,7 @@ def test_latest_mode_coalesces_intermediate_versions_and_keeps_the_final(hub_ser
     hub_server.inject(r"/commit/", status=None, delay_s=0.5, times=1)  # the first push is slow
     versions = {step: make_version(tmp_path, step) for step in (1, 2, 3, 4, 5)}
 
-    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+    with caplog.at_level(logging.INFO, logger="hfexport.hub.push"):
         pusher.submit(versions[1], step=1)
         deadline = time.monotonic() + 5
         while not hub_server.requests_to(r"/commit/") and time.monotonic() < deadline:
@@ -343,7 +343,7 @@ def test_every_version_is_pushed_in_order_by_default_and_falling_behind_is_said_
     hub_server.inject(r"/commit/", status=None, delay_s=0.5, times=1)  # the first push is slow
     versions = {step: make_version(tmp_path, step) for step in (1, 2, 3, 4, 5)}
 
-    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+    with caplog.at_level(logging.INFO, logger="hfexport.hub.push"):
         pusher.submit(versions[1], step=1)
         deadline = time.monotonic() + 5
         while not hub_server.requests_to(r"/commit/") and time.monotonic() < deadline:
@@ -388,7 +388,7 @@ def test_hub_that_stays_down(hub_server, tmp_path, caplog, mode):
     pusher.setup()
     hub_server.down = True
 
-    with caplog.at_level(logging.INFO, logger="hfexport.hub"):
+    with caplog.at_level(logging.INFO, logger="hfexport.hub.push"):
         pusher.submit(make_version(tmp_path, 500), step=500, final=True)
         if mode == "warn":
             pusher.close()
@@ -457,7 +457,7 @@ def test_setup_fails_fast_when_the_hub_is_unreachable(hub_server):
 def test_setup_warns_when_the_repository_is_public(hub_server, caplog):
     hub_server.create_repo_state(REPO, private=False)
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.push"):
         HubPusher(fast_options()).setup()
 
     assert "public" in caplog.text
@@ -537,7 +537,7 @@ def test_a_corrupted_copy_on_the_hub_is_detected_and_sent_again(hub_server, tmp_
     hub_server.corrupt(r"model\.safetensors$", times=1)
     version = make_version(tmp_path, 500)
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.push"):
         result = push_version(version, options, step=500)
 
     assert result.attempts == 2
@@ -611,7 +611,7 @@ def test_the_set_up_check_is_bounded_when_the_hub_never_answers(hub_server):
 def test_requests_made_outside_a_push_keep_no_timeout(hub_server):
     from huggingface_hub.utils import get_session
 
-    from hfexport.hub import bounded_requests
+    from hfexport.hub.push import bounded_requests
 
     seen = []
 
@@ -642,7 +642,7 @@ def test_repeated_rate_limits_say_the_interval_is_too_fast(hub_server, tmp_path,
     options = ready(hub_server)
     hub_server.inject(r"/commit/", status=429, times=2, retry_after=0)
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.push"):
         result = push_version(make_version(tmp_path, 500), options, step=500)
 
     assert result.attempts == 3
@@ -657,7 +657,7 @@ def test_only_the_versions_own_files_are_pushed(hub_server, tmp_path, caplog):
     (version / "sub").mkdir()
     (version / "sub" / "id_rsa").write_text("PRIVATE KEY")
 
-    with caplog.at_level(logging.INFO, logger="hfexport.pushfiles"):
+    with caplog.at_level(logging.INFO, logger="hfexport.hub.files"):
         push_version(version, options, step=500)
 
     assert sorted(HfApi().list_repo_files(REPO)) == [".gitattributes", "README.md", "config.json", "model.safetensors"]

@@ -22,7 +22,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from nanogpt import make_gpt
 
 from hfexport import HFExporter, HFExportError, HubSetupError, export_hf
-from hfexport.journal import PushJournal
+from hfexport.hub.journal import PushJournal
 from hfexport.lightning import HFExportCallback
 
 REPO = "tester/hooks-run"
@@ -428,7 +428,7 @@ def test_cli_push_logs_no_http_lines_and_names_the_token_flag(hub_server, tmp_pa
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    assert "INFO hfexport.hub: Pushed step_000001" in run.stdout  # progress is logged at INFO...
+    assert "INFO hfexport.hub.push: Pushed step_000001" in run.stdout  # progress is logged at INFO...
     assert "HTTP Request" not in run.stdout + run.stderr  # ...but no line per HTTP request
     monkeypatch.delenv("HF_TOKEN")
     assert main(["push", str(tmp_path), "--repo_id", REPO]) == 2
@@ -508,7 +508,7 @@ def test_latest_mode_through_the_exporter_says_what_it_skipped(hub_server, tmp_p
     model = make_gpt()
     exporter = HFExporter(tmp_path, every_n_steps=1, push_to_hub=True, repo_id=REPO, hub_push="latest", **FAST)
     hub_server.inject(r"/commit/", status=None, delay_s=2.0, times=1)  # the first push is slow
-    with caplog.at_level("INFO", logger="hfexport.hub"):
+    with caplog.at_level("INFO", logger="hfexport.hub.push"):
         for step in (1, 2, 3, 4):
             exporter.maybe_export(model, step)
         exporter.close()
@@ -572,7 +572,7 @@ def test_a_late_push_of_an_older_version_never_moves_the_branch_back(hub_server,
 
 
 def test_an_older_untagged_version_is_not_pushed_and_says_why(hub_server, tmp_path: Path, caplog) -> None:
-    from hfexport.hub import HubOptions, HubPusher, push_version
+    from hfexport.hub.push import HubOptions, HubPusher, push_version
 
     export_hf(make_gpt(seed=1), 1, tmp_path)
     export_hf(make_gpt(seed=2), 2, tmp_path)

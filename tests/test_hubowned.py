@@ -16,7 +16,7 @@ from test_hub import fast_options, make_version, ready, write_manifest
 
 from hfexport import export_hf
 from hfexport.cli import main
-from hfexport.hub import push_version
+from hfexport.hub.push import push_version
 
 REPO = "tester/existing"
 USER_FILES = {
@@ -31,7 +31,7 @@ def test_cli_push_to_an_existing_repo_keeps_the_users_files_and_card(hub_server,
     hub_server.seed_files(REPO, {**USER_FILES, "README.md": USER_CARD})
     export_hf(make_gpt(), 1, tmp_path)
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.push"):
         assert main(["push", str(tmp_path), "--repo_id", REPO]) == 0
 
     files = hub_server.files_at(REPO, "main")
@@ -67,7 +67,7 @@ def test_a_card_the_user_edited_after_a_push_is_kept(hub_server, tmp_path: Path,
     edited = b"---\nlicense: mit\n---\n# gpt2-run\n\nEdited on the Hub by the user.\n"
     hub_server.seed_files(options.repo_id, {"README.md": edited})
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.push"):
         push_version(make_version(tmp_path, 1000), options)
 
     assert hub_server.files_at(options.repo_id, "main")["README.md"] == edited
@@ -78,7 +78,7 @@ def test_a_foreign_manifest_on_the_hub_deletes_nothing(hub_server, tmp_path: Pat
     options = replace(fast_options(), repo_id=REPO)
     hub_server.seed_files(REPO, {"hfexport.json": b"[1, 2]", "LICENSE": USER_FILES["LICENSE"]})
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.hub"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.push"):
         push_version(make_version(tmp_path, 500), options)
 
     files = hub_server.files_at(REPO, "main")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hfexport.journal import JOURNAL_DIR, JOURNAL_NAME, PushJournal
+from hfexport.hub.journal import JOURNAL_DIR, JOURNAL_NAME, PushJournal
 
 
 def test_records_states_per_repository_and_branch(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_an_unreadable_journal_reads_as_empty_with_a_warning(tmp_path: Path, cap
     journal.path.parent.mkdir()
     journal.path.write_text("{not json")
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.journal"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.journal"):
         assert journal.unpushed("me/a", "main") == []
 
     assert "cannot be read" in caplog.text
@@ -96,7 +96,7 @@ def test_a_journal_not_matching_the_schema_is_set_aside_never_deleted(tmp_path: 
     journal.path.write_text(json.dumps(bad))
     before = journal.path.read_bytes()
 
-    with caplog.at_level(logging.WARNING, logger="hfexport.journal"):
+    with caplog.at_level(logging.WARNING, logger="hfexport.hub.journal"):
         assert journal.unpushed("me/a", "main") == []
         assert journal.states() == {}
 

@@ -88,7 +88,7 @@ def test_the_checker_finds_a_function_level_circle(tmp_path: Path) -> None:
 
 def test_hfexport_has_no_import_circle() -> None:
     graph = import_graph()
-    assert graph.get("hfexport.writer"), "the package's imports were not read"
+    assert graph.get("hfexport.io.directory"), "the package's imports were not read"
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
 
@@ -107,28 +107,33 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 def test_the_writer_gets_the_tokenizer_files_from_its_caller() -> None:
     """The writer writes the files it is given: it imports no tokenizer code, directly or through another module."""
     graph = import_graph()
-    assert "hfexport.tokenizer" not in _reachable(graph, "hfexport.writer")
+    assert "hfexport.tokenizers.tokenizer" not in _reachable(graph, "hfexport.io.directory")
 
 
 def test_the_writer_only_assembles_a_directory() -> None:
     """Path policy, temporaries, liveness and the publish live apart from the writer (issue 19 §4); their public
-    names stay importable from ``hfexport.writer``."""
-    from hfexport import writer
+    names stay importable from ``hfexport.io.directory``."""
+    from hfexport.io import directory as writer
 
     homes = {
-        "check_output_path": "hfexport.outputpath",
-        "check_export_root": "hfexport.outputpath",
-        "output_path_text": "hfexport.outputpath",
-        "replace_refusal": "hfexport.outputpath",
-        "make_temporary": "hfexport.temporaries",
-        "remove_temporary": "hfexport.temporaries",
-        "release_temporary": "hfexport.temporaries",
-        "pointer_temporary": "hfexport.temporaries",
-        "clean_stale_temporaries": "hfexport.temporaries",
-        "interrupt_outcome": "hfexport.publish",
-        "note_interrupt": "hfexport.publish",
+        "check_output_path": "hfexport.io.outputpath",
+        "check_export_root": "hfexport.io.outputpath",
+        "output_path_text": "hfexport.io.outputpath",
+        "replace_refusal": "hfexport.io.outputpath",
+        "make_temporary": "hfexport.io.temporaries",
+        "remove_temporary": "hfexport.io.temporaries",
+        "release_temporary": "hfexport.io.temporaries",
+        "pointer_temporary": "hfexport.io.temporaries",
+        "clean_stale_temporaries": "hfexport.io.temporaries",
+        "interrupt_outcome": "hfexport.io.publish",
+        "note_interrupt": "hfexport.io.publish",
     }
     assert {name: getattr(writer, name).__module__ for name in homes} == homes
     graph = import_graph()
-    for module in ("hfexport.outputpath", "hfexport.temporaries", "hfexport.liveness", "hfexport.publish"):
-        assert "hfexport.writer" not in _reachable(graph, module), f"{module} depends on the writer"
+    for module in (
+        "hfexport.io.outputpath",
+        "hfexport.io.temporaries",
+        "hfexport._util.liveness",
+        "hfexport.io.publish",
+    ):
+        assert "hfexport.io.directory" not in _reachable(graph, module), f"{module} depends on the writer"

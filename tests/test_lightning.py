@@ -21,8 +21,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
+from hfexport.io.versions import read_latest
 from hfexport.lightning import HFExportCallback
-from hfexport.versions import read_latest
 
 
 class LitGPT(pl.LightningModule):
@@ -215,14 +215,18 @@ def test_every_published_version_is_logged_and_its_figures_reach_the_csv_logger(
         assert 0.0 <= float(row["hfexport/stall_s"]) < 5.0 and 0.0 < float(row["hfexport/write_s"]) < 60.0
         assert float(row["hfexport/verified"]) == 1.0 and float(row["hfexport/push_queued"]) == 0.0
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "hfexport.exporter" and r.levelno == logging.INFO]
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "hfexport.training.exporter" and r.levelno == logging.INFO
+    ]
     lines = [line for line in lines if line.startswith("Exported step") and str(tmp_path) in line]
     assert len(lines) == 2  # one per published version
     for step, line in zip((2, 4), lines, strict=True):
         assert line.startswith(f"Exported step {step} to {tmp_path / 'out' / f'step_{step:06d}'}: ")
         assert re.search(r": [\d.]+ kB in \d+ files, verified; training stalled [\d.]+s, written in [\d.]+s; ", line)
         assert line.endswith("not pushed (push_to_hub=False)")
-    writer_lines = [r for r in caplog.records if r.name == "hfexport.writer" and r.getMessage().startswith("Wrote")]
+    writer_lines = [
+        r for r in caplog.records if r.name == "hfexport.io.directory" and r.getMessage().startswith("Wrote")
+    ]
     assert all(r.levelno == logging.DEBUG for r in writer_lines)  # one INFO line per version, not two
 
 

@@ -20,8 +20,8 @@ from exportkit import read_safetensors, step_dirs
 from llama_ref import LITGPT_CONFIG, ModelArgs, Transformer, llama2c_model_args, make_litllama, make_llama
 
 from hfexport import CheckpointError, ConversionError, HFExporter, convert_checkpoint, export_hf, verify_directory
-from hfexport.architectures import ModelFacts, TensorPlan, detect
 from hfexport.cli import main
+from hfexport.families import ModelFacts, TensorPlan, detect
 from hfexport.verify import logits_difference
 
 GQA = dict(n_heads=4, n_kv_heads=2)
@@ -312,7 +312,7 @@ def test_bad_llama_state_dicts_are_refused_by_name(edit: Any, facts: dict, words
 
 def test_expected_shapes_follow_the_config() -> None:
     from hfexport import plan_conversion
-    from hfexport.architectures import get
+    from hfexport.families import get
 
     plan = plan_conversion(make_llama(0, **GQA).state_dict(), ModelFacts(**FACTS))
     shapes = get("llama").expected_shapes(plan.config)

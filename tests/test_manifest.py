@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from hfexport.dircheck import check_directory
 from hfexport.errors import HubError
-from hfexport.manifest import NO_INTEGER_SIZE, listed_sizes, manifest_files, parse_manifest, read_manifest
-from hfexport.pushfiles import publishable_files
-from hfexport.writer import replace_refusal
+from hfexport.hub.files import publishable_files
+from hfexport.io.check import check_directory
+from hfexport.io.directory import replace_refusal
+from hfexport.io.manifest import NO_INTEGER_SIZE, listed_sizes, manifest_files, parse_manifest, read_manifest
 
 
 def test_parse_manifest_checks_each_entry() -> None:

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from hfexport import HFExporter, OptionError, export_hf
-from hfexport.hub import HubOptions
+from hfexport.hub.push import HubOptions
 from hfexport.lightning import HFExportCallback
-from hfexport.options import DECLARED, ExportArguments, ExportOptions, document_options
+from hfexport.training.options import DECLARED, ExportArguments, ExportOptions, document_options
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 SYNC_ONLY = {"async_write", "if_busy"}  # export_hf always writes synchronously

@@ -9,7 +9,7 @@ import psutil
 import pytest
 import torch
 
-from hfexport.pages import MappedCheckpoint
+from hfexport.io.pages import MappedCheckpoint
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise on /proc/self/maps: Linux")
 

@@ -21,9 +21,9 @@ import yaml
 from exportkit import read_safetensors
 
 from hfexport import ConversionError, convert_checkpoint, verify_directory
-from hfexport.architectures import detect, get
-from hfexport.architectures.qwen2 import qwen2_forward
 from hfexport.cli import main
+from hfexport.families import detect, get
+from hfexport.families.qwen2 import qwen2_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 LITGPT_PYTHON = Path(os.environ.get("HFEXPORT_LITGPT_PYTHON") or ROOT / ".venv-litgpt" / "bin" / "python")

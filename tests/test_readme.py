@@ -73,7 +73,7 @@ def test_every_convert_option_is_documented() -> None:
 
 def test_the_layout_section_names_every_module() -> None:
     """Every module of ``hfexport/`` (and no module that is not there) is named in the README's layout paragraph."""
-    layout = README.split("Layout, every module of `hfexport/`:", 1)[1].split("\n\n", 1)[0]
+    layout = README.split("Layout: the folders of `hfexport/` are its layers", 1)[1].split("\n\n", 1)[0]
     package = ROOT / "hfexport"
     modules = {p.name for p in package.glob("*.py")} | {p.name for p in package.glob("*/*.py")}
     named = set(re.findall(r"`([a-z0-9_]+\.py)`", layout))

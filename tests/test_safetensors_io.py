@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load, save
 
 from hfexport import FileFormatError
-from hfexport.safetensors_io import DTYPE_SIZES, read_header
+from hfexport.io.safetensors import DTYPE_SIZES, read_header
 
 
 def _file(header: object, data: bytes = b"", *, length: int | None = None) -> io.BytesIO:

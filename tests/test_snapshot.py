@@ -8,8 +8,8 @@ from exportkit import expected_hf_tensors, tiny_gpt, weights_copy
 
 from hfexport import ConversionError
 from hfexport.convert import output_tensors
-from hfexport.safetensors_io import OutputTensor
-from hfexport.snapshot import SnapshotBuffers, global_rank, plan_for_model, take_snapshot
+from hfexport.io.safetensors import OutputTensor
+from hfexport.training.snapshot import SnapshotBuffers, global_rank, plan_for_model, take_snapshot
 
 
 def produced(output: OutputTensor) -> torch.Tensor:

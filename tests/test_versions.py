@@ -9,7 +9,7 @@ import pytest
 from nanogpt import make_gpt
 
 from hfexport import HFExporter, HFExportError
-from hfexport.versions import (
+from hfexport.io.versions import (
     VersionStore,
     list_versions,
     read_latest,

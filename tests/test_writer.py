@@ -20,12 +20,12 @@ from nanogpt import make_gpt
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from hfexport import OutputExistsError, convert_checkpoint, publish, writer
+from hfexport import OutputExistsError, convert_checkpoint
+from hfexport._util.liveness import start_time
 from hfexport.errors import OutputPathError
-from hfexport.liveness import start_time
-from hfexport.safetensors_io import TensorRecord, read_header, write_safetensors
-from hfexport.tokenizer import resolve_tokenizer
-from hfexport.writer import (
+from hfexport.io import directory as writer
+from hfexport.io import publish
+from hfexport.io.directory import (
     MANIFEST_NAME,
     MARKER_NAME,
     OutputTensor,
@@ -36,6 +36,8 @@ from hfexport.writer import (
     parse_size,
     write_hf_directory,
 )
+from hfexport.io.safetensors import TensorRecord, read_header, write_safetensors
+from hfexport.tokenizers.tokenizer import resolve_tokenizer
 
 FILES = {"config.json": '{"model_type": "test"}\n', "README.md": "# test\n"}
 
@@ -237,7 +239,7 @@ def test_write_safetensors_counts_and_crc(tmp_path: Path) -> None:
 def temporaries_of_a_dead_process(parent: Path, *names: str, tag: str = ".tmp-") -> list[Path]:
     """Real hfexport temporaries (``make_temporary``, marker included), made by a process that has exited."""
     code = (
-        "import sys; from pathlib import Path; from hfexport.writer import make_temporary\n"
+        "import sys; from pathlib import Path; from hfexport.io.directory import make_temporary\n"
         "for name in sys.argv[3:]:\n"
         "    path = make_temporary(Path(sys.argv[1]), name, sys.argv[2])\n"
         "    (path / 'payload').mkdir(); (path / 'payload' / 'model.safetensors').write_bytes(b'partial')\n"
@@ -635,7 +637,7 @@ def test_a_dead_writers_temporary_holding_a_replaced_export_with_user_files_is_k
 def test_a_pointer_temporary_of_a_dead_writer_on_this_host_is_removed_and_nothing_else(tmp_path: Path) -> None:
     """A kill between creating ``latest``'s replacement link and renaming it leaves ``.latest.tmp-...``: removed at
     the next start when its name proves it is a dead hfexport writer's on this host; anything else is left."""
-    from hfexport.writer import pointer_temporary
+    from hfexport.io.directory import pointer_temporary
 
     root = tmp_path / "root"
     (root / "step_000001").mkdir(parents=True)
