@@ -51,8 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from nanogpt import make_gpt
 
-from hfexport.training.exporter import HFExporter, export_hf
-from hfexport.training.snapshot import plan_for_model, take_snapshot
+from hfexport import HFExporter, export_hf
+
+try:  # the layout since issue 19; the flat one before it, so that --old trees (PYTHONPATH=...) still run
+    from hfexport.training.snapshot import plan_for_model, take_snapshot
+except ImportError:
+    from hfexport.snapshot import plan_for_model, take_snapshot  # type: ignore[no-redef]
 
 GOAL = 1.25  # stall with the writer idle / a bare bf16 copy of the parameters
 
