@@ -89,14 +89,12 @@ print(json.dumps({
 """
 
 
-def gguf_vocabulary(directory: Path, tmp_path: Path) -> dict:
-    """Convert ``directory``'s vocabulary with llama.cpp's converter and read it back from the GGUF."""
-    llama_cpp = llama_cpp_dir()
-    out = tmp_path / f"{directory.name}.gguf"
+def run_llama_cpp_converter(directory: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """llama.cpp's ``convert_hf_to_gguf.py --vocab-only`` on ``directory``, offline; the finished process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run(
+    return subprocess.run(
         [
-            *(sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(directory)),
+            *(sys.executable, str(llama_cpp_dir() / "convert_hf_to_gguf.py"), str(directory)),
             *("--outfile", str(out), "--vocab-only"),
         ],
         capture_output=True,
@@ -105,8 +103,15 @@ def gguf_vocabulary(directory: Path, tmp_path: Path) -> dict:
         timeout=300,
         check=False,
     )
+
+
+def gguf_vocabulary(directory: Path, tmp_path: Path) -> dict:
+    """Convert ``directory``'s vocabulary with llama.cpp's converter and read it back from the GGUF."""
+    llama_cpp = llama_cpp_dir()
+    out = tmp_path / f"{directory.name}.gguf"
+    proc = run_llama_cpp_converter(directory, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    env["PYTHONPATH"] = str(llama_cpp / "gguf-py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(llama_cpp / "gguf-py")}
     proc = subprocess.run(
         [sys.executable, "-c", GGUF_READER, str(out)], capture_output=True, text=True, env=env, timeout=120, check=False
     )
@@ -381,19 +386,7 @@ def test_llama_cpp_converter_reads_a_character_level_export_without_missing_unk(
 ) -> None:
     """llama.cpp's converter tokenizes its check text (all kinds of characters) before it decides: it used to crash
     there ("Missing [UNK] token"); now it gets the ids and says it does not know this pre-tokenizer."""
-    llama_cpp = llama_cpp_dir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run(
-        [
-            *(sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(exports["char"])),
-            *("--outfile", str(tmp_path / "char.gguf"), "--vocab-only"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc = run_llama_cpp_converter(exports["char"], tmp_path / "char.gguf")
     assert "Missing [UNK]" not in proc.stderr, proc.stderr[-3000:]
     assert "BPE pre-tokenizer was not recognized" in proc.stderr, proc.stderr[-3000:]
 
@@ -537,18 +530,6 @@ def test_llama_cpp_recognises_gpt2s_own_vocabulary(exports: dict[str, Path], tmp
 
 def test_llama_cpp_refuses_a_custom_bpe_as_an_unknown_pre_tokenizer(exports: dict[str, Path], tmp_path: Path) -> None:
     """llama.cpp's limitation, named in the README: a BPE it has no hash for is refused."""
-    llama_cpp = llama_cpp_dir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": ""}
-    proc = subprocess.run(
-        [
-            *(sys.executable, str(llama_cpp / "convert_hf_to_gguf.py"), str(exports["bpe"])),
-            *("--outfile", str(tmp_path / "bpe.gguf"), "--vocab-only"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc = run_llama_cpp_converter(exports["bpe"], tmp_path / "bpe.gguf")
     assert proc.returncode != 0
     assert "BPE pre-tokenizer was not recognized" in proc.stderr, proc.stderr[-3000:]
