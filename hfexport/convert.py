@@ -270,10 +270,12 @@ def write_export(
     generation = dict(plan.generation_config)
     source = as_source(tokenizer)
     context = families.context_length(config)  # as the config's family states it
+    guess = families.tokenizer_guess(config)  # the tokenizer its vocabulary implies, as its family says
     tok = source.resolve(
         vocab_size=config.get("vocab_size"),
         model_max_length=context,
-        model_type=config.get("model_type"),
+        guess=guess.builtin,
+        guess_why=guess.why,
         **dict(tokenizer_hints or {}),
     )
     _special_ids_from_tokenizer(tok, config, generation)
@@ -300,7 +302,7 @@ def write_export(
         option=output_option,
     )
     if tok is None and source.automatic:
-        source.report_missing(config.get("vocab_size"), config.get("model_type"))
+        source.report_missing(guess.why)
     return result
 
 

@@ -19,7 +19,7 @@ import torch
 from hfexport._util.fs import read_bounded, resolve_inside
 from hfexport._util.jsonio import loads as strict_json
 from hfexport._util.text import first_line
-from hfexport.errors import CheckpointError, HFExportError
+from hfexport.errors import HFExportError, MissingFactError
 from hfexport.families import config_problems, for_model_type, registered
 from hfexport.families.gpt2 import nanogpt_forward
 from hfexport.families.llama import llama_forward
@@ -149,7 +149,9 @@ def logits_difference(
     GELU, a RoPE base), the export's value is used and the fact is appended to ``unchecked``.
 
     Raises:
-        CheckpointError: the checkpoint does not record its heads and ``n_head`` is not given.
+        MissingFactError: the checkpoint does not record its heads and ``n_head`` is not given (``fact`` is
+            ``"n_head"``).
+        CheckpointError: the checkpoint cannot be read.
         ImportError: ``transformers`` is not installed (``pip install transformers``).
     """
     try:
@@ -161,9 +163,10 @@ def logits_difference(
     if heads is None:
         # Taking the heads from the export's config.json would check config.json against itself: a wrong head count
         # (from a stray file, a wrong --n_head) would pass.
-        raise CheckpointError(
+        raise MissingFactError(
             f"{ckpt.path.name} does not record its number of attention heads, so its logits cannot check the "
-            "export's: pass the number the model was trained with (--n_head N, n_head=N)."
+            "export's: pass the number the model was trained with (--n_head N, n_head=N).",
+            fact="n_head",
         )
     exported = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
     family = for_model_type(exported.config.model_type)

@@ -8,7 +8,9 @@ registered here is picked up without any other module knowing it).
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from hfexport.families import (
     registered,
     sidecars,
 )
-from hfexport.families.base import Architecture, ConversionPlan, compare_shapes
+from hfexport.families.base import Architecture, ConversionPlan, TensorPlan, TokenizerGuess, compare_shapes
 from hfexport.io.sidecars import Sidecar
 from hfexport.tokenizers.tokenizer import TokenizerSource, tokenizer_beside
 
@@ -52,6 +54,7 @@ def test_the_contract_names_every_fact() -> None:
         "config_problems",
         "context_length",
         "special_ids",
+        "tokenizer_guess",
         "reference_difference",
     } <= set(CONTRACT_METHODS)
 
@@ -169,7 +172,13 @@ class _Toy:
         return config.get("window")
 
     def special_ids(self, vocab: int) -> tuple[int | None, int | None]:
-        return None, None
+        return 7, 9  # not GPT-2's, not sentencepiece's
+
+    def tokenizer_guess(self, vocab: int | None) -> TokenizerGuess:
+        """ToyLM is trained with GPT-2's BPE padded to 60000 rows (nothing in tokenizers/ knows it)."""
+        if vocab == 60000:
+            return TokenizerGuess("gpt2", "GPT-2's BPE, which every 60000-row ToyLM uses")
+        return TokenizerGuess(None, f"ToyLM's {vocab}-row vocabulary is not the one it ships with")
 
     def reference_difference(self, exported: Any, state_dict: Any, facts: ModelFacts, **_: Any) -> float:
         return 0.0
@@ -200,3 +209,71 @@ def test_a_new_family_is_asked_by_the_card_verify_and_the_tokenizer(toy: _Toy) -
     report = VerifyReport(Path("."))
     _check_config({"model_type": "toy-lm"}, {"toy.weight": [4, 2]}, report)
     assert report.problems == ["config.json lacks what a ToyLM needs (KeyError: 'width')"]
+
+
+def _toy_export(out: Path, vocab: int, tokenizer: Any = None) -> dict[str, Any]:
+    """A ToyLM plan as its family would make it (its special ids in config.json), written by ``write_export``."""
+    from hfexport.convert import write_export
+
+    bos, eos = _Toy().special_ids(vocab)
+    config = {"model_type": "toy-lm", "vocab_size": vocab, "width": 2, "bos_token_id": bos, "eos_token_id": eos}
+    tensor = torch.ones(2, 2)
+    plan = ConversionPlan("toy-family", [TensorPlan("toy.weight", tensor, (2, 2))], config, {"eos_token_id": eos}, [])
+    write_export(plan, out, dtype=torch.float32, tokenizer=tokenizer, progress=False)
+    return {name: json.loads((out / name).read_text()) for name in ("config.json", "hfexport.json")}
+
+
+def test_a_familys_tokenizer_guess_is_handed_to_the_tokenizer_code(
+    toy: _Toy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A family that is not GPT-2 but uses GPT-2's BPE says so in its own module: the export carries the tokenizer
+    (tokenizers/ builds it by name and never learns the family), with the family's reason in hfexport.json, and
+    config.json's special ids become the tokenizer's; where the family's guess is none, its special ids stay and the
+    log says the family's reason."""
+    exported = _toy_export(tmp_path / "guessed", 60000)
+    assert (tmp_path / "guessed" / "tokenizer.json").is_file()
+    inferred = exported["hfexport.json"]["inferred"]["tokenizer"]
+    assert inferred.startswith("GPT-2's BPE, which every 60000-row ToyLM uses: no tokenizer was named")
+    tokenizer_config = json.loads((tmp_path / "guessed" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["eos_token"] == "<|endoftext|>"
+    assert (exported["config.json"]["bos_token_id"], exported["config.json"]["eos_token_id"]) == (50256, 50256)
+    with caplog.at_level(logging.WARNING, logger="hfexport"):
+        exported = _toy_export(tmp_path / "none", 50304)  # GPT-2's padded size, but not a GPT-2: no guess
+    assert not (tmp_path / "none" / "tokenizer.json").exists()
+    assert (exported["config.json"]["bos_token_id"], exported["config.json"]["eos_token_id"]) == (7, 9)
+    assert "No tokenizer written: ToyLM's 50304-row vocabulary is not the one it ships with" in caplog.text
+
+
+def test_gpt2s_tokenizer_guess_is_its_familys() -> None:
+    assert get("gpt2").tokenizer_guess(50304) == TokenizerGuess(
+        "gpt2", "GPT-2's BPE, inferred from the 50304-row vocabulary (GPT-2's 50257, padded) of a GPT-2 model"
+    )
+    assert get("gpt2").tokenizer_guess(50257).builtin == "gpt2"
+    assert get("gpt2").tokenizer_guess(51201).builtin is None  # past the padding GPT-2's vocabulary gets
+    assert get("gpt2").tokenizer_guess(65) == TokenizerGuess(None, "the vocabulary (65 rows) is not GPT-2's")
+    assert get("llama").tokenizer_guess(50304) == TokenizerGuess(
+        None, "a llama model's vocabulary (50304 rows) says nothing of its tokenizer"
+    )
+    assert get("litgpt-qwen2").tokenizer_guess(50304).builtin is None
+    from hfexport.families import tokenizer_guess
+
+    assert tokenizer_guess({"model_type": "gpt2", "vocab_size": 50257}).builtin == "gpt2"
+    assert tokenizer_guess({"model_type": "mistral", "vocab_size": 50257}).why.startswith("a mistral model's")
+
+
+def test_gpt2s_numbers_are_named_only_by_its_family() -> None:
+    """50256 / 50257 / 51200 (GPT-2's end-of-text id, vocabulary, padded limit) appear as numbers only in
+    families/gpt2.py, and no module outside families/ compares a model type or family name with "gpt2"."""
+    package = Path(__file__).resolve().parents[1] / "hfexport"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "families" / "gpt2.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and type(node.value) is int and node.value in (50256, 50257, 51200):
+                found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value}")
+            if isinstance(node, ast.Compare) and "families" not in path.parts:
+                text = ast.unparse(node)
+                if '"gpt2"' in text.replace("'", '"') and ("model_type" in text or "family" in text):
+                    found.append(f"{path.relative_to(package)}:{node.lineno}: {text}")
+    assert found == []

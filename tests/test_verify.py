@@ -15,6 +15,7 @@ from nanogpt import make_gpt
 from safetensors.torch import load_file, save_file
 
 from hfexport import convert_checkpoint, verify_directory
+from hfexport.errors import MissingFactError
 from hfexport.verify import nanogpt_forward
 
 
@@ -43,6 +44,19 @@ def test_logits_against_checkpoint(export: tuple[Path, Path, torch.nn.Module]) -
     assert report.ok, report.problems
     assert report.max_logit_diff is not None
     assert report.max_logit_diff <= 1e-5
+
+
+def test_a_checkpoint_without_its_heads_is_a_missing_fact(export: tuple[Path, Path, torch.nn.Module]) -> None:
+    """verify never takes the heads from the export it checks: a bare state dict needs n_head, and the refusal says
+    which fact by its type and attribute (callers never match its text)."""
+    out, _, model = export
+    bare = out.parent / "bare.pt"
+    torch.save(model.state_dict(), bare)  # no model_args: nothing records n_head
+    with pytest.raises(MissingFactError) as info:
+        verify_directory(out, checkpoint=bare)
+    assert info.value.fact == "n_head" and info.value.facts == ("n_head",)
+    assert isinstance(info.value, ValueError) and "--n_head" in str(info.value)
+    assert verify_directory(out, checkpoint=bare, n_head=4).ok
 
 
 def test_reference_forward_matches_nanogpt() -> None:

@@ -1,10 +1,11 @@
 """The registry of source architectures.
 
 A source family is one module exposing a class that satisfies :class:`~hfexport.families.base.Architecture`
-(every fact about the family: its tensors, config, context length, special ids, card name, sidecar and tokenizer
-files, reference forward pass); :func:`register` adds it and :func:`detect` picks the first that recognizes a state
-dict's keys. Adding a family is one module plus one ``register`` line at the end of this file: the rest of hfexport
-asks the registry (:func:`for_model_type`, :func:`sidecars`, ...) and never names a family.
+(every fact about the family: its tensors, config, context length, special ids, the tokenizer a vocabulary implies,
+card name, sidecar and tokenizer files, reference forward pass); :func:`register` adds it and :func:`detect` picks
+the first that recognizes a state dict's keys. Adding a family is one module plus one ``register`` line at the end
+of this file: the rest of hfexport asks the registry (:func:`for_model_type`, :func:`sidecars`, ...) and never
+names a family.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from hfexport.errors import CheckpointError
-from hfexport.families.base import Architecture, ConversionPlan, ModelFacts, TensorPlan, check_plan, transpose_into
+from hfexport.families.base import (
+    Architecture,
+    ConversionPlan,
+    ModelFacts,
+    TensorPlan,
+    TokenizerGuess,
+    check_plan,
+    transpose_into,
+    unknown_tokenizer,
+)
 from hfexport.families.gpt2 import ACTIVATIONS, GPT2
 from hfexport.families.llama import LitGPTLlama, MetaLlama
 from hfexport.families.qwen2 import LitGPTQwen2
@@ -25,6 +35,7 @@ __all__ = [
     "ConversionPlan",
     "ModelFacts",
     "TensorPlan",
+    "TokenizerGuess",
     "check_plan",
     "config_problems",
     "context_length",
@@ -35,6 +46,7 @@ __all__ = [
     "register",
     "registered",
     "sidecars",
+    "tokenizer_guess",
     "transpose_into",
 ]
 
@@ -81,6 +93,18 @@ def context_length(config: Mapping[str, Any]) -> int | None:
     if family is not None:
         return family.context_length(config)
     return config.get("n_positions") or config.get("max_position_embeddings")
+
+
+def tokenizer_guess(config: Mapping[str, Any]) -> TokenizerGuess:
+    """What a ``config.json``'s vocabulary tells of the model's tokenizer, as its family says
+    (:meth:`~hfexport.families.base.Architecture.tokenizer_guess`); for a ``model_type`` no registered family
+    writes, nothing (:func:`~hfexport.families.base.unknown_tokenizer`)."""
+    model_type, vocab = config.get("model_type"), config.get("vocab_size")
+    vocab = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+    family = for_model_type(model_type)
+    if family is not None:
+        return family.tokenizer_guess(vocab)
+    return unknown_tokenizer(model_type if isinstance(model_type, str) else None, vocab)
 
 
 def display_name(model_type: str) -> str:

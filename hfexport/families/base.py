@@ -27,6 +27,7 @@ __all__ = [
     "ConversionPlan",
     "ModelFacts",
     "TensorPlan",
+    "TokenizerGuess",
     "check_plan",
     "compare_shapes",
     "config_dim",
@@ -39,6 +40,7 @@ __all__ = [
     "refuse_unexpected",
     "require",
     "transpose_into",
+    "unknown_tokenizer",
 ]
 
 _TRANSPOSE_ROWS = 64  # source rows per step of a whole-tensor transposing copy (measured: 64-128 are fastest)
@@ -222,6 +224,30 @@ def same_storage(a: torch.Tensor, b: torch.Tensor, *, same_shape: bool = False) 
     except (RuntimeError, NotImplementedError, AttributeError):  # no local storage (e.g. a DTensor)
         return a is b
     return shared and (not same_shape or a.shape == b.shape)
+
+
+@dataclass(frozen=True)
+class TokenizerGuess:
+    """What a family infers of its models' tokenizer from the vocabulary's rows alone, when none is named.
+
+    The conversion hands it to the tokenizer code (:func:`hfexport.tokenizers.tokenizer.resolve_tokenizer`'s
+    ``guess``), which knows how to build a tokenizer but not which family uses which.
+
+    Attributes:
+        builtin: A tokenizer hfexport builds itself, by the name ``--tokenizer`` takes (``"gpt2"``: GPT-2's BPE),
+            that a vocabulary of these rows is taken to be; ``None`` when the rows tell nothing.
+        why: With ``builtin``, how it was inferred (the log, the model card, ``hfexport.json``); without, why
+            nothing could be (the log's "No tokenizer written: ...").
+    """
+
+    builtin: str | None
+    why: str
+
+
+def unknown_tokenizer(model_type: str | None, vocab: int | None) -> TokenizerGuess:
+    """The guess of a family whose vocabulary's size tells nothing of its tokenizer (or of no known family)."""
+    whose = f"a {model_type} model's vocabulary" if model_type else "the vocabulary"
+    return TokenizerGuess(None, f"{whose} ({vocab} rows) says nothing of its tokenizer")
 
 
 @dataclass
@@ -432,7 +458,9 @@ class Architecture(Protocol):
     * :meth:`shape_problems` (``hfexport verify``'s check of a directory's tensors against its ``config.json``,
       through :func:`compare_shapes` and :meth:`expected_shapes`), :meth:`config_problems` (the numbers of its
       ``config.json`` out of range) and :meth:`context_length` (the tokenizer's ``model_max_length``).
-    * :meth:`special_ids` (the bos/eos ids of the tokenizers its models use, when known from the vocabulary).
+    * :meth:`special_ids` (the bos/eos ids of the tokenizers its models use, when known from the vocabulary) and
+      :meth:`tokenizer_guess` (the tokenizer its models are taken to use when none is named: GPT-2's BPE for a
+      GPT-2 vocabulary); the tokenizer code is handed the guess and never names a family.
     * :attr:`model_type` and :attr:`display_name` (the ``config.json`` ``model_type`` it writes, and its name in
       the model card), :attr:`sidecar` (the config file its checkpoints keep beside them, if any) and
       :attr:`tokenizer_beside` (the tokenizer files a conversion looks for beside the checkpoint when none is named).
@@ -491,6 +519,12 @@ class Architecture(Protocol):
     def special_ids(self, vocab: int) -> tuple[int | None, int | None]:
         """The (bos, eos) ids of the tokenizers this family's models use, from the vocabulary's rows; ``None``
         where unknown (a tokenizer, when there is one, gives the ids instead)."""
+        ...
+
+    def tokenizer_guess(self, vocab: int | None) -> TokenizerGuess:
+        """What a vocabulary of ``vocab`` rows tells of this family's tokenizer when none is named (and no
+        nanoGPT ``meta.pkl`` is found): a tokenizer hfexport builds, or why there is none
+        (:func:`unknown_tokenizer` when the rows tell nothing)."""
         ...
 
     def reference_difference(

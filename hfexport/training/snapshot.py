@@ -188,8 +188,8 @@ def plan_for_model(
             untie_embeddings=untie_embeddings,
         )
     except ConversionError as exc:
-        # GPT-2's heads alone (a Llama's message names every fact it lacks and the options for each)
-        if isinstance(exc, MissingFactError) and exc.family == "gpt2" and exc.fact == "n_head":
+        # The heads alone (a message naming several missing facts names the options for each)
+        if isinstance(exc, MissingFactError) and exc.facts == ("n_head",):
             raise ConversionError(
                 f"Cannot export {type(net).__name__}: n_head is unknown. The model has no `config` / `params` / "
                 "`args` attribute with n_head (nanoGPT's GPTConfig, llama2.c's or Meta's ModelArgs, or a dict); "
