@@ -41,6 +41,8 @@ __all__ = [
     "DTYPES",
     "check_finite",
     "convert_checkpoint",
+    "export_tokenizer",
+    "log_missing_tokenizer",
     "output_tensors",
     "plan_conversion",
     "resolve_dtype",
@@ -214,6 +216,58 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
+def export_tokenizer(
+    plan: ConversionPlan,
+    tokenizer: Any = None,
+    *,
+    dataset: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    log_missing: bool = True,
+) -> ExportTokenizer | None:
+    """The tokenizer an export of ``plan`` carries, for :func:`write_export`.
+
+    ``tokenizer`` is resolved against the plan's ``config.json``: its vocabulary (the tokenizer must fit it), its
+    context length as its family reads it (``model_max_length``) and, when ``tokenizer`` asks hfexport to find it,
+    the tokenizer its family infers from the vocabulary (:func:`hfexport.families.tokenizer_guess`: GPT-2's BPE for
+    a GPT-2 vocabulary). When such a search finds none, that is logged once per source, with the family's reason
+    (:func:`log_missing_tokenizer`).
+
+    Args:
+        plan: From :func:`plan_conversion` (or a snapshot's plan).
+        tokenizer: A spec (see :func:`hfexport.tokenizers.tokenizer.resolve_tokenizer`) or a
+            :class:`~hfexport.tokenizers.tokenizer.TokenizerSource` (memoized between exports): ``None`` finds it,
+            ``False`` means none.
+        dataset: nanoGPT's ``config['dataset']`` of the checkpoint, to find ``data/<dataset>/meta.pkl``.
+        checkpoint: The checkpoint file, to look for ``data/`` next to its directory.
+        log_missing: ``False``: the caller logs a search that found none itself, once the export is written (the
+            CLI's standard error then holds only its error line when the export fails).
+
+    Raises:
+        TokenizerError: the tokenizer is not usable or does not fit the model (the message names the fix).
+    """
+    source = as_source(tokenizer)
+    config = plan.config
+    guess = families.tokenizer_guess(config)  # the tokenizer its vocabulary implies, as its family says
+    hints = {key: value for key, value in (("dataset", dataset), ("checkpoint", checkpoint)) if value is not None}
+    tok = source.resolve(
+        vocab_size=config.get("vocab_size"),
+        model_max_length=families.context_length(config),  # as the config's family states it
+        guess=guess.builtin,
+        guess_why=guess.why,
+        **hints,
+    )
+    if tok is None and log_missing:
+        log_missing_tokenizer(plan, source)
+    return tok
+
+
+def log_missing_tokenizer(plan: ConversionPlan, tokenizer: TokenizerSource) -> None:
+    """Log, once per source, that an automatic search (``tokenizer.automatic``) found no tokenizer for ``plan``,
+    with its family's reason; nothing when the spec asked for none."""
+    if tokenizer.automatic:
+        tokenizer.report_missing(families.tokenizer_guess(plan.config).why)
+
+
 def write_export(
     plan: ConversionPlan,
     output_dir: str | os.PathLike[str],
@@ -222,8 +276,7 @@ def write_export(
     tensors: list[OutputTensor] | None = None,
     card_facts: Mapping[str, Any] | None = None,
     manifest_facts: Mapping[str, Any] | None = None,
-    tokenizer: Any = None,
-    tokenizer_hints: Mapping[str, Any] | None = None,
+    tokenizer: ExportTokenizer | None = None,
     max_shard_size: int | str = "5GB",
     force: bool = False,
     allow_nonfinite: bool = False,
@@ -243,11 +296,8 @@ def write_export(
         tensors: Already prepared output tensors (e.g. a snapshot); made lazily from the plan when ``None``.
         card_facts: Facts for the model card (step, source, loss, ...).
         manifest_facts: Facts for ``hfexport.json`` (step, epoch, ...).
-        tokenizer: The tokenizer to write (see :func:`hfexport.tokenizers.tokenizer.resolve_tokenizer`): ``None``
-            picks it
-            automatically (GPT-2's for a GPT-2 model), ``False`` writes none.
-        tokenizer_hints: Where to look for it automatically: ``dataset`` (nanoGPT's ``config['dataset']``) and
-            ``checkpoint`` (the checkpoint file).
+        tokenizer: The tokenizer to write, resolved by the caller (:func:`export_tokenizer`); ``None`` writes none.
+            Its bos/eos ids replace the plan's in ``config.json`` and ``generation_config.json``.
         max_shard_size: Shard past this size (``"5GB"`` by default).
         force: Replace an earlier export of hfexport at ``output_dir`` (never a directory it did not write).
         allow_nonfinite: Write NaN/inf instead of refusing.
@@ -260,7 +310,15 @@ def write_export(
         output_option: How the caller names ``output_dir`` in messages (``"--output_dir"`` from the CLI,
             ``"dirpath"`` from the Lightning callback).
         log_level: The level of the writer's "Wrote ..." line.
+
+    Raises:
+        TypeError: ``tokenizer`` is a spec, not a resolved tokenizer (pass it through :func:`export_tokenizer`).
     """
+    if tokenizer is not None and not isinstance(tokenizer, ExportTokenizer):
+        raise TypeError(
+            f"write_export takes a resolved tokenizer (an ExportTokenizer or None), got {type(tokenizer).__name__}: "
+            "pass tokenizer=export_tokenizer(plan, spec)."
+        )
     if tensors is None:
         tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
     config = dict(plan.config)
@@ -268,19 +326,9 @@ def write_export(
     config["torch_dtype"] = dtype_name(dtype)  # transformers < 4.56 reads this name
     config["transformers_version"] = _transformers_version()
     generation = dict(plan.generation_config)
-    source = as_source(tokenizer)
-    context = families.context_length(config)  # as the config's family states it
-    guess = families.tokenizer_guess(config)  # the tokenizer its vocabulary implies, as its family says
-    tok = source.resolve(
-        vocab_size=config.get("vocab_size"),
-        model_max_length=context,
-        guess=guess.builtin,
-        guess_why=guess.why,
-        **dict(tokenizer_hints or {}),
-    )
-    _special_ids_from_tokenizer(tok, config, generation)
+    _special_ids_from_tokenizer(tokenizer, config, generation)
     generation["_from_model_config"] = True
-    card, manifest = _card_and_manifest(plan, dtype, config, tensors, tok, card_facts, manifest_facts)
+    card, manifest = _card_and_manifest(plan, dtype, config, tensors, tokenizer, card_facts, manifest_facts)
     files = {
         "config.json": json_dumps(config, name="config.json", indent=2) + "\n",
         "generation_config.json": json_dumps(generation, name="generation_config.json", indent=2) + "\n",
@@ -291,7 +339,7 @@ def write_export(
         tensors,
         files,
         manifest=manifest,
-        tokenizer_files=tok.files if tok is not None else None,
+        tokenizer_files=tokenizer.files if tokenizer is not None else None,
         max_shard_size=max_shard_size,
         force=force,
         protected=protected,
@@ -301,8 +349,6 @@ def write_export(
         io=io,
         option=output_option,
     )
-    if tok is None and source.automatic:
-        source.report_missing(guess.why)
     return result
 
 
@@ -536,6 +582,7 @@ def convert_checkpoint(
             manifest["inferred"] = {
                 "config": f"{ckpt.config_file} beside the checkpoint (its shape facts agree with the weights)"
             }
+        tok = export_tokenizer(plan, tokenizer, dataset=ckpt.dataset, checkpoint=ckpt.path, log_missing=False)
         result = write_export(
             plan,
             out,
@@ -543,8 +590,7 @@ def convert_checkpoint(
             tensors=tensors,
             card_facts=card,
             manifest_facts=manifest,
-            tokenizer=tokenizer,
-            tokenizer_hints={"dataset": ckpt.dataset, "checkpoint": ckpt.path},
+            tokenizer=tok,
             max_shard_size=max_shard_size,
             force=force,
             allow_nonfinite=allow_nonfinite,
@@ -554,6 +600,8 @@ def convert_checkpoint(
             protected=protected,
             output_option=output_option,
         )
+        if tok is None:
+            log_missing_tokenizer(plan, tokenizer)  # once written: a failed conversion's only message is its error
         if mapped:
             logger.debug(
                 "Gave back %.1f MB of the checkpoint's mapped pages as they were written", mapped.released / 1e6

@@ -528,3 +528,24 @@ def test_a_bad_io_mode_is_refused_before_the_checkpoint_is_read(tmp_path: Path) 
     with pytest.raises(ConversionError, match="Invalid io 'fast': choose one of auto, buffered, direct"):
         convert_checkpoint(tmp_path / "not-read.pt", tmp_path / "hf", io="fast")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_export_writes_the_tokenizer_its_caller_resolved(tmp_path: Path) -> None:
+    """write_export resolves no tokenizer (issue 19 §4): it writes the one it is handed (export_tokenizer's, the
+    resolution every entry point uses) or none, and refuses a spec instead of reading it."""
+    from hfexport import plan_conversion
+    from hfexport.convert import export_tokenizer, write_export
+    from hfexport.families import ModelFacts
+
+    plan = plan_conversion(dict(make_gpt(0, vocab_size=50304).state_dict()), ModelFacts(n_head=4))
+    tokenizer = export_tokenizer(plan)  # GPT-2's BPE, inferred by the GPT-2 family from 50304 rows
+    assert tokenizer is not None and tokenizer.inferred and tokenizer.eos_token_id == 50256
+    out = write_export(plan, tmp_path / "with", dtype=torch.float32, tokenizer=tokenizer, progress=False).path
+    assert (out / "tokenizer.json").read_bytes() == tokenizer.files["tokenizer.json"]
+    assert json.loads((out / "hfexport.json").read_text())["inferred"]["tokenizer"] == tokenizer.inferred
+    out = write_export(plan, tmp_path / "without", dtype=torch.float32, progress=False).path
+    assert not (out / "tokenizer.json").exists()  # nothing handed, nothing looked for
+    assert json.loads((out / "hfexport.json").read_text())["tokenizer"] is None
+    with pytest.raises(TypeError, match="export_tokenizer"):
+        write_export(plan, tmp_path / "spec", dtype=torch.float32, tokenizer="gpt2", progress=False)
+    assert not (tmp_path / "spec").exists()

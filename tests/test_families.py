@@ -213,13 +213,13 @@ def test_a_new_family_is_asked_by_the_card_verify_and_the_tokenizer(toy: _Toy) -
 
 def _toy_export(out: Path, vocab: int, tokenizer: Any = None) -> dict[str, Any]:
     """A ToyLM plan as its family would make it (its special ids in config.json), written by ``write_export``."""
-    from hfexport.convert import write_export
+    from hfexport.convert import export_tokenizer, write_export
 
     bos, eos = _Toy().special_ids(vocab)
     config = {"model_type": "toy-lm", "vocab_size": vocab, "width": 2, "bos_token_id": bos, "eos_token_id": eos}
     tensor = torch.ones(2, 2)
     plan = ConversionPlan("toy-family", [TensorPlan("toy.weight", tensor, (2, 2))], config, {"eos_token_id": eos}, [])
-    write_export(plan, out, dtype=torch.float32, tokenizer=tokenizer, progress=False)
+    write_export(plan, out, dtype=torch.float32, tokenizer=export_tokenizer(plan, tokenizer), progress=False)
     return {name: json.loads((out / name).read_text()) for name in ("config.json", "hfexport.json")}
 
 

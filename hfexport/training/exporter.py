@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 
 from hfexport._util.validation import check_int
-from hfexport.convert import dtype_name, output_tensors, write_export
+from hfexport.convert import dtype_name, export_tokenizer, output_tensors, write_export
 from hfexport.errors import ConversionError, ExportWorkerError, HFExportError
 from hfexport.hub.journal import PushJournal
 from hfexport.hub.push import HubPusher
@@ -444,7 +444,7 @@ class HFExporter:
                 ),
                 card_facts=job.card,
                 manifest_facts={**job.manifest, "dtype": dtype_name(o.dtype)},
-                tokenizer=o.tokenizer,
+                tokenizer=export_tokenizer(job.snapshot.plan, o.tokenizer),
                 max_shard_size=o.max_shard_size,
                 force=True,
                 allow_nonfinite=o.allow_nonfinite,
