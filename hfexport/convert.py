@@ -32,7 +32,7 @@ from hfexport.io.chunkio import resolve_io
 from hfexport.io.directory import WriteResult, check_output_path, parse_size, write_hf_directory
 from hfexport.io.pages import MappedCheckpoint
 from hfexport.io.safetensors import OutputTensor
-from hfexport.sources import load_checkpoint, resolve_checkpoint_path
+from hfexport.sources import LoadedCheckpoint, load_checkpoint, resolve_checkpoint_path
 from hfexport.tokenizers.tokenizer import ExportTokenizer, TokenizerSource, as_source, tokenizer_beside
 
 logger = logging.getLogger(__name__)
@@ -543,25 +543,9 @@ def convert_checkpoint(
             layer_norm_epsilon=norm_eps,
             raw={"rope_scaling_factor": rope_scaling_factor} if rope_scaling_factor is not None else None,
         )
-        facts = ckpt.facts.merged(options)
-        chosen = activation or ckpt.activation_hint or "gelu"
-        if activation is None and ckpt.activation_hint:
-            logger.info(
-                "Using activation %r, the GELU of %s checkpoints (override with --activation)",
-                chosen,
-                ckpt.layout,
-            )
-        try:
-            plan = plan_conversion(
-                ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
-            )
-        except ConversionError as exc:
-            if not ckpt.config_file:
-                raise
-            # The message names the field; say which file it was read from.
-            raise ConversionError(
-                f"{exc} (The model's config was read from {ckpt.config_file} beside the checkpoint.)"
-            ) from exc
+        plan = _plan_checkpoint(
+            ckpt, options, activation=activation, vocab_size=vocab_size, untie_embeddings=untie_embeddings
+        )
         # None named: its family says which tokenizer files may sit beside it (litgpt's, a sentencepiece model).
         tokenizer = tokenizer_beside(tokenizer, ckpt.path, families.get(plan.architecture).tokenizer_beside)
         # The checkpoint's pages are given back as its tensors are written: peak memory stays a few chunks, not the
@@ -570,18 +554,7 @@ def convert_checkpoint(
         tensors = output_tensors(
             plan, torch_dtype, allow_nonfinite=allow_nonfinite, release=mapped.release if mapped else None
         )
-        card = {
-            "model_name": model_name,
-            "base_model": base_model,
-            "step": ckpt.step,
-            "source": f"{ckpt.path.name} ({ckpt.layout})",
-        }
-        card.update(ckpt.extra)
-        manifest: dict[str, Any] = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no path
-        if ckpt.config_file:
-            manifest["inferred"] = {
-                "config": f"{ckpt.config_file} beside the checkpoint (its shape facts agree with the weights)"
-            }
+        card, manifest = _checkpoint_facts(ckpt, model_name=model_name, base_model=base_model)
         tok = export_tokenizer(plan, tokenizer, dataset=ckpt.dataset, checkpoint=ckpt.path, log_missing=False)
         result = write_export(
             plan,
@@ -608,3 +581,49 @@ def convert_checkpoint(
             )
         logger.info("Converted %s → %s in %.2fs", ckpt.path, result.path, time.perf_counter() - start)
         return Path(output_dir)
+
+
+def _plan_checkpoint(
+    ckpt: LoadedCheckpoint,
+    options: ModelFacts,
+    *,
+    activation: str | None,
+    vocab_size: int | None,
+    untie_embeddings: bool,
+) -> ConversionPlan:
+    """The conversion plan of a loaded checkpoint: its facts completed by the options (``n_head``, ...), its
+    producer's GELU when none is given (logged); a refused fact says which config file beside it was read."""
+    facts = ckpt.facts.merged(options)
+    chosen = activation or ckpt.activation_hint or "gelu"
+    if activation is None and ckpt.activation_hint:
+        logger.info("Using activation %r, the GELU of %s checkpoints (override with --activation)", chosen, ckpt.layout)
+    try:
+        return plan_conversion(
+            ckpt.state_dict, facts, activation=chosen, vocab_size=vocab_size, untie_embeddings=untie_embeddings
+        )
+    except ConversionError as exc:
+        if not ckpt.config_file:
+            raise
+        # The message names the field; say which file it was read from.
+        raise ConversionError(
+            f"{exc} (The model's config was read from {ckpt.config_file} beside the checkpoint.)"
+        ) from exc
+
+
+def _checkpoint_facts(
+    ckpt: LoadedCheckpoint, *, model_name: str | None, base_model: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the model card and ``hfexport.json`` say of a converted checkpoint (file names, never paths)."""
+    card = {
+        "model_name": model_name,
+        "base_model": base_model,
+        "step": ckpt.step,
+        "source": f"{ckpt.path.name} ({ckpt.layout})",
+    }
+    card.update(ckpt.extra)
+    manifest: dict[str, Any] = {"step": ckpt.step, "source": ckpt.path.name, "layout": ckpt.layout}  # no path
+    if ckpt.config_file:
+        manifest["inferred"] = {
+            "config": f"{ckpt.config_file} beside the checkpoint (its shape facts agree with the weights)"
+        }
+    return card, manifest

@@ -172,30 +172,9 @@ class GPT2:
             tied = False
         refuse_unexpected(sd, {t.name for t in tensors} | {"lm_head.weight"}, "GPT-2", "a nanoGPT-style GPT-2")
 
-        dropout = float(facts.dropout) if facts.dropout is not None else 0.0
         eos = self.special_ids(vocab)[1]
-        config: dict[str, Any] = {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "vocab_size": vocab,
-            "n_positions": n_positions,
-            "n_ctx": n_positions,
-            "n_embd": n_embd,
-            "n_layer": n_layer,
-            "n_head": n_head,
-            "n_inner": None,
-            "activation_function": activation,
-            "layer_norm_epsilon": facts.layer_norm_epsilon if facts.layer_norm_epsilon is not None else 1e-5,
-            "resid_pdrop": dropout,
-            "embd_pdrop": dropout,
-            "attn_pdrop": dropout,
-            "initializer_range": 0.02,
-            "scale_attn_weights": True,
-            "use_cache": True,
-            "tie_word_embeddings": tied,
-            "bos_token_id": eos,
-            "eos_token_id": eos,
-        }
+        dims = {"vocab_size": vocab, "n_positions": n_positions, "n_embd": n_embd, "n_layer": n_layer}
+        config = _hf_config(dims, n_head, facts, activation=activation, tied=tied, eos=eos)
         generation_config = {"bos_token_id": eos, "eos_token_id": eos} if eos is not None else {}
         notes = []
         if vocab != trained_vocab:
@@ -304,6 +283,36 @@ GPT2_RANGES: dict[str, tuple[Range, str]] = {
 def config_problems(config: Mapping[str, Any]) -> list[str]:
     """What is out of range in a GPT-2 ``config.json``, one line each; ``[]`` when every number is in range."""
     return range_problems(config, GPT2_RANGES)
+
+
+def _hf_config(
+    dims: Mapping[str, int], n_head: int, facts: ModelFacts, *, activation: str, tied: bool, eos: int | None
+) -> dict[str, Any]:
+    """``GPT2LMHeadModel``'s ``config.json`` for a model of these dimensions (``vocab_size``, ``n_positions``,
+    ``n_embd``, ``n_layer``, from the tensors) and heads; the rest from ``facts`` or GPT-2's defaults."""
+    dropout = float(facts.dropout) if facts.dropout is not None else 0.0
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": dims["vocab_size"],
+        "n_positions": dims["n_positions"],
+        "n_ctx": dims["n_positions"],
+        "n_embd": dims["n_embd"],
+        "n_layer": dims["n_layer"],
+        "n_head": n_head,
+        "n_inner": None,
+        "activation_function": activation,
+        "layer_norm_epsilon": facts.layer_norm_epsilon if facts.layer_norm_epsilon is not None else 1e-5,
+        "resid_pdrop": dropout,
+        "embd_pdrop": dropout,
+        "attn_pdrop": dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "use_cache": True,
+        "tie_word_embeddings": tied,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+    }
 
 
 def _n_head(n_head: Any, n_embd: int) -> int:
