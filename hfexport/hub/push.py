@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hfexport._util.worker import Queue, Worker
 from hfexport.errors import HFExportError, HubError, HubSetupError
 from hfexport.hub.files import publishable_files, verify_remote
 from hfexport.hub.journal import PushJournal
@@ -363,6 +364,28 @@ class _PushJob:
     version_dir: Path = field(compare=False)
 
 
+class _StepOrder(Queue[_PushJob]):
+    """The pusher's queue policy: versions in step order, one entry per directory, never a wait for room; with
+    ``coalesce`` (``push_mode="latest"``) only the newest intermediate version waits (finals always stay)."""
+
+    def __init__(self, coalesce: bool) -> None:
+        super().__init__()
+        self.coalesce = coalesce
+
+    def add(self, job: _PushJob) -> list[_PushJob]:
+        self.jobs = sorted([j for j in self.jobs if j.version_dir != job.version_dir] + [job])
+        intermediate = [j for j in self.jobs if not j.final] if self.coalesce else []
+        for old in intermediate[:-1]:
+            logger.info(
+                "Skipping the Hub push of %s (hub_push='latest'): a newer version (%s) is waiting and pushes are "
+                "behind.",
+                old.version_dir.name,
+                intermediate[-1].version_dir.name,
+            )
+            self.jobs.remove(old)
+        return intermediate[:-1]
+
+
 class HubPusher:
     """Pushes versions in the background, one at a time, in step order (``push_mode``, ``on_push_error``: see
     :class:`HubOptions`).
@@ -394,17 +417,16 @@ class HubPusher:
         self.options = options
         self.token_hint = token_hint
         self._api = api
-        self._cond = threading.Condition()
+        self._queue = _StepOrder(coalesce=options.push_mode == "latest")
+        # Never at interpreter exit: pending pushes wait in the journal for the next run (no exit on the network).
+        self._worker = Worker(self._run, lambda job: job.version_dir.name, queue=self._queue, name="hfexport-hub-push")
+        self._cond = self._worker.lock  # guards the pusher's records below too
         self._setup_lock = threading.Lock()
         self._setup_done = False
-        self._queue: list[_PushJob] = []
-        self._in_flight: _PushJob | None = None
         self._failures: list[PushFailure] = []
         self._results: list[PushResult] = []
         self._skipped: list[Path] = []
         self._checked = 0  # failures already raised by check()
-        self._thread: threading.Thread | None = None
-        self._closed = False
         self._behind_logged_at: float | None = None
         self._hub_down = False  # the last push failed for good on errors that pass: one attempt each until one works
 
@@ -495,32 +517,21 @@ class HubPusher:
             HubError: The pusher is closed.
         """
         job = _PushJob(step, final, Path(version_dir).absolute())
-        with self._cond:
-            if self._closed:
-                raise HubError(f"Cannot submit {job.version_dir.name}: the Hub pusher is closed.")
+        if self._worker.closed:
+            raise HubError(f"Cannot submit {job.version_dir.name}: the Hub pusher is closed.")
         if mark_pending:
             _journal(job.version_dir, self.options, step, "pending")
         with self._cond:
-            self._queue = [j for j in self._queue if j.version_dir != job.version_dir]
-            self._queue.append(job)
+            skipped = self._worker.submit(job)
             # Versions whose push failed because the Hub or the network was down go again, before this one (step
             # order), each time a new version arrives.
-            retry = [
-                f
-                for f in self._failures
-                if self.options.push_mode == "every"
-                and f.transient
-                and f.version_dir.is_dir()
-                and all(j.version_dir != f.version_dir for j in self._active())
-            ]
-            self._queue += [_PushJob(f.step, False, f.version_dir) for f in retry]
-            self._queue.sort()
-            skipped = self._coalesce() if self.options.push_mode == "latest" else []
+            active = {j.version_dir for j in self._worker.pending()}
+            for f in self._failures:
+                retry = self.options.push_mode == "every" and f.transient and f.version_dir not in active
+                if retry and f.version_dir.is_dir():
+                    self._worker.submit(_PushJob(f.step, False, f.version_dir))
+            self._skipped += [old.version_dir for old in skipped]
             self._log_if_behind()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="hfexport-hub-push", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
         for old in skipped:
             _journal(old.version_dir, self.options, old.step, "skipped")
 
@@ -572,23 +583,9 @@ class HubPusher:
         self.submit(path, step=step)
         return True
 
-    def _coalesce(self) -> list[_PushJob]:
-        """Keep only the newest intermediate version among those waiting (finals always stay)."""
-        intermediate = [j for j in self._queue if not j.final]
-        for job in intermediate[:-1]:
-            logger.info(
-                "Skipping the Hub push of %s (hub_push='latest'): a newer version (%s) is waiting and pushes are "
-                "behind.",
-                job.version_dir.name,
-                intermediate[-1].version_dir.name,
-            )
-            self._queue.remove(job)
-            self._skipped.append(job.version_dir)
-        return intermediate[:-1]
-
     def _log_if_behind(self) -> None:
         """Say that pushes are behind (how many wait, the oldest) at most every :data:`BEHIND_LOG_INTERVAL_S`."""
-        waiting = self._queue
+        waiting, in_flight = self._queue.jobs, self._worker.running
         if len(waiting) < 2:
             return
         now = time.monotonic()
@@ -601,7 +598,7 @@ class HubPusher:
             self.options.repo_id,
             len(waiting),
             waiting[0].version_dir.name,
-            f", {self._in_flight.version_dir.name} being pushed" if self._in_flight else "",
+            f", {in_flight.version_dir.name} being pushed" if in_flight is not None else "",
         )
 
     def is_pending(self, version_dir: Path) -> bool:
@@ -612,13 +609,10 @@ class HubPusher:
     def pending(self) -> list[tuple[int, Path]]:
         """``(step, version_dir)`` of the versions not pushed yet: queued, being pushed, or failed."""
         with self._cond:
-            jobs = {j.version_dir: j.step for j in self._active()}
+            jobs = {j.version_dir: j.step for j in self._worker.pending()}
             for f in self._failures:  # a failure is forgotten once the same directory is pushed
                 jobs.setdefault(f.version_dir, f.step)
         return sorted((step, path) for path, step in jobs.items())
-
-    def _active(self) -> list[_PushJob]:
-        return ([self._in_flight] if self._in_flight else []) + self._queue
 
     @property
     def skipped(self) -> list[Path]:
@@ -639,38 +633,30 @@ class HubPusher:
             return list(self._results)
 
     # -------------------------------------------------------------------------------------- worker
-    def _work(self) -> None:
-        """The worker: pushes the queued versions one at a time. Whatever one push raises, the worker records it
-        as that version's failure and goes on; it never leaves a version marked in flight."""
-        while True:
+    def _run(self, job: _PushJob) -> None:
+        """Push one version (on the worker). Whatever the push raises is recorded as that version's failure, before
+        the worker counts it done; a ``KeyboardInterrupt``/``SystemExit`` then goes on to the worker, which stores
+        it for :meth:`check` and :meth:`close` to raise as itself."""
+        result: PushResult | None = None
+        failure: PushFailure | None = None
+        try:
+            result, failure = self._push_one(job)
+        except BaseException as exc:  # a bug: never a silent death with a version left in flight
+            error = HubError(f"Pushing {job.version_dir.name} failed: {describe(exc)}")
+            error.__cause__ = exc
+            failure = PushFailure(job.version_dir, job.step, error)
+            logger.error("Hub push of %s failed unexpectedly: %s", job.version_dir.name, describe(exc))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
             with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                job = self._in_flight = self._queue.pop(0)
-            result: PushResult | None = None
-            failure: PushFailure | None = None
-            try:
-                result, failure = self._push_one(job)
-            except BaseException as exc:  # a bug: never a silent death with a version left in flight
-                error = HubError(f"Pushing {job.version_dir.name} failed: {describe(exc)}")
-                error.__cause__ = exc
-                failure = PushFailure(job.version_dir, job.step, error)
-                logger.error("Hub push of %s failed unexpectedly: %s", job.version_dir.name, describe(exc))
-                if not isinstance(exc, Exception):
-                    raise
-            finally:
-                with self._cond:
-                    self._failures = [f for f in self._failures if f.version_dir != job.version_dir]
-                    if result is not None and result.commit_oid is not None:
-                        self._results.append(result)
-                    if failure is not None:
-                        self._failures.append(failure)
-                        self._failures.sort(key=lambda f: f.step)
-                    self._checked = min(self._checked, len(self._failures))
-                    self._in_flight = None
-                    self._cond.notify_all()
+                self._failures = [f for f in self._failures if f.version_dir != job.version_dir]
+                if result is not None and result.commit_oid is not None:
+                    self._results.append(result)
+                if failure is not None:
+                    self._failures.append(failure)
+                    self._failures.sort(key=lambda f: f.step)
+                self._checked = min(self._checked, len(self._failures))
 
     def _push_one(self, job: _PushJob) -> tuple[PushResult | None, PushFailure | None]:
         # While the Hub is down, one attempt per version (not the whole retry policy each), so that a backlog
@@ -703,7 +689,9 @@ class HubPusher:
 
         Raises:
             HubError: A push failed (the cause is chained).
+            KeyboardInterrupt: (or ``SystemExit``) raised in the push thread, as itself.
         """
+        self._raise_interrupt()
         with self._cond:
             if self.options.on_push_error != "raise" or self._checked >= len(self._failures):
                 return
@@ -714,41 +702,33 @@ class HubPusher:
     def wait(self, timeout: float | None = None) -> None:
         """Block until every queued push is done (or ``timeout`` seconds have passed; then log a warning)."""
         with self._cond:
-            count = len(self._active())
+            count = len(self._worker.pending())
             if count == 0:
                 return
             logger.info("Waiting for %d pending Hub push(es) to %s...", count, self.options.repo_id)
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while self._active() and self._worker_alive():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._cond.wait(1.0 if remaining is None else min(1.0, remaining))
-            if self._active():
+            if not self._worker.wait(timeout):
+                left = self._worker.pending()
                 logger.warning(
                     "Still %d Hub push(es) pending %s: %s",
-                    len(self._active()),
-                    f"after {timeout:.1f} s" if self._worker_alive() else "and the push thread has stopped",
-                    ", ".join(j.version_dir.name for j in self._active()),
+                    len(left),
+                    f"after {timeout:.1f} s" if self._worker.alive else "and the push thread has stopped",
+                    ", ".join(j.version_dir.name for j in left),
                 )
 
-    def _worker_alive(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+    def _raise_interrupt(self) -> None:
+        error = self._worker.take_error()  # only what is no Exception: the others are failures
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         """Wait for the pending pushes, stop the worker and log a summary. Idempotent.
 
         Raises:
             HubError: With ``on_push_error="raise"``, when any push failed (the first failure is chained).
+            KeyboardInterrupt: (or ``SystemExit``) raised in the push thread, as itself.
         """
         self.wait()
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
+        self._worker.close()
         failures = self.failures
         if failures:
             logger.warning(
@@ -761,10 +741,11 @@ class HubPusher:
                 failures[0].version_dir.parent,
                 self.options.repo_id,
             )
-            if self.options.on_push_error == "raise":
-                raise HubError(
-                    f"{len(failures)} Hub push(es) to {self.options.repo_id} failed, the first: "
-                    f"{failures[0].version_dir.name}: {failures[0].error}"
-                ) from failures[0].error
         elif self._results:
             logger.info("All %d Hub push(es) to %s succeeded.", len(self._results), self.options.repo_id)
+        self._raise_interrupt()
+        if failures and self.options.on_push_error == "raise":
+            raise HubError(
+                f"{len(failures)} Hub push(es) to {self.options.repo_id} failed, the first: "
+                f"{failures[0].version_dir.name}: {failures[0].error}"
+            ) from failures[0].error

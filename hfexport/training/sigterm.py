@@ -20,6 +20,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from hfexport._util.worker import say
 from hfexport.training import background
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def uninstall() -> None:
     if not _installed or threading.current_thread() is not threading.main_thread():
         return
     with _lock:
-        if any(not w._closed for w in list(background._LIVE)):
+        if background.live():
             return
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:  # else someone chained to us: leave theirs in place
             signal.signal(signal.SIGTERM, _previous if _previous is not None else signal.SIG_DFL)
@@ -80,11 +81,11 @@ def uninstall() -> None:
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     grace = grace_s()
-    for writer in list(background._LIVE):
+    for writer in background.live():
         try:
             writer.finish_within(grace, "SIGTERM")
         except Exception as exc:  # in a signal handler: report, never raise into the training loop
-            background._say(f"hfexport: SIGTERM: could not finish the pending exports: {exc!r}")
+            say(f"hfexport: SIGTERM: could not finish the pending exports: {exc!r}")
     if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
         return  # another handler installed over this one called it (e.g. Lightning's): it decides what follows
     previous = _previous
