@@ -29,7 +29,7 @@ from hfexport.card import render_model_card
 from hfexport.errors import ConversionError
 from hfexport.families import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from hfexport.io.chunkio import resolve_io
-from hfexport.io.directory import WriteResult, check_output_path, parse_size, write_hf_directory
+from hfexport.io.directory import WeightsWriter, WriteResult, check_output_path, parse_size, write_hf_directory
 from hfexport.io.pages import MappedCheckpoint
 from hfexport.io.safetensors import OutputTensor
 from hfexport.sources import load_checkpoint, resolve_checkpoint_path
@@ -233,6 +233,7 @@ def write_export(
     protected: Sequence[str | os.PathLike[str]] = (),
     output_option: str = "output_dir",
     log_level: int = logging.INFO,
+    weights: WeightsWriter | None = None,
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -260,6 +261,8 @@ def write_export(
         output_option: How the caller names ``output_dir`` in messages (``"--output_dir"`` from the CLI,
             ``"dirpath"`` from the Lightning callback).
         log_level: The level of the writer's "Wrote ..." line.
+        weights: Who writes the weights' files, when not the writer itself (the ranks of a distributed export:
+            see :func:`~hfexport.io.directory.write_hf_directory`).
     """
     if tensors is None:
         tensors = output_tensors(plan, dtype, allow_nonfinite=allow_nonfinite)
@@ -298,6 +301,7 @@ def write_export(
         workers=default_workers() if workers is None else workers,
         io=io,
         option=output_option,
+        weights=weights,
     )
     if tok is None and source.automatic:
         source.report_missing(config.get("vocab_size"), config.get("model_type"))
