@@ -233,9 +233,7 @@ def write_hf_directory(
     try:
         tmp.mkdir()
         identity = _identity(tmp)
-        result = _write_all(
-            tmp, tensors, files, manifest, tokenizer_files, max_shard, progress, workers, io, weights
-        )
+        result = _write_all(tmp, tensors, files, manifest, tokenizer_files, max_shard, progress, workers, io, weights)
         _verify(tmp, result.records, result.small, result.crc32)  # every file was fsynced as it was written
         fsync_tree(tmp)
         publish_directory(tmp, target, force=force, protected=protected, option=option)

@@ -22,9 +22,8 @@ range's CRC-32 is taken from the buffer it is written from and folded into the r
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -173,14 +172,31 @@ def _local_rows(src: Any) -> tuple[int, int] | None:
     return offset[0], offset[0] + shape[0]
 
 
+#: ``held(source)``: the global rows ``[lo, hi)`` of ``source`` this rank holds and their tensor, or ``None``.
+Held = Callable[[torch.Tensor], "tuple[tuple[int, int], torch.Tensor] | None"]
+
+
 def take_local_snapshot(
-    plan: ConversionPlan, dtype: torch.dtype, rank: int, pool: HostPool | None = None
+    plan: ConversionPlan,
+    dtype: torch.dtype,
+    rank: int,
+    pool: HostPool | None = None,
+    *,
+    held: Held | None = None,
 ) -> LocalSnapshot:
     """Copy the rows this rank writes to host memory in ``dtype`` (no collective: every rank takes its own).
 
     Each DTensor's local shard (only the rows the output uses) is cast on its device, then copied into a host
     buffer; rank 0 also copies the tensors that are not sharded. A source used by several outputs with the same
     rows is copied once.
+
+    Args:
+        plan: The plan over the live (sharded) tensors.
+        dtype: The export dtype.
+        rank: This rank (rank 0 writes what is not sharded).
+        pool: Host buffers of the last written snapshot to reuse.
+        held: Which rows of a source this rank holds (default: a DTensor's local shard; any other tensor whole,
+            on rank 0 only). Tests split plain tensors with it, as any number of ranks would hold them.
 
     Raises:
         RuntimeError: a DTensor's local shard does not have the rows its placement says (never expected).
@@ -202,27 +218,31 @@ def take_local_snapshot(
                     snapshot.pieces.append(Piece(index, 0, 1, *_to_host(local.detach(), dtype, snapshot, pool)))
                 continue
             a, b = _selection(tp, src.shape[0])
-            if _is_dtensor(src):
-                held = _local_rows(src)
-                if held is None:
-                    continue
-                local = src.to_local().detach()
-                if local.shape[0] != held[1] - held[0]:
-                    raise RuntimeError(
-                        f"{tp.name}: the local shard has {local.shape[0]} rows, its placement says {held[1] - held[0]}"
-                    )
-            elif rank == 0:
-                held, local = (0, src.shape[0]), src.detach()
-            else:
+            mine = held(src) if held is not None else _held(src, rank, tp.name)
+            if mine is None:
                 continue
-            lo, hi = max(held[0], a), min(held[1], b)
+            (first, last), local = mine
+            lo, hi = max(first, a), min(last, b)
             if lo >= hi:
                 continue  # an uneven shard with no row of this output
             key = (id(src), lo, hi)
             if key not in cache:
-                cache[key] = _to_host(local[lo - held[0] : hi - held[0]], dtype, snapshot, pool)
+                cache[key] = _to_host(local.detach()[lo - first : hi - first], dtype, snapshot, pool)
             snapshot.pieces.append(Piece(index, lo - a, hi - lo, *cache[key]))
     return snapshot
+
+
+def _held(src: torch.Tensor, rank: int, name: str) -> tuple[tuple[int, int], torch.Tensor] | None:
+    """The rows of ``src`` this rank holds: a DTensor's local shard, any other tensor whole on rank 0."""
+    if not _is_dtensor(src):
+        return ((0, src.shape[0]), src) if rank == 0 else None
+    rows = _local_rows(src)
+    if rows is None:
+        return None
+    local = src.to_local()
+    if local.shape[0] != rows[1] - rows[0]:
+        raise RuntimeError(f"{name}: the local shard has {local.shape[0]} rows, its placement says {rows[1] - rows[0]}")
+    return rows, local
 
 
 def _to_host(
@@ -380,8 +400,3 @@ def _pwrite(fd: int, view: memoryview, offset: int) -> None:
         if not written:
             raise OSError(f"pwrite() wrote nothing at offset {offset}")
         view, offset = view[written:], offset + written
-
-
-def expected_bytes(layout: Layout) -> int:
-    """Bytes of tensor data in ``layout`` (what every rank's pieces add up to)."""
-    return sum(math.prod(s.shape) * s.dtype.itemsize for s in layout.slots.values())
