@@ -2,9 +2,10 @@
 exchange around each version.
 
 The coordination never runs on the training's process group (NCCL on GPUs, busy with the training's own
-collectives): :func:`coordinator` makes one gloo group over every rank, with its own timeout
-(``HFEXPORT_DIST_TIMEOUT_S``, 1800 s by default), used only by the exporters' writer threads, in the same order on
-every rank (one version after the other). Around each version:
+collectives): each exporter makes a gloo group of its own over every rank (:func:`new_coordinator`, at its first
+distributed export), with its own timeout (``HFEXPORT_DIST_TIMEOUT_S``, 1800 s by default), used by its probe and
+then only by its writer threads, in the same order on every rank (one version after the other): two exporters
+writing at once never interleave their exchanges. Around each version:
 
 1. rank 0 creates the temporary version directory and every weights file (header written, final size), then
    broadcasts ``("go", step, path)`` (``("abort", step, why)`` when it failed before that);
@@ -43,7 +44,7 @@ __all__ = [
     "ENV_TIMEOUT",
     "Coordinator",
     "RankZeroWeights",
-    "coordinator",
+    "new_coordinator",
     "write_mode",
     "write_part",
 ]
@@ -93,7 +94,16 @@ class Coordinator:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.broken: str | None = None  # why the group must not be used any more
-        self._world_group = dist.group.WORLD
+
+    def close(self) -> None:
+        """Release the group (once no writer thread of this exporter uses it)."""
+        group, self.group = self.group, None
+        self.broken = self.broken or "closed"
+        if group is not None and torch.distributed.is_initialized():
+            try:
+                torch.distributed.destroy_process_group(group)
+            except Exception as exc:  # a failed group may not tear down cleanly; it is never used again
+                logger.debug("Could not destroy the exporters' gloo group: %s", exc)
 
     def _collective(self, what: str, op: Any) -> Any:
         if self.broken is not None:
@@ -151,17 +161,9 @@ class Coordinator:
         return [rank for rank, ok in enumerate(flags) if not ok]
 
 
-_COORDINATOR: Coordinator | None = None
-
-
-def coordinator() -> Coordinator:
-    """The process's :class:`Coordinator` (made at the first call on every rank: a collective), made again after
-    the default process group was replaced or the group failed."""
-    global _COORDINATOR
-    current = _COORDINATOR
-    if current is None or current.broken is not None or current._world_group is not torch.distributed.group.WORLD:
-        current = _COORDINATOR = Coordinator(_timeout_s())
-    return current
+def new_coordinator() -> Coordinator:
+    """A :class:`Coordinator` with the timeout of ``HFEXPORT_DIST_TIMEOUT_S`` (a collective: every rank calls it)."""
+    return Coordinator(_timeout_s())
 
 
 def _why(exc: BaseException) -> str:

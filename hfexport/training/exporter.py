@@ -54,7 +54,14 @@ from hfexport.io.versions import Version, VersionStore, list_versions, version_n
 from hfexport.sources import scalar_value
 from hfexport.training import sigterm
 from hfexport.training.background import BackgroundWriter
-from hfexport.training.coordinator import ENV_MODE, RankZeroWeights, coordinator, write_mode, write_part
+from hfexport.training.coordinator import (
+    ENV_MODE,
+    Coordinator,
+    RankZeroWeights,
+    new_coordinator,
+    write_mode,
+    write_part,
+)
 from hfexport.training.options import ExportOptions, document_options, option_values
 from hfexport.training.sharded import HostPool, LocalSnapshot, sharding_problem, take_local_snapshot
 from hfexport.training.snapshot import (
@@ -236,6 +243,7 @@ class HFExporter:
         # Distributed exports (FSDP2): whether each rank writes its own rows (decided at the first sharded export),
         # and the host buffers of this rank's last written rows.
         self._per_rank: bool | None = None
+        self._coord: Coordinator | None = None  # this exporter's gloo group, when each rank writes its rows
         self._host_pool = HostPool()
         if self.is_writer:
             self._buffers = SnapshotBuffers()
@@ -403,6 +411,9 @@ class HFExporter:
             self._closed = True
             if self._buffers is not None:
                 self._buffers.clear()
+            self._host_pool.clear()
+            if self._coord is not None:
+                self._coord.close()
             sigterm.uninstall()  # SIGTERM's previous disposition back once no exporter is open
         self.raise_if_failed()
 
@@ -467,7 +478,8 @@ class HFExporter:
             o = self.options
             weights: RankZeroWeights | None = None
             if isinstance(job.snapshot, LocalSnapshot):  # every rank writes its rows; rank 0 assembles the rest
-                weights = RankZeroWeights(coordinator(), job.snapshot, job.step, allow_nonfinite=o.allow_nonfinite)
+                assert self._coord is not None
+                weights = RankZeroWeights(self._coord, job.snapshot, job.step, allow_nonfinite=o.allow_nonfinite)
                 tensors = job.snapshot.outputs()
             else:
                 tensors = output_tensors(
@@ -556,7 +568,8 @@ class HFExporter:
                 [(t.name, t.dtype, tuple(t.shape)) for t in part.snapshot.outputs()],
                 parse_size(self.options.max_shard_size),
             )
-            write_part(coordinator(), part.snapshot, part.step, layout, self.options.allow_nonfinite)
+            assert self._coord is not None
+            write_part(self._coord, part.snapshot, part.step, layout, self.options.allow_nonfinite)
             self._host_pool.give_back(part.snapshot)
         except BaseException:
             _release(part.snapshot)
@@ -568,7 +581,8 @@ class HFExporter:
         if self._per_rank is None:
             why = sharding_problem(plan) if write_mode() == "auto" else f"{ENV_MODE}=gather"
             if why is None:
-                unshared = coordinator().unshared_ranks(self.root)
+                self._coord = new_coordinator()
+                unshared = self._coord.unshared_ranks(self.root)
                 if unshared:
                     why = (
                         f"rank(s) {', '.join(map(str, unshared))} do not see the files rank 0 writes in {self.root} "
