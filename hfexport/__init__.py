@@ -15,6 +15,7 @@ from hfexport.convert import convert_checkpoint, plan_conversion, resolve_dtype,
 from hfexport.errors import (
     CheckpointError,
     ConversionError,
+    DistributedExportError,
     ExportWorkerError,
     FileFormatError,
     HFExportError,
@@ -37,6 +38,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "CheckpointError",
     "ConversionError",
+    "DistributedExportError",
     "ExportOptions",
     "ExportStats",
     "ExportWorkerError",

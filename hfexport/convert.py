@@ -29,7 +29,7 @@ from hfexport.card import render_model_card
 from hfexport.errors import ConversionError
 from hfexport.families import ConversionPlan, ModelFacts, TensorPlan, check_plan
 from hfexport.io.chunkio import resolve_io
-from hfexport.io.directory import WriteResult, check_output_path, parse_size, write_hf_directory
+from hfexport.io.directory import WeightsWriter, WriteResult, check_output_path, parse_size, write_hf_directory
 from hfexport.io.pages import MappedCheckpoint
 from hfexport.io.safetensors import OutputTensor
 from hfexport.sources import LoadedCheckpoint, load_checkpoint, resolve_checkpoint_path
@@ -286,6 +286,7 @@ def write_export(
     protected: Sequence[str | os.PathLike[str]] = (),
     output_option: str = "output_dir",
     log_level: int = logging.INFO,
+    weights: WeightsWriter | None = None,
 ) -> WriteResult:
     """Write a plan as a complete, verified Hugging Face directory (atomically).
 
@@ -310,6 +311,8 @@ def write_export(
         output_option: How the caller names ``output_dir`` in messages (``"--output_dir"`` from the CLI,
             ``"dirpath"`` from the Lightning callback).
         log_level: The level of the writer's "Wrote ..." line.
+        weights: Who writes the weights' files, when not the writer itself (the ranks of a distributed export:
+            see :func:`~hfexport.io.directory.write_hf_directory`).
 
     Raises:
         TypeError: ``tokenizer`` is a spec, not a resolved tokenizer (pass it through :func:`export_tokenizer`).
@@ -348,6 +351,7 @@ def write_export(
         workers=default_workers() if workers is None else workers,
         io=io,
         option=output_option,
+        weights=weights,
     )
     return result
 

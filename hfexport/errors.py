@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ConversionError",
+    "DistributedExportError",
     "ExportWorkerError",
     "FileFormatError",
     "HFExportError",
@@ -84,6 +85,11 @@ class VerificationError(HFExportError, RuntimeError):
 class ExportWorkerError(HFExportError, RuntimeError):
     """An export failed: raised from the next call on the exporter when it was written in the background, else from
     the call itself (the cause is chained)."""
+
+
+class DistributedExportError(HFExportError, RuntimeError):
+    """The ranks of a distributed export could not write a version together (a rank failed, died or did not answer
+    in time); nothing of the version was published."""
 
 
 class HubError(HFExportError, RuntimeError):

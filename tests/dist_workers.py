@@ -279,6 +279,96 @@ def export_zygote(out: Path) -> None:
         os.waitpid(child, 0)
 
 
+# ------------------------------------------------------------------------------ per-rank writes (issue 20)
+SHARDED_GPT = dict(vocab_size=65, n_layer=2, n_embd=32, n_head=4, block_size=16)  # 65 rows: uneven shards
+SHARDED_LLAMA = dict(dim=48, n_heads=4, n_kv_heads=2, vocab_size=65)  # 2 KV heads: half a head per rank at 4
+
+
+def _sharded_rank(rank: int, world: int, port: int, out: Path, scenario: str) -> None:
+    """One rank of a per-rank-write scenario: ``identical`` (GPT-2 and Llama exports, each compared by the test
+    with rank 0's single-process export of the same weights), ``killed`` (rank 1 dies in the middle of its write)
+    or ``unshared`` (every rank has an output directory of its own: no shared file system, so rank 0 gathers)."""
+    import signal
+
+    import torch.distributed as dist
+    from llama_ref import make_llama
+    from torch.distributed.fsdp import fully_shard
+
+    from hfexport import export_hf
+    from hfexport.training import coordinator
+    from hfexport.training.exporter import HFExporter
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ["HFEXPORT_DIST_TIMEOUT_S"] = "60"  # a dead rank is usually seen at once (a closed connection)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    _log_to(out, rank)
+    torch.set_num_threads(1)
+    report: dict[str, Any] = {}
+    try:
+        models = {"gpt2": make_gpt(0, **SHARDED_GPT), "llama": make_llama(0, **SHARDED_LLAMA)}
+        if scenario == "killed":
+            models = {"gpt2": models["gpt2"]}
+            if rank == 1:
+                real = coordinator.write_local
+
+                def dies_half_way(tmp: Path, layout: Any, snapshot: Any, **kw: Any) -> Any:
+                    snapshot.pieces = snapshot.pieces[: len(snapshot.pieces) // 2]
+                    real(tmp, layout, snapshot, **kw)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+                coordinator.write_local = dies_half_way  # type: ignore[assignment]
+        for name, model in models.items():
+            if rank == 0:  # the same weights, one process: what every byte must equal
+                export_hf(copy.deepcopy(model), 3, out / "single" / name, dtype="float32", max_shard_size="40KB")
+                export_hf(copy.deepcopy(model), 3, out / "single_bf16" / name, max_shard_size="40KB")
+            for block in model.transformer.h if name == "gpt2" else model.layers:
+                fully_shard(block)
+            fully_shard(model)
+            root = out / (f"root{rank}" if scenario == "unshared" else "sharded")
+            try:
+                with HFExporter(root / name, dtype="float32", max_shard_size="40KB") as exporter:
+                    exporter.export(model, 3, final=True)
+                export_hf(model, 3, root / f"{name}_bf16", max_shard_size="40KB")
+                report[name] = "ok"
+            except Exception as exc:
+                report[name] = f"{type(exc).__name__}: {exc}"
+        (out / f"rank{rank}.json").write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_ranks(world: int, out: Path, scenario: str) -> None:
+    """Start ``world`` ranks and wait for every one (a rank that dies does not stop the others, unlike mp.spawn)."""
+    import multiprocessing
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_sharded_rank, args=(r, world, port, out, scenario)) for r in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    (out / "exitcodes.json").write_text(json.dumps([proc.exitcode for proc in procs]))
+
+
+def sharded2(out: Path) -> None:
+    _spawn_ranks(2, out, "identical")
+
+
+def sharded4(out: Path) -> None:
+    _spawn_ranks(4, out, "identical")
+
+
+def sharded_killed(out: Path) -> None:
+    _spawn_ranks(2, out, "killed")
+
+
+def sharded_unshared(out: Path) -> None:
+    _spawn_ranks(2, out, "unshared")
+
+
 if __name__ == "__main__":
     mode, target = sys.argv[1], Path(sys.argv[2])
     target.mkdir(parents=True, exist_ok=True)
@@ -288,5 +378,9 @@ if __name__ == "__main__":
         "fsdp2_llama": fsdp2_llama,
         "export_loop": export_loop,
         "export_zygote": export_zygote,
+        "sharded2": sharded2,
+        "sharded4": sharded4,
+        "sharded_killed": sharded_killed,
+        "sharded_unshared": sharded_unshared,
     }
     modes[mode](target)

@@ -55,3 +55,30 @@ def test_crc32_combine_over_many_pieces_in_order() -> None:
 def test_crc32_combine_rejects_a_negative_length() -> None:
     with pytest.raises(ValueError, match="len2"):
         crc32_combine(0, 0, -1)
+
+
+def test_sparse_crcs_of_interleaved_ranges_combine_into_the_files() -> None:
+    """Ranges written by several writers in any interleaving (a transposed block: one short range per row) give
+    the file's CRC-32; a range added out of order, or a size short of the ranges, is refused."""
+    import itertools
+    import random
+    import zlib
+
+    from hfexport._util.checksum import SparseCrc, crc32_of_sparse, crc32_zeros
+
+    rng = random.Random(0)
+    for _ in range(100):
+        size = rng.randint(0, 5000)
+        data = rng.randbytes(size)
+        cuts = sorted({0, size, *(rng.randint(0, size) for _ in range(rng.randint(0, 30)))})
+        writers = [SparseCrc() for _ in range(rng.randint(1, 5))]
+        for lo, hi in itertools.pairwise(cuts):
+            rng.choice(writers).add(lo, zlib.crc32(data[lo:hi]), hi - lo)
+        assert crc32_of_sparse([w.value(size) for w in writers], size) == zlib.crc32(data)
+    assert all(crc32_zeros(n) == zlib.crc32(bytes(n)) for n in (0, 1, 7, 4096, 123457))
+    part = SparseCrc()
+    part.add(10, 0, 5)
+    with pytest.raises(ValueError, match="added after one ending at 15"):
+        part.add(12, 0, 1)
+    with pytest.raises(ValueError, match="cannot hold a range ending at 15"):
+        part.value(14)

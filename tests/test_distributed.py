@@ -115,3 +115,64 @@ def test_fsdp2_two_processes_llama_permuted_after_the_gather(tmp_path: Path) -> 
         for name, tensor in want.items():
             assert got[name].dtype == dtype and torch.allclose(got[name].float(), tensor, atol=tol), name
     assert_parity(tmp_path / "hf" / "step_000002", reference)
+
+
+# ------------------------------------------------------------------------ each rank writes its rows (issue 20)
+def assert_identical_exports(out: Path, names: tuple[str, ...] = ("gpt2", "llama")) -> None:
+    """Every file of the per-rank export equals rank 0's single-process export of the same weights (the manifest
+    up to its creation time), and ``verify`` passes."""
+    for name in names:
+        for single, sharded in ((f"single/{name}", f"sharded/{name}"), (f"single_bf16/{name}", f"sharded/{name}_bf16")):
+            a, b = out / single / "step_000003", out / sharded / "step_000003"
+            files = sorted(p.name for p in a.iterdir())
+            assert files == sorted(p.name for p in b.iterdir())
+            assert len([f for f in files if f.endswith(".safetensors")]) > 1  # several shard files
+            for file in files:
+                if file == "hfexport.json":
+                    left, right = json.loads((a / file).read_text()), json.loads((b / file).read_text())
+                    assert {**left, "created": None} == {**right, "created": None}  # the same CRC-32s
+                else:
+                    assert (a / file).read_bytes() == (b / file).read_bytes(), (sharded, file)
+            assert verify_directory(b).ok
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_rank_writes_its_rows_byte_identical(tmp_path: Path, world: int) -> None:
+    """FSDP2 at 2 and 4 ranks: GPT-2 (65 vocabulary rows: uneven shards, a rank with no row of some tensors; tied;
+    Conv1D transposes) and Llama (GQA: 2 KV heads, half a head per rank at 4; RoPE permutation), float32 and
+    bfloat16, several shard files: byte-identical to one process's export, and no gather (rank 0 says so)."""
+    run_worker(f"sharded{world}", tmp_path)
+    assert json.loads((tmp_path / "exitcodes.json").read_text()) == [0] * world
+    for rank in range(world):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"gpt2": "ok", "llama": "ok"}
+    log0 = (tmp_path / "log_rank0.txt").read_text()
+    assert f"each of the {world} ranks writes its own rows" in log0 and "gathers the weights" not in log0
+    assert_identical_exports(tmp_path)
+
+
+def test_a_rank_killed_mid_write_publishes_nothing_and_nobody_hangs(tmp_path: Path) -> None:
+    """Rank 1 writes half its rows, then is SIGKILLed: rank 0's export fails (named), nothing is published, its
+    temporary is removed, and rank 0 finishes (the coordination times out at the latest)."""
+    from exportkit import hidden_temporaries
+
+    run_worker("sharded_killed", tmp_path, timeout=180)
+    assert json.loads((tmp_path / "exitcodes.json").read_text()) == [0, -9]
+    report = json.loads((tmp_path / "rank0.json").read_text())["gpt2"]
+    assert report.startswith("ExportWorkerError") and "another rank died or did not answer" in report
+    root = tmp_path / "sharded" / "gpt2"
+    assert step_dirs(root) == [] and hidden_temporaries(root) == [] and read_latest(root) is None
+    assert not (tmp_path / "sharded" / "gpt2_bf16").exists()  # export_hf was not reached: the first one raised
+
+
+def test_an_unshared_output_path_falls_back_to_the_gather(tmp_path: Path) -> None:
+    """Each rank has its own output directory (as node-local paths would be): rank 1 cannot see rank 0's files, so
+    rank 0 warns once per exporter, says why, and gathers; the export is still the single-process one."""
+    run_worker("sharded_unshared", tmp_path)
+    assert json.loads((tmp_path / "exitcodes.json").read_text()) == [0, 0]
+    log0 = (tmp_path / "log_rank0.txt").read_text()
+    assert "rank(s) 1 do not see the files rank 0 writes" in log0 and "each of the 2 ranks" not in log0
+    for name in ("gpt2", "llama"):
+        single, gathered = tmp_path / "single" / name / "step_000003", tmp_path / "root0" / name / "step_000003"
+        for file in single.glob("*.safetensors"):
+            assert file.read_bytes() == (gathered / file.name).read_bytes()
+    assert not (tmp_path / "root1" / "gpt2").exists() or step_dirs(tmp_path / "root1" / "gpt2") == []

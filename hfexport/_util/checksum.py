@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import lru_cache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["crc32", "crc32_combine", "crc32_file"]
+__all__ = ["SparseCrc", "crc32", "crc32_combine", "crc32_file", "crc32_of_sparse", "crc32_zeros"]
 
 
 def _fastest_crc32() -> Callable[..., int]:
@@ -90,6 +91,93 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     if len2 < 0:
         raise ValueError(f"len2 must be >= 0, not {len2}")
     return _multmodp(_x8nmodp(len2), crc1 & 0xFFFFFFFF) ^ (crc2 & 0xFFFFFFFF)
+
+
+@lru_cache(maxsize=1024)
+def _shift_tables(n: int) -> tuple[list[int], ...]:
+    """Byte tables of the linear map ``v -> v * x^(8n)`` (a CRC moved ``n`` bytes on): ``T[k][b]`` is the image of
+    byte ``b`` at byte position ``k``. Built from the images of the 32 single bits (32 multiplications); the ranges
+    of a distributed export repeat a few gaps many times (one per row of a transposed weight)."""
+    p = _x8nmodp(n)
+    basis = [_multmodp(p, 1 << i) for i in range(32)]
+    tables = []
+    for k in range(4):
+        table = [0] * 256
+        for b in range(1, 256):
+            low = b & -b
+            table[b] = table[b ^ low] ^ basis[8 * k + low.bit_length() - 1]
+        tables.append(table)
+    return tuple(tables)
+
+
+def _shifted(value: int, n: int) -> int:
+    """``value * x^(8n)`` modulo the polynomial: the CRC ``value`` moved ``n`` bytes on."""
+    t0, t1, t2, t3 = _shift_tables(n)
+    return t0[value & 255] ^ t1[(value >> 8) & 255] ^ t2[(value >> 16) & 255] ^ t3[value >> 24]
+
+
+@lru_cache(maxsize=4096)
+def crc32_zeros(n: int) -> int:
+    """The CRC-32 of ``n`` zero bytes (without touching ``n`` bytes).
+
+    Example:
+        >>> crc32_zeros(1000) == zlib.crc32(bytes(1000))
+        True
+    """
+    return _multmodp(_x8nmodp(n), 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+
+class SparseCrc:
+    """What the byte ranges one writer put into a file contribute to the file's CRC-32.
+
+    The ranks of a distributed export each write some byte ranges of a file (its tensors' rows), each range's
+    CRC-32 taken from the buffer it was written from. The CRC-32 is affine: the file's is the XOR of what each
+    writer's ranges contribute (each range in place, every other byte taken as zero) and a constant that depends
+    only on the file's size (:func:`crc32_of_sparse`). A writer adds its ranges in ascending offset order
+    (:meth:`add`), a few integer operations each, whatever their lengths; :meth:`value` is its contribution.
+
+    Example:
+        >>> data = bytes(range(256)) * 4
+        >>> a, b = SparseCrc(), SparseCrc()
+        >>> a.add(0, zlib.crc32(data[:100]), 100); a.add(600, zlib.crc32(data[600:]), 424)
+        >>> b.add(100, zlib.crc32(data[100:600]), 500)
+        >>> crc32_of_sparse([a.value(1024), b.value(1024)], 1024) == zlib.crc32(data)
+        True
+    """
+
+    def __init__(self) -> None:
+        self._raw = 0  # the linear part of the CRC of everything added so far, up to ``_end``
+        self._end = 0
+
+    def add(self, offset: int, crc: int, length: int) -> None:
+        """Add the range ``[offset, offset + length)`` whose bytes have CRC-32 ``crc``.
+
+        Raises:
+            ValueError: the range starts before the end of the range added last (ranges go in ascending order).
+        """
+        if offset < self._end or length < 0:
+            raise ValueError(f"range [{offset}, {offset + length}) added after one ending at {self._end}")
+        if not length:
+            return
+        raw = (crc ^ crc32_zeros(length)) & 0xFFFFFFFF  # the range's linear part
+        if self._raw:
+            raw ^= _shifted(self._raw, offset + length - self._end)
+        self._raw, self._end = raw, offset + length
+
+    def value(self, size: int) -> int:
+        """The contribution to the CRC-32 of a file of ``size`` bytes (``size`` >= the end of every range)."""
+        if size < self._end:
+            raise ValueError(f"a file of {size} bytes cannot hold a range ending at {self._end}")
+        return _shifted(self._raw, size - self._end) if self._raw and size > self._end else self._raw
+
+
+def crc32_of_sparse(contributions: Iterable[int], size: int) -> int:
+    """The CRC-32 of a file of ``size`` bytes from every writer's :meth:`SparseCrc.value` (the writers' ranges
+    tile the file: no byte written twice, none left out)."""
+    raw = 0
+    for value in contributions:
+        raw ^= value
+    return raw ^ crc32_zeros(size)
 
 
 def crc32_file(path: str | os.PathLike[str], chunk: int = 8 << 20) -> int:

@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ from hfexport._util.jsonio import dumps as json_dumps
 from hfexport._util.jsonio import loads as strict_json
 from hfexport.errors import OutputExistsError, OutputPathError, VerificationError
 from hfexport.io.check import Expected, check_directory, unsafe_name
-from hfexport.io.names import INDEX_FILE, MANIFEST_NAME, SINGLE_FILE
+from hfexport.io.layout import Layout, plan_layout
+from hfexport.io.names import INDEX_FILE, MANIFEST_NAME
 from hfexport.io.outputpath import (
     NAME_MAX,
     PATH_MAX,
@@ -79,6 +80,7 @@ __all__ = [
     "OutputExistsError",
     "OutputPathError",
     "OutputTensor",
+    "WeightsWriter",
     "WriteResult",
     "check_export_root",
     "check_output_path",
@@ -95,6 +97,10 @@ __all__ = [
     "temporary_name",
     "write_hf_directory",
 ]
+
+
+#: ``weights(tmp, layout)``: create every weights file of ``layout`` in ``tmp`` (fsynced); return name → CRC-32.
+WeightsWriter = Callable[[Path, Layout], Mapping[str, int]]
 
 
 @dataclass
@@ -171,6 +177,7 @@ def write_hf_directory(
     io: str = "buffered",
     option: str = "output_dir",
     log_level: int = logging.INFO,
+    weights: WeightsWriter | None = None,
 ) -> WriteResult:
     """Write a complete Hugging Face directory atomically and verify it.
 
@@ -193,6 +200,11 @@ def write_hf_directory(
             :func:`hfexport.io.chunkio.write_shard`; ``HFEXPORT_DIRECT_IO`` overrides it).
         option: How the caller names ``output_dir``, for the messages (see :func:`check_output_path`).
         log_level: The level of the "Wrote ..." line (the exporter logs its own line per version, at ``INFO``).
+        weights: Writes the weights' files itself (the ranks of a distributed export: see
+            :mod:`hfexport.training.sharded`): called with the temporary directory and the :class:`Layout` (every
+            file's header and every tensor's byte range), it creates every file of the layout, fsynced, and returns
+            each one's CRC-32; ``tensors`` then only give names, dtypes and shapes (their ``fill`` is not called).
+            ``None``: the tensors are produced and written here, chunk by chunk.
 
     Returns:
         What was written.
@@ -221,7 +233,7 @@ def write_hf_directory(
     try:
         tmp.mkdir()
         identity = _identity(tmp)
-        result = _write_all(tmp, tensors, files, manifest, tokenizer_files, max_shard, progress, workers, io)
+        result = _write_all(tmp, tensors, files, manifest, tokenizer_files, max_shard, progress, workers, io, weights)
         _verify(tmp, result.records, result.small, result.crc32)  # every file was fsynced as it was written
         fsync_tree(tmp)
         publish_directory(tmp, target, force=force, protected=protected, option=option)
@@ -265,18 +277,6 @@ class _Written:
     small: dict[str, bytes]  # the small files' contents, as written
 
 
-def _shard(tensors: Sequence[OutputTensor], max_bytes: int) -> list[list[OutputTensor]]:
-    shards: list[list[OutputTensor]] = [[]]
-    size = 0
-    for t in tensors:
-        if shards[-1] and size + t.nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(t)
-        size += t.nbytes
-    return shards
-
-
 def _check_files(files: Mapping[str, bytes | str]) -> None:
     """Refuse, before anything is written, a file name that is not a plain relative path (each is written as
     ``tmp / name``: it must not lead out of the temporary) and a ``.json`` file that is not strict JSON (the
@@ -302,16 +302,15 @@ def _write_all(
     progress: bool | None,
     workers: int,
     io: str,
+    weights: WeightsWriter | None = None,
 ) -> _Written:
     from tqdm.auto import tqdm
 
-    names = [t.name for t in tensors]
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate tensor names in the output")
-    shards = _shard(tensors, max_shard)
-    total = sum(t.nbytes for t in tensors)
+    layout = plan_layout([(t.name, t.dtype, tuple(t.shape)) for t in tensors], max_shard)
+    by_name = {t.name: t for t in tensors}
+    total = layout.tensor_bytes
     disable = (not sys.stderr.isatty()) if progress is None else not progress
-    records: list[TensorRecord] = []
+    records: list[TensorRecord] = [rec for file in layout.files for rec in file.records]
     sizes: dict[str, int] = {}
     checksums: dict[str, str] = {}
     with tqdm(total=total, unit="B", unit_scale=True, desc="writing", disable=disable, leave=False) as bar:
@@ -321,22 +320,25 @@ def _write_all(
             with bar_lock:
                 bar.update(n)
 
-        weight_map: dict[str, str] = {}
-        for i, shard in enumerate(shards):
-            fname = SINGLE_FILE if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            recs = [TensorRecord(t.name, t.dtype, t.shape, t.nbytes, file=fname) for t in shard]
-            written = write_safetensors(tmp / fname, recs, shard, io=io, workers=workers, on_progress=advance)
-            records.extend(recs)
-            sizes[fname] = written.size
-            checksums[fname] = f"{written.crc32:08x}"
-            weight_map.update({r.name: fname for r in recs})
+        if weights is not None:  # the weights are written elsewhere (each rank of a distributed export)
+            written_crcs = weights(tmp, layout)
+            for file in layout.files:
+                sizes[file.name] = file.size
+                checksums[file.name] = f"{written_crcs[file.name]:08x}"
+        else:
+            for file in layout.files:
+                shard = [by_name[rec.name] for rec in file.records]
+                written = write_safetensors(
+                    tmp / file.name, list(file.records), shard, io=io, workers=workers, on_progress=advance
+                )
+                sizes[file.name] = written.size
+                checksums[file.name] = f"{written.crc32:08x}"
         small = {name: _content(value) for name, value in files.items()}
         if tokenizer_files is not None:
             taken = set(small) | set(sizes) | {INDEX_FILE, MANIFEST_NAME}
             small.update(_tokenizer_files(tokenizer_files, protected=taken))
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            small[INDEX_FILE] = (json_dumps(index, name=INDEX_FILE, indent=2) + "\n").encode()
+        if layout.index is not None:
+            small[INDEX_FILE] = layout.index
         for name, content in small.items():
             _write_file(tmp / name, content)
             sizes[name] = len(content)

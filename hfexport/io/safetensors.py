@@ -33,6 +33,7 @@ __all__ = [
     "DTYPE_SIZES",
     "OutputTensor",
     "TensorRecord",
+    "header_bytes",
     "read_header",
     "write_safetensors",
 ]
@@ -116,7 +117,8 @@ class TensorRecord:
     file: str = ""
 
 
-def _header(records: list[TensorRecord], metadata: dict[str, str]) -> bytes:
+def header_bytes(records: list[TensorRecord], metadata: dict[str, str]) -> bytes:
+    """A safetensors header for ``records`` (in file order): the 8-byte length, then the JSON padded to 8 bytes."""
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for rec in records:
@@ -161,7 +163,7 @@ def write_safetensors(
     """
     if len(records) != len(tensors):
         raise ValueError(f"{len(records)} tensors announced, {len(tensors)} given")
-    head = _header(records, metadata or {"format": "pt"})
+    head = header_bytes(records, metadata or {"format": "pt"})
     chunks = [Chunk(0, torch.uint8, (len(head),), data=head)]
     offset = len(head)
     for rec, tensor in zip(records, tensors, strict=True):

@@ -40,17 +40,30 @@ from typing import Any, Literal
 import torch
 
 from hfexport._util.validation import check_int
-from hfexport.convert import dtype_name, export_tokenizer, output_tensors, write_export
+from hfexport.convert import WriteResult, dtype_name, export_tokenizer, output_tensors, write_export
 from hfexport.errors import ConversionError, ExportWorkerError, HFExportError
+from hfexport.families import ConversionPlan
 from hfexport.hub.journal import PushJournal
 from hfexport.hub.push import HubPusher
+from hfexport.io.directory import parse_size
+from hfexport.io.layout import plan_layout
 from hfexport.io.outputpath import check_export_root
 from hfexport.io.publish import note_interrupt
+from hfexport.io.safetensors import OutputTensor
 from hfexport.io.versions import Version, VersionStore, list_versions, version_name
 from hfexport.sources import scalar_value
 from hfexport.training import sigterm
 from hfexport.training.background import BackgroundWriter
+from hfexport.training.coordinator import (
+    ENV_MODE,
+    Coordinator,
+    RankZeroWeights,
+    new_coordinator,
+    write_mode,
+    write_part,
+)
 from hfexport.training.options import ExportOptions, document_options, option_values
+from hfexport.training.sharded import HostPool, LocalSnapshot, sharding_problem, take_local_snapshot
 from hfexport.training.snapshot import (
     Snapshot,
     SnapshotBuffers,
@@ -110,7 +123,7 @@ class _Job:
 
     step: int
     target: Path
-    snapshot: Snapshot
+    snapshot: Snapshot | LocalSnapshot
     card: dict[str, Any]
     manifest: dict[str, Any]
     final: bool
@@ -222,10 +235,16 @@ class HFExporter:
         self.metadata: dict[str, Any] = {}  # extra facts for every card/manifest (e.g. the source)
         self._closed = False
         self._store: VersionStore | None = None
-        self._writer: BackgroundWriter[_Job] | None = None
+        # Rank 0's writes its versions (_Job); another rank's, under a distributed export, its rows of them (_Part).
+        self._writer: BackgroundWriter[Any] | None = None
         self._pusher: HubPusher | None = None
         # The host copies of the last version written, reused by the next snapshot (see SnapshotBuffers).
         self._buffers: SnapshotBuffers | None = None
+        # Distributed exports (FSDP2): whether each rank writes its own rows (decided at the first sharded export),
+        # and the host buffers of this rank's last written rows.
+        self._per_rank: bool | None = None
+        self._coord: Coordinator | None = None  # this exporter's gloo group, when each rank writes its rows
+        self._host_pool = HostPool()
         if self.is_writer:
             self._buffers = SnapshotBuffers()
             self._store = VersionStore(self.root, options.keep_last_n)
@@ -312,8 +331,14 @@ class HFExporter:
             vocab_size=o.vocab_size,
             untie_embeddings=o.untie_embeddings,
         )
-        if o.if_busy == "skip" and is_sharded(plan):
-            # Every rank gathers the shards: they skip together or not at all (else the others hang in the gather).
+        sharded = is_sharded(plan)
+        per_rank = sharded and self._writes_per_rank(plan)
+        if per_rank and self._writer is None:  # a rank other than 0: it writes its own rows in the background
+            self._writer = BackgroundWriter(self._write_part, lambda job: f"rank {job.rank}'s part of step {job.step}")
+            busy = o.async_write and self._writer.busy
+        if o.if_busy == "skip" and sharded:
+            # Every rank takes part: they skip together or not at all (else the others hang in the gather or in
+            # the version's exchange).
             busy = broadcast_from_rank0(busy)
         if busy:
             if o.if_busy == "skip":
@@ -323,9 +348,22 @@ class HFExporter:
         if self._writer is not None and o.async_write:
             self._writer.wait_for_slot()  # before the snapshot: at most one snapshot waits for the writer
             self.raise_if_failed()
-        snapshot = take_snapshot(plan, o.dtype, self._buffers)  # every rank takes part (FSDP2 gathers)
+        snapshot: Snapshot | LocalSnapshot
+        if per_rank:  # this rank's rows only: no collective, no gather
+            snapshot = take_local_snapshot(plan, o.dtype, global_rank(), self._host_pool)
+        else:
+            snapshot = take_snapshot(plan, o.dtype, self._buffers)  # every rank takes part (FSDP2 gathers)
         self.last_step = step
         if self._writer is None:
+            return None
+        if not self.is_writer:
+            assert isinstance(snapshot, LocalSnapshot)
+            part = _Part(step, global_rank(), snapshot)
+            if o.async_write:
+                self._writer.submit(part)
+            else:
+                self._writer.run_here(part)
+                self.raise_if_failed()
             return None
         facts = {k: _plain(v) for k, v in facts.items() if v is not None}
         card = {"model_name": o.model_name, "step": step, **self.metadata, **facts}
@@ -373,6 +411,9 @@ class HFExporter:
             self._closed = True
             if self._buffers is not None:
                 self._buffers.clear()
+            self._host_pool.clear()
+            if self._coord is not None:
+                self._coord.close()
             sigterm.uninstall()  # SIGTERM's previous disposition back once no exporter is open
         self.raise_if_failed()
 
@@ -435,53 +476,33 @@ class HFExporter:
             if target.exists():
                 logger.warning("%s already exists; replacing it with this run's export of step %d", target, job.step)
             o = self.options
-            result = write_export(
-                job.snapshot.plan,
-                target,
-                dtype=o.dtype,
-                tensors=output_tensors(
+            weights: RankZeroWeights | None = None
+            if isinstance(job.snapshot, LocalSnapshot):  # every rank writes its rows; rank 0 assembles the rest
+                assert self._coord is not None
+                weights = RankZeroWeights(self._coord, job.snapshot, job.step, allow_nonfinite=o.allow_nonfinite)
+                tensors = job.snapshot.outputs()
+            else:
+                tensors = output_tensors(
                     job.snapshot.copies(), o.dtype, allow_nonfinite=o.allow_nonfinite, already_cast=True
-                ),
-                card_facts=job.card,
-                manifest_facts={**job.manifest, "dtype": dtype_name(o.dtype)},
-                tokenizer=export_tokenizer(job.snapshot.plan, o.tokenizer),
-                max_shard_size=o.max_shard_size,
-                force=True,
-                allow_nonfinite=o.allow_nonfinite,
-                progress=False,
-                output_option=self._option,
-                log_level=logging.DEBUG,  # this exporter's own line below says it all
-            )
+                )
+            try:
+                result = self._write_version(job, tensors, weights)
+            except BaseException as exc:
+                if weights is not None:
+                    weights.finish(exc)
+                raise
+            if weights is not None:
+                weights.finish(None)
             published = True
-            if self._buffers is not None:  # the version is written: its host copies may take the next snapshot
+            if isinstance(job.snapshot, LocalSnapshot):
+                self._host_pool.give_back(job.snapshot)
+            elif self._buffers is not None:  # the version is written: its host copies may take the next snapshot
                 self._buffers.give_back(job.snapshot)
-            job.snapshot.tensors.clear()
+            _release(job.snapshot)
             self._store.published(job.step, unwritten=self._unwritten(), is_pushing=self._is_pushing)
-            self._prune_journal()
-            stats = job.stats
-            stats.write_s = time.perf_counter() - start
-            if not self.options.async_write:
-                stats.stall_s = time.perf_counter() - job.started
-            stats.path, stats.size_bytes, stats.verified = target, sum(result.files.values()), True
-            push = "not pushed (push_to_hub=False)"
-            if self._pusher is not None:
-                self._pusher.submit(target, step=job.step, final=job.final)
-                stats.push = "queued"
-                hub = self.options.hub
-                push = f"push to {hub.repo_id}@{hub.revision} queued" if hub is not None else "push queued"
-            logger.info(
-                "Exported step %d to %s: %s in %d files, verified; training stalled %.2fs, written in %.2fs; %s",
-                job.step,
-                target,
-                _size(stats.size_bytes),
-                len(result.files),
-                stats.stall_s,
-                stats.write_s,
-                push,
-            )
-            self._published.append(stats)
+            self._after_publish(job, result, start)
         except BaseException as exc:
-            job.snapshot.tensors.clear()
+            _release(job.snapshot)
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: the user's, not a failed export
                 if published:
                     note_interrupt(exc, target, published=True)
@@ -492,6 +513,96 @@ class HFExporter:
             else:
                 logger.error("Export of step %d to %s failed: %s", job.step, target, exc)
             raise
+
+    def _write_version(self, job: _Job, tensors: list[OutputTensor], weights: RankZeroWeights | None) -> WriteResult:
+        """``write_export`` of ``job`` (the writer's part of :meth:`_write`)."""
+        o = self.options
+        return write_export(
+            job.snapshot.plan,
+            job.target,
+            dtype=o.dtype,
+            tensors=tensors,
+            card_facts=job.card,
+            manifest_facts={**job.manifest, "dtype": dtype_name(o.dtype)},
+            tokenizer=export_tokenizer(job.snapshot.plan, o.tokenizer),
+            max_shard_size=o.max_shard_size,
+            force=True,
+            allow_nonfinite=o.allow_nonfinite,
+            progress=False,
+            output_option=self._option,
+            log_level=logging.DEBUG,  # this exporter's own line below says it all
+            weights=weights,
+        )
+
+    def _after_publish(self, job: _Job, result: WriteResult, start: float) -> None:
+        """The bookkeeping of a published version: journal, stats, the Hub push, the log line."""
+        target = job.target
+        self._prune_journal()
+        stats = job.stats
+        stats.write_s = time.perf_counter() - start
+        if not self.options.async_write:
+            stats.stall_s = time.perf_counter() - job.started
+        stats.path, stats.size_bytes, stats.verified = target, sum(result.files.values()), True
+        push = "not pushed (push_to_hub=False)"
+        if self._pusher is not None:
+            self._pusher.submit(target, step=job.step, final=job.final)
+            stats.push = "queued"
+            hub = self.options.hub
+            push = f"push to {hub.repo_id}@{hub.revision} queued" if hub is not None else "push queued"
+        logger.info(
+            "Exported step %d to %s: %s in %d files, verified; training stalled %.2fs, written in %.2fs; %s",
+            job.step,
+            target,
+            _size(stats.size_bytes),
+            len(result.files),
+            stats.stall_s,
+            stats.write_s,
+            push,
+        )
+        self._published.append(stats)
+
+    def _write_part(self, part: _Part) -> None:
+        """A rank other than 0: write this rank's rows of a version (in the writer's thread); raises what failed."""
+        try:
+            layout = plan_layout(
+                [(t.name, t.dtype, tuple(t.shape)) for t in part.snapshot.outputs()],
+                parse_size(self.options.max_shard_size),
+            )
+            assert self._coord is not None
+            write_part(self._coord, part.snapshot, part.step, layout, self.options.allow_nonfinite)
+            self._host_pool.give_back(part.snapshot)
+        except BaseException:
+            _release(part.snapshot)
+            raise
+
+    def _writes_per_rank(self, plan: ConversionPlan) -> bool:
+        """Whether each rank writes its own rows of this sharded plan (decided at the first sharded export, on every
+        rank alike: the probe is a collective), else they are gathered to rank 0, which writes them all."""
+        if self._per_rank is None:
+            why = sharding_problem(plan) if write_mode() == "auto" else f"{ENV_MODE}=gather"
+            if why is None:
+                self._coord = new_coordinator()
+                unshared = self._coord.unshared_ranks(self.root)
+                if unshared:
+                    why = (
+                        f"rank(s) {', '.join(map(str, unshared))} do not see the files rank 0 writes in {self.root} "
+                        "(not a file system every rank shares)"
+                    )
+            self._per_rank = why is None
+            if why is None and self.is_writer:
+                logger.info(
+                    "hfexport: each of the %d ranks writes its own rows into %s (no gather)",
+                    torch.distributed.get_world_size(),
+                    self.root,
+                )
+            if why is not None and self.is_writer and not why.startswith(ENV_MODE):
+                logger.warning(
+                    "hfexport: every export of this run gathers the weights to rank 0, which writes them all (its "
+                    "host memory holds the whole model in the export dtype): %s. Point output_dir at a shared file "
+                    "system for each rank to write its own rows.",
+                    why,
+                )
+        return self._per_rank
 
     def _unwritten(self) -> set[str]:
         return {version_name(job.step) for job in self._writer.pending()} if self._writer is not None else set()
@@ -513,6 +624,26 @@ class HFExporter:
             PushJournal(self.root).prune()
         except OSError as exc:  # the journal is bookkeeping: never fatal to an export
             logger.warning("Could not prune the push journal of %s: %s", self.root, exc)
+
+
+@dataclass
+class _Part:
+    """One version's rows that a rank other than 0 writes."""
+
+    step: int
+    rank: int
+    snapshot: LocalSnapshot
+
+
+def _release(snapshot: Snapshot | LocalSnapshot) -> None:
+    """Drop a snapshot's host copies (its version is written or failed)."""
+    if isinstance(snapshot, Snapshot):
+        snapshot.tensors.clear()
+    else:
+        snapshot.pieces.clear()
+        for buffer in snapshot.buffers:
+            buffer.close()
+        snapshot.buffers.clear()
 
 
 def _size(nbytes: int) -> str:
