@@ -318,12 +318,17 @@ def _sharded_rank(rank: int, world: int, port: int, out: Path, scenario: str) ->
 
                 coordinator.write_local = dies_half_way  # type: ignore[assignment]
         for name, model in models.items():
+            os.environ.pop("HFEXPORT_DISTRIBUTED_WRITE", None)  # split mode: every rank would have to call these
             if rank == 0:  # the same weights, one process: what every byte must equal
                 export_hf(copy.deepcopy(model), 3, out / "single" / name, dtype="float32", max_shard_size="40KB")
                 export_hf(copy.deepcopy(model), 3, out / "single_bf16" / name, max_shard_size="40KB")
-            for block in model.transformer.h if name == "gpt2" else model.layers:
-                fully_shard(block)
-            fully_shard(model)
+            if scenario == "split":  # DDP: whole weights on every rank, each writes a share of every tensor's rows
+                os.environ["HFEXPORT_DISTRIBUTED_WRITE"] = "split"
+                model = torch.nn.parallel.DistributedDataParallel(model)
+            else:
+                for block in model.transformer.h if name == "gpt2" else model.layers:
+                    fully_shard(block)
+                fully_shard(model)
             root = out / (f"root{rank}" if scenario == "unshared" else "sharded")
             try:
                 with HFExporter(root / name, dtype="float32", max_shard_size="40KB") as exporter:
@@ -361,6 +366,10 @@ def sharded4(out: Path) -> None:
     _spawn_ranks(4, out, "identical")
 
 
+def ddp_split(out: Path) -> None:
+    _spawn_ranks(3, out, "split")
+
+
 def sharded_killed(out: Path) -> None:
     _spawn_ranks(2, out, "killed")
 
@@ -381,6 +390,7 @@ if __name__ == "__main__":
         "sharded2": sharded2,
         "sharded4": sharded4,
         "sharded_killed": sharded_killed,
+        "ddp_split": ddp_split,
         "sharded_unshared": sharded_unshared,
     }
     modes[mode](target)

@@ -150,6 +150,15 @@ def test_each_rank_writes_its_rows_byte_identical(tmp_path: Path, world: int) ->
     assert_identical_exports(tmp_path)
 
 
+def test_ddp_split_each_rank_writes_a_share_byte_identical(tmp_path: Path) -> None:
+    """``HFEXPORT_DISTRIBUTED_WRITE=split`` under DDP (3 ranks: 65 rows split 22/22/21): every rank writes a share of
+    every tensor's rows; the files are the single-process export's."""
+    run_worker("ddp_split", tmp_path)
+    assert json.loads((tmp_path / "exitcodes.json").read_text()) == [0, 0, 0]
+    assert "each of the 3 ranks writes its own rows" in (tmp_path / "log_rank0.txt").read_text()
+    assert_identical_exports(tmp_path)
+
+
 def test_a_rank_killed_mid_write_publishes_nothing_and_nobody_hangs(tmp_path: Path) -> None:
     """Rank 1 writes half its rows, then is SIGKILLed: rank 0's export fails (named), nothing is published, its
     temporary is removed, and rank 0 finishes (the coordination times out at the latest)."""

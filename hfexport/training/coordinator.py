@@ -55,15 +55,17 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 
 def write_mode() -> str:
-    """``"auto"`` (each rank writes its shards where it can; the default) or ``"gather"`` (rank 0 writes all),
-    from ``HFEXPORT_DISTRIBUTED_WRITE``.
+    """How the ranks of a distributed run share an export, from ``HFEXPORT_DISTRIBUTED_WRITE``: ``"auto"`` (the
+    default: under FSDP2 each rank writes its own rows where it can), ``"gather"`` (rank 0 gathers and writes all)
+    or ``"split"`` (also under DDP, whose weights are whole on every rank, each rank writes an equal share of every
+    tensor's rows; every rank must then call the exporter).
 
     Raises:
         OptionError: any other value.
     """
     value = os.environ.get(ENV_MODE, "").strip().lower() or "auto"
-    if value not in ("auto", "gather"):
-        raise OptionError(f"Invalid {ENV_MODE}={os.environ[ENV_MODE]!r}: set it to auto or gather, or unset it.")
+    if value not in ("auto", "gather", "split"):
+        raise OptionError(f"Invalid {ENV_MODE}={os.environ[ENV_MODE]!r}: set it to auto, gather or split, or unset it.")
     return value
 
 

@@ -63,7 +63,7 @@ from hfexport.training.coordinator import (
     write_part,
 )
 from hfexport.training.options import ExportOptions, document_options, option_values
-from hfexport.training.sharded import HostPool, LocalSnapshot, sharding_problem, take_local_snapshot
+from hfexport.training.sharded import HostPool, LocalSnapshot, row_share, sharding_problem, take_local_snapshot
 from hfexport.training.snapshot import (
     Snapshot,
     SnapshotBuffers,
@@ -332,11 +332,12 @@ class HFExporter:
             untie_embeddings=o.untie_embeddings,
         )
         sharded = is_sharded(plan)
-        per_rank = sharded and self._writes_per_rank(plan)
+        split = not sharded and write_mode() == "split" and _world_size() > 1  # DDP: whole weights on every rank
+        per_rank = (sharded or split) and self._writes_per_rank(plan)
         if per_rank and self._writer is None:  # a rank other than 0: it writes its own rows in the background
             self._writer = BackgroundWriter(self._write_part, lambda job: f"rank {job.rank}'s part of step {job.step}")
             busy = o.async_write and self._writer.busy
-        if o.if_busy == "skip" and sharded:
+        if o.if_busy == "skip" and (sharded or per_rank):
             # Every rank takes part: they skip together or not at all (else the others hang in the gather or in
             # the version's exchange).
             busy = broadcast_from_rank0(busy)
@@ -350,7 +351,8 @@ class HFExporter:
             self.raise_if_failed()
         snapshot: Snapshot | LocalSnapshot
         if per_rank:  # this rank's rows only: no collective, no gather
-            snapshot = take_local_snapshot(plan, o.dtype, global_rank(), self._host_pool)
+            held = row_share(global_rank(), _world_size()) if split else None
+            snapshot = take_local_snapshot(plan, o.dtype, global_rank(), self._host_pool, held=held)
         else:
             snapshot = take_snapshot(plan, o.dtype, self._buffers)  # every rank takes part (FSDP2 gathers)
         self.last_step = step
@@ -579,7 +581,7 @@ class HFExporter:
         """Whether each rank writes its own rows of this sharded plan (decided at the first sharded export, on every
         rank alike: the probe is a collective), else they are gathered to rank 0, which writes them all."""
         if self._per_rank is None:
-            why = sharding_problem(plan) if write_mode() == "auto" else f"{ENV_MODE}=gather"
+            why = f"{ENV_MODE}=gather" if write_mode() == "gather" else sharding_problem(plan)
             if why is None:
                 self._coord = new_coordinator()
                 unshared = self._coord.unshared_ranks(self.root)
@@ -633,6 +635,11 @@ class _Part:
     step: int
     rank: int
     snapshot: LocalSnapshot
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _release(snapshot: Snapshot | LocalSnapshot) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "Piece",
     "create_files",
     "header_contribution",
+    "row_share",
     "sharding_problem",
     "take_local_snapshot",
     "write_local",
@@ -230,6 +231,18 @@ def take_local_snapshot(
                 cache[key] = _to_host(local.detach()[lo - first : hi - first], dtype, snapshot, pool)
             snapshot.pieces.append(Piece(index, lo - a, hi - lo, *cache[key]))
     return snapshot
+
+
+def row_share(rank: int, world: int) -> Held:
+    """``held`` for weights that are whole on every rank (DDP): ``rank`` takes the ``torch.chunk`` share of every
+    tensor's rows (``ceil(rows / world)`` each; the last ranks fewer, or none)."""
+
+    def held(src: torch.Tensor) -> tuple[tuple[int, int], torch.Tensor]:
+        size = -(-src.shape[0] // world)
+        lo, hi = min(src.shape[0], rank * size), min(src.shape[0], (rank + 1) * size)
+        return (lo, hi), src[lo:hi]
+
+    return held
 
 
 def _held(src: torch.Tensor, rank: int, name: str) -> tuple[tuple[int, int], torch.Tensor] | None:
