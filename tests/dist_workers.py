@@ -14,6 +14,10 @@ Modes:
                         For both: a block_size of 17 (wpe's 17 rows split 9 + 8); at each exported step every
                         rank gathers the sharded model's full weights (OUT/actual_<step>.pt from rank 0) and rank 0
                         trains an unsharded copy on the same batches (OUT/expected_<step>.pt).
+    fsdp1_settings OUT  2 processes (gloo), a plain loop with FSDP1 (``FullyShardedDataParallel`` on CPU) under the
+                        settings FSDPStrategy passes on: use_orig_params False, an auto-wrap policy of blocks,
+                        SHARD_GRAD_OP, NO_SHARD. One SGD step each, then every rank exports (float32, OUT/<case>)
+                        and gathers the full weights (OUT/expected_<case>.pt from rank 0).
     export_loop OUT     exports a ~17 MB model every step, in the background, forever (killed by the test).
     export_zygote OUT   forks an export_loop child for each "go" read from stdin (fast restarts after kills).
 
@@ -274,6 +278,57 @@ def lightning_fsdp(out: Path) -> None:
     _lightning_sharded(out, "fsdp")
 
 
+def _fsdp1_settings_rank(rank: int, world: int, port: int, out: Path) -> None:
+    import torch.distributed as dist
+    from nanogpt import Block
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from hfexport.training.exporter import HFExporter
+    from hfexport.training.snapshot import plan_for_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    _log_to(out, rank)
+    blocks = ModuleWrapPolicy({Block})
+    cases: dict[str, dict[str, Any]] = {
+        "flat_params": dict(use_orig_params=False),
+        "wrapped_blocks": dict(use_orig_params=True, auto_wrap_policy=blocks),
+        "shard_grad_op": dict(use_orig_params=False, auto_wrap_policy=blocks, sharding_strategy="SHARD_GRAD_OP"),
+        "no_shard": dict(use_orig_params=True, sharding_strategy="NO_SHARD"),
+    }
+    seen: dict[str, list[str]] = {}
+    try:
+        for case, kwargs in cases.items():
+            kwargs = {**kwargs, "sharding_strategy": ShardingStrategy[kwargs.get("sharding_strategy", "FULL_SHARD")]}
+            model = FullyShardedDataParallel(
+                make_gpt(0, **LIGHTNING_GPT).train(), device_id=torch.device("cpu"), **kwargs
+            )
+            opt = torch.optim.SGD(model.parameters(), lr=0.5)
+            _loss(model, _batches(1)[0]).backward()
+            opt.step()
+            with HFExporter(out / case, dtype="float32") as exporter:
+                exporter.export(model, 1, final=True)
+            plan = plan_for_model(model)
+            seen[case] = sorted({type(tp.source).__name__ for tp in plan.tensors if tp.source is not None})
+            with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+                full = _weights(model.module)
+            if rank == 0:
+                torch.save(full, out / f"expected_{case}.pt")
+        (out / f"rank{rank}.json").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp1_settings(out: Path) -> None:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp1_settings_rank, args=(2, port, out), nprocs=2, join=True)
+
+
 # ------------------------------------------------------------------------------------------------- FSDP2
 def _fsdp2_rank(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
@@ -457,6 +512,7 @@ if __name__ == "__main__":
         "fsdp2_llama": fsdp2_llama,
         "lightning_fsdp2": lightning_fsdp2,
         "lightning_fsdp": lightning_fsdp,
+        "fsdp1_settings": fsdp1_settings,
         "export_loop": export_loop,
         "export_zygote": export_zygote,
     }

@@ -11,7 +11,8 @@ Each run is a subprocess with a timeout (a hang fails the test). The model has 1
 unevenly (9 + 8). Every rank gathers the sharded model's full weights at each exported step (``actual_<step>.pt``):
 the float32 files must equal them bit for bit; rank 0 also trains an unsharded copy on the same batches
 (``expected_<step>.pt``): equal up to the order in which the gradients were reduced. The final version loads in
-transformers with the logits of both, and ``hfexport verify --checkpoint`` passes.
+transformers with the logits of both, and ``hfexport verify --checkpoint`` passes. A third test runs FSDP1 in a
+plain loop under the settings ``FSDPStrategy`` passes on to FSDP (``use_orig_params``, wrapping, sharding).
 """
 
 from __future__ import annotations
@@ -85,3 +86,18 @@ def test_lightning_fsdp1_exports_through_the_sharded_state_dict(tmp_path: Path) 
     for rank in (0, 1):  # the module inside the wrapper is refused, naming the fix, on every rank
         refused = json.loads((tmp_path / f"rank{rank}.json").read_text())["refused"]
         assert "flat-parameter pieces" in refused and "Pass the FullyShardedDataParallel module itself" in refused
+
+
+def test_fsdp1_settings_that_change_the_flat_parameters(tmp_path: Path) -> None:
+    """FSDP1 in a plain loop (the wrapper given to ``HFExporter``) under the settings ``FSDPStrategy`` passes on:
+    flat parameters (``use_orig_params=False``: no tie in ``named_parameters``), one unit per block, SHARD_GRAD_OP,
+    NO_SHARD (replicated weights: plain tensors, as under DDP). Before, every rank took FSDP's default full state
+    dict: the whole model on every rank."""
+    run_worker("fsdp1_settings", tmp_path, timeout=180)
+    sharded = {"flat_params": ["DTensor"], "wrapped_blocks": ["DTensor"], "shard_grad_op": ["DTensor"]}
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {**sharded, "no_shard": ["Tensor"]}
+    assert "Exported" not in (tmp_path / "log_rank1.txt").read_text()
+    for case in (*sharded, "no_shard"):
+        assert verify_directory(tmp_path / case / "step_000001").ok
+        assert_file_tensors(tmp_path / case / "step_000001", load(tmp_path / f"expected_{case}.pt"), torch.float32)
