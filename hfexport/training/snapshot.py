@@ -29,7 +29,6 @@ from hfexport.convert import plan_conversion
 from hfexport.errors import ConversionError, MissingFactError
 from hfexport.families import ConversionPlan, TensorPlan
 from hfexport.sources import model_facts, strip_prefixes, unwrap_model
-from hfexport.training.fsdp1 import fsdp1_root, has_fsdp1_views, sharded_state
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -180,6 +179,8 @@ def plan_for_model(
         ConversionError: a needed fact (e.g. ``n_head``) is neither in ``model.config`` nor in ``config``; a module
             inside FSDP1 given without its ``FullyShardedDataParallel`` wrapper.
     """
+    from hfexport.training.fsdp1 import fsdp1_root, has_fsdp1_views, sharded_state  # FSDP1 wrappers
+
     root = fsdp1_root(model)
     net = unwrap_model(root.module if root is not None else model)
     if root is None and has_fsdp1_views(net):
