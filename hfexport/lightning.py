@@ -6,7 +6,9 @@ with ``HFExporter``.
 When it acts: after optimizer steps (so once per step under gradient accumulation), at the end of every N-th
 epoch, and at the end of training (the final step, unless already exported); never during the sanity check,
 under ``fast_dev_run``, or outside ``fit``. The model exported is ``pl_module.model`` when that attribute is an
-``nn.Module``, else the LightningModule itself. Only global rank 0 writes; under FSDP2 every rank gathers.
+``nn.Module``, else the LightningModule itself. Only global rank 0 writes; every rank takes part in each export:
+under ``ModelParallelStrategy`` (FSDP2) every rank gathers its shards, under ``FSDPStrategy`` (FSDP1) every rank
+reads the wrapper's sharded state dict (``hfexport.training.fsdp1``), then gathers as under FSDP2.
 
 Example:
     ```python
@@ -43,6 +45,7 @@ from hfexport._util.validation import check_bool, check_int
 from hfexport.errors import HFExportError
 from hfexport.io.outputpath import check_export_root
 from hfexport.training.exporter import HFExporter
+from hfexport.training.fsdp1 import fsdp1_root
 from hfexport.training.options import ExportOptions, document_options, option_values
 
 logger = logging.getLogger(__name__)
@@ -240,7 +243,10 @@ class HFExportCallback(Callback):
         if step == self.exporter.last_step:
             return
         loss = trainer.callback_metrics.get("train_loss", trainer.callback_metrics.get("loss"))
-        self.exporter.export(pl_module, step, final=final, epoch=trainer.current_epoch, loss=loss)
+        # Under FSDPStrategy (FSDP1) the plan reads the wrapper's sharded state dict; on every rank, as it must.
+        wrapped = trainer.strategy.model
+        model = wrapped if fsdp1_root(wrapped) is not None else pl_module
+        self.exporter.export(model, step, final=final, epoch=trainer.current_epoch, loss=loss)
         self._log_published(trainer, self.exporter)
 
     def _log_published(self, trainer: pl.Trainer, exporter: HFExporter) -> None:

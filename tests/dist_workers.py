@@ -8,6 +8,16 @@ Modes:
                         trains an unsharded copy on the same data and saves its weights to OUT/expected_<step>.pt.
     fsdp2_llama OUT     the same with llama_ref's Meta-named Llama (GQA, tied output), exporting at step 2 in
                         float32 (OUT/hf) and bfloat16 (OUT/hf_bf16); rank 0 saves the unsharded copy's weights.
+    lightning_fsdp2 OUT a Lightning Trainer with ModelParallelStrategy (FSDP2: ``fully_shard`` in ``configure_model``),
+                        2 CPU processes, HFExportCallback every 2 steps in float32; every batch on every rank.
+    lightning_fsdp OUT  the same with FSDPStrategy (FSDP1, Lightning's defaults: one FSDP unit, use_orig_params).
+                        For both: a block_size of 17 (wpe's 17 rows split 9 + 8); at each exported step every
+                        rank gathers the sharded model's full weights (OUT/actual_<step>.pt from rank 0) and rank 0
+                        trains an unsharded copy on the same batches (OUT/expected_<step>.pt).
+    fsdp1_settings OUT  2 processes (gloo), a plain loop with FSDP1 (``FullyShardedDataParallel`` on CPU) under the
+                        settings FSDPStrategy passes on: use_orig_params False, an auto-wrap policy of blocks,
+                        SHARD_GRAD_OP, NO_SHARD. One SGD step each, then every rank exports (float32, OUT/<case>)
+                        and gathers the full weights (OUT/expected_<case>.pt from rank 0).
     export_loop OUT     exports a ~17 MB model every step, in the background, forever (killed by the test).
     export_zygote OUT   forks an export_loop child for each "go" read from stdin (fast restarts after kills).
 
@@ -103,6 +113,220 @@ def lightning_ddp(out: Path) -> None:
     _log_to(out, trainer.global_rank)
     trainer.fit(LitGPT())
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"done": True, "dirpath": str(callback.dirpath)}))
+
+
+# -------------------------------------------------------------------------------- Lightning FSDP2 / FSDP1
+def _cpu_fsdp_strategy() -> Any:
+    """Lightning's ``FSDPStrategy`` on CPU, changed in the one argument that keeps it off CPUs.
+
+    Lightning 2.6 refuses ``strategy="fsdp"`` without a GPU (its accelerator connector checks for
+    ``type(strategy) is FSDPStrategy``: a subclass passes), and it wraps the model with
+    ``FullyShardedDataParallel(..., device_id=root_device.index)``: ``None`` for a CPU device, and torch's FSDP1
+    then raises "FSDP needs a non-CPU accelerator device". This subclass wraps the model with exactly Lightning's
+    arguments (sharding strategy, ``use_orig_params=True``, no auto-wrap policy: one FSDP unit) and
+    ``device_id=torch.device("cpu")``, then hands the wrapped model to Lightning's own ``_setup_model`` (which
+    sees it wrapped and does the rest as usual). Everything else (process group: gloo, state dicts, hooks) is
+    Lightning's.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    class CPUFSDPStrategy(FSDPStrategy):
+        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+            wrapped = FullyShardedDataParallel(
+                module=model,
+                cpu_offload=self.cpu_offload,
+                mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy,
+                device_id=torch.device("cpu"),
+                **self.kwargs,
+            )
+            return super()._setup_model(wrapped)
+
+    return CPUFSDPStrategy()
+
+
+def _full_weights(trainer: Any, pl_module: Any) -> dict[str, torch.Tensor]:
+    """The sharded model's full weights (a collective: every rank calls it)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(trainer.strategy.model, FullyShardedDataParallel):  # FSDP1: the root wraps the LightningModule
+        with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
+            return _weights(pl_module.model)
+    state = pl_module.model.state_dict()
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in state.items()}
+
+
+# 17 positions: wpe's 17 rows are split 9 + 8 (uneven shards); 16 tokens per sequence are used.
+LIGHTNING_GPT = {**TINY, "block_size": 17}
+
+
+def _lightning_sharded(out: Path, kind: str) -> None:
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hfexport.lightning import HFExportCallback
+    from hfexport.training.snapshot import plan_for_model
+
+    data = _batches(MAX_STEPS)  # 5 batches of 4 sequences: every rank sees all of them, in order
+
+    class LitGPT(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = make_gpt(0, **LIGHTNING_GPT).train()
+
+        def configure_model(self) -> None:
+            if kind != "fsdp2":
+                return
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = self.device_mesh["data_parallel"]
+            for block in self.model.transformer.h:
+                fully_shard(block, mesh=mesh)
+            fully_shard(self.model, mesh=mesh)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return _loss(self.model, batch[0])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(TensorDataset(data.reshape(-1, 17)), batch_size=4)
+
+    exported = (2, 4, MAX_STEPS)
+
+    class Recorder(pl.Callback):
+        """Before the export of the same hook: the sharded model's full weights, and the unsharded copy's."""
+
+        def __init__(self) -> None:
+            self.reference = make_gpt(0, **LIGHTNING_GPT).train()
+            self.opt = torch.optim.SGD(self.reference.parameters(), lr=0.5)
+            self.sharded: list[bool] = []
+
+        def on_train_batch_end(
+            self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            self.opt.zero_grad()
+            _loss(self.reference, batch[0]).backward()
+            self.opt.step()
+            step = trainer.global_step
+            self.sharded.append(any(type(p).__name__ == "DTensor" for p in pl_module.parameters()))
+            if step in exported:
+                full = _full_weights(trainer, pl_module)
+                if trainer.global_rank == 0:
+                    torch.save(full, out / f"actual_{step}.pt")
+                    torch.save(_weights(self.reference), out / f"expected_{step}.pt")
+
+    if kind == "fsdp2":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy: Any = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    else:
+        strategy = _cpu_fsdp_strategy()
+    recorder = Recorder()
+    callback = HFExportCallback(out / "hf", every_n_train_steps=2, dtype="float32")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        max_steps=MAX_STEPS,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+        callbacks=[recorder, callback],
+    )
+    _log_to(out, trainer.global_rank)
+    module = LitGPT()
+    trainer.fit(module)
+    # What an export of the trained model reads (a collective under FSDP1: every rank calls it).
+    target = trainer.strategy.model if kind == "fsdp" else module
+    plan = plan_for_model(target)
+    sources = [tp.source for tp in plan.tensors if tp.source is not None]
+    dtensors = [s for s in sources if type(s).__name__ == "DTensor"]
+    placements = sorted({str(tuple(s.placements)) for s in dtensors})  # type: ignore[attr-defined]
+    refused = None  # FSDP1: the LightningModule without its wrapper holds flat-parameter pieces, not weights
+    if kind == "fsdp":
+        from hfexport.errors import ConversionError
+
+        try:
+            plan_for_model(module)
+        except ConversionError as exc:
+            refused = str(exc)
+    (out / f"rank{trainer.global_rank}.json").write_text(
+        json.dumps(
+            {
+                "done": True,
+                "sharded_params": recorder.sharded,
+                "plan_sources": len(sources),
+                "plan_dtensors": len(dtensors),
+                "placements": placements,
+                "refused": refused,
+            }
+        )
+    )
+
+
+def lightning_fsdp2(out: Path) -> None:
+    _lightning_sharded(out, "fsdp2")
+
+
+def lightning_fsdp(out: Path) -> None:
+    _lightning_sharded(out, "fsdp")
+
+
+def _fsdp1_settings_rank(rank: int, world: int, port: int, out: Path) -> None:
+    import torch.distributed as dist
+    from nanogpt import Block
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from hfexport.training.exporter import HFExporter
+    from hfexport.training.snapshot import plan_for_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    _log_to(out, rank)
+    blocks = ModuleWrapPolicy({Block})
+    cases: dict[str, dict[str, Any]] = {
+        "flat_params": dict(use_orig_params=False),
+        "wrapped_blocks": dict(use_orig_params=True, auto_wrap_policy=blocks),
+        "shard_grad_op": dict(use_orig_params=False, auto_wrap_policy=blocks, sharding_strategy="SHARD_GRAD_OP"),
+        "no_shard": dict(use_orig_params=True, sharding_strategy="NO_SHARD"),
+    }
+    seen: dict[str, list[str]] = {}
+    try:
+        for case, kwargs in cases.items():
+            kwargs = {**kwargs, "sharding_strategy": ShardingStrategy[kwargs.get("sharding_strategy", "FULL_SHARD")]}
+            model = FullyShardedDataParallel(
+                make_gpt(0, **LIGHTNING_GPT).train(), device_id=torch.device("cpu"), **kwargs
+            )
+            opt = torch.optim.SGD(model.parameters(), lr=0.5)
+            _loss(model, _batches(1)[0]).backward()
+            opt.step()
+            with HFExporter(out / case, dtype="float32") as exporter:
+                exporter.export(model, 1, final=True)
+            plan = plan_for_model(model)
+            seen[case] = sorted({type(tp.source).__name__ for tp in plan.tensors if tp.source is not None})
+            with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+                full = _weights(model.module)
+            if rank == 0:
+                torch.save(full, out / f"expected_{case}.pt")
+        (out / f"rank{rank}.json").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp1_settings(out: Path) -> None:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp1_settings_rank, args=(2, port, out), nprocs=2, join=True)
 
 
 # ------------------------------------------------------------------------------------------------- FSDP2
@@ -385,6 +609,9 @@ if __name__ == "__main__":
         "lightning_ddp": lightning_ddp,
         "fsdp2": fsdp2,
         "fsdp2_llama": fsdp2_llama,
+        "lightning_fsdp2": lightning_fsdp2,
+        "lightning_fsdp": lightning_fsdp,
+        "fsdp1_settings": fsdp1_settings,
         "export_loop": export_loop,
         "export_zygote": export_zygote,
         "sharded2": sharded2,

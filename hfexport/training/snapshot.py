@@ -171,13 +171,28 @@ def plan_for_model(
 ) -> ConversionPlan:
     """The conversion plan of a live model (lazy: it references the live tensors).
 
+    Under FSDP2 the sources are the parameters' DTensors. An FSDP1 ``FullyShardedDataParallel`` module (under
+    Lightning's ``FSDPStrategy``, the callback passes it) is read through its sharded state dict: its sources are
+    ``Shard(0)`` DTensors too (:mod:`hfexport.training.fsdp1`), and building the plan is then a collective.
+
     Raises:
-        ConversionError: a needed fact (e.g. ``n_head``) is neither in ``model.config`` nor in ``config``.
+        ConversionError: a needed fact (e.g. ``n_head``) is neither in ``model.config`` nor in ``config``; a module
+            inside FSDP1 given without its ``FullyShardedDataParallel`` wrapper.
     """
-    net = unwrap_model(model)
+    from hfexport.training.fsdp1 import fsdp1_root, has_fsdp1_views, sharded_state  # FSDP1 wrappers
+
+    root = fsdp1_root(model)
+    net = unwrap_model(root.module if root is not None else model)
+    if root is None and has_fsdp1_views(net):
+        raise ConversionError(
+            f"Cannot export {type(net).__name__}: its parameters are FSDP1's flat-parameter pieces (it is inside a "
+            "FullyShardedDataParallel module). Pass the FullyShardedDataParallel module itself (the object "
+            "FullyShardedDataParallel(...) returned), on every rank, so that its sharded state dict can be read."
+        )
+    live = sharded_state(root, net) if root is not None else net.state_dict(keep_vars=True)
     if _is_pretrained(net):
-        return _pretrained_plan(net)
-    state = strip_prefixes(net.state_dict(keep_vars=True))
+        return _pretrained_plan(net, live)
+    state = strip_prefixes(live)
     facts = model_facts(net, config)
     try:
         return plan_conversion(
@@ -198,12 +213,12 @@ def plan_for_model(
         raise
 
 
-def _pretrained_plan(net: Any) -> ConversionPlan:
-    """A ``transformers`` model goes out as it is: its own names, config and tied weights."""
+def _pretrained_plan(net: Any, live: dict[str, torch.Tensor]) -> ConversionPlan:
+    """A ``transformers`` model goes out as it is: its own names, config and tied weights (``live``: its state)."""
     config = copy.deepcopy(net.config).to_dict()  # never touch the live config
     seen: dict[tuple[int, tuple[int, ...]], str] = {}
     tensors = []
-    for name, tensor in net.state_dict(keep_vars=True).items():
+    for name, tensor in live.items():
         try:
             key = (tensor.untyped_storage().data_ptr(), tuple(tensor.shape))
         except (RuntimeError, NotImplementedError):
