@@ -25,6 +25,7 @@ from hfexport.io.sidecars import Sidecar
 __all__ = [
     "Architecture",
     "ConversionPlan",
+    "DeferredTensor",
     "ModelFacts",
     "TensorPlan",
     "check_plan",
@@ -38,6 +39,7 @@ __all__ = [
     "range_problems",
     "refuse_unexpected",
     "require",
+    "source_values",
     "transpose_into",
 ]
 
@@ -103,6 +105,30 @@ class ModelFacts:
         if self.raw and override.raw:
             merged["raw"] = {**self.raw, **override.raw}
         return ModelFacts(**merged)
+
+
+class DeferredTensor(torch.Tensor):
+    """A source tensor whose values are read only when they are needed: a meta tensor (its shape and dtype, no
+    memory) with a ``read`` function that returns its values as a new CPU tensor, at each call.
+
+    A checkpoint read one tensor at a time (``torch.distributed.checkpoint``, :mod:`hfexport.dcp`) hands these to
+    :meth:`Architecture.plan`; shapes, dtypes and names are all a plan needs, except where values are compared
+    (:func:`is_tied`, through :func:`source_values`). The writer (:func:`hfexport.convert.output_tensors`) reads each
+    one when its first chunk is produced and lets it go after its last.
+    """
+
+    read: Callable[[], torch.Tensor]
+
+    @staticmethod
+    def __new__(cls, shape: Sequence[int], dtype: torch.dtype, read: Callable[[], torch.Tensor]) -> DeferredTensor:
+        tensor = torch.Tensor._make_subclass(cls, torch.empty(tuple(shape), dtype=dtype, device="meta"))
+        tensor.read = read
+        return tensor
+
+
+def source_values(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself, or the values of a :class:`DeferredTensor` (read now: a new tensor at each call)."""
+    return tensor.read() if isinstance(tensor, DeferredTensor) else tensor
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,8 @@ def same_storage(a: torch.Tensor, b: torch.Tensor, *, same_shape: bool = False) 
 
     ``a is b`` where there is no local storage (a meta tensor, a DTensor).
     """
+    if a.device.type == "meta" or b.device.type == "meta":  # no storage: every data_ptr() is 0
+        return a is b
     try:
         shared = a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError, AttributeError):  # no local storage (e.g. a DTensor)
@@ -318,7 +346,9 @@ def is_tied(head: torch.Tensor | None, embed: torch.Tensor) -> bool:
     twice). Compared only at the same dtype (``torch.equal`` raises on some dtype pairs)."""
     if head is None or same_storage(head, embed, same_shape=True):
         return True
-    return head.shape == embed.shape and head.dtype == embed.dtype and bool(torch.equal(head, embed))
+    if head.shape != embed.shape or head.dtype != embed.dtype:
+        return False
+    return bool(torch.equal(source_values(head), source_values(embed)))  # deferred tensors: both read, compared
 
 
 def refuse_unexpected(
