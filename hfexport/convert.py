@@ -476,7 +476,8 @@ def convert_checkpoint(
     Args:
         path: A checkpoint file (nanoGPT, build-nanogpt, nano-gpt package, llama2.c, Meta ``consolidated.00.pth``
             + ``params.json``, litgpt ``lit_model.pth`` + ``model_config.yaml``, Lightning ``.ckpt``, a bare state
-            dict), a directory holding checkpoints (the newest is used) or ``dir/step_002000``.
+            dict), a directory holding checkpoints (the newest is used) or ``dir/step_002000``, or a
+            ``torch.distributed.checkpoint`` directory (torchtitan, Lightning; each tensor read when it is written).
         output_dir: The directory to create.
         dtype: ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``.
         activation: The GELU the model was trained with; ``None`` picks the producer's known one

@@ -112,6 +112,13 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
             if (p / name).is_file():
                 return p / name
         candidates = [c for c in p.iterdir() if c.is_file() and c.suffix in CHECKPOINT_SUFFIXES]
+        distributed = sorted(c.name for c in p.iterdir() if dcp.is_dcp_directory(c))
+        if not candidates and distributed:
+            shown = ", ".join(distributed[:5]) + (" ..." if len(distributed) > 5 else "")
+            raise CheckpointError(
+                f"{str(p)!r} holds distributed checkpoints (torch.distributed.checkpoint directories: {shown}), not "
+                "a checkpoint file: pass one of them."
+            )
         if not candidates:
             raise CheckpointError(
                 f"No checkpoint in directory {str(p)!r}: expected latest.pt, ckpt.pt or a *.pt/*.ckpt file in it. "

@@ -300,6 +300,13 @@ def test_bad_directories_are_refused_by_name(tmp_path: Path, capsys: Any) -> Non
     with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(ckpt3)
 
+    # The folder of several step directories (torchtitan's checkpoint/): they are named.
+    (tmp_path / "runs").mkdir()
+    save_dcp({"model": weights(model)}, tmp_path / "runs" / "step-10")
+    save_dcp({"model": weights(model)}, tmp_path / "runs" / "step-20")
+    with pytest.raises(CheckpointError, match=r"step-10, step-20.*pass one of them"):
+        load_checkpoint(tmp_path / "runs")
+
     # Only optimizer state and unknown tensors: the entries are listed.
     ckpt4 = save_dcp({"optimizer": get_state_dict(model, opt)[1], "ema": {"w": torch.ones(3)}}, tmp_path / "dcp4")
     with pytest.raises(CheckpointError, match=r"No model weights found.*'ema'"):
