@@ -10,6 +10,7 @@ chunk (peak memory of a few chunks) and the exporter can snapshot everything at 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -348,7 +349,24 @@ def is_tied(head: torch.Tensor | None, embed: torch.Tensor) -> bool:
         return True
     if head.shape != embed.shape or head.dtype != embed.dtype:
         return False
-    return bool(torch.equal(source_values(head), source_values(embed)))  # deferred tensors: both read, compared
+    if isinstance(head, DeferredTensor) or isinstance(embed, DeferredTensor):
+        # Read one at a time, never both in memory: a tie stored twice is the same bytes.
+        return _digest(source_values(head)) == _digest(source_values(embed))
+    return bool(torch.equal(head, embed))
+
+
+def _digest(tensor: torch.Tensor) -> bytes:
+    """The SHA-256 of a CPU tensor's bytes, hashed through an 8 MB buffer (no second copy of the tensor)."""
+    flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    digest = hashlib.sha256()
+    block = bytearray(min(flat.numel(), 8 << 20))
+    if block:
+        staging = torch.frombuffer(block, dtype=torch.uint8)
+        for start in range(0, flat.numel(), len(block)):
+            n = min(len(block), flat.numel() - start)
+            staging[:n].copy_(flat[start : start + n])
+            digest.update(memoryview(block)[:n])
+    return digest.digest()
 
 
 def refuse_unexpected(
