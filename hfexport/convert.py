@@ -139,12 +139,12 @@ def output_tensors(
         allow_nonfinite: Write NaN/inf values instead of refusing them.
         release: Called with each source tensor once every output made from it has been produced (e.g.
             :meth:`hfexport.io.pages.MappedCheckpoint.release`).
+        already_cast: The sources are copies already in ``dtype`` (a snapshot): an inf in a float16 copy may be a
+            finite model's overflow, which the copy can no longer tell (the message says so and suggests bf16).
 
     A :class:`~hfexport.families.base.DeferredTensor` source (a DCP checkpoint's) is read when the first chunk of an
     output made from it is produced, and let go once every output made from it has been: memory holds the sources
     of the few tensors being produced, never the model.
-        already_cast: The sources are copies already in ``dtype`` (a snapshot): an inf in a float16 copy may be a
-            finite model's overflow, which the copy can no longer tell (the message says so and suggests bf16).
     """
     users: dict[int, int] = {}
     for tp in plan.tensors:
