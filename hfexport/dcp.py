@@ -180,7 +180,6 @@ class DCPCheckpoint:
     Attributes:
         tensors: Key → :class:`DCPTensor`, for every tensor entry (non-tensor entries are left out: they would need
             unpickling arbitrary objects).
-        reads: The keys read so far, in order (what :meth:`read` was asked for).
 
     Raises:
         UnsafeCheckpointError, CheckpointError: see :func:`read_metadata`.
@@ -199,12 +198,17 @@ class DCPCheckpoint:
             path = paths.get(key)
             if not (isinstance(path, (tuple, list)) and path and all(isinstance(p, (str, int)) for p in path)):
                 path = (key,)
-            dtype = entry.properties.dtype
-            if not isinstance(dtype, torch.dtype):
-                raise CheckpointError(f"{str(directory / METADATA_NAME)!r}: {key} has no valid dtype ({dtype!r}).")
-            shape = tuple(int(d) for d in entry.size)
-            self.tensors[key] = DCPTensor(key, tuple(map(str, path)), shape, dtype, len(entry.chunks))
-        self.reads: list[str] = []
+            try:
+                dtype, shape, chunks = entry.properties.dtype, tuple(int(d) for d in entry.size), len(entry.chunks)
+                valid = isinstance(dtype, torch.dtype) and all(d >= 0 for d in shape)
+            except (AttributeError, TypeError, ValueError):
+                valid = False
+            if not valid:
+                raise CheckpointError(
+                    f"{str(directory / METADATA_NAME)!r} describes {key} without a valid dtype and shape: it is not "
+                    "metadata torch.distributed.checkpoint wrote, or it is damaged."
+                )
+            self.tensors[key] = DCPTensor(key, tuple(map(str, path)), shape, dtype, chunks)
         self._lock = threading.Lock()
 
     def read(self, key: str) -> torch.Tensor:
@@ -223,7 +227,6 @@ class DCPCheckpoint:
         info = self.tensors[key]
         out = torch.empty(info.shape, dtype=info.dtype)
         with self._lock:
-            self.reads.append(key)
             try:
                 # A reader per read: DCP resets and sets up its reader at every load.
                 reader = _reader_class()(self.directory, self._metadata)

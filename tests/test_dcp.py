@@ -294,6 +294,14 @@ def test_bad_directories_are_refused_by_name(tmp_path: Path, capsys: Any) -> Non
     with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
         load_checkpoint(ckpt2)
 
+    # A tensor entry without a dtype (allowed classes, wrong contents).
+    ckpt5 = save_dcp({"model": weights(model)}, tmp_path / "dcp5")
+    metadata = hf_dcp.read_metadata(ckpt5)
+    next(iter(metadata.state_dict_metadata.values())).properties.dtype = "float32"
+    (ckpt5 / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointError, match="without a valid dtype"):
+        load_checkpoint(ckpt5)
+
     # Truncated metadata.
     ckpt3 = save_dcp({"model": weights(model)}, tmp_path / "dcp3")
     raw = (ckpt3 / ".metadata").read_bytes()
