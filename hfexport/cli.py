@@ -137,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_convert(sub: Any) -> None:
     """``hfexport convert``: its options."""
     c = sub.add_parser("convert", help="convert a checkpoint file into a Hugging Face directory")
-    c.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt/.ckpt file, a directory of them, or dir/step_N")
+    c.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="a .pt/.ckpt file, a directory of them, dir/step_N, or a torch.distributed.checkpoint directory",
+    )
     _option(c, "output_dir", required=True, help="directory to create")
     _option(
         c, "dtype", default="bfloat16", choices=list(DTYPES), help="dtype of the written weights (default: bfloat16)"

@@ -8,6 +8,7 @@ callback differ only in where the state dict comes from and when; all of them go
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -28,6 +29,7 @@ from hfexport._version import __version__
 from hfexport.card import render_model_card
 from hfexport.errors import ConversionError
 from hfexport.families import ConversionPlan, ModelFacts, TensorPlan, check_plan
+from hfexport.families.base import DeferredTensor
 from hfexport.io.chunkio import resolve_io
 from hfexport.io.directory import WeightsWriter, WriteResult, check_output_path, parse_size, write_hf_directory
 from hfexport.io.pages import MappedCheckpoint
@@ -141,30 +143,70 @@ def output_tensors(
             :meth:`hfexport.io.pages.MappedCheckpoint.release`).
         already_cast: The sources are copies already in ``dtype`` (a snapshot): an inf in a float16 copy may be a
             finite model's overflow, which the copy can no longer tell (the message says so and suggests bf16).
+
+    A :class:`~hfexport.families.base.DeferredTensor` source (a DCP checkpoint's) is read when the first chunk of an
+    output made from it is produced, and let go once every output made from it has been: memory holds the sources
+    of the few tensors being produced, never the model.
     """
     users: dict[int, int] = {}
     for tp in plan.tensors:
         if tp.source is not None:
             users[id(tp.source)] = users.get(id(tp.source), 0) + 1
     lock = threading.Lock()
+    deferred = _DeferredReads()
     outputs = []
     for tp in plan.tensors:
 
         def fill(out: torch.Tensor, start: int, stop: int, tp: TensorPlan = tp) -> None:
+            if isinstance(tp.source, DeferredTensor):
+                tp = dataclasses.replace(tp, source=deferred.get(tp.source))
             tp.fill(out, start, stop)
             check_finite(tp.name, out, dtype, allow_nonfinite, source=None if already_cast else tp.source)
 
         def done(source: torch.Tensor | None = tp.source) -> None:
-            if release is None or source is None:
+            if source is None or (release is None and not isinstance(source, DeferredTensor)):
                 return
             with lock:
                 users[id(source)] -= 1
                 last = users[id(source)] == 0
             if last:
-                release(source)
+                deferred.drop(source)
+                if release is not None:
+                    release(source)
 
         outputs.append(OutputTensor(tp.name, dtype, tp.shape, fill=fill, whole=tp.transpose, done=done))
     return outputs
+
+
+class _DeferredReads:
+    """The values of deferred sources (:class:`~hfexport.families.base.DeferredTensor`) while outputs use them: each
+    read once, by the first thread that needs it (the others wait for it), until :meth:`drop`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[int, torch.Tensor] = {}
+        self._reading: dict[int, threading.Lock] = {}
+
+    def get(self, source: DeferredTensor) -> torch.Tensor:
+        key = id(source)
+        with self._lock:
+            value = self._values.get(key)
+            reading = self._reading.setdefault(key, threading.Lock())
+        if value is not None:
+            return value
+        with reading:
+            with self._lock:
+                value = self._values.get(key)
+            if value is None:
+                value = source.read()
+                with self._lock:
+                    self._values[key] = value
+        return value
+
+    def drop(self, source: torch.Tensor) -> None:
+        with self._lock:
+            self._values.pop(id(source), None)
+            self._reading.pop(id(source), None)
 
 
 def check_finite(
@@ -486,7 +528,8 @@ def convert_checkpoint(
     Args:
         path: A checkpoint file (nanoGPT, build-nanogpt, nano-gpt package, llama2.c, Meta ``consolidated.00.pth``
             + ``params.json``, litgpt ``lit_model.pth`` + ``model_config.yaml``, Lightning ``.ckpt``, a bare state
-            dict), a directory holding checkpoints (the newest is used) or ``dir/step_002000``.
+            dict), a directory holding checkpoints (the newest is used) or ``dir/step_002000``, or a
+            ``torch.distributed.checkpoint`` directory (torchtitan, Lightning; each tensor read when it is written).
         output_dir: The directory to create.
         dtype: ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``.
         activation: The GELU the model was trained with; ``None`` picks the producer's known one

@@ -12,6 +12,7 @@ Live models are unwrapped from DDP (``module.``), ``torch.compile`` (``_orig_mod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pickle
@@ -26,10 +27,11 @@ from typing import Any
 import torch
 import torch.serialization
 
-from hfexport import families
+from hfexport import dcp, families
 from hfexport._util.text import first_line
 from hfexport.errors import CheckpointError, UnsafeCheckpointError
 from hfexport.families import ModelFacts
+from hfexport.families.base import DeferredTensor
 from hfexport.io.sidecars import read_sidecar_config
 
 logger = logging.getLogger(__name__)
@@ -85,14 +87,19 @@ class LoadedCheckpoint:
 def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     """Resolve a checkpoint argument to a file.
 
-    A file is returned as is. A directory means its newest checkpoint: ``latest.pt``, else ``ckpt.pt``, else
-    the newest ``*.pt``/``*.ckpt`` by modification time. ``dir/step_002000`` (no such file) resolves to the
-    file in ``dir`` whose name starts with ``step_002000``.
+    A file is returned as is. A ``torch.distributed.checkpoint`` directory (holding ``.metadata``) is returned as
+    is (its ``.metadata`` file names it too). Another directory means its newest checkpoint: ``latest.pt``, else
+    ``ckpt.pt``, else the newest ``*.pt``/``*.ckpt`` by modification time. ``dir/step_002000`` (no such file)
+    resolves to the file in ``dir`` whose name starts with ``step_002000``.
 
     Raises:
         CheckpointError: nothing matching exists.
     """
     p = Path(path).expanduser()
+    if p.name == dcp.METADATA_NAME and p.is_file():
+        p = p.parent  # a torch.distributed.checkpoint's metadata names its directory
+    if dcp.is_dcp_directory(p):
+        return p
     if p.is_file():
         return p
     if p.exists() and not p.is_dir():
@@ -105,6 +112,13 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
             if (p / name).is_file():
                 return p / name
         candidates = [c for c in p.iterdir() if c.is_file() and c.suffix in CHECKPOINT_SUFFIXES]
+        distributed = sorted(c.name for c in p.iterdir() if dcp.is_dcp_directory(c))
+        if not candidates and distributed:
+            shown = ", ".join(distributed[:5]) + (" ..." if len(distributed) > 5 else "")
+            raise CheckpointError(
+                f"{str(p)!r} holds distributed checkpoints (torch.distributed.checkpoint directories: {shown}), not "
+                "a checkpoint file: pass one of them."
+            )
         if not candidates:
             raise CheckpointError(
                 f"No checkpoint in directory {str(p)!r}: expected latest.pt, ckpt.pt or a *.pt/*.ckpt file in it. "
@@ -140,16 +154,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     """Load a checkpoint safely and find the model's weights and facts in it.
 
     Args:
-        path: A checkpoint file, or a directory / step name (see :func:`resolve_checkpoint_path`).
+        path: A checkpoint file, a ``torch.distributed.checkpoint`` directory, or a directory / step name (see
+            :func:`resolve_checkpoint_path`).
 
     Returns:
-        The recognized layout, state dict (prefixes stripped) and facts.
+        The recognized layout, state dict (prefixes stripped) and facts. A DCP directory's tensors are
+        :class:`~hfexport.families.base.DeferredTensor` (read one at a time when written; see :func:`_load_dcp`).
 
     Raises:
         UnsafeCheckpointError: the file would need arbitrary code to load.
         CheckpointError: the file is empty, truncated, not a checkpoint, or holds no state dict.
     """
     file = resolve_checkpoint_path(path)
+    if file.is_dir():
+        return _load_dcp(file)
     obj = _safe_load(file)
     layout, sd, config, step, extra = _find_weights(obj, file)
     sd = strip_prefixes(sd)
@@ -168,6 +186,83 @@ def load_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
     dataset = train_config.get("dataset") if isinstance(train_config, Mapping) else None
     dataset = dataset if isinstance(dataset, str) else None
     return LoadedCheckpoint(file, layout, sd, facts, step, hint, extra, dataset, config_file)
+
+
+#: Top-level entries of a DCP checkpoint that hold training state, never the model: never read.
+_DCP_NOT_MODEL = re.compile(r"^(optim(izer)?s?(_\d+)?|lr_schedulers?|schedulers?|dataloader|train_state|rng_state)$")
+#: The top-level entries a DCP checkpoint keeps the model's weights in, in the order they are looked at: torchtitan
+#: flattens the model's tensors to the top level (``""``); Fabric and older torchtitan save ``model``; the Trainer's
+#: ``ModelParallelStrategy`` saves the LightningModule's ``state_dict``.
+_DCP_MODEL_ENTRIES = ("", "model", "state_dict", "module")
+#: Lightning keeps what is not a module or optimizer beside the DCP files (``lightning.fabric.utilities.load``).
+_LIGHTNING_META = "meta.pt"
+
+
+def _load_dcp(directory: Path) -> LoadedCheckpoint:
+    """A ``torch.distributed.checkpoint`` directory as a state dict of deferred tensors, and its facts.
+
+    The metadata is read safely (:func:`hfexport.dcp.read_metadata`); each model tensor becomes a
+    :class:`~hfexport.families.base.DeferredTensor` of its global shape and dtype, whose values DCP's reader reads
+    when the writer needs them. The model's entry is the first of :data:`_DCP_MODEL_ENTRIES` whose tensors a
+    registered family recognizes; optimizer state and the rest of the training state are never read. Facts come
+    from Lightning's ``meta.pt`` (read like any checkpoint, ``weights_only``), else from a sidecar config beside the
+    directory (``params.json``, ``model_config.yaml``), else from the options.
+    """
+    checkpoint = dcp.DCPCheckpoint(directory)
+    groups: dict[str, dict[str, dcp.DCPTensor]] = {}
+    for info in checkpoint.tensors.values():
+        head = info.path[0] if len(info.path) > 1 else info.key.split(".", 1)[0]
+        if _DCP_NOT_MODEL.match(head):
+            continue
+        group, name = (info.path[0], ".".join(info.path[1:])) if len(info.path) > 1 else ("", info.key)
+        groups.setdefault(group, {})[name] = info
+    order = [g for g in _DCP_MODEL_ENTRIES if g in groups] + sorted(g for g in groups if g not in _DCP_MODEL_ENTRIES)
+    sd: dict[str, torch.Tensor] = {}
+    family = None
+    for group in order:
+        candidate = _strip_module_attribute(
+            {
+                name: DeferredTensor(t.shape, t.dtype, functools.partial(checkpoint.read, t.key))
+                for name, t in groups[group].items()
+            }
+        )
+        family = _family(candidate)
+        if family is not None:
+            sd = candidate
+            logger.info("Model weights of %s: entry %r (%d tensors)", directory, group or "(top level)", len(sd))
+            break
+    if family is None:
+        shown = ", ".join(repr(g or "(top level)") for g in order) or "none"
+        raise CheckpointError(
+            f"No model weights found in the distributed checkpoint {str(directory)!r}: no entry holds the tensors of "
+            f"a supported model (entries with tensors: {shown}; optimizer and training state are not looked at). "
+            "Save the model's state_dict() under 'model' (or at the top level)."
+        )
+    layout, config, step, extra = "dcp", None, None, {}
+    meta_file = directory / _LIGHTNING_META
+    if meta_file.is_file():
+        layout = "lightning-dcp"
+        try:
+            meta = _safe_load(meta_file)
+        except CheckpointError as exc:
+            logger.warning("Not reading %s (the model's config and step): %s", meta_file, exc)
+            meta = None
+        if isinstance(meta, Mapping):
+            hparams = _as_mapping(meta.get("hyper_parameters")) or {}
+            config = _as_mapping(hparams.get("config")) or hparams or _as_mapping(meta.get("model_args"))
+            config = config or _as_mapping(meta.get("config"))
+            step = scalar_value(meta.get("global_step", meta.get("iter_num", meta.get("step"))))
+            found = {k: scalar_value(meta.get(k)) for k in ("val_loss", "best_val_loss", "loss")}
+            extra = {k: v for k, v in found.items() if v is not None}
+    config_file = None
+    if not config:
+        sidecar = read_sidecar_config(directory, family, sd, families.sidecars())
+        if sidecar is not None:
+            _, config, config_file = sidecar
+    logger.info("Read %s (%s layout, %d tensors%s)", directory, layout, len(sd), f", step {step}" if step else "")
+    return LoadedCheckpoint(
+        directory, layout, sd, ModelFacts.from_mapping(config), step, None, extra, None, config_file
+    )
 
 
 def _family(sd: Mapping[str, torch.Tensor]) -> str | None:

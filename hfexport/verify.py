@@ -21,6 +21,7 @@ from hfexport._util.jsonio import loads as strict_json
 from hfexport._util.text import first_line
 from hfexport.errors import HFExportError, MissingFactError
 from hfexport.families import config_problems, for_model_type, registered
+from hfexport.families.base import source_values
 from hfexport.families.gpt2 import nanogpt_forward
 from hfexport.families.llama import llama_forward
 from hfexport.io.check import MAX_JSON_BYTES, check_directory, one_line
@@ -175,9 +176,11 @@ def logits_difference(
             f"no registered family writes model_type {exported.config.model_type!r}, so hfexport has no reference "
             f"forward pass to check it against (known: {', '.join(registered())})"
         )
+    # A distributed checkpoint's tensors are read now: the reference forward pass needs the whole model.
+    weights = {name: source_values(tensor) for name, tensor in ckpt.state_dict.items()}
     return family.reference_difference(
         exported,
-        ckpt.state_dict,
+        weights,
         ckpt.facts,
         n_head=heads,
         activation=activation or ckpt.activation_hint,

@@ -10,6 +10,7 @@ chunk (peak memory of a few chunks) and the exporter can snapshot everything at 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from hfexport.io.sidecars import Sidecar
 __all__ = [
     "Architecture",
     "ConversionPlan",
+    "DeferredTensor",
     "ModelFacts",
     "TensorPlan",
     "TokenizerGuess",
@@ -39,6 +41,7 @@ __all__ = [
     "range_problems",
     "refuse_unexpected",
     "require",
+    "source_values",
     "transpose_into",
     "unknown_tokenizer",
 ]
@@ -105,6 +108,30 @@ class ModelFacts:
         if self.raw and override.raw:
             merged["raw"] = {**self.raw, **override.raw}
         return ModelFacts(**merged)
+
+
+class DeferredTensor(torch.Tensor):
+    """A source tensor whose values are read only when they are needed: a meta tensor (its shape and dtype, no
+    memory) with a ``read`` function that returns its values as a new CPU tensor, at each call.
+
+    A checkpoint read one tensor at a time (``torch.distributed.checkpoint``, :mod:`hfexport.dcp`) hands these to
+    :meth:`Architecture.plan`; shapes, dtypes and names are all a plan needs, except where values are compared
+    (:func:`is_tied`, through :func:`source_values`). The writer (:func:`hfexport.convert.output_tensors`) reads each
+    one when its first chunk is produced and lets it go after its last.
+    """
+
+    read: Callable[[], torch.Tensor]
+
+    @staticmethod
+    def __new__(cls, shape: Sequence[int], dtype: torch.dtype, read: Callable[[], torch.Tensor]) -> DeferredTensor:
+        tensor = torch.Tensor._make_subclass(cls, torch.empty(tuple(shape), dtype=dtype, device="meta"))
+        tensor.read = read
+        return tensor
+
+
+def source_values(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself, or the values of a :class:`DeferredTensor` (read now: a new tensor at each call)."""
+    return tensor.read() if isinstance(tensor, DeferredTensor) else tensor
 
 
 @dataclass(frozen=True)
@@ -219,6 +246,8 @@ def same_storage(a: torch.Tensor, b: torch.Tensor, *, same_shape: bool = False) 
 
     ``a is b`` where there is no local storage (a meta tensor, a DTensor).
     """
+    if a.device.type == "meta" or b.device.type == "meta":  # no storage: every data_ptr() is 0
+        return a is b
     try:
         shared = a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError, AttributeError):  # no local storage (e.g. a DTensor)
@@ -344,7 +373,26 @@ def is_tied(head: torch.Tensor | None, embed: torch.Tensor) -> bool:
     twice). Compared only at the same dtype (``torch.equal`` raises on some dtype pairs)."""
     if head is None or same_storage(head, embed, same_shape=True):
         return True
-    return head.shape == embed.shape and head.dtype == embed.dtype and bool(torch.equal(head, embed))
+    if head.shape != embed.shape or head.dtype != embed.dtype:
+        return False
+    if isinstance(head, DeferredTensor) or isinstance(embed, DeferredTensor):
+        # Read one at a time, never both in memory: a tie stored twice is the same bytes.
+        return _digest(source_values(head)) == _digest(source_values(embed))
+    return bool(torch.equal(head, embed))
+
+
+def _digest(tensor: torch.Tensor) -> bytes:
+    """The SHA-256 of a CPU tensor's bytes, hashed through an 8 MB buffer (no second copy of the tensor)."""
+    flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    digest = hashlib.sha256()
+    block = bytearray(min(flat.numel(), 8 << 20))
+    if block:
+        staging = torch.frombuffer(block, dtype=torch.uint8)
+        for start in range(0, flat.numel(), len(block)):
+            n = min(len(block), flat.numel() - start)
+            staging[:n].copy_(flat[start : start + n])
+            digest.update(memoryview(block)[:n])
+    return digest.digest()
 
 
 def refuse_unexpected(
