@@ -52,7 +52,8 @@ def check_run(out: Path, *, params_are_dtensors: bool) -> None:
         assert info["plan_sources"] == info["plan_dtensors"] == 28 and info["placements"] == ["(Shard(dim=0),)"]
     log0 = (out / "log_rank0.txt").read_text()
     assert all(f"Exported step {step} " in log0 for step in STEPS)
-    assert "Exported" not in (out / "log_rank1.txt").read_text()  # rank 1 takes part, never writes
+    assert "Exported" not in (out / "log_rank1.txt").read_text()  # rank 1 writes its rows; rank 0 publishes
+    assert "each of the 2 ranks writes its own rows" in log0 and "gathers the weights" not in log0  # no gather
     root = out / "hf"
     assert step_dirs(root) == [f"step_{step:06d}" for step in STEPS] and read_latest(root) == "step_000005"
     for step in STEPS:

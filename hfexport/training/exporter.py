@@ -135,8 +135,9 @@ class _Job:
 class HFExporter:
     """Writes versioned Hugging Face exports of a model during training.
 
-    Call :meth:`maybe_export` on every rank under FSDP2 (gathering the weights is a collective); under DDP
-    calling it on rank 0 only is fine. Only global rank 0 writes.
+    Call :meth:`maybe_export` on every rank under FSDP2 and FSDP1 (pass the ``FullyShardedDataParallel`` module):
+    each rank writes its own rows of every version into the final files and global rank 0 publishes it (see README's
+    *Distributed exports*); under DDP calling it on rank 0 only is fine (rank 0 writes everything).
 
     The export options (``dtype`` to ``hub_timeout_s``) are declared once, with their documentation, in
     :class:`~hfexport.training.options.ExportArguments`; ``help(HFExporter)`` shows each below.
