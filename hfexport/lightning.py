@@ -6,9 +6,10 @@ with ``HFExporter``.
 When it acts: after optimizer steps (so once per step under gradient accumulation), at the end of every N-th
 epoch, and at the end of training (the final step, unless already exported); never during the sanity check,
 under ``fast_dev_run``, or outside ``fit``. The model exported is ``pl_module.model`` when that attribute is an
-``nn.Module``, else the LightningModule itself. Only global rank 0 writes; every rank takes part in each export:
-under ``ModelParallelStrategy`` (FSDP2) every rank gathers its shards, under ``FSDPStrategy`` (FSDP1) every rank
-reads the wrapper's sharded state dict (``hfexport.training.fsdp1``), then gathers as under FSDP2.
+``nn.Module``, else the LightningModule itself. Global rank 0 publishes each version; every rank takes part in
+each export: under ``ModelParallelStrategy`` (FSDP2) every rank writes its own rows into the final files, under
+``FSDPStrategy`` (FSDP1) every rank reads the wrapper's sharded state dict (``hfexport.training.fsdp1``), then
+writes its rows as under FSDP2.
 
 Example:
     ```python

@@ -8,7 +8,8 @@ Sources: a nanoGPT-style or Llama-style ``nn.Module`` (facts such as ``n_head`` 
 ``params`` / ``args`` attribute or an explicit ``config=``), wrapped or not in DDP / ``torch.compile`` / a
 LightningModule, and any ``transformers.PreTrainedModel`` (written with its own config and tied weights). Under
 FSDP2 (``fully_shard``) parameters are DTensors: every rank must call :func:`take_snapshot`, each parameter is
-cast on its shard and then gathered (``full_tensor``), and only global rank 0 keeps the result.
+cast on its shard and then gathered (``full_tensor``), and only global rank 0 keeps the result: the fallback of a
+distributed export (:mod:`hfexport.training.sharded` has each rank write its own rows instead).
 
 Host memory: a snapshot's copies are new tensors, or, with a :class:`SnapshotBuffers`, the buffers of a snapshot
 whose version was written (the exporter gives them back once its writer has finished with them): copying into
