@@ -373,7 +373,8 @@ class HFExporter:
         if o.hub is not None:
             card.update(repo_id=o.hub.repo_id, version=version_name(step))
         manifest = {"step": step, **self.metadata, **facts}
-        stats = ExportStats(step, 0.0, nbytes=snapshot.nbytes)
+        nbytes = snapshot.total_bytes if isinstance(snapshot, LocalSnapshot) else snapshot.nbytes  # the version's
+        stats = ExportStats(step, 0.0, nbytes=nbytes)
         target = self.root / version_name(step)
         job = _Job(step, target, snapshot, card, manifest, final, stats, start)
         if o.async_write:

@@ -22,6 +22,7 @@ range's CRC-32 is taken from the buffer it is written from and folded into the r
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,11 @@ class LocalSnapshot:
     pieces: list[Piece]
     nbytes: int = 0
     buffers: list[StagingBuffer] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every output tensor (all ranks' rows), in the export dtype."""
+        return sum(math.prod(tp.shape) * self.dtype.itemsize for tp in self.plan.tensors)
 
     def outputs(self) -> list[OutputTensor]:
         """Every output tensor's name, dtype and shape (what the layout is made of); never filled here."""
