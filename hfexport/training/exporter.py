@@ -403,6 +403,7 @@ class HFExporter:
             self._closed = True
             if self._buffers is not None:
                 self._buffers.clear()
+            self._host_pool.clear()  # this rank's rows of the last version (distributed exports): no next one
             sigterm.uninstall()  # SIGTERM's previous disposition back once no exporter is open
         self.raise_if_failed()
 

@@ -143,9 +143,10 @@ class HostPool:
         self._spare, snapshot.buffers = snapshot.buffers, []
 
     def clear(self) -> None:
-        for buffer in self._spare:
+        """Unmap the spare buffers (each once, even when the writer's thread and ``close()`` both clear)."""
+        spare, self._spare = self._spare, []
+        for buffer in spare:
             buffer.close()
-        self._spare = []
 
 
 def _selection(tp: TensorPlan, source_rows: int) -> tuple[int, int]:
@@ -297,7 +298,7 @@ def _write_file(
 ) -> int:
     """Write ``pieces`` into ``path`` (one of ``layout``'s files), fsync it; return their CRC-32 contribution."""
     plan = snapshot.plan
-    part = SparseCrc()
+    part = _RunCrc()
     fd = os.open(path, os.O_WRONLY)
     try:
         for piece in sorted(pieces, key=lambda p: (layout.slots[plan.tensors[p.index].name].start, p.first)):
@@ -305,12 +306,47 @@ def _write_file(
             if piece.host is not None:
                 check_finite(tp.name, piece.host, snapshot.dtype, allow_nonfinite, source=None)
             for offset, view in _ranges(tp, layout.slots[tp.name], piece, scratch):
-                part.add(offset, crc32(view), len(view))
+                part.add(offset, view)
                 _pwrite(fd, view, offset)
         os.fsync(fd)
     finally:
         os.close(fd)
     return part.value(file.size)
+
+
+_GAP = 64 << 10
+_ZEROS = memoryview(bytes(_GAP))
+
+
+class _RunCrc:
+    """A :class:`~hfexport._util.checksum.SparseCrc` fed with runs of nearby ranges: the ranges of a transposed
+    block (one short range in every output row, other ranks' columns between them) are taken as one range whose
+    gaps hold zeros (what :class:`SparseCrc` takes every byte it is not given to be), their CRC-32 continued over
+    the gaps; one combine per run instead of one per range (a pure-Python polynomial product, ~8 us each)."""
+
+    def __init__(self) -> None:
+        self._sparse = SparseCrc()
+        self._start = self._end = -1
+        self._crc = 0
+
+    def add(self, offset: int, view: memoryview) -> None:
+        """Add the range of ``view``'s bytes at ``offset`` (ranges in ascending offset order)."""
+        if self._end >= 0 and 0 <= offset - self._end <= _GAP:
+            self._crc = crc32(view, crc32(_ZEROS[: offset - self._end], self._crc))
+        else:
+            self._flush()
+            self._start, self._crc = offset, crc32(view)
+        self._end = offset + len(view)
+
+    def _flush(self) -> None:
+        if self._end >= 0:
+            self._sparse.add(self._start, self._crc, self._end - self._start)
+
+    def value(self, size: int) -> int:
+        """The contribution to the CRC-32 of a file of ``size`` bytes (:meth:`SparseCrc.value`)."""
+        self._flush()
+        self._start = self._end = -1
+        return self._sparse.value(size)
 
 
 class _Scratch:
@@ -350,6 +386,9 @@ def _ranges(tp: TensorPlan, slot: Slot, piece: Piece, scratch: _Scratch) -> Iter
         stride = width * itemsize
         block = scratch.take(rows * stride)
         block.tensor[: rows * stride].view(slot.dtype).view(rows, width).copy_(host.t())
+        if width == columns:  # every column: the block is the whole tensor, one range
+            yield slot.start + piece.first * itemsize, block.view[: rows * stride]
+            return
         for r in range(rows):
             yield slot.start + (r * columns + piece.first) * itemsize, block.view[r * stride : (r + 1) * stride]
         return
