@@ -149,9 +149,10 @@ class HostPool:
         self._spare, snapshot.buffers = snapshot.buffers, []
 
     def clear(self) -> None:
-        for buffer in self._spare:
+        """Unmap the spare buffers (each once, even when the writer's thread and ``close()`` both clear)."""
+        spare, self._spare = self._spare, []
+        for buffer in spare:
             buffer.close()
-        self._spare = []
 
 
 def _selection(tp: TensorPlan, source_rows: int) -> tuple[int, int]:
@@ -389,6 +390,9 @@ def _ranges(tp: TensorPlan, slot: Slot, piece: Piece, scratch: _Scratch) -> Iter
         stride = width * itemsize
         block = scratch.take(rows * stride)
         block.tensor[: rows * stride].view(slot.dtype).view(rows, width).copy_(host.t())
+        if width == columns:  # every column: the block is the whole tensor, one range
+            yield slot.start + piece.first * itemsize, block.view[: rows * stride]
+            return
         for r in range(rows):
             yield slot.start + (r * columns + piece.first) * itemsize, block.view[r * stride : (r + 1) * stride]
         return
