@@ -156,17 +156,18 @@ def _build(arch: str, size: str) -> Any:
     return model, blocks
 
 
-def _share(model: Any, rank: int) -> tuple[int, int]:
+def _share(model: Any, rank: int, world: int, mode: str) -> tuple[int, int]:
     """(bytes this rank writes under per-rank writes, bytes of the whole export), in bfloat16."""
     import math
 
     import torch
 
-    from hfexport.training.sharded import take_local_snapshot
+    from hfexport.training.sharded import row_share, take_local_snapshot
     from hfexport.training.snapshot import plan_for_model
 
     plan = plan_for_model(model)
-    snapshot = take_local_snapshot(plan, torch.bfloat16, rank)
+    held = row_share(rank, world) if mode == "ddp-split" else None
+    snapshot = take_local_snapshot(plan, torch.bfloat16, rank, held=held)
     mine = 0
     for piece in snapshot.pieces:
         if piece.host is not None:
@@ -182,8 +183,8 @@ def _share(model: Any, rank: int) -> tuple[int, int]:
 def _rank(rank: int, world: int, port: int, arch: str, size: str, mode: str, out: str, shard: str) -> None:
     """One rank of one measurement; writes its figures to ``out/rank<r>.json``."""
     _fix_malloc()
-    if mode == "gather":
-        os.environ["HFEXPORT_DISTRIBUTED_WRITE"] = "gather"
+    if mode in ("gather", "ddp-split"):
+        os.environ["HFEXPORT_DISTRIBUTED_WRITE"] = mode.removeprefix("ddp-")
     else:
         os.environ.pop("HFEXPORT_DISTRIBUTED_WRITE", None)
     import torch
@@ -200,9 +201,10 @@ def _rank(rank: int, world: int, port: int, arch: str, size: str, mode: str, out
         t = time.perf_counter()
         model, blocks = _build(arch, size)
         n_params = sum(p.numel() for p in model.parameters())
-        for block in blocks:
-            fully_shard(block)
-        fully_shard(model)
+        if not mode.startswith("ddp"):  # DDP: the whole weights on every rank (the wrapper changes nothing here)
+            for block in blocks:
+                fully_shard(block)
+            fully_shard(model)
         build_s = time.perf_counter() - t
         meter = PeakMeter()
         _trim()
@@ -219,7 +221,7 @@ def _rank(rank: int, world: int, port: int, arch: str, size: str, mode: str, out
         rss_after = _status("VmRSS")
         per_rank = exporter._per_rank  # which path really ran (private)
         dist.barrier()
-        share, total = _share(model, rank)
+        share, total = _share(model, rank, world, mode)
         (root / f"rank{rank}.json").write_text(
             json.dumps(
                 dict(
@@ -265,7 +267,7 @@ def measure(arch: str, size: str, world: int, mode: str, out: Path, shard: str, 
     if hung or any(codes):
         raise RuntimeError(f"{arch} world {world} {mode}: rank exit codes {codes} (hung: {hung}); see above")
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
-    expected = mode == "sharded"
+    expected = mode in ("sharded", "ddp-split")
     if any(bool(r["per_rank"]) != expected for r in results):
         raise RuntimeError(f"{arch} world {world} {mode}: the exporter took the other path ({results})")
     return results
@@ -306,7 +308,12 @@ def main() -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--arch", choices=("gpt2", "llama", "both"), default="both")
     parser.add_argument("--worlds", default="1,2,4", help="world sizes, comma-separated (default 1,2,4)")
-    parser.add_argument("--modes", default="sharded,gather", help="sharded,gather (default both)")
+    parser.add_argument(
+        "--modes",
+        default="sharded,gather",
+        help="FSDP2: sharded,gather (default both); DDP (whole weights on every rank): ddp-rank0 (rank 0 writes all, "
+        "the default there), ddp-split (HFEXPORT_DISTRIBUTED_WRITE=split: each rank writes a share)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds per configuration (default 2)")
     parser.add_argument(
         "--max-shard-size", default="5GB", help="the exporter's max_shard_size (default 5GB: one file at the full size)"
@@ -317,8 +324,8 @@ def main() -> int:
     archs = ["gpt2", "llama"] if args.arch == "both" else [args.arch]
     worlds = [int(w) for w in args.worlds.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
-    if set(modes) - {"sharded", "gather"} or not modes:
-        parser.error("--modes: sharded and/or gather")
+    if set(modes) - {"sharded", "gather", "ddp-rank0", "ddp-split"} or not modes:
+        parser.error("--modes: sharded, gather, ddp-rank0, ddp-split")
 
     import torch
 
@@ -354,7 +361,7 @@ def main() -> int:
                             flush=True,
                         )
                     if round_ == 0 and len(modes) == 2:  # once per configuration: the two paths' files
-                        a, b = (base / f"{arch}_w{world}_r0_{m}" / "hf" for m in ("sharded", "gather"))
+                        a, b = (base / f"{arch}_w{world}_r0_{m}" / "hf" for m in modes)
                         checks[(arch, world)] = identical(a, b)
                         print(f"  {arch} world {world}: sharded vs gather: {checks[(arch, world)]}", flush=True)
                     for mode in modes:  # free the disk
@@ -403,9 +410,14 @@ def main() -> int:
                 verdict += f"sharded worst ratio {worst['sharded']:.2f} {'MEETS' if passed else 'MISSES'} the bar"
             if "gather" in worst:
                 verdict += f"; gather worst ratio {worst['gather']:.2f}"
+            for mode in ("ddp-rank0", "ddp-split"):  # DDP: no bar; which is faster, and what rank 0 holds
+                if mode in worst:
+                    runs = rows[(arch, world, mode)]
+                    wall = med([max(r["wall"] for r in run) for run in runs])
+                    verdict += f"; {mode} wall {wall:.2f} s, worst ratio {worst[mode]:.2f}"
             if (arch, world) in checks:
                 verdict += f"; files {checks[(arch, world)]}"
-            verdicts.append(verdict)
+            verdicts.append(verdict.replace(": ; ", ": "))
     print()
     for verdict in verdicts:
         print(verdict)

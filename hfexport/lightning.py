@@ -157,7 +157,7 @@ class HFExportCallback(Callback):
         exporter: HFExporter | None = None
         cause: HFExportError | None = None
         try:
-            exporter = HFExporter.from_options(self.dirpath, self.options, option="dirpath")
+            exporter = HFExporter.from_options(self.dirpath, self.options, option="dirpath", every_rank_calls=True)
         except HFExportError as exc:
             cause = exc
         error = trainer.strategy.broadcast(f"{type(cause).__name__}: {cause}" if cause is not None else None, src=0)

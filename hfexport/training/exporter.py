@@ -208,11 +208,15 @@ class HFExporter:
         *,
         every_n_steps: int | None = None,
         option: str = "output_dir",
+        every_rank_calls: bool = False,
     ) -> HFExporter:
         """An exporter for options already validated (:meth:`ExportOptions.create`), as the callback holds them;
-        ``option`` is how messages name ``output_dir`` (the callback's ``"dirpath"``)."""
+        ``option`` is how messages name ``output_dir`` (the callback's ``"dirpath"``); ``every_rank_calls``: the
+        caller exports on every rank at the same steps (the callback), so that under DDP each rank may write a
+        share of the bytes."""
         exporter = cls.__new__(cls)
         exporter._setup(output_dir, every_n_steps, options, option)
+        exporter._every_rank_calls = every_rank_calls
         return exporter
 
     def _setup(
@@ -244,6 +248,7 @@ class HFExporter:
         # Distributed exports (FSDP2): whether each rank writes its own rows (decided at the first sharded export),
         # and the host buffers of this rank's last written rows.
         self._per_rank: bool | None = None
+        self._every_rank_calls = False  # see from_options
         self._coord: Coordinator | None = None  # this exporter's gloo group, when each rank writes its rows
         self._host_pool = HostPool()
         if self.is_writer:
@@ -333,7 +338,10 @@ class HFExporter:
             untie_embeddings=o.untie_embeddings,
         )
         sharded = is_sharded(plan)
-        split = not sharded and write_mode() == "split" and _world_size() > 1  # DDP: whole weights on every rank
+        # DDP (whole weights on every rank): each rank writes a share when asked, or by default when every rank is
+        # known to call (the Lightning callback); a plain loop may call on rank 0 alone, so it must ask.
+        mode = write_mode()
+        split = not sharded and _world_size() > 1 and (mode == "split" or (mode == "auto" and self._every_rank_calls))
         per_rank = (sharded or split) and self._writes_per_rank(plan)
         if per_rank and self._writer is None:  # a rank other than 0: it writes its own rows in the background
             self._writer = BackgroundWriter(self._write_part, lambda job: f"rank {job.rank}'s part of step {job.step}")
@@ -600,10 +608,16 @@ class HFExporter:
                     self.root,
                 )
             if why is not None and self.is_writer and not why.startswith(ENV_MODE):
+                what = (
+                    "gathers the weights to rank 0, which writes them all (its host memory holds the whole model in "
+                    "the export dtype)"
+                    if is_sharded(plan)
+                    else "is written by rank 0 alone, from its replica"
+                )
                 logger.warning(
-                    "hfexport: every export of this run gathers the weights to rank 0, which writes them all (its "
-                    "host memory holds the whole model in the export dtype): %s. Point output_dir at a shared file "
-                    "system for each rank to write its own rows.",
+                    "hfexport: every export of this run %s: %s. Point output_dir at a shared file system for each "
+                    "rank to write its own rows.",
+                    what,
                     why,
                 )
         return self._per_rank
