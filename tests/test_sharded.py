@@ -191,3 +191,24 @@ def test_facts_are_not_needed_to_split(tmp_path: Path) -> None:
         write_single(plan, torch.float32, tmp_path / "a", "1GB"),
         write_by_ranks(plan, torch.float32, 3, tmp_path / "b", "1GB"),
     )
+
+
+def test_the_environment_switches_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A misspelt HFEXPORT_DISTRIBUTED_WRITE or HFEXPORT_DIST_TIMEOUT_S is refused by name, never ignored."""
+    from hfexport import export_hf
+    from hfexport.errors import OptionError
+    from hfexport.training import coordinator
+
+    for value, mode in (("", "auto"), ("GATHER", "gather"), (" split ", "split")):
+        monkeypatch.setenv("HFEXPORT_DISTRIBUTED_WRITE", value)
+        assert coordinator.write_mode() == mode
+    monkeypatch.setenv("HFEXPORT_DISTRIBUTED_WRITE", "sharded")
+    with pytest.raises(OptionError, match="HFEXPORT_DISTRIBUTED_WRITE='sharded': set it to auto, gather or split"):
+        export_hf(tiny_gpt(0), 1, tmp_path / "out", tokenizer=False)
+    assert not (tmp_path / "out" / "step_000001").exists()
+    for bad in ("0", "-5", "soon", "nan"):
+        monkeypatch.setenv("HFEXPORT_DIST_TIMEOUT_S", bad)
+        with pytest.raises(OptionError, match="HFEXPORT_DIST_TIMEOUT_S"):
+            coordinator._timeout_s()
+    monkeypatch.setenv("HFEXPORT_DIST_TIMEOUT_S", "90")
+    assert coordinator._timeout_s() == 90.0
