@@ -550,9 +550,16 @@ def _sharded_rank(rank: int, world: int, port: int, out: Path, scenario: str) ->
                 os.environ["HFEXPORT_DISTRIBUTED_WRITE"] = "split"
                 model = torch.nn.parallel.DistributedDataParallel(model)
             else:
+                mesh = None
+                if scenario == "hsdp":  # 2 replicas x 2 shards: [Replicate, Shard(0)] placements
+                    from torch.distributed.device_mesh import init_device_mesh
+
+                    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
                 for block in model.transformer.h if name == "gpt2" else model.layers:
-                    fully_shard(block)
-                fully_shard(model)
+                    fully_shard(block, mesh=mesh)
+                fully_shard(model, mesh=mesh)
+                if rank == 0:
+                    report[f"{name}_placements"] = str(next(model.parameters()).placements)
             root = out / (f"root{rank}" if scenario == "unshared" else "sharded")
             try:
                 with HFExporter(root / name, dtype="float32", max_shard_size="40KB") as exporter:
@@ -594,6 +601,10 @@ def ddp_split(out: Path) -> None:
     _spawn_ranks(3, out, "split")
 
 
+def hsdp(out: Path) -> None:
+    _spawn_ranks(4, out, "hsdp")
+
+
 def sharded_killed(out: Path) -> None:
     _spawn_ranks(2, out, "killed")
 
@@ -618,6 +629,7 @@ if __name__ == "__main__":
         "sharded4": sharded4,
         "sharded_killed": sharded_killed,
         "ddp_split": ddp_split,
+        "hsdp": hsdp,
         "sharded_unshared": sharded_unshared,
     }
     modes[mode](target)

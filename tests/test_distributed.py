@@ -152,6 +152,18 @@ def test_each_rank_writes_its_rows_byte_identical(tmp_path: Path, world: int) ->
     assert_identical_exports(tmp_path)
 
 
+def test_hsdp_one_replica_writes_each_row(tmp_path: Path) -> None:
+    """HSDP (``fully_shard`` over a 2 x 2 mesh: ``[Replicate, Shard(0)]``): the replica whose coordinate is 0 writes
+    each row, the other holds the same rows and writes none (a row both wrote would cancel out of the combined
+    CRC-32: the manifests would differ); byte-identical to one process's export."""
+    run_worker("hsdp", tmp_path)
+    assert json.loads((tmp_path / "exitcodes.json").read_text()) == [0] * 4
+    report = json.loads((tmp_path / "rank0.json").read_text())
+    assert report["gpt2_placements"] == report["llama_placements"] == "(Replicate(), Shard(dim=0))"
+    assert "each of the 4 ranks writes its own rows" in (tmp_path / "log_rank0.txt").read_text()
+    assert_identical_exports(tmp_path)
+
+
 def test_ddp_split_each_rank_writes_a_share_byte_identical(tmp_path: Path) -> None:
     """``HFEXPORT_DISTRIBUTED_WRITE=split`` under DDP (3 ranks: 65 rows split 22/22/21): every rank writes a share of
     every tensor's rows; the files are the single-process export's."""
