@@ -558,7 +558,7 @@ def _sharded_rank(rank: int, world: int, port: int, out: Path, scenario: str) ->
                 for block in model.transformer.h if name == "gpt2" else model.layers:
                     fully_shard(block, mesh=mesh)
                 fully_shard(model, mesh=mesh)
-                if rank == 0:
+                if rank == 0 and mesh is not None:
                     report[f"{name}_placements"] = str(next(model.parameters()).placements)
             root = out / (f"root{rank}" if scenario == "unshared" else "sharded")
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,40 @@ def test_the_environment_switches_are_checked(monkeypatch: pytest.MonkeyPatch, t
             coordinator._timeout_s()
     monkeypatch.setenv("HFEXPORT_DIST_TIMEOUT_S", "90")
     assert coordinator._timeout_s() == 90.0
+
+
+def test_a_read_back_finds_a_lost_or_clobbered_write(tmp_path: Path) -> None:
+    """What the ranks read back (an equal slice of every file each, whoever wrote it) combines to the CRC-32 of what
+    they wrote; a byte that changed between the write and the read (a lost write, a clobbered page) does not."""
+    from hfexport.training.sharded import read_back
+
+    plan = llama_plan()
+    parts = snapshots(plan, torch.bfloat16, 3)
+    layout = plan_layout([(t.name, t.dtype, t.shape) for t in parts[0].outputs()], 30_000)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    create_files(tmp, layout)
+    written = [write_local(tmp, layout, part) for part in parts]
+    for file in layout.files:
+        crc = crc32_of_sparse(
+            [header_contribution(file)] + [w[file.name] for w in written if file.name in w], file.size
+        )
+        assert crc == zlib.crc32((tmp / file.name).read_bytes())
+        assert crc32_of_sparse([read_back(tmp, layout, r, 3)[file.name] for r in range(3)], file.size) == crc
+    victim = layout.files[1]
+    with open(tmp / victim.name, "r+b") as fh:  # one byte of rank 1's rows, as another writer's page would leave it
+        fh.seek(victim.size // 2)
+        byte = fh.read(1)
+        fh.seek(victim.size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    seen = crc32_of_sparse([read_back(tmp, layout, r, 3)[victim.name] for r in range(3)], victim.size)
+    assert (
+        seen
+        == zlib.crc32((tmp / victim.name).read_bytes())
+        != crc32_of_sparse(
+            [header_contribution(victim)] + [w[victim.name] for w in written if victim.name in w], victim.size
+        )
+    )
+    (tmp / victim.name).write_bytes((tmp / victim.name).read_bytes()[:-1])  # truncated: refused by name
+    with pytest.raises(OSError, match=f"{victim.name} ends at byte"):
+        read_back(tmp, layout, 2, 3)

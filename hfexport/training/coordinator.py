@@ -12,7 +12,11 @@ writing at once never interleave their exchanges. Around each version:
 2. every rank writes its rows into the files, fsyncs them and sends rank 0 what its ranges contribute to each
    file's CRC-32, or why it failed;
 3. rank 0 fails the version if any rank did (nothing is published, the temporary is removed), else combines the
-   CRC-32s, writes the small files and the manifest, verifies and publishes the version, and broadcasts
+   CRC-32s and broadcasts ``("check", step, None)``: every rank reads back an equal slice of every file (whoever
+   wrote it) and sends what it contributes to the file's CRC-32; rank 0 fails the version unless what the file
+   system returns combines to what the ranks wrote (a lost write, or two ranks' writes to one page clobbering each
+   other on a file system that does not keep them apart);
+4. rank 0 writes the small files and the manifest, verifies and publishes the version, and broadcasts
    ``("done", step, None)`` or ``("done", step, why)``; every rank's job then ends the same way.
 
 A rank that dies makes the others' collectives fail (a closed connection, or the timeout at the latest): nothing is
@@ -33,9 +37,9 @@ import torch
 
 from hfexport._util.checksum import crc32_of_sparse
 from hfexport._util.text import short
-from hfexport.errors import DistributedExportError, OptionError
+from hfexport.errors import DistributedExportError, OptionError, VerificationError
 from hfexport.io.layout import Layout
-from hfexport.training.sharded import LocalSnapshot, create_files, header_contribution, write_local
+from hfexport.training.sharded import LocalSnapshot, create_files, header_contribution, read_back, write_local
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +217,28 @@ class RankZeroWeights:
         for file in layout.files:
             parts = [header_contribution(file)] + [part[file.name] for part, _ in reports if file.name in part]
             crcs[file.name] = crc32_of_sparse(parts, file.size)
+        self._check(tmp, layout, crcs)
         return crcs
+
+    def _check(self, tmp: Path, layout: Layout, crcs: Mapping[str, int]) -> None:
+        """Every rank reads back a slice of every file (step 3 of the module's protocol); the combined CRC-32 of
+        what the file system returns must be the one combined from what the ranks wrote."""
+        self.coord.broadcast(("check", self.step, None), f"the read-back of step {self.step}")
+        seen, error = _read_back(tmp, layout, self.coord)
+        reports = self.coord.gather((seen, error), f"step {self.step}'s read-back")
+        assert reports is not None
+        failed = [f"rank {rank}: {why}" for rank, (_, why) in enumerate(reports) if why is not None]
+        if failed:
+            raise VerificationError(f"Step {self.step}'s files could not be read back ({'; '.join(failed)}).")
+        for file in layout.files:
+            read = crc32_of_sparse([part[file.name] for part, _ in reports], file.size)
+            if read != crcs[file.name]:
+                raise VerificationError(
+                    f"{file.name} as the file system returns it (CRC-32 {read:08x}) is not what the ranks wrote "
+                    f"({crcs[file.name]:08x}): a write was lost, or two ranks' writes to one page clobbered each "
+                    "other (a file system that does not keep concurrent writers' byte ranges apart); nothing was "
+                    "published."
+                )
 
     def finish(self, error: BaseException | None) -> None:
         """Tell every rank how the version ended (after it was published, or failed); never raises."""
@@ -227,6 +252,14 @@ class RankZeroWeights:
                 self.coord.broadcast(("done", self.step, why), f"the end of step {self.step}")
         except DistributedExportError as exc:
             logger.warning("%s", exc)
+
+
+def _read_back(tmp: Path, layout: Layout, coord: Coordinator) -> tuple[dict[str, int], str | None]:
+    """This rank's :func:`~hfexport.training.sharded.read_back`, or why it failed."""
+    try:
+        return read_back(tmp, layout, coord.rank, coord.world), None
+    except Exception as exc:
+        return {}, _why(exc)
 
 
 def write_part(coord: Coordinator, snapshot: LocalSnapshot, step: int, layout: Layout, allow_nonfinite: bool) -> None:
@@ -251,7 +284,10 @@ def write_part(coord: Coordinator, snapshot: LocalSnapshot, step: int, layout: L
     except Exception as exc:
         error = exc
     coord.gather((mine, None if error is None else _why(error)), f"step {step}'s reports")
-    _, _, why = coord.broadcast(None, f"the end of step {step}")
+    kind, _, why = coord.broadcast(None, f"the end of step {step}")
+    if kind == "check":  # every rank wrote: read a slice of every file back
+        coord.gather(_read_back(Path(detail), layout, coord), f"step {step}'s read-back")
+        kind, _, why = coord.broadcast(None, f"the end of step {step}")
     if error is not None:
         raise DistributedExportError(f"Rank {coord.rank} could not write its part of step {step}: {_why(error)}") from (
             error

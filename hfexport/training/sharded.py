@@ -49,6 +49,7 @@ __all__ = [
     "Piece",
     "create_files",
     "header_contribution",
+    "read_back",
     "row_share",
     "sharding_problem",
     "take_local_snapshot",
@@ -323,6 +324,37 @@ def write_local(tmp: Path, layout: Layout, snapshot: LocalSnapshot, *, allow_non
                 )
     finally:
         scratch.close()
+    return out
+
+
+def read_back(tmp: Path, layout: Layout, rank: int, world: int) -> dict[str, int]:
+    """What this rank's slice of every weights file, read back through the file system, contributes to its CRC-32.
+
+    The ranks cut every file into ``world`` equal byte ranges, whoever wrote them, so each byte is read once, by a
+    rank that (past rank 0's node) usually did not write it: the combined CRC-32 of what the file system returns
+    must equal the one combined from what the ranks wrote, else a write was lost or two ranks' writes to one page
+    clobbered each other. Reads through one 8 MB buffer.
+
+    Raises:
+        OSError: a file cannot be read, or is shorter than its layout.
+    """
+    out: dict[str, int] = {}
+    buffer = memoryview(bytearray(8 << 20))
+    for file in layout.files:
+        lo, hi = file.size * rank // world, file.size * (rank + 1) // world
+        part = SparseCrc()
+        if hi > lo:
+            crc, position = 0, lo
+            with open(tmp / file.name, "rb", buffering=0) as fh:
+                fh.seek(lo)
+                while position < hi:
+                    n = fh.readinto(buffer[: min(len(buffer), hi - position)])
+                    if not n:
+                        raise OSError(f"{file.name} ends at byte {position}; its layout has {file.size}")
+                    crc = crc32(buffer[:n], crc)
+                    position += n
+            part.add(lo, crc, hi - lo)
+        out[file.name] = part.value(file.size)
     return out
 
 
