@@ -180,11 +180,23 @@ def crc32_of_sparse(contributions: Iterable[int], size: int) -> int:
     return raw ^ crc32_zeros(size)
 
 
-def crc32_file(path: str | os.PathLike[str], chunk: int = 8 << 20) -> int:
-    """The CRC-32 of a file's contents, read ``chunk`` bytes at a time through one reused buffer."""
-    crc = 0
+def crc32_file(path: str | os.PathLike[str], chunk: int = 8 << 20, *, start: int = 0, stop: int | None = None) -> int:
+    """The CRC-32 of a file's contents (bytes ``start:stop``; ``stop=None``: to the end), read ``chunk`` bytes at a
+    time through one reused buffer.
+
+    Raises:
+        OSError: the file cannot be read, or ends before ``stop``.
+    """
+    crc, position = 0, start
     buffer = memoryview(bytearray(chunk))
     with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
+        fh.seek(start)
+        while stop is None or position < stop:
+            n = fh.readinto(buffer if stop is None else buffer[: min(chunk, stop - position)])
+            if not n:
+                if stop is not None:
+                    raise OSError(f"{os.fspath(path)} ends at byte {position}, before byte {stop}")
+                break
             crc = crc32(buffer[:n], crc)
+            position += n
     return crc

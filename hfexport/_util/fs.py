@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import os
 import sys
@@ -24,6 +25,7 @@ __all__ = [
     "fsync_tree",
     "hash_file",
     "libc_function",
+    "pwrite_all",
     "read_bounded",
     "replace_atomically",
     "resolve_inside",
@@ -57,6 +59,19 @@ def libc_function(name: str, argtypes: list[Any], restype: Any = ctypes.c_int) -
         func.restype = restype
     _functions[name] = func
     return func
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less than asked).
+
+    Raises:
+        OSError: a write failed, or wrote nothing.
+    """
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, f"pwrite wrote {n} bytes at offset {offset}")
+        data, offset = data[n:], offset + n
 
 
 def fsync_dir(path: Path) -> None:

@@ -29,6 +29,7 @@ import os
 from typing import BinaryIO
 
 from hfexport._util.fs import libc_function
+from hfexport._util.fs import pwrite_all as _pwrite_all  # a module attribute: tests patch it
 from hfexport.io.staging import ALIGN, StagingBuffer
 
 logger = logging.getLogger(__name__)
@@ -90,15 +91,6 @@ class DirectWriter:
         if self.direct_fd != -1:
             os.close(self.direct_fd)
             self.direct_fd = -1
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while len(data):
-        n = os.pwrite(fd, data, offset)
-        if n <= 0:
-            raise OSError(errno.EIO, f"pwrite wrote {n} bytes at offset {offset}")
-        data = data[n:]
-        offset += n
 
 
 def _preallocate(fd: int, offset: int, length: int) -> None:

@@ -172,6 +172,11 @@ def new_coordinator() -> Coordinator:
     return Coordinator(_timeout_s())
 
 
+def _failures(reports: list[Any]) -> list[str]:
+    """``"rank R: why"`` for each gathered ``(result, why)`` report that failed."""
+    return [f"rank {rank}: {why}" for rank, (_, why) in enumerate(reports) if why is not None]
+
+
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {short(exc)}"
 
@@ -208,7 +213,7 @@ class RankZeroWeights:
         if error is not None:
             raise error
         assert reports is not None
-        failed = [f"rank {rank}: {why}" for rank, (_, why) in enumerate(reports) if why is not None]
+        failed = _failures(reports)
         if failed:
             raise DistributedExportError(
                 f"Step {self.step} was not written by every rank ({'; '.join(failed)}); nothing was published."
@@ -227,7 +232,7 @@ class RankZeroWeights:
         seen, error = _read_back(tmp, layout, self.coord)
         reports = self.coord.gather((seen, error), f"step {self.step}'s read-back")
         assert reports is not None
-        failed = [f"rank {rank}: {why}" for rank, (_, why) in enumerate(reports) if why is not None]
+        failed = _failures(reports)
         if failed:
             raise VerificationError(f"Step {self.step}'s files could not be read back ({'; '.join(failed)}).")
         for file in layout.files:

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 
-from hfexport._util.checksum import SparseCrc, crc32
+from hfexport._util.checksum import SparseCrc, crc32, crc32_file
+from hfexport._util.fs import pwrite_all
 from hfexport.convert import check_finite
 from hfexport.families import ConversionPlan, TensorPlan
 from hfexport.io.layout import FileLayout, Layout, Slot
@@ -49,6 +50,7 @@ __all__ = [
     "Piece",
     "create_files",
     "header_contribution",
+    "is_dtensor",
     "read_back",
     "row_share",
     "sharding_problem",
@@ -57,7 +59,8 @@ __all__ = [
 ]
 
 
-def _is_dtensor(t: Any) -> TypeGuard[DTensor]:
+def is_dtensor(t: Any) -> TypeGuard[DTensor]:
+    """Whether ``t`` is a DTensor (FSDP2's parameters), without importing DTensor where it is absent."""
     return type(t).__name__ == "DTensor" or hasattr(t, "full_tensor")
 
 
@@ -74,7 +77,7 @@ def sharding_problem(plan: ConversionPlan) -> str | None:
         return f"this torch has no DTensor layout helpers ({exc})"
     for tp in plan.tensors:
         src = tp.source
-        if src is None or not _is_dtensor(src):
+        if src is None or not is_dtensor(src):
             continue
         for placement in src.placements:
             if not (type(placement) is Shard and placement.dim == 0) and not isinstance(placement, Replicate):
@@ -223,7 +226,7 @@ def take_local_snapshot(
                 continue
             if src.dim() == 0:  # a scalar: rank 0 writes it whole
                 if rank == 0:
-                    local = src.to_local() if _is_dtensor(src) else src
+                    local = src.to_local() if is_dtensor(src) else src
                     snapshot.pieces.append(Piece(index, 0, 1, *_to_host(local.detach(), dtype, snapshot, pool)))
                 continue
             a, b = _selection(tp, src.shape[0])
@@ -255,7 +258,7 @@ def row_share(rank: int, world: int) -> Held:
 
 def _held(src: torch.Tensor, rank: int, name: str) -> tuple[tuple[int, int], torch.Tensor] | None:
     """The rows of ``src`` this rank holds: a DTensor's local shard, any other tensor whole on rank 0."""
-    if not _is_dtensor(src):
+    if not is_dtensor(src):
         return ((0, src.shape[0]), src) if rank == 0 else None
     rows = _local_rows(src)
     if rows is None:
@@ -289,7 +292,7 @@ def create_files(tmp: Path, layout: Layout) -> None:
     for file in layout.files:
         fd = os.open(tmp / file.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _pwrite(fd, memoryview(file.header), 0)
+            pwrite_all(fd, memoryview(file.header), 0)
             os.ftruncate(fd, file.size)
         finally:
             os.close(fd)
@@ -333,27 +336,17 @@ def read_back(tmp: Path, layout: Layout, rank: int, world: int) -> dict[str, int
     The ranks cut every file into ``world`` equal byte ranges, whoever wrote them, so each byte is read once, by a
     rank that (past rank 0's node) usually did not write it: the combined CRC-32 of what the file system returns
     must equal the one combined from what the ranks wrote, else a write was lost or two ranks' writes to one page
-    clobbered each other. Reads through one 8 MB buffer.
+    clobbered each other. Reads through one 8 MB buffer (:func:`~hfexport._util.checksum.crc32_file`).
 
     Raises:
         OSError: a file cannot be read, or is shorter than its layout.
     """
     out: dict[str, int] = {}
-    buffer = memoryview(bytearray(8 << 20))
     for file in layout.files:
         lo, hi = file.size * rank // world, file.size * (rank + 1) // world
         part = SparseCrc()
         if hi > lo:
-            crc, position = 0, lo
-            with open(tmp / file.name, "rb", buffering=0) as fh:
-                fh.seek(lo)
-                while position < hi:
-                    n = fh.readinto(buffer[: min(len(buffer), hi - position)])
-                    if not n:
-                        raise OSError(f"{file.name} ends at byte {position}; its layout has {file.size}")
-                    crc = crc32(buffer[:n], crc)
-                    position += n
-            part.add(lo, crc, hi - lo)
+            part.add(lo, crc32_file(tmp / file.name, start=lo, stop=hi), hi - lo)
         out[file.name] = part.value(file.size)
     return out
 
@@ -378,7 +371,7 @@ def _write_file(
                 check_finite(tp.name, piece.host, snapshot.dtype, allow_nonfinite, source=None)
             for offset, view in _ranges(tp, layout.slots[tp.name], piece, scratch):
                 part.add(offset, crc32(view), len(view))
-                _pwrite(fd, view, offset)
+                pwrite_all(fd, view, offset)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -447,11 +440,3 @@ def _ranges(tp: TensorPlan, slot: Slot, piece: Piece, scratch: _Scratch) -> Iter
         return
     assert piece.view is not None
     yield slot.start + piece.first * slot.row_bytes, piece.view
-
-
-def _pwrite(fd: int, view: memoryview, offset: int) -> None:
-    while len(view):
-        written = os.pwrite(fd, view, offset)
-        if not written:
-            raise OSError(f"pwrite() wrote nothing at offset {offset}")
-        view, offset = view[written:], offset + written

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -30,6 +30,7 @@ from hfexport.convert import plan_conversion
 from hfexport.errors import ConversionError, MissingFactError
 from hfexport.families import ConversionPlan, TensorPlan
 from hfexport.sources import model_facts, strip_prefixes, unwrap_model
+from hfexport.training.sharded import is_dtensor
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -142,7 +143,7 @@ def global_rank() -> int:
 
 def is_sharded(plan: ConversionPlan) -> bool:
     """Whether the plan reads DTensor shards (FSDP2): taking its snapshot is then a collective."""
-    return any(tp.source is not None and _is_dtensor(tp.source) for tp in plan.tensors)
+    return any(tp.source is not None and is_dtensor(tp.source) for tp in plan.tensors)
 
 
 def broadcast_from_rank0(value: bool) -> bool:
@@ -156,10 +157,6 @@ def broadcast_from_rank0(value: bool) -> bool:
 
 def _is_pretrained(model: Any) -> bool:
     return any(cls.__name__ == "PreTrainedModel" for cls in type(model).__mro__)
-
-
-def _is_dtensor(t: torch.Tensor) -> TypeGuard[DTensor]:
-    return type(t).__name__ == "DTensor" or hasattr(t, "full_tensor")
 
 
 def plan_for_model(
@@ -272,7 +269,7 @@ def take_snapshot(plan: ConversionPlan, dtype: torch.dtype, buffers: SnapshotBuf
                 continue
             key = (id(src), tp.rows, tp.row_start, tp.rope_heads)
             if key not in cache:
-                if _is_dtensor(src):
+                if is_dtensor(src):
                     out = _gather(src, dtype)  # a fresh tensor of this snapshot's own: no second device copy
                     if tp.rows is not None or tp.row_start is not None or tp.rope_heads is not None:
                         out = _untransposed(tp, out).materialize(dtype, device=out.device)
